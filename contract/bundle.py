@@ -1,0 +1,249 @@
+"""Proof bundles: one file that proves a reading offline, in the C2SP tlog-proof text shape.
+
+```
+c2sp.org/tlog-proof@v1
+extra <base64 of the bundle extra: CBOR, see below>
+index <leaf index of the reading>
+<base64 inclusion proof hash>   (one line each, leaf's sibling first)
+
+<signed checkpoint>
+```
+
+The tlog-proof ``extra`` data carries what a meterchain verifier needs beyond a plain tlog-proof
+(docs/format.md §9): the reading message itself (the entry, which tlog-proof leaves to the
+application) and every device leaf of the reading's device, each with its leaf index and its
+inclusion proof to the same checkpoint, so the key that signed the reading is proven to be in
+the log too, without trusting the operator's registry.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field
+
+from meterchain.contract import cbor
+from meterchain.contract.checkpoint import Checkpoint, open_checkpoint
+from meterchain.contract.errors import EncodingError, KeyValidityError, MeterchainError, ProofError
+from meterchain.contract.leaves import DeviceLeaf, parse_leaf, valid_key
+from meterchain.contract.merkle import HASH_SIZE, leaf_hash, verify_inclusion
+from meterchain.contract.message import SignedReading, parse_message
+from meterchain.contract.note import NoteVerifier
+from meterchain.contract.signing import key_id, parse_signature, verify_signature
+
+TLOG_PROOF_HEADER = "c2sp.org/tlog-proof@v1"
+BUNDLE_EXTRA_TYPE = "meterchain/bundle/v1"
+MAX_BUNDLE_SIZE = 256 * 1024
+MAX_PROOF_HASHES = 64
+MAX_KEY_ENTRIES = 64
+_INDEX_RE = re.compile(r"0|[1-9][0-9]{0,19}")
+
+#: The checks ``verify`` runs, in order; the first that fails is named.
+CHECKS = (
+    "encoding",
+    "checkpoint",
+    "device-inclusion",
+    "key-validity",
+    "key-id",
+    "low-s",
+    "signature",
+    "inclusion",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedLeaf:
+    """Leaf data with its index in the log and its inclusion proof to the bundle's checkpoint."""
+
+    data: bytes
+    index: int
+    proof: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    reading: LoggedLeaf
+    device_leaves: tuple[LoggedLeaf, ...]
+    checkpoint: str
+
+    def to_text(self) -> str:
+        extra = cbor.encode(
+            {
+                "t": BUNDLE_EXTRA_TYPE,
+                "entry": self.reading.data,
+                "keys": [
+                    {"leaf": d.data, "index": d.index, "proof": list(d.proof)}
+                    for d in self.device_leaves
+                ],
+            }
+        )
+        lines = [
+            TLOG_PROOF_HEADER,
+            "extra " + base64.b64encode(extra).decode(),
+            f"index {self.reading.index}",
+            *(base64.b64encode(h).decode() for h in self.reading.proof),
+            "",
+        ]
+        return "\n".join(lines) + "\n" + self.checkpoint
+
+    @classmethod
+    def parse(cls, text: str) -> Bundle:
+        """Parse the text shape; bounds are checked, nothing cryptographic is verified here."""
+        if len(text.encode("utf-8", "replace")) > MAX_BUNDLE_SIZE:
+            raise EncodingError(f"bundle is larger than {MAX_BUNDLE_SIZE} bytes", what="bundle")
+        head, sep, checkpoint = text.partition("\n\n")
+        if not sep:
+            raise EncodingError("bundle has no blank line before the checkpoint", what="bundle")
+        lines = head.split("\n")
+        if lines[0] != TLOG_PROOF_HEADER:
+            raise EncodingError(f"bundle must start with {TLOG_PROOF_HEADER!r}", what="bundle")
+        if len(lines) < 3 or not lines[1].startswith("extra ") or not lines[2].startswith("index "):
+            raise EncodingError("bundle needs an 'extra' line and an 'index' line", what="bundle")
+        extra = _b64(lines[1][len("extra ") :], "extra")
+        index = _index(lines[2][len("index ") :])
+        proof = tuple(_hash(line) for line in lines[3:])
+        if len(proof) > MAX_PROOF_HASHES:
+            raise EncodingError("bundle inclusion proof is too long", what="bundle")
+        obj = cbor.decode(extra, what="bundle extra", max_size=MAX_BUNDLE_SIZE)
+        if not (
+            isinstance(obj, dict)
+            and set(obj) == {"t", "entry", "keys"}
+            and obj["t"] == BUNDLE_EXTRA_TYPE
+            and isinstance(obj["entry"], bytes)
+            and isinstance(obj["keys"], list)
+        ):
+            raise EncodingError(f"bundle extra must be a {BUNDLE_EXTRA_TYPE} map", what="bundle")
+        if not 1 <= len(obj["keys"]) <= MAX_KEY_ENTRIES:
+            raise EncodingError("bundle must carry 1 to 64 device leaves", what="bundle")
+        keys = []
+        for item in obj["keys"]:
+            if not (
+                isinstance(item, dict)
+                and set(item) == {"leaf", "index", "proof"}
+                and isinstance(item["leaf"], bytes)
+                and isinstance(item["index"], int)
+                and isinstance(item["proof"], list)
+                and len(item["proof"]) <= MAX_PROOF_HASHES
+                and all(isinstance(h, bytes) for h in item["proof"])
+            ):
+                raise EncodingError("bundle device leaf entry is malformed", what="bundle")
+            keys.append(LoggedLeaf(item["leaf"], item["index"], tuple(item["proof"])))
+        return cls(LoggedLeaf(obj["entry"], index, proof), tuple(keys), checkpoint)
+
+
+@dataclass
+class Verified:
+    """What a successful verification established."""
+
+    reading: SignedReading
+    leaf_index: int
+    checkpoint: Checkpoint
+    key: DeviceLeaf
+    passed: list[str] = field(default_factory=list)
+
+
+class BundleError(MeterchainError):
+    """A bundle check failed; ``check`` names it (one of :data:`CHECKS`)."""
+
+
+def verify_bundle(text: str, log_key: NoteVerifier) -> Verified:
+    """Check a bundle offline against the log's public key; raise :class:`BundleError` naming
+    the first check that fails, in the order of :data:`CHECKS`."""
+    passed: list[str] = []
+
+    def fail(check: str, exc: Exception | str) -> BundleError:
+        return BundleError(str(exc), check=check, passed=list(passed))
+
+    try:
+        bundle = Bundle.parse(text)
+        signed = parse_message(bundle.reading.data)
+        device_leaves: list[DeviceLeaf] = []
+        for entry in bundle.device_leaves:
+            leaf = parse_leaf(entry.data)
+            if not isinstance(leaf, DeviceLeaf) or leaf.device != signed.reading.device:
+                raise EncodingError("bundle key entries must be device leaves of the reading's device")
+            device_leaves.append(leaf)
+    except MeterchainError as exc:
+        # A high-S or non-DER signature surfaces while parsing the message; name it for what it is.
+        check = exc.check if exc.check == "low-s" else "encoding"
+        raise fail(check, exc) from None
+    passed.append("encoding")
+
+    try:
+        checkpoint = open_checkpoint(bundle.checkpoint, log_key)
+    except MeterchainError as exc:
+        raise fail("checkpoint", exc) from None
+    passed.append("checkpoint")
+
+    try:
+        for entry in bundle.device_leaves:
+            verify_inclusion(
+                entry.index, checkpoint.size, leaf_hash(entry.data), list(entry.proof), checkpoint.root
+            )
+    except ProofError as exc:
+        raise fail("device-inclusion", f"device leaf at {entry.index}: {exc}") from None
+    passed.append("device-inclusion")
+
+    reading = signed.reading
+    # Log order decides between leaves with the same valid-from: sort by leaf index first.
+    ordered = [leaf for _, leaf in sorted(zip((e.index for e in bundle.device_leaves), device_leaves))]
+    key = valid_key(ordered, reading.device, reading.seq)
+    if key is None:
+        raise fail(
+            "key-validity",
+            f"no key of device {reading.device} is valid for sequence {reading.seq}",
+        )
+    passed.append("key-validity")
+
+    if key_id(key.public_key_der) != reading.key_id:
+        raise fail("key-id", "the reading's key id is not the id of the key valid for its sequence")
+    passed.append("key-id")
+
+    try:
+        parse_signature(signed.signature)
+    except MeterchainError as exc:
+        raise fail("low-s", exc) from None
+    passed.append("low-s")
+
+    try:
+        verify_signature(key.public_key_der, signed.reading_bytes, signed.signature)
+    except MeterchainError as exc:
+        raise fail("signature", exc) from None
+    passed.append("signature")
+
+    try:
+        verify_inclusion(
+            bundle.reading.index,
+            checkpoint.size,
+            leaf_hash(bundle.reading.data),
+            list(bundle.reading.proof),
+            checkpoint.root,
+        )
+    except ProofError as exc:
+        raise fail("inclusion", exc) from None
+    passed.append("inclusion")
+    return Verified(signed, bundle.reading.index, checkpoint, key, passed)
+
+
+def _b64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise EncodingError(f"bundle {what} is not base64", what="bundle") from None
+
+
+def _index(text: str) -> int:
+    if not _INDEX_RE.fullmatch(text):
+        raise EncodingError("bundle index is not a decimal without leading zeros", what="bundle")
+    return int(text)
+
+
+def _hash(line: str) -> bytes:
+    value = _b64(line, "proof hash")
+    if len(value) != HASH_SIZE:
+        raise EncodingError("bundle proof hash is not 32 bytes", what="bundle")
+    return value
+
+
+

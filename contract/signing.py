@@ -1,0 +1,199 @@
+"""Device signatures: ECDSA P-256 with SHA-256, DER-encoded, low-S.
+
+The signer normalises s to the lower half of the group order; verifiers reject high-S, because
+(r, n − s) verifies too and would make one reading look like two. Signing uses ``cryptography``
+(OpenSSL); :class:`EcdsaSigner` is the pure-Python fallback for gateways without a
+``cryptography`` wheel (armv6), and interoperates both ways. Verification always uses
+``cryptography``: the pure-Python library is open to timing side channels (CVE-2024-23342),
+acceptable for a gateway's own key, never for the backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol
+
+from meterchain.contract.errors import KeyValidityError, SignatureError
+
+try:  # a gateway without a cryptography wheel still signs, with the ecdsa fallback
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import (
+        decode_dss_signature,
+        encode_dss_signature,
+    )
+
+    HAVE_CRYPTOGRAPHY = True
+except ImportError:  # pragma: no cover - exercised in a subprocess test
+    HAVE_CRYPTOGRAPHY = False
+
+#: Order of the P-256 group (FIPS 186-4 D.1.2.3).
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+HALF_ORDER = P256_ORDER // 2
+#: A DER ECDSA P-256 signature is 8 to 72 bytes long.
+MIN_SIGNATURE_SIZE, MAX_SIGNATURE_SIZE = 8, 72
+KEY_ID_SIZE = 32
+
+
+class Signer(Protocol):
+    """What signs readings on a gateway: a key in a file today, a secure element tomorrow."""
+
+    @property
+    def public_key_der(self) -> bytes:
+        """The public key as SubjectPublicKeyInfo DER."""
+        ...
+
+    def sign(self, data: bytes) -> bytes:
+        """A low-S DER ECDSA P-256/SHA-256 signature over ``data``."""
+        ...
+
+
+def _need_cryptography() -> None:
+    if not HAVE_CRYPTOGRAPHY:
+        raise RuntimeError(
+            "this needs the 'cryptography' package; without it a gateway can only sign (ecdsa)"
+        )
+
+
+def key_id(public_key_der: bytes) -> bytes:
+    """Key id = SHA-256 of the public key's SubjectPublicKeyInfo DER."""
+    return hashlib.sha256(public_key_der).digest()
+
+
+def normalize_low_s(signature: bytes) -> bytes:
+    """Return the low-S form of a DER signature (the one form the contract accepts)."""
+    _need_cryptography()
+    r, s = decode_dss_signature(signature)
+    if s > HALF_ORDER:
+        s = P256_ORDER - s
+    return encode_dss_signature(r, s)
+
+
+def parse_signature(signature: bytes) -> tuple[int, int]:
+    """Parse a strict DER signature with both scalars in range and s in the lower half."""
+    _need_cryptography()
+    if not isinstance(signature, bytes):
+        raise SignatureError("signature must be bytes", check="encoding")
+    if not MIN_SIGNATURE_SIZE <= len(signature) <= MAX_SIGNATURE_SIZE:
+        raise SignatureError(
+            f"signature is {len(signature)} bytes; a DER P-256 signature has 8 to 72",
+            check="encoding",
+            size=len(signature),
+        )
+    try:
+        r, s = decode_dss_signature(signature)
+    except ValueError:
+        raise SignatureError("signature is not DER", check="encoding") from None
+    if not (1 <= r < P256_ORDER and 1 <= s < P256_ORDER):
+        raise SignatureError("signature scalar out of range", check="encoding")
+    if encode_dss_signature(r, s) != signature:
+        raise SignatureError("signature is not in strict DER form", check="encoding")
+    if s > HALF_ORDER:
+        raise SignatureError(
+            "signature has a high S value; signers must normalise to low-S", check="low-s"
+        )
+    return r, s
+
+
+def load_public_key(public_key_der: bytes) -> ec.EllipticCurvePublicKey:
+    """Load a P-256 SubjectPublicKeyInfo, or raise :class:`KeyValidityError`."""
+    _need_cryptography()
+    try:
+        key = serialization.load_der_public_key(public_key_der)
+    except Exception as exc:  # cryptography raises several kinds on bad DER
+        raise KeyValidityError(f"public key is not valid SubjectPublicKeyInfo DER ({exc})") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise KeyValidityError("public key is not an ECDSA P-256 key")
+    if key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) != public_key_der:
+        raise KeyValidityError("public key is not in canonical SubjectPublicKeyInfo DER form")
+    return key
+
+
+def verify_signature(public_key_der: bytes, data: bytes, signature: bytes) -> None:
+    """Verify a device signature over ``data``; raise :class:`SignatureError` naming the check."""
+    parse_signature(signature)
+    key = load_public_key(public_key_der)
+    try:
+        key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise SignatureError("signature does not verify with the device key") from None
+
+
+def generate_private_key_pem() -> bytes:
+    """A new P-256 private key as unencrypted PKCS#8 PEM (write it with mode 0600)."""
+    if not HAVE_CRYPTOGRAPHY:
+        import ecdsa
+
+        return ecdsa.SigningKey.generate(curve=ecdsa.NIST256p).to_pem(format="pkcs8")
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+class CryptographySigner:
+    """Signs with OpenSSL through ``cryptography``."""
+
+    def __init__(self, private_key_pem: bytes) -> None:
+        _need_cryptography()
+        try:
+            key = serialization.load_pem_private_key(private_key_pem, password=None)
+        except (ValueError, TypeError) as exc:
+            raise KeyValidityError(f"private key is not an unencrypted PEM key ({exc})") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(
+            key.curve, ec.SECP256R1
+        ):
+            raise KeyValidityError("private key is not an ECDSA P-256 key")
+        self._key = key
+        self._public_der = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    @property
+    def public_key_der(self) -> bytes:
+        return self._public_der
+
+    def sign(self, data: bytes) -> bytes:
+        return normalize_low_s(self._key.sign(data, ec.ECDSA(hashes.SHA256())))
+
+
+class EcdsaSigner:
+    """Pure-Python fallback signer (``ecdsa``), for gateways without a ``cryptography`` wheel."""
+
+    def __init__(self, private_key_pem: bytes) -> None:
+        import ecdsa  # imported here: only gateways that need the fallback pay for it
+
+        try:
+            key = ecdsa.SigningKey.from_pem(private_key_pem, hashfunc=hashlib.sha256)
+        except Exception as exc:  # ecdsa raises assorted errors on bad PEM
+            raise KeyValidityError(f"private key is not a PEM key ecdsa can read ({exc})") from None
+        if key.curve != ecdsa.NIST256p:
+            raise KeyValidityError("private key is not an ECDSA P-256 key")
+        self._key = key
+        self._public_der = key.get_verifying_key().to_der()
+
+    @property
+    def public_key_der(self) -> bytes:
+        return self._public_der
+
+    def sign(self, data: bytes) -> bytes:
+        from ecdsa.util import sigencode_der_canonize
+
+        # Explicit curve and hash: ecdsa's defaults are NIST192p and SHA-1.
+        return self._key.sign_deterministic(
+            data, hashfunc=hashlib.sha256, sigencode=sigencode_der_canonize
+        )
+
+
+def load_signer(private_key_pem: bytes, *, backend: str = "auto") -> Signer:
+    """The best signer available: ``cryptography`` if importable, else ``ecdsa``."""
+    if backend not in ("auto", "cryptography", "ecdsa"):
+        raise ValueError(f"unknown signing backend {backend!r}")
+    if backend == "ecdsa" or (backend == "auto" and not HAVE_CRYPTOGRAPHY):
+        return EcdsaSigner(private_key_pem)
+    return CryptographySigner(private_key_pem)
