@@ -19,7 +19,6 @@ the log too, without trusting the operator's registry.
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from dataclasses import dataclass, field
 
@@ -29,7 +28,7 @@ from meterchain.contract.errors import EncodingError, KeyValidityError, Metercha
 from meterchain.contract.leaves import DeviceLeaf, parse_leaf, valid_key
 from meterchain.contract.merkle import HASH_SIZE, leaf_hash, verify_inclusion
 from meterchain.contract.message import SignedReading, parse_message
-from meterchain.contract.note import NoteVerifier
+from meterchain.contract.note import NoteVerifier, strict_b64decode
 from meterchain.contract.signing import key_id, parse_signature, verify_signature
 
 TLOG_PROOF_HEADER = "c2sp.org/tlog-proof@v1"
@@ -147,7 +146,7 @@ class BundleError(MeterchainError):
     """A bundle check failed; ``check`` names it (one of :data:`CHECKS`)."""
 
 
-def verify_bundle(text: str, log_key: NoteVerifier) -> Verified:
+def verify_bundle(text: str | bytes, log_key: NoteVerifier) -> Verified:
     """Check a bundle offline against the log's public key; raise :class:`BundleError` naming
     the first check that fails, in the order of :data:`CHECKS`."""
     passed: list[str] = []
@@ -155,6 +154,11 @@ def verify_bundle(text: str, log_key: NoteVerifier) -> Verified:
     def fail(check: str, exc: Exception | str) -> BundleError:
         return BundleError(str(exc), check=check, passed=list(passed))
 
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise fail("encoding", "bundle is not UTF-8 text") from None
     try:
         bundle = Bundle.parse(text)
         signed = parse_message(bundle.reading.data)
@@ -228,9 +232,9 @@ def verify_bundle(text: str, log_key: NoteVerifier) -> Verified:
 
 def _b64(text: str, what: str) -> bytes:
     try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise EncodingError(f"bundle {what} is not base64", what="bundle") from None
+        return strict_b64decode(text)
+    except ValueError as exc:
+        raise EncodingError(f"bundle {what} is {exc}", what="bundle") from None
 
 
 def _index(text: str) -> int:

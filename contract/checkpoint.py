@@ -7,12 +7,11 @@ checkpoint lets standard witnesses and monitors read it. The log key's name is t
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from dataclasses import dataclass
 
 from meterchain.contract.errors import NoteError
-from meterchain.contract.note import NoteSigner, NoteVerifier, verify_note
+from meterchain.contract.note import NoteSigner, NoteVerifier, strict_b64decode, verify_note
 
 _SIZE_RE = re.compile(r"0|[1-9][0-9]{0,19}")
 MAX_TREE_SIZE = 2**63 - 1
@@ -45,9 +44,9 @@ class Checkpoint:
         if not _SIZE_RE.fullmatch(size_text):
             raise NoteError(f"checkpoint size {size_text!r} is not a decimal without leading zeros")
         try:
-            root = base64.b64decode(root_text, validate=True)
-        except (binascii.Error, ValueError):
-            raise NoteError("checkpoint root is not base64") from None
+            root = strict_b64decode(root_text)
+        except ValueError as exc:
+            raise NoteError(f"checkpoint root is {exc}") from None
         return cls(origin=origin, size=int(size_text), root=root)
 
     def sign(self, signer: NoteSigner) -> str:

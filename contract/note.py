@@ -31,11 +31,26 @@ def _check_name(name: str) -> None:
         raise NoteError(f"key name {name!r} must be non-empty, without spaces or '+'")
 
 
+def strict_b64decode(text: str) -> bytes:
+    """Standard base64 (RFC 4648 §4) in its one canonical form, or ValueError.
+
+    Non-zero padding bits would let two texts decode to the same bytes; refusing them keeps
+    every byte of a note or bundle significant.
+    """
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64") from None
+    if base64.b64encode(raw).decode() != text:
+        raise ValueError("not canonical base64")
+    return raw
+
+
 def _b64decode(text: str, what: str) -> bytes:
     try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise NoteError(f"{what} is not valid base64") from None
+        return strict_b64decode(text)
+    except ValueError as exc:
+        raise NoteError(f"{what} is {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
