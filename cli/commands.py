@@ -5,8 +5,10 @@ from __future__ import annotations
 import typer
 
 from meterchain.bridge import cli as bridge_cli
+from meterchain.cli import verify_cmd
 
 
 def register(app: typer.Typer) -> None:
     """Attach every part's commands to the top-level app."""
     app.add_typer(bridge_cli.app, name="emulate")
+    verify_cmd.register(app)
