@@ -8,8 +8,9 @@ length are checked before anything is hashed, and a failure raises :class:`Proof
 step that failed.
 
 Generation here is the O(n) reference over all leaf hashes; the log's storage side builds the same
-proofs from O(log n) stored nodes (``meterchain.backend.log.tree``) using :func:`inclusion_proof_ranges`
-and :func:`consistency_proof_ranges`, which say which leaf range each proof hash covers.
+proofs from O(log n) stored nodes (``meterchain.backend.log.tree``) using
+:func:`inclusion_proof_ranges` and :func:`consistency_proof_ranges`, which say which leaf range
+each proof hash covers.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ EMPTY_ROOT = hashlib.sha256(b"").digest()
 """Root of the empty tree (RFC 9162 §2.1.1: MTH({}) = SHA-256())."""
 
 MAX_TREE_SIZE = 2**64 - 1
-"""Sizes and indices are uint64 on the wire (RFC 9162 §4.10); larger values are malformed input."""
+"""Tree sizes and leaf indices are uint64 in RFC 9162's structures; larger values are malformed."""
 
 _LEAF_PREFIX = b"\x00"
 _NODE_PREFIX = b"\x01"
@@ -32,7 +33,7 @@ _sha256 = hashlib.sha256
 
 
 def leaf_hash(data: bytes) -> bytes:
-    """Hash of one log entry: SHA-256(0x00 ‖ data) (RFC 9162 §2.1.1, domain-separated from nodes)."""
+    """Hash of one log entry: SHA-256(0x00 ‖ data), apart from node hashes (RFC 9162 §2.1.1)."""
     return _sha256(_LEAF_PREFIX + data).digest()
 
 
@@ -59,7 +60,7 @@ def root_from_peaks(peaks: Sequence[bytes]) -> bytes:
 
 
 def root_from_leaf_hashes(leaf_hashes: Sequence[bytes]) -> bytes:
-    """MTH(D[n]) over already-hashed leaves (RFC 9162 §2.1.1), in O(n) hashes and O(log n) memory."""
+    """MTH(D[n]) over already-hashed leaves (RFC 9162 §2.1.1): O(n) hashes, O(log n) memory."""
     peaks: list[bytes] = []
     for count, value in enumerate(leaf_hashes):
         _require_hash(value, "leaf hash", step="root", index=count)
@@ -79,7 +80,7 @@ def inclusion_proof_ranges(index: int, size: int) -> list[tuple[int, int]]:
     _require_size(size, "size", step="generate")
     _require_size(index, "index", step="generate")
     if index >= size:
-        raise ProofError("leaf index is beyond the tree", step="generate", index=index, size=size)
+        raise _proof_error("leaf index is beyond the tree", step="generate", index=index, size=size)
     ranges: list[tuple[int, int]] = []
     start, end = 0, size
     while end - start > 1:
@@ -103,7 +104,7 @@ def consistency_proof_ranges(old_size: int, new_size: int) -> list[tuple[int, in
     _require_size(old_size, "old_size", step="generate")
     _require_size(new_size, "new_size", step="generate")
     if old_size == 0 or old_size > new_size:
-        raise ProofError(
+        raise _proof_error(
             "a consistency proof needs 0 < old_size <= new_size",
             step="generate",
             old_size=old_size,
@@ -128,7 +129,7 @@ def consistency_proof_ranges(old_size: int, new_size: int) -> list[tuple[int, in
 
 
 def inclusion_proof(index: int, leaf_hashes: Sequence[bytes]) -> list[bytes]:
-    """Reference inclusion proof for leaf ``index`` from all leaf hashes (RFC 9162 §2.1.3.1), O(n)."""
+    """Reference inclusion proof of leaf ``index`` from all leaves, O(n) (RFC 9162 §2.1.3.1)."""
     ranges = inclusion_proof_ranges(index, len(leaf_hashes))
     return [root_from_leaf_hashes(leaf_hashes[start:end]) for start, end in ranges]
 
@@ -142,7 +143,7 @@ def consistency_proof(old_size: int, leaf_hashes: Sequence[bytes]) -> list[bytes
 def root_from_inclusion_proof(
     index: int, size: int, leaf_hash: bytes, proof: Sequence[bytes]
 ) -> bytes:
-    """The root a valid inclusion proof leads to (RFC 9162 §2.1.3.2); raises ProofError if malformed.
+    """The root an inclusion proof leads to (RFC 9162 §2.1.3.2); raises ProofError if malformed.
 
     Checks 0 <= index < size, the leaf hash's and every proof hash's length, and the exact proof
     length before hashing anything.
@@ -150,7 +151,7 @@ def root_from_inclusion_proof(
     _require_size(size, "size", step="bounds")
     _require_size(index, "index", step="bounds")
     if index >= size:
-        raise ProofError("leaf index is beyond the tree", step="bounds", index=index, size=size)
+        raise _proof_error("leaf index is beyond the tree", step="bounds", index=index, size=size)
     _require_hash(leaf_hash, "leaf hash", step="leaf", index=index, size=size)
     inner, border = _inclusion_shape(index, size)
     _require_proof(proof, inner + border, index=index, size=size)
@@ -162,14 +163,14 @@ def root_from_inclusion_proof(
 def verify_inclusion(
     index: int, size: int, leaf_hash: bytes, proof: Sequence[bytes], root: bytes
 ) -> None:
-    """Check that ``leaf_hash`` is leaf ``index`` of the tree of ``size`` with ``root`` (RFC 9162 §2.1.3.2).
+    """Check that ``leaf_hash`` is leaf ``index`` of the tree (size, root) (RFC 9162 §2.1.3.2).
 
     Returns None; raises ProofError (check="proof", with the failed step) otherwise.
     """
     _require_hash(root, "root", step="root", index=index, size=size)
     calculated = root_from_inclusion_proof(index, size, leaf_hash, proof)
     if calculated != root:
-        raise ProofError(
+        raise _proof_error(
             "inclusion proof leads to a different root",
             step="root",
             index=index,
@@ -184,25 +185,30 @@ def verify_consistency(
 ) -> None:
     """Check that the tree (new_size, new_root) extends (old_size, old_root) (RFC 9162 §2.1.4.2).
 
-    As in transparency-dev/merkle's vectors: old_size 0 is an error (a first contact has no
-    proof to check and is handled before calling this); equal sizes need an empty proof and
-    byte-equal roots (nothing is hashed then); otherwise the proof length must be exact.
+    As in transparency-dev/merkle's JSON vectors: old_size 0 is always an error, even 0 -> 0
+    (stricter than its verify.go; a first contact has no proof to check and is handled before
+    calling this); equal sizes need an empty proof and byte-equal roots (nothing is hashed, so
+    root lengths are not checked then); otherwise the proof length must be exact.
     Returns None; raises ProofError (check="proof", with the failed step) otherwise.
     """
     _require_size(old_size, "old_size", step="sizes")
     _require_size(new_size, "new_size", step="sizes")
     sizes = {"old_size": old_size, "new_size": new_size}
     if new_size < old_size:
-        raise ProofError("new tree is smaller than the old one", step="sizes", **sizes)
+        raise _proof_error("new tree is smaller than the old one", step="sizes", **sizes)
     if old_size == 0:
-        raise ProofError("a consistency proof from the empty tree is meaningless", step="sizes", **sizes)
+        raise _proof_error(
+            "a consistency proof from the empty tree is meaningless", step="sizes", **sizes
+        )
     if _is_string_like(proof):
-        raise ProofError("proof is not a sequence of hashes", step="proof-length", **sizes)
+        raise _proof_error("proof is not a sequence of hashes", step="proof-length", **sizes)
     if old_size == new_size:
         if len(proof) != 0:
-            raise ProofError("equal sizes need an empty proof", step="proof-length", got=len(proof), **sizes)
+            raise _proof_error(
+                "equal sizes need an empty proof", step="proof-length", got=len(proof), **sizes
+            )
         if old_root != new_root:
-            raise ProofError("equal sizes but different roots", step="roots", **sizes)
+            raise _proof_error("equal sizes but different roots", step="roots", **sizes)
         return
     _require_hash(old_root, "old root", step="roots", **sizes)
     _require_hash(new_root, "new root", step="roots", **sizes)
@@ -228,9 +234,14 @@ def verify_consistency(
     old_hash = _chain_border(old_hash, path[inner:])
     new_hash = _chain_border(new_hash, path[inner:])
     if old_hash != old_root:
-        raise ProofError("proof does not lead to the old root", step="old-root", **sizes)
+        raise _proof_error("proof does not lead to the old root", step="old-root", **sizes)
     if new_hash != new_root:
-        raise ProofError("proof does not lead to the new root", step="new-root", **sizes)
+        raise _proof_error("proof does not lead to the new root", step="new-root", **sizes)
+
+
+def _proof_error(message: str, **context: object) -> ProofError:
+    # ProofError's own keyword `check` cannot be typed against an open **context: name it here.
+    return ProofError(message, check=ProofError.check, **context)
 
 
 def _inclusion_shape(index: int, size: int) -> tuple[int, int]:
@@ -271,21 +282,21 @@ def _is_string_like(value: object) -> bool:
 
 def _require_size(value: object, name: str, **context: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TREE_SIZE:
-        raise ProofError(f"{name} must be an integer in [0, 2^64)", **context, **{name: value})
+        raise _proof_error(f"{name} must be an integer in [0, 2^64)", **context, **{name: value})
 
 
 def _require_hash(value: object, what: str, **context: object) -> None:
     if not isinstance(value, (bytes, bytearray)) or len(value) != HASH_SIZE:
         got = len(value) if isinstance(value, (bytes, bytearray)) else type(value).__name__
-        raise ProofError(f"{what} must be {HASH_SIZE} bytes", got=got, **context)
+        raise _proof_error(f"{what} must be {HASH_SIZE} bytes", got=got, **context)
 
 
 def _require_proof(proof: Sequence[bytes], expected: int, **context: object) -> None:
     """Exact proof length first (no missing or trailing hashes), then every hash's length."""
     if _is_string_like(proof):
-        raise ProofError("proof is not a sequence of hashes", step="proof-length", **context)
+        raise _proof_error("proof is not a sequence of hashes", step="proof-length", **context)
     if len(proof) != expected:
-        raise ProofError(
+        raise _proof_error(
             "wrong number of proof hashes",
             step="proof-length",
             got=len(proof),

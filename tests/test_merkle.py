@@ -169,7 +169,7 @@ def test_inclusion_proofs_verify_and_mutations_fail(
     assert root_from_inclusion_proof(index, size, hashes[index], proof) == root
 
     bad_cases: list[tuple[int, int, list[bytes]]] = [
-        (index, size, proof + [root]),  # trailing hash
+        (index, size, [*proof, root]),  # trailing hash
         (index, size, [root, *proof]),  # preceding hash
         (index, size * 2, proof),  # wrong size
     ]
@@ -209,7 +209,7 @@ def test_consistency_proofs_verify_and_mutations_fail(
         return
 
     bad_cases: list[tuple[int, int, bytes, bytes, list[bytes]]] = [
-        (old_size, new_size, old_root, new_root, proof + [new_root]),  # trailing hash
+        (old_size, new_size, old_root, new_root, [*proof, new_root]),  # trailing hash
         (old_size, new_size, old_root, new_root, proof[:-1]),  # missing hash
         (old_size, new_size, new_root, old_root, proof),  # swapped roots
         (old_size, new_size * 2, old_root, new_root, proof),  # wrong new size

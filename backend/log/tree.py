@@ -1,10 +1,10 @@
 """The log's tree as stored nodes: a compact range that grows by appends, and proof plans.
 
-The store keeps every *perfect* subtree hash, addressed by :class:`NodeId` (level, index): the hash
-of leaves [index·2^level, (index+1)·2^level); level 0 holds the leaf hashes. Appending never rewrites
-a stored node, and any proof is assembled from O(log n) stored nodes (never by rehashing leaves):
-a proof hash over a range that is not a perfect subtree (at most one per proof, on the tree's right
-edge; transparency-dev/merkle calls it "ephemeral") is the fold of that range's perfect pieces.
+The store keeps every *perfect* subtree hash, addressed by :class:`NodeId` (level, index): the
+hash of leaves [index·2^level, (index+1)·2^level); level 0 holds the leaf hashes. Appending never
+rewrites a stored node, and any proof is assembled from O(log n) stored nodes, never by rehashing
+leaves: a proof hash over a range that is not a perfect subtree (at most one per proof, on the
+tree's right edge; transparency-dev/merkle calls it "ephemeral") is the fold of its perfect pieces.
 
 Pure code: the caller fetches the planned nodes from its store and hands them back to assemble.
 """
@@ -82,7 +82,7 @@ class CompactRange:
     the stored nodes at :func:`peak_ids` with :meth:`from_nodes`.
     """
 
-    __slots__ = ("size", "peaks")
+    __slots__ = ("peaks", "size")
 
     def __init__(self) -> None:
         self.size: int = 0
@@ -111,7 +111,7 @@ class CompactRange:
     def append(self, leaf_hash: bytes) -> list[tuple[NodeId, bytes]]:
         """Add one leaf; return every perfect node this completes, the leaf (level 0) first.
 
-        One new node per trailing one bit of the old size, plus the leaf: 2n − popcount(n) nodes
+        One new node per trailing one bit of the old size, plus the leaf: 2n - popcount(n) nodes
         over n appends.
         """
         _require_hash(leaf_hash, step="append", size=self.size)
@@ -185,9 +185,14 @@ def consistency_plan(old_size: int, new_size: int) -> ProofPlan:
 
 def _require_size(size: object, name: str) -> None:
     if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_TREE_SIZE:
-        raise ProofError(f"{name} must be an integer in [0, 2^64)", step="size", **{name: size})
+        raise ProofError(
+            f"{name} must be an integer in [0, 2^64)",
+            check=ProofError.check,
+            step="size",
+            **{name: size},
+        )
 
 
 def _require_hash(value: object, **context: object) -> None:
     if not isinstance(value, (bytes, bytearray)) or len(value) != HASH_SIZE:
-        raise ProofError(f"node hash must be {HASH_SIZE} bytes", **context)
+        raise ProofError(f"node hash must be {HASH_SIZE} bytes", check=ProofError.check, **context)
