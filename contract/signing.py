@@ -10,6 +10,7 @@ acceptable for a gateway's own key, never for the backend.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Protocol
 
@@ -96,8 +97,13 @@ def parse_signature(signature: bytes) -> tuple[int, int]:
     return r, s
 
 
+@functools.lru_cache(maxsize=65_536)
 def load_public_key(public_key_der: bytes) -> ec.EllipticCurvePublicKey:
-    """Load a P-256 SubjectPublicKeyInfo, or raise :class:`KeyValidityError`."""
+    """Load a P-256 SubjectPublicKeyInfo, or raise :class:`KeyValidityError`.
+
+    Cached: a backend verifies many readings per device key, and parsing the key costs as much
+    as a sixth of a verification.
+    """
     _need_cryptography()
     try:
         key = serialization.load_der_public_key(public_key_der)
