@@ -148,8 +148,10 @@ class Community:
 
     def __post_init__(self) -> None:
         check_member_id(self.community_id)
-        if not isinstance(self.rule, Rule):
-            raise InputError("unknown pricing rule", rule=self.rule)
+        try:
+            object.__setattr__(self, "rule", Rule(self.rule))
+        except ValueError as exc:
+            raise InputError("unknown pricing rule", rule=self.rule) from exc
         if self.rule is Rule.FIXED:
             if self.fixed_price is None:
                 raise PriceError("the fixed rule needs a fixed_price")

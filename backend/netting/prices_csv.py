@@ -76,7 +76,7 @@ def parse_price_csv(text: str, *, unit: str = "EUR/MWh", resolution_seconds: int
                              resolution_seconds=resolution_seconds,
                              interval_seconds=interval_seconds)
     first = next((ln for ln in text.splitlines() if ln.strip()), "")
-    delimiter = ";" if first.count(";") > first.count(",") else ","
+    delimiter = ";" if ";" in first else ","
     rows: dict[int, int] = {}
     for line, row in enumerate(csv.reader(io.StringIO(text), delimiter=delimiter), start=1):
         if not row or all(not cell.strip() for cell in row):
