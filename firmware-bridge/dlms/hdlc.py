@@ -388,14 +388,17 @@ class Reassembler:
     """Collects the information fields of segmented I-frames until the final one."""
 
     parts: list[bytes] = field(default_factory=list)
+    size: int = 0
 
     def add(self, frame: HdlcFrame) -> bytes | None:
         """Add an I-frame's info; return the whole LLC-PDU once the unsegmented last frame arrives."""
         self.parts.append(frame.info)
+        self.size += len(frame.info)
         if frame.segmented:
             return None
         whole = b"".join(self.parts)
         self.parts.clear()
+        self.size = 0
         return whole
 
     @property
