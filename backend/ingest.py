@@ -1,0 +1,329 @@
+"""MQTT ingest: subscribe to every device's readings, check, commit in batches, then ack.
+
+Three tasks joined by bounded queues, so receiving, verifying and committing overlap:
+receive (drain whatever the client has queued, up to a batch) → check (cheap checks, then ECDSA
+in worker threads) → commit (one transaction per batch) → publish each touched device's ack,
+retained, QoS 1. A reading is acknowledged only after the transaction that stores it committed.
+aiomqtt does not reconnect by itself: :meth:`Ingest.run` reconnects with backoff and jitter, on a
+persistent session so the broker queues readings while the backend is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import aiomqtt
+from prometheus_client import Counter, Histogram
+
+from meterchain.backend.checks import Checked, check_batch
+from meterchain.backend.config import parse_broker_url
+from meterchain.backend.registry import KeyRegistry
+from meterchain.backend.store import (
+    AckState,
+    Outcome,
+    RejectionRecord,
+    StaleKeys,
+    Store,
+)
+from meterchain.contract.ack import Ack, Rejection, ack_topic
+from meterchain.contract.ack import TOPIC_PREFIX
+
+log = logging.getLogger(__name__)
+
+READINGS_FILTER = f"{TOPIC_PREFIX}/+/readings"
+REJECTIONS = Counter(
+    "meterchain_ingest_rejections", "Messages rejected by ingest, by reason", ["reason"]
+)
+OUTCOMES = Counter(
+    "meterchain_ingest_readings", "Verified readings by commit outcome", ["outcome"]
+)
+BATCH_SECONDS = Histogram("meterchain_ingest_commit_seconds", "Time to commit one batch")
+
+
+@dataclass
+class _DeviceAck:
+    upto: int
+    above: set[int]
+    recent: collections.deque[tuple[int, str, str]]
+
+
+@dataclass
+class AckTracker:
+    """Per device: the highest contiguous done sequence, what is done above it, and the recent
+    rejections for good. Loaded from the store the first time a device is seen."""
+
+    devices: dict[str, _DeviceAck] = field(default_factory=dict)
+
+    async def load(self, store: Store, devices: Iterable[str]) -> None:
+        for device in devices:
+            if device not in self.devices:
+                state: AckState = await store.ack_state(device)
+                self.devices[device] = _DeviceAck(
+                    state.upto, set(state.above), collections.deque(state.recent_rejections, 64)
+                )
+
+    def plan(self, done: dict[str, set[int]]) -> dict[str, int]:
+        """The ``upto`` each device would have once ``done`` is committed (nothing changes)."""
+        result = {}
+        for device, seqs in done.items():
+            state = self.devices[device]
+            upto = state.upto
+            while upto + 1 in seqs or upto + 1 in state.above:
+                upto += 1
+            result[device] = upto
+        return result
+
+    def apply(self, done: dict[str, set[int]], uptos: dict[str, int],
+              rejected: Sequence[RejectionRecord]) -> None:
+        for device, seqs in done.items():
+            state = self.devices[device]
+            state.upto = uptos[device]
+            state.above = {s for s in state.above | seqs if s > state.upto}
+        for r in rejected:
+            if r.permanent and r.device is not None and r.seq is not None:
+                self.devices[r.device].recent.append((r.seq, r.reason, r.detail[:200]))
+
+    def ack(self, device: str, now: int) -> Ack:
+        state = self.devices[device]
+        return Ack(
+            device,
+            state.upto,
+            tuple(Rejection(s, reason, detail) for s, reason, detail in state.recent),
+            now,
+        )
+
+
+@dataclass
+class BatchReport:
+    """What one batch did (tests and the bench read it)."""
+
+    stored: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    acks: list[Ack] = field(default_factory=list)
+
+
+class Ingest:
+    """Checks and commits readings; :meth:`process` is one batch, :meth:`run` the MQTT loop."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        broker_url: str | None = None,
+        client_id: str = "meterchain-backend",
+        batch_size: int = 1000,
+        verify_threads: int = 2,
+        on_commit: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.broker_url = broker_url
+        self.client_id = client_id
+        self.batch_size = batch_size
+        self.verify_threads = max(1, verify_threads)
+        self.on_commit = on_commit
+        self.clock = clock
+        self.registry = KeyRegistry()
+        self.acks = AckTracker()
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.connected = asyncio.Event()
+        self._pool = ThreadPoolExecutor(self.verify_threads, thread_name_prefix="mc-verify")
+        self._ack_tasks: set[asyncio.Task[None]] = set()
+
+    # ---------------------------------------------------------------- batches
+
+    async def check(self, messages: Sequence[tuple[str, bytes]]) -> tuple[list[Checked], int]:
+        """Check a batch in worker threads; returns the results and the key version used."""
+        await self.registry.refresh(self.store)
+        version, leaves, now = self.registry.version, self.registry.snapshot(), int(self.clock())
+        loop = asyncio.get_running_loop()
+        if len(messages) < 64 or self.verify_threads == 1:
+            results = await loop.run_in_executor(self._pool, check_batch, messages, leaves, now)
+            return results, version
+        step = -(-len(messages) // self.verify_threads)
+        chunks = [messages[i : i + step] for i in range(0, len(messages), step)]
+        parts = await asyncio.gather(
+            *(loop.run_in_executor(self._pool, check_batch, c, leaves, now) for c in chunks)
+        )
+        return [r for part in parts for r in part], version
+
+    async def commit(
+        self, messages: Sequence[tuple[str, bytes]], checked: list[Checked], version: int
+    ) -> BatchReport:
+        """Commit a checked batch (re-checking it if keys changed meanwhile); return the acks."""
+        while True:
+            try:
+                return await self._commit(checked, version)
+            except StaleKeys:
+                checked, version = await self.check(messages)
+
+    async def _commit(self, checked: list[Checked], version: int) -> BatchReport:
+        readings = [c.reading for c in checked if c.reading is not None]
+        rejections = [c.rejection for c in checked if c.rejection is not None]
+        done: dict[str, set[int]] = {}
+        for r in readings:
+            done.setdefault(r.device, set()).add(r.seq)
+        for x in rejections:
+            if x.permanent and x.device is not None and x.seq is not None:
+                done.setdefault(x.device, set()).add(x.seq)
+        await self.acks.load(self.store, done)
+        uptos = self.acks.plan(done)
+        started = time.perf_counter()
+        result = await self.store.commit_batch(readings, rejections, uptos, version)
+        BATCH_SECONDS.observe(time.perf_counter() - started)
+        self.acks.apply(done, uptos, [*rejections, *result.conflicts])
+
+        report = BatchReport()
+        for outcome in result.outcomes:
+            OUTCOMES.labels(outcome.value).inc()
+            self.stats[outcome.value] += 1
+        report.stored = result.outcomes.count(Outcome.STORED)
+        report.duplicates = result.outcomes.count(Outcome.DUPLICATE)
+        report.conflicts = result.outcomes.count(Outcome.CONFLICT)
+        for x in [*rejections, *result.conflicts]:
+            REJECTIONS.labels(x.reason).inc()
+            self.stats[f"rejected:{x.reason}"] += 1
+            report.rejected[x.reason] = report.rejected.get(x.reason, 0) + 1
+            log.warning(
+                "reading rejected reason=%s permanent=%s device=%s seq=%s detail=%s",
+                x.reason, x.permanent, x.device, x.seq, x.detail[:200],
+            )
+        now = int(self.clock())
+        report.acks = [self.acks.ack(device, now) for device in sorted(done)]
+        if report.stored and self.on_commit is not None:
+            self.on_commit(report.stored)
+        return report
+
+    async def process(self, messages: Sequence[tuple[str, bytes]]) -> BatchReport:
+        """Check and commit one batch (no MQTT): the acks to publish are in the report."""
+        checked, version = await self.check(messages)
+        return await self.commit(messages, checked, version)
+
+    # ------------------------------------------------------------------- MQTT
+
+    async def run(self, *, min_backoff: float = 0.2, max_backoff: float = 30.0) -> None:
+        """Stay subscribed forever: reconnect with exponential backoff and full jitter."""
+        if self.broker_url is None:
+            raise ValueError("Ingest.run needs a broker_url")
+        address = parse_broker_url(self.broker_url)
+        backoff = min_backoff
+        while True:
+            try:
+                await self._session(address)
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                delay = random.uniform(0, backoff)
+                log.warning("ingest: broker connection lost (%s); retrying in %.2f s", exc, delay)
+                await asyncio.sleep(delay)
+                backoff = min(max_backoff, backoff * 2)
+                continue
+            except Exception:  # a store failure costs the batch in flight (never acked), not the loop
+                self.connected.clear()
+                log.exception("ingest: batch failed; reconnecting")
+                await asyncio.sleep(random.uniform(0, backoff))
+                backoff = min(max_backoff, backoff * 2)
+                continue
+            backoff = min_backoff
+
+    async def _session(self, address) -> None:  # type: ignore[no-untyped-def]
+        queues: list[asyncio.Queue[aiomqtt.Message]] = []
+
+        class _Inbox(asyncio.Queue):  # type: ignore[type-arg]
+            """aiomqtt's incoming queue, kept so a whole batch can be drained at once."""
+
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+                queues.append(self)
+
+        client = aiomqtt.Client(
+            address.host,
+            address.port,
+            username=address.username,
+            password=address.password,
+            identifier=self.client_id,
+            clean_session=False,
+            queue_type=_Inbox,
+            max_inflight_messages=1000,
+            keepalive=30,
+        )
+        async with client:
+            await client.subscribe(READINGS_FILTER, qos=1)
+            self.connected.set()
+            log.info("ingest: subscribed to %s", READINGS_FILTER)
+            await self._republish_acks(client)
+            await self._pipeline(client, queues[0])
+
+    async def _republish_acks(self, client: aiomqtt.Client) -> None:
+        """After a (re)start, every known device gets its current ack again."""
+        devices = await self.store.acked_devices()
+        await self.acks.load(self.store, devices)
+        now = int(self.clock())
+        for device in devices:
+            self._publish_ack(client, self.acks.ack(device, now))
+
+    async def _pipeline(self, client: aiomqtt.Client, inbox: asyncio.Queue[aiomqtt.Message]) -> None:
+        checked_q: asyncio.Queue[tuple[list[tuple[str, bytes]], list[Checked], int]] = asyncio.Queue(2)
+        raw_q: asyncio.Queue[list[tuple[str, bytes]]] = asyncio.Queue(2)
+
+        async def receive() -> None:
+            messages = aiter(client.messages)
+            while True:
+                first = await anext(messages)  # raises MqttError when the connection drops
+                batch = [first]
+                while len(batch) < self.batch_size and not inbox.empty():
+                    batch.append(inbox.get_nowait())
+                await raw_q.put([(m.topic.value, _payload(m.payload)) for m in batch])
+
+        async def check() -> None:
+            while True:
+                batch = await raw_q.get()
+                checked, version = await self.check(batch)
+                await checked_q.put((batch, checked, version))
+
+        async def commit() -> None:
+            while True:
+                batch, checked, version = await checked_q.get()
+                report = await self.commit(batch, checked, version)
+                for ack in report.acks:
+                    self._publish_ack(client, ack)
+
+        tasks = [asyncio.create_task(t()) for t in (receive, check, commit)]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _publish_ack(self, client: aiomqtt.Client, ack: Ack) -> None:
+        async def publish() -> None:
+            try:
+                await client.publish(ack_topic(ack.device), ack.to_cbor(), qos=1, retain=True)
+            except aiomqtt.MqttError as exc:  # the next (re)connect publishes every ack again
+                log.info("ingest: ack for %s not published (%s)", ack.device, exc)
+
+        task = asyncio.create_task(publish())
+        self._ack_tasks.add(task)
+        task.add_done_callback(self._ack_tasks.discard)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _payload(payload: object) -> bytes:
+    if isinstance(payload, (bytes, bytearray)):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode()
+    return b"" if payload is None else str(payload).encode()

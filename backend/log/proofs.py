@@ -1,0 +1,63 @@
+"""Proofs from stored nodes: each proof is one query for the O(log n) nodes its plan names.
+
+Stored nodes are never rewritten, so a proof for any signed checkpoint can be built from the
+current store, however much the tree has grown since.
+"""
+
+from __future__ import annotations
+
+from meterchain.backend.log.tree import NodeId, ProofPlan, consistency_plan, inclusion_plan
+from meterchain.backend.store import Store
+from meterchain.contract.bundle import Bundle, LoggedLeaf
+from meterchain.contract.errors import MeterchainError, ProofError
+
+
+class ProofUnavailable(MeterchainError):
+    """The thing to prove does not exist (``not-found``) or is not sealed yet (``not-sealed``)."""
+
+    check = "not-found"
+
+
+async def _assemble(store: Store, plan: ProofPlan) -> list[bytes]:
+    fetched = await store.nodes([(n.level, n.index) for n in plan.node_ids])
+    return plan.assemble({NodeId(level, index): value for (level, index), value in fetched.items()})
+
+
+async def inclusion_proof(store: Store, index: int, size: int) -> list[bytes]:
+    """Inclusion proof of leaf ``index`` in the tree of ``size`` leaves (RFC 9162 §2.1.3)."""
+    return await _assemble(store, inclusion_plan(index, size))
+
+
+async def consistency_proof(store: Store, old_size: int, new_size: int) -> list[bytes]:
+    """Consistency proof between two tree sizes (RFC 9162 §2.1.4)."""
+    if not 0 < old_size <= new_size:
+        raise ProofError("a consistency proof needs 0 < old <= new", old=old_size, new=new_size)
+    return await _assemble(store, consistency_plan(old_size, new_size))
+
+
+async def build_bundle(store: Store, device: str, seq: int) -> str:
+    """The reading's proof bundle against the newest checkpoint, with every sealed device leaf
+    of its device (each with its own inclusion proof) so the signing key is proven too."""
+    row = await store.reading(device, seq)
+    if row is None:
+        raise ProofUnavailable(f"no reading {seq} of device {device} is stored",
+                               device=device, seq=seq)
+    checkpoint = await store.latest_checkpoint()
+    if checkpoint is None or row.leaf_index is None or row.leaf_index >= checkpoint.size:
+        raise ProofUnavailable(
+            f"reading {seq} of device {device} is stored but not sealed yet; retry after the "
+            "next seal",
+            check="not-sealed",
+            device=device,
+            seq=seq,
+        )
+    size = checkpoint.size
+    keys = [
+        LoggedLeaf(leaf.data, leaf.leaf_index, tuple(await inclusion_proof(store, leaf.leaf_index, size)))
+        for leaf in await store.device_leaves(device)
+        if leaf.leaf_index is not None and leaf.leaf_index < size
+    ]
+    reading = LoggedLeaf(
+        row.message, row.leaf_index, tuple(await inclusion_proof(store, row.leaf_index, size))
+    )
+    return Bundle(reading=reading, device_leaves=tuple(keys), checkpoint=checkpoint.note).to_text()

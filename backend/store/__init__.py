@@ -1,0 +1,76 @@
+"""The one place for persistence: a small async interface, SQLite behind it today.
+
+Components depend on :class:`Store` (the methods below), not on SQLite, so a PostgreSQL
+implementation can slot in later; :func:`open_store` picks the implementation from the location.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from meterchain.backend.store.records import (
+    AckState,
+    BatchRow,
+    CheckpointRow,
+    CommitResult,
+    KeyRow,
+    LeafRow,
+    Outcome,
+    ReadingRow,
+    RejectionRecord,
+    Seal,
+    StaleKeys,
+    TreeState,
+    VerifiedReading,
+)
+from meterchain.backend.store.sqlite import SqliteStore, StoreError
+from meterchain.contract.leaves import DeviceLeaf
+
+__all__ = [
+    "AckState", "BatchRow", "CheckpointRow", "CommitResult", "KeyRow", "LeafRow", "Outcome",
+    "ReadingRow", "RejectionRecord", "Seal", "SqliteStore", "StaleKeys", "Store", "StoreError",
+    "TreeState", "VerifiedReading", "open_store",
+]
+
+
+class Store(Protocol):
+    """What ingest, registry, sealer, API and audit need from persistence."""
+
+    async def close(self) -> None: ...
+    async def schema_version(self) -> int: ...
+    async def key_rows(self, after_leaf_id: int = 0, device: str | None = None) -> list[KeyRow]: ...
+    async def key_version(self) -> int: ...
+    async def append_device_leaf(
+        self, device: str, build: Callable[[list[KeyRow], int], DeviceLeaf]
+    ) -> DeviceLeaf: ...
+    async def devices(self) -> list[tuple[str, int]]: ...
+    async def commit_batch(
+        self, readings: Sequence[VerifiedReading], rejections: Sequence[RejectionRecord],
+        acks: Mapping[str, int], key_version: int,
+    ) -> CommitResult: ...
+    async def record_rejections(self, rejections: Sequence[RejectionRecord]) -> None: ...
+    async def ack_state(self, device: str) -> AckState: ...
+    async def acked_devices(self) -> list[str]: ...
+    async def tree_state(self) -> TreeState: ...
+    async def pending_leaves(self, limit: int) -> list[tuple[int, bytes]]: ...
+    async def pending_count(self) -> int: ...
+    async def seal(self, seal: Seal, between: Callable[[str], None] | None = None) -> None: ...
+    async def nodes(self, ids: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]: ...
+    async def latest_checkpoint(self) -> CheckpointRow | None: ...
+    async def checkpoint(self, size: int) -> CheckpointRow | None: ...
+    async def reading(self, device: str, seq: int) -> ReadingRow | None: ...
+    async def readings(self, device: str, start: int, end: int, limit: int) -> list[ReadingRow]: ...
+    async def device_leaves(self, device: str) -> list[LeafRow]: ...
+    async def batches(self, start: int, limit: int) -> list[BatchRow]: ...
+
+
+async def open_store(location: str | Path) -> SqliteStore:
+    """Open the store at ``location`` (a SQLite file path; ``sqlite:///path`` also works)."""
+    text = str(location)
+    if text.startswith("postgres"):
+        raise StoreError("PostgreSQL is not supported yet; use a SQLite file path", location=text)
+    if text.startswith("sqlite:///"):
+        text = text[len("sqlite:///") :]
+    return await SqliteStore.open(text)

@@ -1,0 +1,145 @@
+"""What goes in and out of the store: plain records, independent of the database behind it."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    """One device leaf as the key registry keeps it (log order = ``leaf_id`` order)."""
+
+    leaf_id: int
+    device: str
+    event: str
+    public_key: bytes
+    kid: bytes
+    valid_from: int
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedReading:
+    """A reading that passed every check, ready to be committed."""
+
+    device: str
+    seq: int
+    meter: str
+    start: int
+    end: int
+    import_wh: int
+    export_wh: int
+    message: bytes
+    reading_digest: bytes
+    leaf_hash: bytes
+    received_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionRecord:
+    """A message refused with a stable reason code; ``permanent`` ones are reported in the ack."""
+
+    device: str | None
+    seq: int | None
+    reason: str
+    detail: str
+    permanent: bool
+    time: int
+
+
+class Outcome(enum.Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    CONFLICT = "conflict"
+
+
+@dataclass(slots=True)
+class CommitResult:
+    """Per verified reading, what the commit did with it (same order as given)."""
+
+    outcomes: list[Outcome]
+    #: Rejections for good created by this commit (the conflicts).
+    conflicts: list[RejectionRecord] = field(default_factory=list)
+
+
+class StaleKeys(Exception):
+    """The device keys changed since the batch was verified; verify it again."""
+
+
+@dataclass(frozen=True, slots=True)
+class AckState:
+    """What a device's ack needs: its ``upto``, committed seqs above it, recent rejections."""
+
+    upto: int
+    above: frozenset[int]
+    recent_rejections: tuple[tuple[int, str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeState:
+    """The sealed tree: its size, the hashes of its peaks, and its newest checkpoint and batch."""
+
+    size: int
+    peaks: tuple[bytes, ...]
+    checkpoint_size: int | None
+    checkpoint_root: bytes | None
+    last_header: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Seal:
+    """Everything one sealing writes, in one transaction."""
+
+    old_size: int
+    leaf_ids: tuple[int, ...]
+    nodes: tuple[tuple[int, int, bytes], ...]
+    size: int
+    root: bytes
+    note: str
+    batch_index: int
+    header: bytes
+    sealed: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingRow:
+    device: str
+    seq: int
+    meter: str
+    start: int
+    end: int
+    import_wh: int
+    export_wh: int
+    reading_digest: bytes
+    leaf_id: int
+    leaf_index: int | None
+    message: bytes
+    received_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeafRow:
+    id: int
+    kind: str
+    data: bytes
+    leaf_hash: bytes
+    leaf_index: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    size: int
+    root: bytes
+    note: str
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    idx: int
+    first: int
+    size: int
+    root: bytes
+    sealed: int
+    header: bytes

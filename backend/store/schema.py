@@ -1,0 +1,99 @@
+"""The store's schema as an ordered list of migrations; the database records how far it got.
+
+Never edit a migration that has shipped: append a new one. Each migration runs in the same
+transaction as the bump of ``schema_version``, so a crash leaves the schema at a known version.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: devices, the log's leaves, readings, keys, evidence, the tree and its seals.
+    (
+        """CREATE TABLE devices (
+            device TEXT PRIMARY KEY,
+            created INTEGER NOT NULL
+        )""",
+        # id = arrival order; leaf_index is assigned by the sealer, NULL until sealed.
+        """CREATE TABLE leaves (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL CHECK (kind IN ('reading', 'device', 'settlement')),
+            data BLOB NOT NULL,
+            leaf_hash BLOB NOT NULL,
+            leaf_index INTEGER UNIQUE,
+            received_at INTEGER NOT NULL
+        )""",
+        "CREATE INDEX leaves_pending ON leaves (id) WHERE leaf_index IS NULL",
+        """CREATE TABLE readings (
+            device TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            meter TEXT NOT NULL,
+            start INTEGER NOT NULL,
+            "end" INTEGER NOT NULL,
+            import_wh INTEGER NOT NULL,
+            export_wh INTEGER NOT NULL,
+            reading_digest BLOB NOT NULL,
+            leaf_id INTEGER NOT NULL UNIQUE REFERENCES leaves (id),
+            received_at INTEGER NOT NULL,
+            PRIMARY KEY (device, seq),
+            UNIQUE (device, meter, "end")
+        ) WITHOUT ROWID""",
+        "CREATE INDEX readings_by_time ON readings (device, \"end\")",
+        """CREATE TABLE device_keys (
+            leaf_id INTEGER PRIMARY KEY REFERENCES leaves (id),
+            device TEXT NOT NULL,
+            event TEXT NOT NULL,
+            public_key BLOB NOT NULL,
+            kid BLOB NOT NULL,
+            valid_from INTEGER NOT NULL,
+            time INTEGER NOT NULL
+        )""",
+        "CREATE INDEX device_keys_by_device ON device_keys (device, leaf_id)",
+        # Evidence of a conflict: the message that lost, kept verbatim beside the leaf that won.
+        """CREATE TABLE conflicts (
+            id INTEGER PRIMARY KEY,
+            device TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            message BLOB NOT NULL,
+            kept_leaf_id INTEGER NOT NULL REFERENCES leaves (id),
+            time INTEGER NOT NULL
+        )""",
+        # permanent = rejected for good (reported in the ack); others are logged and counted only.
+        """CREATE TABLE rejections (
+            id INTEGER PRIMARY KEY,
+            device TEXT,
+            seq INTEGER,
+            reason TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            permanent INTEGER NOT NULL,
+            time INTEGER NOT NULL
+        )""",
+        "CREATE INDEX rejections_permanent ON rejections (device, seq) WHERE permanent = 1",
+        """CREATE TABLE ack_state (
+            device TEXT PRIMARY KEY,
+            upto INTEGER NOT NULL,
+            time INTEGER NOT NULL
+        )""",
+        """CREATE TABLE log_nodes (
+            level INTEGER NOT NULL,
+            idx INTEGER NOT NULL,
+            hash BLOB NOT NULL,
+            PRIMARY KEY (level, idx)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE checkpoints (
+            size INTEGER PRIMARY KEY,
+            root BLOB NOT NULL,
+            note TEXT NOT NULL,
+            time INTEGER NOT NULL
+        )""",
+        """CREATE TABLE batches (
+            idx INTEGER PRIMARY KEY,
+            first INTEGER NOT NULL,
+            size INTEGER NOT NULL UNIQUE,
+            root BLOB NOT NULL,
+            sealed INTEGER NOT NULL,
+            header BLOB NOT NULL
+        )""",
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)

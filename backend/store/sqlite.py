@@ -1,0 +1,481 @@
+"""The store on SQLite through aiosqlite: WAL, synchronous=FULL, explicit short transactions.
+
+Each component (ingest, sealer, API, registry) opens its own connection: SQLite allows one writer
+at a time, and a connection shared between tasks would interleave their transactions. Readers
+never block the writer in WAL mode; writers wait for each other up to ``busy_timeout``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import aiosqlite
+
+from meterchain.backend.store.records import (
+    AckState,
+    BatchRow,
+    CheckpointRow,
+    CommitResult,
+    KeyRow,
+    LeafRow,
+    Outcome,
+    ReadingRow,
+    RejectionRecord,
+    Seal,
+    StaleKeys,
+    TreeState,
+    VerifiedReading,
+)
+from meterchain.backend.store.schema import MIGRATIONS, SCHEMA_VERSION
+from meterchain.contract.errors import MeterchainError
+from meterchain.contract.leaves import DeviceLeaf
+from meterchain.contract.merkle import leaf_hash
+
+#: How many permanent rejections an ack repeats (newest last).
+RECENT_REJECTIONS = 64
+_READING_COLUMNS = (
+    "r.device, r.seq, r.meter, r.start, r.\"end\", r.import_wh, r.export_wh, r.reading_digest, "
+    "r.leaf_id, l.leaf_index, l.data, r.received_at"
+)
+
+
+class StoreError(MeterchainError):
+    """The store refused an operation (schema too new, a seal out of order, ...)."""
+
+    check = "store"
+
+
+class SqliteStore:
+    """One connection to the meterchain database; open one per component."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: str | Path, *, busy_timeout_ms: int = 30_000) -> SqliteStore:
+        """Open (creating if needed) and migrate the database at ``path``."""
+        conn = await aiosqlite.connect(str(path), isolation_level=None)
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA synchronous = FULL")
+            store = cls(conn, str(path))
+            await store._migrate()
+        except BaseException:
+            await conn.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    # ------------------------------------------------------------------ schema
+
+    async def _migrate(self) -> None:
+        await self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            await self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+            )
+            version = await self._scalar("SELECT max(version) FROM schema_version") or 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database schema {version} is newer than this meterchain ({SCHEMA_VERSION}); "
+                    "upgrade meterchain",
+                    path=self.path,
+                )
+            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in statements:
+                    await self._conn.execute(statement)
+                await self._conn.execute("INSERT INTO schema_version VALUES (?)", (number,))
+            await self._conn.execute("COMMIT")
+        except BaseException:
+            await self._conn.execute("ROLLBACK")
+            raise
+
+    async def schema_version(self) -> int:
+        return int(await self._scalar("SELECT max(version) FROM schema_version") or 0)
+
+    async def _scalar(self, sql: str, params: Sequence[object] = ()) -> object:
+        async with self._conn.execute(sql, params) as cur:
+            row = await cur.fetchone()
+        return None if row is None else row[0]
+
+    async def _rows(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        async with self._conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def _write(self, work: Callable[[], object]) -> object:
+        """Run ``work`` (a coroutine factory) in one IMMEDIATE transaction."""
+        await self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = await work()  # type: ignore[misc]
+        except BaseException:
+            await self._conn.execute("ROLLBACK")
+            raise
+        await self._conn.execute("COMMIT")
+        return result
+
+    # ---------------------------------------------------------------- registry
+
+    async def key_rows(self, after_leaf_id: int = 0, device: str | None = None) -> list[KeyRow]:
+        """Device leaves in log order, optionally only newer than ``after_leaf_id``."""
+        sql = (
+            "SELECT leaf_id, device, event, public_key, kid, valid_from, time FROM device_keys "
+            "WHERE leaf_id > ?"
+        )
+        params: list[object] = [after_leaf_id]
+        if device is not None:
+            sql += " AND device = ?"
+            params.append(device)
+        return [KeyRow(*row) for row in await self._rows(sql + " ORDER BY leaf_id", params)]
+
+    async def key_version(self) -> int:
+        """The newest device leaf's id: changes whenever a key is enrolled, rotated or revoked."""
+        return int(await self._scalar("SELECT max(leaf_id) FROM device_keys") or 0)
+
+    async def append_device_leaf(
+        self, device: str, build: Callable[[list[KeyRow], int], DeviceLeaf]
+    ) -> DeviceLeaf:
+        """Append the device leaf ``build(current key rows, highest committed seq)`` returns (it
+        raises to refuse), in one transaction with the state it was built from."""
+
+        async def work() -> DeviceLeaf:
+            rows = await self.key_rows(device=device)
+            highest = int(
+                await self._scalar("SELECT max(seq) FROM readings WHERE device = ?", (device,)) or 0
+            )
+            leaf = build(rows, highest)
+            data = leaf.to_cbor()
+            await self._conn.execute(
+                "INSERT OR IGNORE INTO devices (device, created) VALUES (?, ?)", (device, leaf.time)
+            )
+            cur = await self._conn.execute(
+                "INSERT INTO leaves (kind, data, leaf_hash, received_at) VALUES ('device', ?, ?, ?)",
+                (data, leaf_hash(data), leaf.time),
+            )
+            await self._conn.execute(
+                "INSERT INTO device_keys VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (int(cur.lastrowid or 0), device, leaf.event.value, leaf.public_key_der,
+                 leaf.key_id, leaf.valid_from, leaf.time),
+            )
+            return leaf
+
+        return await self._write(work)  # type: ignore[return-value]
+
+    async def devices(self) -> list[tuple[str, int]]:
+        return [(r[0], r[1]) for r in await self._rows("SELECT device, created FROM devices ORDER BY device")]
+
+    # ------------------------------------------------------------------ ingest
+
+    async def commit_batch(
+        self,
+        readings: Sequence[VerifiedReading],
+        rejections: Sequence[RejectionRecord],
+        acks: Mapping[str, int],
+        key_version: int,
+    ) -> CommitResult:
+        """Commit verified readings idempotently and record rejections, in one transaction.
+
+        A duplicate (same device, seq and reading bytes) is dropped; a conflict (same (device,
+        seq) or (device, meter, end) with other bytes) keeps the first, records the message as
+        evidence and becomes a rejection for good. ``acks`` (the new ``upto`` per device) is
+        written in the same transaction. Raises :class:`StaleKeys` (nothing written) if
+        device keys changed since ``key_version``.
+        """
+
+        async def work() -> CommitResult:
+            if await self.key_version() != key_version:
+                raise StaleKeys()
+            existing = await self._existing(readings)
+            next_id = int(
+                await self._scalar("SELECT seq FROM sqlite_sequence WHERE name = 'leaves'") or 0
+            )
+            next_id = max(next_id, int(await self._scalar("SELECT max(id) FROM leaves") or 0))
+            outcomes: list[Outcome] = []
+            leaf_rows: list[tuple[object, ...]] = []
+            reading_rows: list[tuple[object, ...]] = []
+            conflict_rows: list[tuple[object, ...]] = []
+            conflicts: list[RejectionRecord] = []
+            for r in readings:
+                by_seq = existing.get(("s", r.device, r.seq))
+                by_slot = existing.get(("m", r.device, r.meter, r.end))
+                kept = by_seq or by_slot
+                if kept is None:
+                    next_id += 1
+                    leaf_rows.append((next_id, r.message, r.leaf_hash, r.received_at))
+                    reading_rows.append(
+                        (r.device, r.seq, r.meter, r.start, r.end, r.import_wh, r.export_wh,
+                         r.reading_digest, next_id, r.received_at)
+                    )
+                    entry = (r.reading_digest, next_id, r.seq)
+                    existing[("s", r.device, r.seq)] = entry
+                    existing[("m", r.device, r.meter, r.end)] = entry
+                    outcomes.append(Outcome.STORED)
+                elif by_seq is not None and by_seq[0] == r.reading_digest:
+                    outcomes.append(Outcome.DUPLICATE)
+                else:
+                    outcomes.append(Outcome.CONFLICT)
+                    conflict_rows.append((r.device, r.seq, r.message, kept[1], r.received_at))
+                    what = (
+                        f"sequence {r.seq} is already stored with other reading bytes"
+                        if by_seq is not None
+                        else f"meter {r.meter} interval ending {r.end} is already stored as "
+                        f"sequence {kept[2]}"
+                    )
+                    conflicts.append(
+                        RejectionRecord(r.device, r.seq, "conflict", what + "; the first is kept",
+                                        True, r.received_at)
+                    )
+            if leaf_rows:
+                await self._conn.executemany(
+                    "INSERT INTO leaves (id, kind, data, leaf_hash, received_at) "
+                    "VALUES (?, 'reading', ?, ?, ?)",
+                    leaf_rows,
+                )
+                await self._conn.executemany(
+                    "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", reading_rows
+                )
+            if conflict_rows:
+                await self._conn.executemany(
+                    "INSERT INTO conflicts (device, seq, message, kept_leaf_id, time) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    conflict_rows,
+                )
+            all_rejections = [*rejections, *conflicts]
+            if all_rejections:
+                await self._conn.executemany(
+                    "INSERT INTO rejections (device, seq, reason, detail, permanent, time) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(x.device, x.seq, x.reason, x.detail[:500], int(x.permanent), x.time)
+                     for x in all_rejections],
+                )
+            now = int(time.time())
+            if acks:
+                await self._conn.executemany(
+                    "INSERT INTO ack_state (device, upto, time) VALUES (?, ?, ?) "
+                    "ON CONFLICT (device) DO UPDATE SET upto = excluded.upto, time = excluded.time",
+                    [(device, value, now) for device, value in acks.items()],
+                )
+            return CommitResult(outcomes, conflicts)
+
+        return await self._write(work)  # type: ignore[return-value]
+
+    async def _existing(
+        self, readings: Sequence[VerifiedReading]
+    ) -> dict[tuple[object, ...], tuple[bytes, int, int]]:
+        """Stored readings that share (device, seq) or (device, meter, end) with the batch."""
+        found: dict[tuple[object, ...], tuple[bytes, int, int]] = {}
+        for chunk_start in range(0, len(readings), 300):
+            chunk = readings[chunk_start : chunk_start + 300]
+            by_seq = ",".join("(?,?)" for _ in chunk)
+            rows = await self._rows(
+                "SELECT device, seq, meter, \"end\", reading_digest, leaf_id FROM readings "
+                f"WHERE (device, seq) IN (VALUES {by_seq})",
+                [v for r in chunk for v in (r.device, r.seq)],
+            )
+            by_slot = ",".join("(?,?,?)" for _ in chunk)
+            rows += await self._rows(
+                "SELECT device, seq, meter, \"end\", reading_digest, leaf_id FROM readings "
+                f"WHERE (device, meter, \"end\") IN (VALUES {by_slot})",
+                [v for r in chunk for v in (r.device, r.meter, r.end)],
+            )
+            for device, seq, meter, end, digest, leaf_id in rows:
+                found[("s", device, seq)] = (digest, leaf_id, seq)
+                found[("m", device, meter, end)] = (digest, leaf_id, seq)
+        return found
+
+    async def record_rejections(self, rejections: Iterable[RejectionRecord]) -> None:
+        rows = [(x.device, x.seq, x.reason, x.detail[:500], int(x.permanent), x.time)
+                for x in rejections]
+        if not rows:
+            return
+
+        async def work() -> None:
+            await self._conn.executemany(
+                "INSERT INTO rejections (device, seq, reason, detail, permanent, time) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+        await self._write(work)
+
+    async def ack_state(self, device: str) -> AckState:
+        """The stored ``upto`` of a device, the seqs done above it and its recent rejections."""
+        upto = int(await self._scalar("SELECT upto FROM ack_state WHERE device = ?", (device,)) or 0)
+        above = [
+            r[0]
+            for r in await self._rows(
+                "SELECT seq FROM readings WHERE device = ? AND seq > ? "
+                "UNION SELECT seq FROM rejections WHERE device = ? AND permanent = 1 AND seq > ?",
+                (device, upto, device, upto),
+            )
+        ]
+        recent = await self._rows(
+            "SELECT seq, reason, detail FROM rejections WHERE device = ? AND permanent = 1 "
+            "ORDER BY id DESC LIMIT ?",
+            (device, RECENT_REJECTIONS),
+        )
+        return AckState(upto, frozenset(above), tuple((s, r, d) for s, r, d in reversed(recent)))
+
+    async def acked_devices(self) -> list[str]:
+        return [r[0] for r in await self._rows("SELECT device FROM ack_state ORDER BY device")]
+
+    async def rejection_counts(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in await self._rows(
+            "SELECT reason, count(*) FROM rejections GROUP BY reason")}
+
+    async def conflicts(self, device: str) -> list[tuple[int, bytes, int]]:
+        return [(r[0], r[1], r[2]) for r in await self._rows(
+            "SELECT seq, message, kept_leaf_id FROM conflicts WHERE device = ? ORDER BY id", (device,))]
+
+    # ------------------------------------------------------------------ sealing
+
+    async def tree_state(self) -> TreeState:
+        """The sealed tree's size and peaks, read in one snapshot."""
+        from meterchain.backend.log.tree import peak_ids
+
+        await self._conn.execute("BEGIN")
+        try:
+            size = int(await self._scalar("SELECT max(size) FROM checkpoints") or 0)
+            peaks = []
+            if size:
+                ids = peak_ids(size)
+                fetched = await self.nodes([(n.level, n.index) for n in ids])
+                missing = [n for n in ids if (n.level, n.index) not in fetched]
+                if missing:
+                    raise StoreError(
+                        "a peak node of the sealed tree is missing", size=size,
+                        node=(missing[0].level, missing[0].index),
+                    )
+                peaks = [fetched[(n.level, n.index)] for n in ids]
+            row = await self._rows("SELECT size, root FROM checkpoints ORDER BY size DESC LIMIT 1")
+            header = await self._scalar("SELECT header FROM batches ORDER BY idx DESC LIMIT 1")
+        finally:
+            await self._conn.execute("COMMIT")
+        return TreeState(
+            size,
+            tuple(peaks),
+            row[0][0] if row else None,
+            row[0][1] if row else None,
+            header,  # type: ignore[arg-type]
+        )
+
+    async def pending_leaves(self, limit: int) -> list[tuple[int, bytes]]:
+        """Unsealed leaves in arrival order: (leaf id, leaf hash)."""
+        return [(r[0], r[1]) for r in await self._rows(
+            "SELECT id, leaf_hash FROM leaves WHERE leaf_index IS NULL ORDER BY id LIMIT ?", (limit,))]
+
+    async def pending_count(self) -> int:
+        return int(await self._scalar("SELECT count(*) FROM leaves WHERE leaf_index IS NULL") or 0)
+
+    async def seal(self, seal: Seal, between: Callable[[str], None] | None = None) -> None:
+        """Write a seal whole or not at all; ``between(step)`` is a test seam for crashes."""
+        step = between or (lambda _: None)
+
+        async def work() -> None:
+            size = int(await self._scalar("SELECT max(size) FROM checkpoints") or 0)
+            if size != seal.old_size:
+                raise StoreError("the tree grew since this seal was prepared",
+                                 expected=seal.old_size, found=size)
+            await self._conn.executemany(
+                "UPDATE leaves SET leaf_index = ? WHERE id = ? AND leaf_index IS NULL",
+                [(seal.old_size + i, leaf_id) for i, leaf_id in enumerate(seal.leaf_ids)],
+            )
+            step("leaves")
+            await self._conn.executemany("INSERT INTO log_nodes VALUES (?, ?, ?)", seal.nodes)
+            step("nodes")
+            await self._conn.execute(
+                "INSERT INTO checkpoints VALUES (?, ?, ?, ?)",
+                (seal.size, seal.root, seal.note, seal.sealed),
+            )
+            step("checkpoint")
+            await self._conn.execute(
+                "INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)",
+                (seal.batch_index, seal.old_size, seal.size, seal.root, seal.sealed, seal.header),
+            )
+            step("batch")
+
+        await self._write(work)
+
+    # ------------------------------------------------------------------- reads
+
+    async def nodes(self, ids: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """Stored node hashes by (level, index), in one query per 400 ids."""
+        found: dict[tuple[int, int], bytes] = {}
+        ids = list(dict.fromkeys(ids))
+        for start in range(0, len(ids), 400):
+            chunk = ids[start : start + 400]
+            values = ",".join("(?,?)" for _ in chunk)
+            for level, idx, value in await self._rows(
+                f"SELECT level, idx, hash FROM log_nodes WHERE (level, idx) IN (VALUES {values})",
+                [v for pair in chunk for v in pair],
+            ):
+                found[(level, idx)] = value
+        return found
+
+    async def latest_checkpoint(self) -> CheckpointRow | None:
+        rows = await self._rows("SELECT size, root, note, time FROM checkpoints ORDER BY size DESC LIMIT 1")
+        return CheckpointRow(*rows[0]) if rows else None
+
+    async def checkpoint(self, size: int) -> CheckpointRow | None:
+        rows = await self._rows("SELECT size, root, note, time FROM checkpoints WHERE size = ?", (size,))
+        return CheckpointRow(*rows[0]) if rows else None
+
+    async def reading(self, device: str, seq: int) -> ReadingRow | None:
+        rows = await self._rows(
+            f"SELECT {_READING_COLUMNS} FROM readings r JOIN leaves l ON l.id = r.leaf_id "
+            "WHERE r.device = ? AND r.seq = ?",
+            (device, seq),
+        )
+        return ReadingRow(*rows[0]) if rows else None
+
+    async def readings(self, device: str, start: int, end: int, limit: int) -> list[ReadingRow]:
+        """Readings of a device whose interval ends in [start, end), oldest first."""
+        return [ReadingRow(*r) for r in await self._rows(
+            f"SELECT {_READING_COLUMNS} FROM readings r JOIN leaves l ON l.id = r.leaf_id "
+            "WHERE r.device = ? AND r.\"end\" >= ? AND r.\"end\" < ? ORDER BY r.\"end\", r.seq LIMIT ?",
+            (device, start, end, limit),
+        )]
+
+    async def reading_count(self, device: str | None = None) -> int:
+        if device is None:
+            return int(await self._scalar("SELECT count(*) FROM readings") or 0)
+        return int(await self._scalar("SELECT count(*) FROM readings WHERE device = ?", (device,)) or 0)
+
+    async def device_leaves(self, device: str) -> list[LeafRow]:
+        """Every device leaf of ``device`` in log order, sealed or not."""
+        return [LeafRow(*r) for r in await self._rows(
+            "SELECT l.id, l.kind, l.data, l.leaf_hash, l.leaf_index FROM device_keys k "
+            "JOIN leaves l ON l.id = k.leaf_id WHERE k.device = ? ORDER BY l.id",
+            (device,),
+        )]
+
+    async def batches(self, start: int, limit: int) -> list[BatchRow]:
+        return [BatchRow(*r) for r in await self._rows(
+            "SELECT idx, first, size, root, sealed, header FROM batches WHERE idx >= ? "
+            "ORDER BY idx LIMIT ?",
+            (start, limit),
+        )]
+
+    # ------------------------------------------------------------------ audit
+
+    async def iter_rows(self, sql: str, params: Sequence[object] = (), chunk: int = 2000
+                        ) -> AsyncIterator[sqlite3.Row]:
+        async with self._conn.execute(sql, params) as cur:
+            while rows := await cur.fetchmany(chunk):
+                for row in rows:
+                    yield row
+
+    async def count(self, table: str) -> int:
+        if table not in {"leaves", "readings", "log_nodes", "checkpoints", "batches", "device_keys"}:
+            raise StoreError(f"unknown table {table!r}")
+        return int(await self._scalar(f"SELECT count(*) FROM {table}") or 0)
+
+    async def execute(self, sql: str, params: Sequence[object] = ()) -> None:
+        """Run one statement in its own transaction (tests use it to tamper)."""
+        await self._conn.execute(sql, params)
