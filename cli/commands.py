@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from meterchain.agent import cli as agent_cli
 from meterchain.bridge import cli as bridge_cli
 from meterchain.cli import verify_cmd
 
@@ -11,4 +12,5 @@ from meterchain.cli import verify_cmd
 def register(app: typer.Typer) -> None:
     """Attach every part's commands to the top-level app."""
     app.add_typer(bridge_cli.app, name="emulate")
+    app.add_typer(agent_cli.app, name="agent")
     verify_cmd.register(app)

@@ -1,0 +1,126 @@
+"""The agent as one service: outbox, poller and publisher wired together from a config."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import stat
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from meterchain.agent.clock import Clock, SystemClock, kernel_clock_sync
+from meterchain.agent.config import AgentConfig, ConfigError
+from meterchain.agent.meters import MeterSource, modbus_sources
+from meterchain.agent.metrics import AgentMetrics
+from meterchain.agent.outbox import Outbox
+from meterchain.agent.publisher import Backoff, Publisher
+from meterchain.agent.scheduler import Poller
+from meterchain.contract.reading import ClockSync
+from meterchain.contract.signing import Signer, key_id, load_signer
+
+log = logging.getLogger(__name__)
+
+
+def load_device_key(path: Path) -> Signer:
+    """The device's signer from its PEM file; warns when others may read the key."""
+    try:
+        pem = path.read_bytes()
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read device key {path} ({exc.strerror}); create one with"
+            " `meterchain agent keygen --out PATH`",
+            key="key_path", path=str(path),
+        ) from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("event=key_permissions path=%s mode=%o advice=chmod_600", path, mode & 0o777)
+    return load_signer(pem)
+
+
+class Agent:
+    """Everything ``meterchain agent run`` does; tests run it as a task and cancel it to 'crash'."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        signer: Signer | None = None,
+        sources: Sequence[MeterSource] | None = None,
+        clock: Clock | None = None,
+        metrics: AgentMetrics | None = None,
+        clock_sync: Callable[[], ClockSync] = kernel_clock_sync,
+        backoff: Backoff = Backoff(),
+    ) -> None:
+        self.config = config
+        self.signer = signer or load_device_key(config.key_path)
+        self.sources = list(sources) if sources is not None else modbus_sources(config.meters)
+        self.clock = clock or SystemClock()
+        self.metrics = metrics or AgentMetrics()
+        self.clock_sync = clock_sync
+        self.backoff = backoff
+        self.outbox: Outbox | None = None
+        self.poller: Poller | None = None
+        self.publisher: Publisher | None = None
+        self.started = asyncio.Event()
+
+    async def run(self) -> None:
+        """Run until cancelled; the outbox is closed on the way out, whatever the reason."""
+        config = self.config
+        outbox = await Outbox.open(config.outbox_path, config.device_id)
+        try:
+            kid = key_id(self.signer.public_key_der)
+            previous = await outbox.set_key_id(kid)
+            if previous is not None and previous != kid:
+                log.warning(
+                    "event=key_changed device=%s old_key_id=%s new_key_id=%s"
+                    " advice=rotate_enrolment_at_backend",
+                    config.device_id, previous.hex(), kid.hex(),
+                )
+            self.outbox = outbox
+            self.publisher = Publisher(
+                device=config.device_id, broker=config.broker, outbox=outbox, clock=self.clock,
+                metrics=self.metrics, ack_timeout=config.ack_timeout_seconds, backoff=self.backoff,
+            )
+            self.poller = Poller(
+                device=config.device_id, signer=self.signer, sources=self.sources, outbox=outbox,
+                clock=self.clock, interval=config.interval_seconds, metrics=self.metrics,
+                clock_sync=self.clock_sync, on_cycle=self.publisher.wake,
+            )
+            self.metrics.outbox_depth.set(await outbox.depth())
+            log.info(
+                "event=agent_start device=%s key_id=%s meters=%d interval=%d outbox=%s"
+                " next_seq=%d depth=%d",
+                config.device_id, kid.hex(), len(self.sources), config.interval_seconds,
+                config.outbox_path, await outbox.next_seq(), await outbox.depth(),
+            )
+            self.started.set()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.publisher.run())
+                group.create_task(self.poller.run())
+        finally:
+            for source in self.sources:
+                source.close()
+            await outbox.close()
+
+
+def run_agent(config: AgentConfig, metrics_port: int | None = None) -> None:
+    """Blocking entry point of ``meterchain agent run``."""
+    metrics = AgentMetrics()
+    if metrics_port is not None:
+        metrics.serve(metrics_port)
+    agent = Agent(config, metrics=metrics)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await agent.run()
+        except asyncio.CancelledError:
+            log.info("event=agent_stop reason=signal")
+
+    asyncio.run(main())
+
