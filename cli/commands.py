@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from meterchain.agent import cli as agent_cli
+from meterchain.backend import cli as backend_cli
 from meterchain.bridge import cli as bridge_cli
 from meterchain.cli import verify_cmd
 
@@ -13,4 +14,5 @@ def register(app: typer.Typer) -> None:
     """Attach every part's commands to the top-level app."""
     app.add_typer(bridge_cli.app, name="emulate")
     app.add_typer(agent_cli.app, name="agent")
+    backend_cli.register(app)
     verify_cmd.register(app)

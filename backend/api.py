@@ -1,0 +1,280 @@
+"""The backend's HTTP API (FastAPI; OpenAPI at /docs): readings, proofs, checkpoints, batches,
+device enrolment. Every integer is bounded to [0, 2^53 − 1]; every error body says what was wrong
+and what to do. Authorisation lives in one dependency (:func:`require_reader`) so scoped keys for
+households and utilities can replace the admin token later without touching the routes.
+"""
+
+
+import asyncio
+import base64
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from meterchain.backend import registry
+from meterchain.backend.log.proofs import ProofUnavailable, build_bundle, consistency_proof
+from meterchain.backend.store import SqliteStore, open_store
+from meterchain.contract.batch import SignedBatchHeader
+from meterchain.contract.errors import MeterchainError
+from meterchain.contract.note import NoteVerifier
+from meterchain.contract.reading import MAX_SAFE_INT
+
+DEVICE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+Device = Annotated[str, Path(pattern=DEVICE_PATTERN, description="Device id")]
+SafeInt = Annotated[int, Field(ge=0, le=MAX_SAFE_INT)]
+Seq = Annotated[int, Path(ge=1, le=MAX_SAFE_INT)]
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": check, "detail": what, "hint": what to do}``."""
+
+    def __init__(self, status: int, error: str, detail: str, hint: str) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.hint = status, error, detail, hint
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class EnrolRequest(_Strict):
+    device: str = Field(pattern=DEVICE_PATTERN)
+    public_key: str = Field(
+        min_length=1, max_length=4096,
+        description="P-256 SubjectPublicKeyInfo: PEM text or base64 of the DER",
+    )
+
+
+class RotateRequest(_Strict):
+    public_key: str = Field(min_length=1, max_length=4096)
+    valid_from: SafeInt | None = Field(default=None, description="First sequence of the new key")
+
+
+class RevokeRequest(_Strict):
+    valid_from: SafeInt | None = Field(default=None, description="First sequence refused")
+
+
+class DeviceLeafOut(BaseModel):
+    device: str
+    event: str
+    key_id: str
+    valid_from: int
+    time: int
+
+
+class ReadingOut(BaseModel):
+    seq: int
+    meter: str
+    start: int
+    end: int
+    import_wh: int
+    export_wh: int
+    leaf_index: int | None
+    message: str = Field(description="The signed message, base64 (CBOR [reading, signature])")
+
+
+class ConsistencyOut(BaseModel):
+    old: int
+    new: int
+    proof: list[str]
+
+
+class BatchOut(BaseModel):
+    index: int
+    first: int
+    size: int
+    root: str
+    sealed: int
+    header: str = Field(description="Signed header, base64 CBOR [header, Ed25519 signature]")
+
+
+class BatchesOut(BaseModel):
+    batches: list[BatchOut]
+
+
+class ApiState:
+    """Connections the API owns: one for reads, one (behind a lock) for enrolment writes."""
+
+    def __init__(self, db: str, admin_token: str, verifier: NoteVerifier) -> None:
+        self.db, self.admin_token, self.verifier = db, admin_token, verifier
+        self.reader: SqliteStore | None = None
+        self.writer: SqliteStore | None = None
+        self.write_lock = asyncio.Lock()
+
+
+def create_app(db: str, admin_token: str, log_verifier: NoteVerifier) -> FastAPI:
+    """The API over the database at ``db``; ``admin_token`` guards writes and (for now) reads."""
+    state = ApiState(db, admin_token, log_verifier)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.reader, state.writer = await open_store(db), await open_store(db)
+        try:
+            yield
+        finally:
+            await state.reader.close()
+            await state.writer.close()
+
+    app = FastAPI(
+        title="meterchain backend",
+        version="1",
+        description="Verifiable smart-meter readings: ingest, transparency log, proofs.",
+        lifespan=lifespan,
+    )
+    app.state.api = state
+    bearer = HTTPBearer(auto_error=False)
+
+    def require_admin(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> None:
+        if not state.admin_token:
+            raise ApiError(503, "no-admin-token", "this backend has no admin token configured",
+                           "start it with --admin-token or MC_ADMIN_TOKEN")
+        if credentials is None or not secrets.compare_digest(
+            credentials.credentials.encode(), state.admin_token.encode()
+        ):
+            raise ApiError(401, "unauthorized", "missing or wrong bearer token",
+                           "send 'Authorization: Bearer <admin token>'")
+
+    # Reading data needs the admin token for now; scoped keys come later, here only.
+    require_reader = require_admin
+
+    def reader() -> SqliteStore:
+        assert state.reader is not None
+        return state.reader
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.error, "detail": exc.detail, "hint": exc.hint},
+                            status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        ]
+        return JSONResponse(
+            {"error": "invalid-request", "detail": "; ".join(problems)[:1000],
+             "hint": "see the OpenAPI description at /docs"},
+            status_code=422,
+        )
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, object]:
+        checkpoint = await reader().latest_checkpoint()
+        return {"ok": True, "tree_size": checkpoint.size if checkpoint else 0}
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/v1/log/public-key", tags=["log"], response_class=PlainTextResponse)
+    async def public_key() -> str:
+        """The log's verifier key (name+hash+base64): what `meterchain verify --log-key` takes."""
+        return str(state.verifier) + "\n"
+
+    @app.get("/api/v1/checkpoint", tags=["log"], response_class=PlainTextResponse)
+    async def checkpoint() -> str:
+        """The newest signed checkpoint (C2SP tlog-checkpoint as a signed note)."""
+        row = await reader().latest_checkpoint()
+        if row is None:
+            raise ApiError(404, "no-checkpoint", "nothing has been sealed yet",
+                           "wait for the first seal (every few seconds once readings arrive)")
+        return row.note
+
+    @app.get("/api/v1/proofs/consistency", tags=["log"], response_model=ConsistencyOut)
+    async def consistency(
+        old: Annotated[int, Query(ge=1, le=MAX_SAFE_INT)],
+        new: Annotated[int, Query(ge=1, le=MAX_SAFE_INT)],
+    ) -> ConsistencyOut:
+        """RFC 9162 consistency proof between two tree sizes (base64 hashes)."""
+        latest = await reader().latest_checkpoint()
+        size = latest.size if latest else 0
+        if not old <= new <= size:
+            raise ApiError(400, "bad-sizes", f"need 1 <= old <= new <= {size} (the newest checkpoint)",
+                           "ask for sizes of checkpoints you hold")
+        proof = await consistency_proof(reader(), old, new)
+        return ConsistencyOut(old=old, new=new, proof=[base64.b64encode(h).decode() for h in proof])
+
+    @app.get("/api/v1/batches", tags=["log"], response_model=BatchesOut)
+    async def batches(
+        start: Annotated[int, Query(ge=0, le=MAX_SAFE_INT)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> BatchesOut:
+        """Signed batch headers from index ``start`` on: the hash chain of seals."""
+        rows = await reader().batches(start, limit)
+        out = []
+        for row in rows:
+            header = SignedBatchHeader.from_cbor(row.header).header
+            out.append(BatchOut(index=header.index, first=header.first, size=header.size,
+                                root=base64.b64encode(header.root).decode(), sealed=header.sealed,
+                                header=base64.b64encode(row.header).decode()))
+        return BatchesOut(batches=out)
+
+    @app.get("/api/v1/devices/{device}/readings", tags=["readings"],
+             response_model=list[ReadingOut], dependencies=[Depends(require_reader)])
+    async def readings(
+        device: Device,
+        start: Annotated[int, Query(ge=0, le=MAX_SAFE_INT, description="Interval end >= start")] = 0,
+        end: Annotated[int, Query(ge=0, le=MAX_SAFE_INT, description="Interval end < end")] = MAX_SAFE_INT,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> list[ReadingOut]:
+        """A device's readings whose interval ends in [start, end), oldest first."""
+        rows = await reader().readings(device, start, end, limit)
+        return [ReadingOut(seq=r.seq, meter=r.meter, start=r.start, end=r.end,
+                           import_wh=r.import_wh, export_wh=r.export_wh, leaf_index=r.leaf_index,
+                           message=base64.b64encode(r.message).decode()) for r in rows]
+
+    @app.get("/api/v1/devices/{device}/readings/{seq}/bundle", tags=["readings"],
+             response_class=PlainTextResponse, dependencies=[Depends(require_reader)])
+    async def bundle(device: Device, seq: Seq) -> str:
+        """The reading's proof bundle (c2sp.org/tlog-proof text); check it with `meterchain verify`."""
+        try:
+            return await build_bundle(reader(), device, seq)
+        except ProofUnavailable as exc:
+            if exc.check == "not-sealed":
+                raise ApiError(409, "not-sealed", str(exc), "retry after the next seal") from None
+            raise ApiError(404, "not-found", str(exc), "check the device id and sequence") from None
+
+    async def _write(action) -> DeviceLeafOut:  # type: ignore[no-untyped-def]
+        assert state.writer is not None
+        try:
+            async with state.write_lock:
+                leaf = await action(state.writer)
+        except MeterchainError as exc:
+            status = 409 if exc.check == "registry" else 400
+            raise ApiError(status, exc.check, str(exc),
+                           "fix the request; GET the device's state from the CLI if unsure") from None
+        return DeviceLeafOut(device=leaf.device, event=leaf.event.value, key_id=leaf.key_id.hex(),
+                             valid_from=leaf.valid_from, time=leaf.time)
+
+    @app.post("/api/v1/devices", tags=["devices"], status_code=201, response_model=DeviceLeafOut,
+              dependencies=[Depends(require_admin)])
+    async def enrol_device(body: EnrolRequest) -> DeviceLeafOut:
+        """Enrol a device: its key becomes valid from sequence 1 (a device leaf in the log)."""
+        return await _write(lambda s: registry.enrol(s, body.device, body.public_key.encode(),
+                                                     int(time.time())))
+
+    @app.post("/api/v1/devices/{device}/rotate", tags=["devices"], response_model=DeviceLeafOut,
+              dependencies=[Depends(require_admin)])
+    async def rotate_device(device: Device, body: RotateRequest) -> DeviceLeafOut:
+        """Rotate a device's key from ``valid_from`` (default: after its last committed reading)."""
+        return await _write(lambda s: registry.rotate(s, device, body.public_key.encode(),
+                                                      int(time.time()), body.valid_from))
+
+    @app.post("/api/v1/devices/{device}/revoke", tags=["devices"], response_model=DeviceLeafOut,
+              dependencies=[Depends(require_admin)])
+    async def revoke_device(device: Device, body: RevokeRequest) -> DeviceLeafOut:
+        """Revoke a device's key from ``valid_from`` (default: after its last committed reading)."""
+        return await _write(lambda s: registry.revoke(s, device, int(time.time()), body.valid_from))
+
+    return app

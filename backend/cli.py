@@ -1,0 +1,178 @@
+"""``meterchain backend …`` (serve, enrol, rotate, revoke) and ``meterchain audit``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from meterchain.backend import registry
+from meterchain.backend.audit import audit as run_audit
+from meterchain.backend.config import BackendConfig
+from meterchain.backend.store import open_store
+from meterchain.contract.errors import MeterchainError
+from meterchain.contract.note import NoteSigner, NoteVerifier
+
+app = typer.Typer(help="The backend: ingest, log, API, device enrolment.", no_args_is_help=True)
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _fail(exc: MeterchainError) -> typer.Exit:
+    err.print(f"[red]error[/red] {exc.diagnostics()}")
+    return typer.Exit(1)
+
+
+@app.command()
+def serve(
+    config: Path | None = typer.Option(None, "--config", help="TOML file ([backend] table)."),
+    db: str | None = typer.Option(None, "--db", help="SQLite database path."),
+    broker: str | None = typer.Option(None, "--broker", help="mqtt://[user:pass@]host:port"),
+    http_host: str | None = typer.Option(None, "--http-host"),
+    http_port: int | None = typer.Option(None, "--http-port"),
+    log_key: str | None = typer.Option(None, "--log-key", help="Log key file (created if missing)."),
+    origin: str | None = typer.Option(None, "--origin", help="Log origin = the log key's name."),
+    admin_token: str | None = typer.Option(None, "--admin-token", help="Or MC_ADMIN_TOKEN."),
+    seal_interval: float | None = typer.Option(None, "--seal-interval", help="Seconds between seals."),
+    seal_max: int | None = typer.Option(None, "--seal-max", help="Seal early at this many leaves."),
+) -> None:
+    """Run MQTT ingest, the sealer and the HTTP API until SIGINT/SIGTERM."""
+    from meterchain.backend.service import serve as run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = BackendConfig.load(
+            config, db=db, broker=broker, http_host=http_host, http_port=http_port,
+            log_key=log_key, origin=origin, admin_token=admin_token,
+            seal_interval=seal_interval, seal_max_leaves=seal_max,
+        )
+        asyncio.run(run(settings))
+    except MeterchainError as exc:
+        raise _fail(exc) from None
+
+
+async def _with_store(db: str, action):  # type: ignore[no-untyped-def]
+    store = await open_store(db)
+    try:
+        return await action(store)
+    finally:
+        await store.close()
+
+
+def _print_leaf(leaf) -> None:  # type: ignore[no-untyped-def]
+    console.print(
+        f"{leaf.event.value} {leaf.device}: key {leaf.key_id.hex()[:16]}… valid from sequence "
+        f"{leaf.valid_from} (a device leaf is pending in the log)"
+    )
+
+
+@app.command()
+def enrol(
+    device: str = typer.Argument(..., help="Device id (names its MQTT topic)."),
+    public_key: Path = typer.Option(..., "--public-key", help="PEM or DER P-256 public key file."),
+    db: str = typer.Option("meterchain.db", "--db"),
+) -> None:
+    """Enrol a device straight into the database."""
+    try:
+        key = public_key.read_bytes()
+        leaf = asyncio.run(_with_store(db, lambda s: registry.enrol(s, device, key, int(time.time()))))
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {public_key}: {exc.strerror}") from None
+    except MeterchainError as exc:
+        raise _fail(exc) from None
+    _print_leaf(leaf)
+
+
+@app.command()
+def rotate(
+    device: str = typer.Argument(...),
+    public_key: Path = typer.Option(..., "--public-key", help="The new key (PEM or DER)."),
+    valid_from: int | None = typer.Option(None, "--valid-from", help="First sequence of the new key."),
+    db: str = typer.Option("meterchain.db", "--db"),
+) -> None:
+    """Rotate a device's key (default: valid after its last committed reading)."""
+    try:
+        key = public_key.read_bytes()
+        leaf = asyncio.run(_with_store(
+            db, lambda s: registry.rotate(s, device, key, int(time.time()), valid_from)))
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {public_key}: {exc.strerror}") from None
+    except MeterchainError as exc:
+        raise _fail(exc) from None
+    _print_leaf(leaf)
+
+
+@app.command()
+def revoke(
+    device: str = typer.Argument(...),
+    valid_from: int | None = typer.Option(None, "--valid-from", help="First sequence refused."),
+    db: str = typer.Option("meterchain.db", "--db"),
+) -> None:
+    """Revoke a device's key (default: from after its last committed reading)."""
+    try:
+        leaf = asyncio.run(_with_store(
+            db, lambda s: registry.revoke(s, device, int(time.time()), valid_from)))
+    except MeterchainError as exc:
+        raise _fail(exc) from None
+    _print_leaf(leaf)
+
+
+def _verifier(value: str | None) -> NoteVerifier | None:
+    """A public key (name+hash+base64), a private log key, or a file holding either."""
+    if value is None:
+        return None
+    text = value
+    if Path(value).is_file():
+        text = Path(value).read_text().strip()
+    try:
+        if text.startswith("PRIVATE+KEY+"):
+            return NoteSigner.parse(text).verifier
+        return NoteVerifier.parse(text)
+    except MeterchainError as exc:
+        raise typer.BadParameter(f"not a log key: {exc}") from None
+
+
+def audit(
+    db: str = typer.Option(..., "--db", help="The backend's SQLite database."),
+    log_key: str | None = typer.Option(
+        None, "--log-key", help="Log public key (or private key file) to check signatures."),
+) -> None:
+    """Re-verify readings, leaves, the tree, checkpoints and the batch chain; name what differs."""
+    verifier = _verifier(log_key)
+    if not Path(db).exists():
+        raise typer.BadParameter(f"no database at {db}")
+
+    async def go():  # type: ignore[no-untyped-def]
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      console=err, transient=True) as bar:
+            tasks: dict[str, int] = {}
+
+            def progress(phase: str, done: int, total: int) -> None:
+                if phase not in tasks:
+                    tasks[phase] = bar.add_task(phase, total=total)
+                bar.update(tasks[phase], completed=done, total=total)
+
+            return await _with_store(db, lambda s: run_audit(s, verifier, progress))
+
+    report = asyncio.run(go())
+    for finding in report.findings:
+        console.print(f"[red]MISMATCH[/red] {finding}")
+    note = "" if report.signatures_checked else " (signatures not checked: no --log-key)"
+    status = "[green]ok[/green]" if report.ok else f"[red]{len(report.findings)} mismatches[/red]"
+    console.print(
+        f"audit {status}: {report.readings} readings, {report.leaves} leaves, {report.nodes} "
+        f"nodes, {report.checkpoints} checkpoints, {report.batches} batches{note}"
+    )
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def register(root: typer.Typer) -> None:
+    """Attach ``backend …`` and the top-level ``audit``."""
+    root.add_typer(app, name="backend")
+    root.command("audit")(audit)
