@@ -26,6 +26,7 @@ import random
 from dataclasses import dataclass
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -164,8 +165,9 @@ class Publisher:
         """A broker that refused or ignored an MQTT 5 CONNECT (before any session began)."""
         if self.protocol != aiomqtt.ProtocolVersion.V5 or self.connected.is_set():
             return False
-        if isinstance(exc, aiomqtt.MqttConnectError):
-            return getattr(exc, "rc", None) in _UNSUPPORTED_PROTOCOL
+        if isinstance(exc, MqttConnectError):
+            code = getattr(exc.rc, "value", exc.rc)
+            return code in _UNSUPPORTED_PROTOCOL
         return "timed out" in str(exc)  # amqtt 0.12 never answers an MQTT 5 CONNECT
 
     def _client(self, protocol: aiomqtt.ProtocolVersion) -> _ReasonCodeClient:

@@ -1,0 +1,184 @@
+"""Test helpers for the agent: emulated meters on a pty, a small verifying backend, a running agent.
+
+The backend here is the test's own (the real one lives in backend/): it subscribes to every
+device's readings, verifies each with the contract, keeps the first copy of each seq, and
+publishes the retained ack the agent waits for. Switches let a test pause it, reject seqs for
+good, or drop first deliveries (to force the agent's republish).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+
+from meterchain.agent.cli import write_private_key
+from meterchain.agent.config import AgentConfig, load_config
+from meterchain.agent.publisher import Backoff
+from meterchain.agent.service import Agent
+from meterchain.bridge.modbus.emulator import EmulatedMeter, ModbusBusEmulator
+from meterchain.contract.ack import Ack, Rejection, ack_topic, device_from_topic
+from meterchain.contract.errors import MeterchainError
+from meterchain.contract.message import Identity, SignedReading, compare, parse_message
+from meterchain.contract.signing import generate_private_key_pem, load_signer
+
+DEVICE = "gw-test-1"
+FAST_BACKOFF = Backoff(initial=0.1, maximum=0.5)
+
+
+def broker_client(url: str, identifier: str) -> aiomqtt.Client:
+    parts = urlsplit(url)
+    return aiomqtt.Client(
+        parts.hostname or "127.0.0.1", parts.port or 1883,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        identifier=identifier, timeout=5,
+    )
+
+
+@dataclass
+class VerifyingBackend:
+    """Verifies readings with the contract and acks them, retained, per device."""
+
+    broker_url: str
+    keys: dict[str, bytes]  # device -> SPKI DER
+    stored: dict[str, dict[int, SignedReading]] = field(default_factory=dict)
+    deliveries: dict[tuple[str, int], int] = field(default_factory=dict)
+    rejected: dict[str, dict[int, Rejection]] = field(default_factory=dict)
+    invalid: list[str] = field(default_factory=list)
+    conflicts: list[tuple[str, int]] = field(default_factory=list)
+    reject_for_good: dict[int, str] = field(default_factory=dict)  # seq -> reason
+    drop_first_delivery: bool = False
+    paused: bool = False  # a paused backend receives nothing (as if it were down)
+
+    def upto(self, device: str) -> int:
+        done = set(self.stored.get(device, {})) | set(self.rejected.get(device, {}))
+        upto = 0
+        while upto + 1 in done:
+            upto += 1
+        return upto
+
+    async def run(self) -> None:
+        """Serve forever, reconnecting when the broker goes away."""
+        while True:
+            try:
+                async with broker_client(self.broker_url, "test-backend") as client:
+                    await client.subscribe("meterchain/v1/+/readings", qos=1)
+                    async for message in client.messages:
+                        await self._handle(client, message.topic.value, bytes(message.payload))
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.1)
+
+    async def _handle(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+        if self.paused:
+            return
+        device = device_from_topic(topic)
+        try:
+            signed = parse_message(payload)
+        except MeterchainError as exc:
+            self.invalid.append(exc.check)
+            return
+        reading = signed.reading
+        if device != reading.device or device not in self.keys:
+            self.invalid.append("topic")
+            return
+        key = (device, reading.seq)
+        self.deliveries[key] = self.deliveries.get(key, 0) + 1
+        if self.drop_first_delivery and self.deliveries[key] == 1:
+            return
+        stored = self.stored.setdefault(device, {})
+        if reading.seq in self.reject_for_good:
+            self.rejected.setdefault(device, {})[reading.seq] = Rejection(
+                reading.seq, self.reject_for_good[reading.seq], "rejected by the test backend"
+            )
+        elif reading.seq in stored:
+            if compare(stored[reading.seq], signed) is Identity.CONFLICT:
+                self.conflicts.append(key)
+        else:
+            signed.verify(self.keys[device])
+            stored[reading.seq] = signed
+        ack = Ack(
+            device, self.upto(device),
+            tuple(self.rejected.get(device, {}).values()), int(time.time()),
+        )
+        await client.publish(ack_topic(device), ack.to_cbor(), qos=1, retain=True)
+
+
+@contextlib.asynccontextmanager
+async def running(coro_factory: Callable[[], object]) -> AsyncIterator[asyncio.Task[None]]:
+    """Run a coroutine as a task for the block; cancel it (a crash, for the agent) afterwards."""
+    task = asyncio.ensure_future(coro_factory())  # type: ignore[arg-type]
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class Gateway:
+    """A key, two emulated meters on one pty bus, and a config for the agent."""
+
+    config: AgentConfig
+    bus: ModbusBusEmulator
+    spki: bytes
+
+    def agent(self, **kwargs: object) -> Agent:
+        return Agent(self.config, backoff=FAST_BACKOFF, **kwargs)  # type: ignore[arg-type]
+
+
+async def start_gateway(tmp_path: Path, broker_url: str, *, ack_timeout: int = 2) -> Gateway:
+    meters = [
+        EmulatedMeter("sdm630", device_id=1, baudrate=9600, serial_number=630001),
+        EmulatedMeter("sdm120", device_id=2, baudrate=9600, serial_number=120002),
+    ]
+    bus = ModbusBusEmulator(meters, wire_delay=False)
+    port = await bus.start()
+    key_path = tmp_path / "device.key"
+    pem = generate_private_key_pem()
+    write_private_key(key_path, pem, force=False)
+    config_path = tmp_path / "agent.toml"
+    config_path.write_text(
+        f"""
+device_id = "{DEVICE}"
+key_path = "device.key"
+backend_url = "http://127.0.0.1:8000"
+interval_seconds = 1
+ack_timeout_seconds = {ack_timeout}
+outbox_path = "outbox.sqlite"
+
+[broker]
+url = "{broker_url}"
+
+[[meters]]
+name = "house"
+model = "sdm630"
+port = "{port}"
+baudrate = 9600
+modbus_id = 1
+
+[[meters]]
+name = "heat-pump"
+model = "sdm120"
+port = "{port}"
+baudrate = 9600
+modbus_id = 2
+timeout_seconds = 0.3
+"""
+    )
+    return Gateway(load_config(config_path), bus, load_signer(pem).public_key_der)
