@@ -159,3 +159,19 @@ def test_price_errors() -> None:
         Community("c", PriceSchedule.fixed(10), PriceSchedule.fixed(5), rule="fixed")  # type: ignore
     with pytest.raises(BoundsError):
         Fees(vat_basis_points=10_001)
+
+
+def test_a_roster_is_validated_once_and_gives_the_same_result() -> None:
+    from meterchain.backend.netting import MemberRoster
+
+    with pytest.raises(InputError, match="twice"):
+        MemberRoster.of(["a", "b", "a"])
+    with pytest.raises(InputError):
+        MemberRoster.of(["a", "b\x00c"])
+    roster = MemberRoster.of(["carol", "alice", "bob"])
+    assert roster.ids == ("alice", "bob", "carol")
+    community, inp = _example()
+    fast = IntervalInput.from_columns(inp.interval_start, roster, [1_200, 0, 300], [0, 900, 0],
+                                      None, inp.leaf_hashes)
+    assert fast.member_ids is roster.ids
+    assert settle_interval(community, fast).digest == settle_interval(community, inp).digest

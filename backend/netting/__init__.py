@@ -27,6 +27,7 @@ from .model import (
     IntervalResult,
     Listing,
     MemberInterval,
+    MemberRoster,
     MoneyBalance,
     PriceSchedule,
     Quality,
@@ -40,7 +41,7 @@ from .settle import settle_interval
 __all__ = [
     "Bill", "BillBuilder", "BillLine", "BoundsError", "Clearing", "Community", "CommunityTotals",
     "DOCUMENT_TYPE", "Fees", "InputError", "IntervalDelta", "IntervalInput", "IntervalResult",
-    "Listing", "MemberInterval", "MeterExchange", "MeterTrack", "MoneyBalance", "NettingError",
+    "Listing", "MemberInterval", "MemberRoster", "MeterExchange", "MeterTrack", "MoneyBalance", "NettingError",
     "PriceDataError", "PriceError", "PriceSchedule", "Quality", "Readiness", "RegisterError",
     "RegisterReading", "ResettlementError", "Rule", "TierClearing", "advance", "apply_exchange",
     "clear_call_auction", "delta_lines", "encode_document", "interval_starts", "local_day_bounds",

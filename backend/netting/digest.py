@@ -32,6 +32,11 @@ def column_bytes(values: np.ndarray) -> bytes:
     return np.asarray(values, dtype=">i8").tobytes()
 
 
+def member_bytes(member_ids: tuple[str, ...]) -> bytes:
+    """Member ids as one byte string: each id's UTF-8 followed by 0x00 (ids never contain NUL)."""
+    return "\x00".join(member_ids).encode("utf-8") + b"\x00" if member_ids else b""
+
+
 def settlement_document(
     *,
     community_id: str,
@@ -70,7 +75,7 @@ def settlement_document(
             "platform_fee": fees.platform_per_kwh,
             "co2": co2_grams_per_kwh,
         },
-        "inputs": {"leaves": b"".join(leaf_hashes), "members": list(member_ids)},
+        "inputs": {"leaves": b"".join(leaf_hashes), "members": member_bytes(member_ids)},
         "energy": {name: column_bytes(columns.energy[name]) for name in ENERGY_COLUMNS},
         "money": {kind: column_bytes(columns.money[kind]) for kind, _ in MONEY_KINDS},
         "exact": {kind: column_bytes(columns.exact[kind]) for kind, _ in MONEY_KINDS},
