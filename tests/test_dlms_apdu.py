@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from _dlms_strategies import get_apdus
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from _dlms_strategies import get_apdus
 from meterchain.bridge.dlms.apdu import (
     CONTEXT_LN,
     MECHANISM_LLS,
@@ -30,7 +29,7 @@ from meterchain.bridge.dlms.apdu import (
 )
 from meterchain.bridge.dlms.axdr import Data, Tag
 from meterchain.bridge.dlms.cosem import Obis
-from meterchain.bridge.dlms.errors import ApduError, DlmsError
+from meterchain.bridge.dlms.errors import DlmsError
 
 # An LLS association request and a typical acceptance, as meters and head-end systems exchange them.
 AARQ_LLS = bytes.fromhex(
@@ -39,8 +38,7 @@ AARQ_LLS = bytes.fromhex(
     "be10040e01000000065f1f0400007e1f04b0"
 )
 AARE_ACCEPTED = bytes.fromhex(
-    "6129a109060760857405080101a203020100a305a103020100"
-    "be10040e0800065f1f040000501f01f40007"
+    "6129a109060760857405080101a203020100a305a103020100be10040e0800065f1f040000501f01f40007"
 )
 
 
@@ -73,10 +71,16 @@ def test_aare_accepted() -> None:
 
 def test_aare_rejected_and_service_errors_round_trip() -> None:
     for apdu in (
-        Aare(result=AssociationResult.REJECTED_PERMANENT, diagnostic=AcseServiceUser.AUTHENTICATION_FAILURE),
+        Aare(
+            result=AssociationResult.REJECTED_PERMANENT,
+            diagnostic=AcseServiceUser.AUTHENTICATION_FAILURE,
+        ),
         Aare(user_information=ConfirmedServiceError(1, 6, 1), diagnostic_source=2, diagnostic=1),
         Aarq(calling_ap_title=b"MTC12345"),
-        Rlrq(0), Rlrq(None), Rlre(0), Rlre(None),
+        Rlrq(0),
+        Rlrq(None),
+        Rlre(0),
+        Rlre(None),
         ExceptionResponse(1, 2),
         ConfirmedServiceError(1, 6, 1),
         GetResponseWithDataBlock(0xC1, True, 3, DataAccessResult.DATA_BLOCK_NUMBER_INVALID),
@@ -86,8 +90,19 @@ def test_aare_rejected_and_service_errors_round_trip() -> None:
 
 @pytest.mark.parametrize(
     "blob",
-    ["", "c0", "c001c1000301", "c004c1", "c401c102", "c402c1ff00000001", "6003a1", "ff00",
-     "6105a203020100", "c001c100030100010800ff0201", "c003c105"],
+    [
+        "",
+        "c0",
+        "c001c1000301",
+        "c004c1",
+        "c401c102",
+        "c402c1ff00000001",
+        "6003a1",
+        "ff00",
+        "6105a203020100",
+        "c001c100030100010800ff0201",
+        "c003c105",
+    ],
 )
 def test_malformed_apdus_are_typed_errors(blob: str) -> None:
     with pytest.raises(DlmsError):
@@ -109,10 +124,14 @@ def test_every_get_apdu_round_trips(apdu: object) -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(
-    st.binary(max_size=40), st.one_of(st.none(), st.binary(min_size=8, max_size=8)),
-    st.integers(0, 2**24 - 1), st.integers(0, 0xFFFF),
+    st.binary(max_size=40),
+    st.one_of(st.none(), st.binary(min_size=8, max_size=8)),
+    st.integers(0, 2**24 - 1),
+    st.integers(0, 0xFFFF),
 )
-def test_association_round_trips(password: bytes, title: bytes | None, conformance: int, pdu: int) -> None:
+def test_association_round_trips(
+    password: bytes, title: bytes | None, conformance: int, pdu: int
+) -> None:
     aarq = Aarq(CONTEXT_LN, MECHANISM_LLS, password, title, InitiateRequest(conformance, pdu))
     assert decode_apdu(encode_apdu(aarq)) == aarq
     aare = Aare(user_information=InitiateResponse(conformance, pdu), responding_ap_title=title)
@@ -120,7 +139,24 @@ def test_association_round_trips(password: bytes, title: bytes | None, conforman
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.sampled_from([b"", b"\x60", b"\x61", b"\x62", b"\xc0\x01", b"\xc0\x03", b"\xc4\x01", b"\xc4\x02", b"\xc4\x03", b"\xd8", b"\x0e"]), st.binary(max_size=120))
+@given(
+    st.sampled_from(
+        [
+            b"",
+            b"\x60",
+            b"\x61",
+            b"\x62",
+            b"\xc0\x01",
+            b"\xc0\x03",
+            b"\xc4\x01",
+            b"\xc4\x02",
+            b"\xc4\x03",
+            b"\xd8",
+            b"\x0e",
+        ]
+    ),
+    st.binary(max_size=120),
+)
 def test_fuzz_decode_apdu_raises_only_typed_errors(prefix: bytes, blob: bytes) -> None:
     try:
         decode_apdu(prefix + blob)
@@ -130,8 +166,15 @@ def test_fuzz_decode_apdu_raises_only_typed_errors(prefix: bytes, blob: bytes) -
 
 @settings(max_examples=500, deadline=None)
 @given(
-    st.sampled_from([AARQ_LLS, AARE_ACCEPTED, bytes.fromhex("c001c100030100010800ff0200"),
-                     bytes.fromhex("c401c100060001e240"), bytes.fromhex("6203800100")]),
+    st.sampled_from(
+        [
+            AARQ_LLS,
+            AARE_ACCEPTED,
+            bytes.fromhex("c001c100030100010800ff0200"),
+            bytes.fromhex("c401c100060001e240"),
+            bytes.fromhex("6203800100"),
+        ]
+    ),
     st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=3),
     st.integers(0, 80),
 )

@@ -1,12 +1,11 @@
-"""A-XDR data types: golden values, every type round-trips, the decoder fails only with typed errors."""
+"""A-XDR data types: golden values, every type round-trips, decoding fails only with typed errors."""
 
 from __future__ import annotations
 
 import pytest
+from _dlms_strategies import data_values, date_times
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from _dlms_strategies import data_values, date_times
 from meterchain.bridge.dlms.axdr import (
     MAX_DEPTH,
     Data,
@@ -58,16 +57,23 @@ def test_long_lengths() -> None:
 
 
 def test_date_time_fields_and_unspecified_deviation() -> None:
-    raw = bytes.fromhex("07ea010104" "0c1e00ff" "8000" "ff")
+    raw = bytes.fromhex("07ea0101040c1e00ff8000ff")
     dt = DateTime.decode(raw)
     assert (dt.year, dt.month, dt.day, dt.weekday, dt.hour, dt.minute) == (2026, 1, 1, 4, 12, 30)
     assert dt.deviation is None and dt.status == 0xFF
     assert dt.encode() == raw
-    assert DateTime.decode(bytes.fromhex("07ea010104" "0c1e0000" "ffc4" "80")).deviation == -60
+    assert DateTime.decode(bytes.fromhex("07ea0101040c1e0000ffc480")).deviation == -60
 
 
 def test_typed_errors_for_bad_input() -> None:
-    cases = [b"", b"\x06\x00\x01", b"\x13\x00", b"\x09\x05ab", b"\x01\x05\x11", b"\x09\x85\x00\x00\x00\x00\x01"]
+    cases = [
+        b"",
+        b"\x06\x00\x01",
+        b"\x13\x00",
+        b"\x09\x05ab",
+        b"\x01\x05\x11",
+        b"\x09\x85\x00\x00\x00\x00\x01",
+    ]
     for blob in cases:
         with pytest.raises(AxdrError):
             decode_data(blob)

@@ -7,10 +7,9 @@ from collections.abc import Callable
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from meterchain.bridge.dlms.apdu import (
-    AccessSelection,
     Aare,
+    AccessSelection,
     AttributeDescriptor,
     DataAccessResult,
     ExceptionResponse,
@@ -40,7 +39,12 @@ from meterchain.bridge.dlms.cosem import (
     entry_descriptor,
     range_descriptor,
 )
-from meterchain.bridge.dlms.emulator import EmulatedDlmsMeter, EmulatorFaults, default_settings, shape_answer
+from meterchain.bridge.dlms.emulator import (
+    EmulatedDlmsMeter,
+    EmulatorFaults,
+    default_settings,
+    shape_answer,
+)
 from meterchain.bridge.dlms.errors import (
     AddressError,
     ApduError,
@@ -74,7 +78,9 @@ class Wire:
     """Client and server joined by a loop that can lose, corrupt or re-address answers."""
 
     def __init__(
-        self, client: ClientSettings | None = None, server: ServerSettings | None = None,
+        self,
+        client: ClientSettings | None = None,
+        server: ServerSettings | None = None,
         meter: EmulatedDlmsMeter | None = None,
     ) -> None:
         self.meter = meter or EmulatedDlmsMeter(start=START)
@@ -107,8 +113,12 @@ class Wire:
         assert isinstance(event, AssociationAccepted)
         return event
 
-    def get(self, class_id: int, obis: Obis, attribute: int, access: AccessSelection | None = None) -> Data | int:
-        event = self.run(lambda: self.client.get(AttributeDescriptor(class_id, obis, attribute), access))
+    def get(
+        self, class_id: int, obis: Obis, attribute: int, access: AccessSelection | None = None
+    ) -> Data | int:
+        event = self.run(
+            lambda: self.client.get(AttributeDescriptor(class_id, obis, attribute), access)
+        )
         assert isinstance(event, GetCompleted) and len(event.results) == 1
         return event.results[0]
 
@@ -150,7 +160,8 @@ def test_get_with_list_and_data_access_errors() -> None:
     event = wire.run(lambda: wire.client.get_with_list(items))
     assert isinstance(event, GetCompleted)
     assert event.results[1:] == (
-        DataAccessResult.OBJECT_UNAVAILABLE, DataAccessResult.OBJECT_UNDEFINED,
+        DataAccessResult.OBJECT_UNAVAILABLE,
+        DataAccessResult.OBJECT_UNDEFINED,
         DataAccessResult.OBJECT_CLASS_INCONSISTENT,
     )
 
@@ -159,7 +170,12 @@ def _profile_reads(wire: Wire) -> list[Data | int]:
     wire.associate()
     return [
         wire.get(ClassId.PROFILE_GENERIC, LOAD_PROFILE_OBIS, 2, _profile_range(30)),
-        wire.get(ClassId.PROFILE_GENERIC, LOAD_PROFILE_OBIS, 2, AccessSelection(2, entry_descriptor(3, 40))),
+        wire.get(
+            ClassId.PROFILE_GENERIC,
+            LOAD_PROFILE_OBIS,
+            2,
+            AccessSelection(2, entry_descriptor(3, 40)),
+        ),
     ]
 
 
@@ -249,7 +265,10 @@ def _associated_client() -> ClientConnection:
         (encode_apdu(Rlre(0)), ApduError),
         (encode_apdu(ExceptionResponse(1, 2)), ServiceError),
         (bytes.fromhex("c401c500060001e240"), ApduError),  # another invoke-id
-        (encode_apdu(GetResponseWithDataBlock(0xC1, False, 2, b"\x06")), ApduError),  # block 2 first
+        (
+            encode_apdu(GetResponseWithDataBlock(0xC1, False, 2, b"\x06")),
+            ApduError,
+        ),  # block 2 first
         (bytes.fromhex("c401c1000601"), DlmsError),  # truncated value
         (bytes.fromhex("0e010601"), ServiceError),
     ],
@@ -269,7 +288,9 @@ def test_dm_and_frmr_are_link_errors() -> None:
         client.connect()
         client.data_to_send()
         with pytest.raises(LinkError):
-            client.receive_data(encode_frame(HdlcFrame(HdlcAddress(16), HdlcAddress(1), Control(kind))))
+            client.receive_data(
+                encode_frame(HdlcFrame(HdlcAddress(16), HdlcAddress(1), Control(kind)))
+            )
         assert client.state is ClientState.DISCONNECTED and not client.busy
 
 

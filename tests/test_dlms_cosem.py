@@ -7,7 +7,6 @@ from fractions import Fraction
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from meterchain.bridge.dlms.axdr import Data, DateTime, Tag
 from meterchain.bridge.dlms.cosem import (
     CLOCK_OBIS,
@@ -60,15 +59,23 @@ def test_scaling_never_rounds(value: int, scaler: int, exponent: int) -> None:
     try:
         whole = reading.in_units_of(exponent)
     except CosemValueError:
-        assert reading.exact() / Fraction(10) ** exponent != int(reading.exact() / Fraction(10) ** exponent)
+        assert reading.exact() / Fraction(10) ** exponent != int(
+            reading.exact() / Fraction(10) ** exponent
+        )
     else:
         assert Fraction(whole) * Fraction(10) ** exponent == reading.exact()
 
 
 def test_scaler_unit_and_integer_values() -> None:
-    assert scaler_unit_from_data(Data.structure([Data(Tag.INT8, -2), Data(Tag.ENUM, 30)])) == (-2, 30)
-    for bad in (Data.structure([Data(Tag.INT8, 0)]), Data(Tag.UINT8, 1),
-                Data.structure([Data(Tag.UINT8, 0), Data(Tag.ENUM, 30)])):
+    assert scaler_unit_from_data(Data.structure([Data(Tag.INT8, -2), Data(Tag.ENUM, 30)])) == (
+        -2,
+        30,
+    )
+    for bad in (
+        Data.structure([Data(Tag.INT8, 0)]),
+        Data(Tag.UINT8, 1),
+        Data.structure([Data(Tag.UINT8, 0), Data(Tag.ENUM, 30)]),
+    ):
         with pytest.raises(CosemValueError):
             scaler_unit_from_data(bad)
     assert integer_value(Data(Tag.INT64, -7)) == -7
@@ -87,7 +94,11 @@ def test_deviation_convention_utc_is_local_plus_deviation() -> None:
     assert datetime_to_utc(unspecified, fallback_deviation=0) == 1_767_225_600 + 12 * 3600 + 30 * 60
     with pytest.raises(CosemValueError):
         datetime_to_utc(unspecified)
-    for bad in (DateTime(), DateTime(2026, 2, 30, 0xFF, 0, 0, 0, 0, 0, 0), DateTime(2026, 13, 1, 1, 0, 0, 0, 0, 0, 0)):
+    for bad in (
+        DateTime(),
+        DateTime(2026, 2, 30, 0xFF, 0, 0, 0, 0, 0, 0),
+        DateTime(2026, 13, 1, 1, 0, 0, 0, 0, 0, 0),
+    ):
         with pytest.raises(CosemValueError):
             datetime_to_utc(bad, 0)
 
@@ -125,9 +136,14 @@ def test_capture_objects_round_trip_and_kinds() -> None:
     encoded = Data.array([c.to_data() for c in CAPTURES])
     assert capture_objects_from_data(encoded) == CAPTURES
     assert [quantity_kind(c) for c in CAPTURES] == [
-        QuantityKind.TIMESTAMP, QuantityKind.CUMULATIVE, QuantityKind.INTERVAL,
+        QuantityKind.TIMESTAMP,
+        QuantityKind.CUMULATIVE,
+        QuantityKind.INTERVAL,
     ]
-    assert quantity_kind(CaptureObject(3, Obis.parse("1-0:32.7.0.255"), 2)) is QuantityKind.INSTANTANEOUS
+    assert (
+        quantity_kind(CaptureObject(3, Obis.parse("1-0:32.7.0.255"), 2))
+        is QuantityKind.INSTANTANEOUS
+    )
     assert quantity_kind(CaptureObject(1, Obis.parse("0-0:96.10.1.255"), 2)) is QuantityKind.OTHER
     with pytest.raises(CosemValueError):
         capture_objects_from_data(Data.array([Data(Tag.UINT8, 1)]))
@@ -135,12 +151,14 @@ def test_capture_objects_round_trip_and_kinds() -> None:
 
 def test_profile_buffer_rebuilds_null_timestamps() -> None:
     t0 = 1_767_225_600
-    buffer = Data.array([
-        _row(datetime_from_utc(t0, -60, 0), 1000, 0),
-        _row(None, 1040, 40),
-        _row(None, 1100, 60),
-        _row(datetime_from_utc(t0 + 3600, -60, 0x80), 1200, 100),  # a gap: full stamp again
-    ])
+    buffer = Data.array(
+        [
+            _row(datetime_from_utc(t0, -60, 0), 1000, 0),
+            _row(None, 1040, 40),
+            _row(None, 1100, 60),
+            _row(datetime_from_utc(t0 + 3600, -60, 0x80), 1200, 100),  # a gap: full stamp again
+        ]
+    )
     entries = decode_profile_buffer(buffer, CAPTURES, 900, {IMPORT: (0, 30), INTERVAL: (0, 30)})
     assert [e.timestamp for e in entries] == [t0, t0 + 900, t0 + 1800, t0 + 3600]
     assert [e.timestamp_rebuilt for e in entries] == [False, True, True, False]
@@ -158,5 +176,7 @@ def test_profile_buffer_errors() -> None:
         decode_profile_buffer(Data(Tag.UINT8, 1), CAPTURES, 900, {})
     with pytest.raises(CosemValueError):
         decode_profile_buffer(Data.array([]), CAPTURES[1:], 900, {})
-    previous = decode_profile_buffer(Data.array([_row(None, 1, 1)]), CAPTURES, 900, {}, 0, previous_timestamp=900)
+    previous = decode_profile_buffer(
+        Data.array([_row(None, 1, 1)]), CAPTURES, 900, {}, 0, previous_timestamp=900
+    )
     assert previous[0].timestamp == 1800

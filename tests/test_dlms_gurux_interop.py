@@ -29,10 +29,9 @@ from gurux_dlms.enums import Authentication, DataType, InterfaceType  # noqa: E4
 from gurux_dlms.internal._GXCommon import _GXCommon  # noqa: E402
 from gurux_dlms.internal._GXDataInfo import _GXDataInfo  # noqa: E402
 from gurux_dlms.objects import GXDLMSClock, GXDLMSData, GXDLMSProfileGeneric, GXDLMSRegister  # noqa: E402
-
 from meterchain.bridge.dlms.apdu import (  # noqa: E402
-    AccessSelection,
     Aarq,
+    AccessSelection,
     AttributeDescriptor,
     GetRequestNormal,
     GetRequestWithList,
@@ -69,7 +68,9 @@ def _our_client_frames() -> list[bytes]:
     meter = EmulatedDlmsMeter(start=START)
     server = ServerConnection(default_settings(), meter)
     client = ClientConnection(
-        ClientSettings(client_address=1, authentication=LowLevelSecurity(b"12345678"), max_pdu_size=256)
+        ClientSettings(
+            client_address=1, authentication=LowLevelSecurity(b"12345678"), max_pdu_size=256
+        )
     )
     sent: list[bytes] = []
 
@@ -84,15 +85,26 @@ def _our_client_frames() -> list[bytes]:
         raise AssertionError("no progress")
 
     clock = CaptureObject(ClassId.CLOCK, CLOCK_OBIS, 2)
-    selector = range_descriptor(clock, datetime_from_utc(NOW - 30 * 3600, -60), datetime_from_utc(NOW, -60))
+    selector = range_descriptor(
+        clock, datetime_from_utc(NOW - 30 * 3600, -60), datetime_from_utc(NOW, -60)
+    )
     run(client.connect)
     run(client.associate)
     run(lambda: client.get(AttributeDescriptor(ClassId.REGISTER, IMPORT, 2)))
-    run(lambda: client.get_with_list([
-        (AttributeDescriptor(ClassId.REGISTER, IMPORT, 2), None),
-        (AttributeDescriptor(ClassId.REGISTER, IMPORT, 3), None),
-    ]))
-    run(lambda: client.get(AttributeDescriptor(ClassId.PROFILE_GENERIC, LOAD_PROFILE_OBIS, 2), AccessSelection(1, selector)))
+    run(
+        lambda: client.get_with_list(
+            [
+                (AttributeDescriptor(ClassId.REGISTER, IMPORT, 2), None),
+                (AttributeDescriptor(ClassId.REGISTER, IMPORT, 3), None),
+            ]
+        )
+    )
+    run(
+        lambda: client.get(
+            AttributeDescriptor(ClassId.PROFILE_GENERIC, LOAD_PROFILE_OBIS, 2),
+            AccessSelection(1, selector),
+        )
+    )
     run(client.release)
     run(client.disconnect)
     return sent
@@ -108,7 +120,7 @@ def test_gurux_translator_reads_our_client_frames() -> None:
     assert '<MechanismName Value="Low" />' in xml[1]
     assert "<GetRequestNormal>" in xml[2] and '<InstanceId Value="0100010800FF" />' in xml[2]
     assert "<GetRequestWithList>" in text
-    assert "<AccessSelector Value=\"01\" />" in text
+    assert '<AccessSelector Value="01" />' in text
     assert "<GetRequestForNextDataBlock>" in text
     assert "<ReleaseRequest>" in text
     assert "<DisconnectRequest>" in xml[-1]
@@ -165,7 +177,7 @@ def test_gurux_client_reads_our_server(gurux_session: GuruxSession) -> None:
     assert voltage.value == pytest.approx(230.1)  # gurux applies the scaler in floats; we do not
     clock = GXDLMSClock("0.0.1.0.0.255")
     gurux_session.read(clock, 2)
-    assert clock.time.value.astimezone(dt.timezone.utc).timestamp() == NOW
+    assert clock.time.value.astimezone(dt.UTC).timestamp() == NOW
     serial = GXDLMSData("0.0.96.1.0.255")
     gurux_session.read(serial, 2)
     assert bytes(serial.value) == b"MC20260001"
@@ -182,16 +194,16 @@ def test_gurux_client_reads_profile_by_entry_and_range(gurux_session: GuruxSessi
     gurux_session.client.updateValue(profile, 2, reply.value)
     assert [row[1] for row in profile.buffer] == [meter.profile_row(i)[1] for i in range(40)]
     # Compressed (null) timestamps are rebuilt by gurux too.
-    stamps = [row[0].value.astimezone(dt.timezone.utc).timestamp() for row in profile.buffer]
+    stamps = [row[0].value.astimezone(dt.UTC).timestamp() for row in profile.buffer]
     assert stamps == [START + i * 900 for i in range(40)]
-    start = dt.datetime.fromtimestamp(START + 86400, dt.timezone.utc)
-    end = dt.datetime.fromtimestamp(START + 86400 + 7200, dt.timezone.utc)
+    start = dt.datetime.fromtimestamp(START + 86400, dt.UTC)
+    end = dt.datetime.fromtimestamp(START + 86400 + 7200, dt.UTC)
     reply = gurux_session.send(gurux_session.client.readRowsByRange(profile, start, end))
     gurux_session.client.updateValue(profile, 2, reply.value)
     assert [row[1] for row in profile.buffer] == [meter.profile_row(96 + i)[1] for i in range(9)]
 
 
-# --- gurux's encodings, decoded by our codec -------------------------------------------------------
+# --- gurux's encodings, decoded by our codec ----------------------------------------------------
 
 
 def test_our_codec_decodes_gurux_client_frames() -> None:
@@ -199,15 +211,19 @@ def test_our_codec_decodes_gurux_client_frames() -> None:
     snrm = decode_frame(bytes(client.snrmRequest()))
     assert snrm.kind is FrameType.SNRM and snrm.source.upper == 1 and snrm.destination.upper == 1
     LinkParameters.decode(snrm.info)
-    aarq = decode_apdu(strip_llc(decode_frame(bytes(client.aarqRequest()[0])).info, b"\xe6\xe6\x00"))
+    aarq = decode_apdu(
+        strip_llc(decode_frame(bytes(client.aarqRequest()[0])).info, b"\xe6\xe6\x00")
+    )
     assert isinstance(aarq, Aarq) and aarq.calling_authentication == b"12345678"
     register = GXDLMSRegister("1.0.1.8.0.255")
-    read = decode_apdu(strip_llc(decode_frame(bytes(client.read(register, 2)[0])).info, b"\xe6\xe6\x00"))
+    read = decode_apdu(
+        strip_llc(decode_frame(bytes(client.read(register, 2)[0])).info, b"\xe6\xe6\x00")
+    )
     assert isinstance(read, GetRequestNormal)
     assert read.descriptor == AttributeDescriptor(3, IMPORT, 2)
     profile = GXDLMSProfileGeneric("1.0.99.1.0.255")
     profile.captureObjects = []
-    start = dt.datetime(2026, 1, 2, 0, 0, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2026, 1, 2, 0, 0, tzinfo=dt.UTC)
     by_range = client.readRowsByRange(profile, start, start + dt.timedelta(hours=2))
     ranged = decode_apdu(strip_llc(decode_frame(bytes(by_range[0])).info, b"\xe6\xe6\x00"))
     assert isinstance(ranged, GetRequestNormal) and ranged.access is not None
@@ -262,9 +278,14 @@ def _array(*items: Any) -> GXArray:
         (DataType.BOOLEAN, True, Data(Tag.BOOLEAN, True)),
         (DataType.OCTET_STRING, bytearray(b"\x01\x02"), Data.octets(b"\x01\x02")),
         (DataType.STRING, "hello", Data(Tag.VISIBLE_STRING, "hello")),
-        (DataType.STRUCTURE, _structure(1, 2), Data.structure([Data(Tag.INT32, 1), Data(Tag.INT32, 2)])),
         (
-            DataType.ARRAY, _array(_structure(5, bytearray(b"ab"))),
+            DataType.STRUCTURE,
+            _structure(1, 2),
+            Data.structure([Data(Tag.INT32, 1), Data(Tag.INT32, 2)]),
+        ),
+        (
+            DataType.ARRAY,
+            _array(_structure(5, bytearray(b"ab"))),
             Data.array([Data.structure([Data(Tag.INT32, 5), Data.octets(b"ab")])]),
         ),
     ],
@@ -290,9 +311,15 @@ def test_date_time_convention_matches_gurux() -> None:
 
 
 def test_gurux_decodes_our_values() -> None:
-    ours = Data.structure([
-        Data(Tag.INT8, -2), Data(Tag.ENUM, 30),
-        Data.array([Data(Tag.UINT64, 5), Data.octets(b"xy")]), Data(Tag.VISIBLE_STRING, "AB"),
-    ])
-    decoded = _GXCommon.getData(GXDLMSSettings(True, None), GXByteBuffer(encode_data(ours)), _GXDataInfo())
+    ours = Data.structure(
+        [
+            Data(Tag.INT8, -2),
+            Data(Tag.ENUM, 30),
+            Data.array([Data(Tag.UINT64, 5), Data.octets(b"xy")]),
+            Data(Tag.VISIBLE_STRING, "AB"),
+        ]
+    )
+    decoded = _GXCommon.getData(
+        GXDLMSSettings(True, None), GXByteBuffer(encode_data(ours)), _GXDataInfo()
+    )
     assert list(decoded) == [-2, 30, [5, bytearray(b"xy")], "AB"]

@@ -1,12 +1,11 @@
-"""HDLC framing (IEC 62056-46): golden frames, CRC, addresses, negotiation, reader, round trips, fuzz."""
+"""HDLC framing (IEC 62056-46): golden frames, CRC, addresses, negotiation, reader, fuzzing."""
 
 from __future__ import annotations
 
 import pytest
+from _dlms_strategies import addresses, frames
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from _dlms_strategies import addresses, frames
 from meterchain.bridge.dlms.errors import AddressError, CrcError, HdlcError
 from meterchain.bridge.dlms.hdlc import (
     Control,
@@ -123,7 +122,9 @@ def test_segmentation_and_reassembly() -> None:
     assert all(len(c) <= 100 for c in chunks) and b"".join(chunks) == payload
     reassembler = Reassembler()
     for i, chunk in enumerate(chunks):
-        frame = HdlcFrame(HdlcAddress(16), HdlcAddress(1), Control(FrameType.I), chunk, i < len(chunks) - 1)
+        frame = HdlcFrame(
+            HdlcAddress(16), HdlcAddress(1), Control(FrameType.I), chunk, i < len(chunks) - 1
+        )
         result = reassembler.add(decode_frame(encode_frame(frame)))
         assert (result is None) == (i < len(chunks) - 1)
     assert result == payload
@@ -139,7 +140,11 @@ def test_every_frame_round_trips(frame: HdlcFrame) -> None:
     assert decoded.info == frame.info and decoded.segmented == frame.segmented
     assert decoded.control == frame.control
     for got, sent in ((decoded.destination, frame.destination), (decoded.source, frame.source)):
-        assert (got.upper, got.lower, got.encoded_size) == (sent.upper, sent.lower, sent.encoded_size)
+        assert (got.upper, got.lower, got.encoded_size) == (
+            sent.upper,
+            sent.lower,
+            sent.encoded_size,
+        )
     assert encode_frame(decoded) == raw
     reader = FrameReader()
     reader.feed(raw + raw)

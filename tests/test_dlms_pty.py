@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-
-from meterchain.bridge.dlms.cosem import LOAD_PROFILE_OBIS, ClassId, Obis, QuantityKind, RegisterValue
+from meterchain.bridge.dlms.cosem import (
+    LOAD_PROFILE_OBIS,
+    ClassId,
+    Obis,
+    QuantityKind,
+    RegisterValue,
+)
 from meterchain.bridge.dlms.emulator import (
     IMPORT_ENERGY,
     INTERVAL_IMPORT,
@@ -78,7 +83,10 @@ async def test_load_profile_by_range(emulator: DlmsMeterEmulator, clock: FakeTim
             assert entry.value_of(IMPORT_ENERGY) == RegisterValue(cumulative, 0, 30)
             assert entry.value_of(INTERVAL_IMPORT) == RegisterValue(interval, 0, 30)
             kinds = {v.capture.obis: v.kind for v in entry.values}
-            assert kinds == {IMPORT_ENERGY: QuantityKind.CUMULATIVE, INTERVAL_IMPORT: QuantityKind.INTERVAL}
+            assert kinds == {
+                IMPORT_ENERGY: QuantityKind.CUMULATIVE,
+                INTERVAL_IMPORT: QuantityKind.INTERVAL,
+            }
         # Consecutive cumulative readings differ by the interval value: the columns agree.
         for a, b in zip(entries, entries[1:]):
             delta = b.value_of(IMPORT_ENERGY).value - a.value_of(IMPORT_ENERGY).value
@@ -102,7 +110,9 @@ async def test_load_profile_by_entry(emulator: DlmsMeterEmulator) -> None:
 
 async def test_low_level_security_over_the_port(emulator: DlmsMeterEmulator) -> None:
     assert emulator.path is not None
-    async with DlmsMeterClient(emulator.path, client_address=1, password="12345678", timeout=1.0) as meter:
+    async with DlmsMeterClient(
+        emulator.path, client_address=1, password="12345678", timeout=1.0
+    ) as meter:
         assert await meter.read_serial() == "MC20260001"
     wrong = DlmsMeterClient(emulator.path, client_address=1, password="nope", timeout=1.0)
     with pytest.raises(AssociationError):

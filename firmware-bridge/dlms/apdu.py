@@ -15,7 +15,6 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass, field
-from typing import Union
 
 from meterchain.bridge.dlms.axdr import Data, decode_data, decode_length, encode_data, encode_length
 from meterchain.bridge.dlms.cosem import Obis
@@ -208,7 +207,7 @@ class GetRequestWithList:
     items: tuple[tuple[AttributeDescriptor, AccessSelection | None], ...]
 
 
-GetResult = Union[Data, DataAccessResult, int]  # Data on success, else the data-access-result
+GetResult = Data | DataAccessResult | int  # Data on success, else the data-access-result
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,11 +236,20 @@ class ExceptionResponse:
     service_error: int
 
 
-Apdu = Union[
-    Aarq, Aare, Rlrq, Rlre, GetRequestNormal, GetRequestNext, GetRequestWithList,
-    GetResponseNormal, GetResponseWithDataBlock, GetResponseWithList, ExceptionResponse,
-    ConfirmedServiceError,
-]
+Apdu = (
+    Aarq
+    | Aare
+    | Rlrq
+    | Rlre
+    | GetRequestNormal
+    | GetRequestNext
+    | GetRequestWithList
+    | GetResponseNormal
+    | GetResponseWithDataBlock
+    | GetResponseWithList
+    | ExceptionResponse
+    | ConfirmedServiceError
+)
 
 TAG_AARQ, TAG_AARE, TAG_RLRQ, TAG_RLRE = 0x60, 0x61, 0x62, 0x63
 TAG_GET_REQUEST, TAG_GET_RESPONSE = 0xC0, 0xC4
@@ -426,7 +434,9 @@ def _decode_aarq(content: bytes) -> Aarq:
             raw = _octets_inside(value, 0x04, "user-information")
             info = decode_initiate_request(raw) if raw[:1] == bytes([TAG_INITIATE_REQUEST]) else raw
     if context is None or info is None:
-        raise ApduError("AARQ lacks application-context-name or user-information", apdu=content.hex())
+        raise ApduError(
+            "AARQ lacks application-context-name or user-information", apdu=content.hex()
+        )
     return Aarq(context, mechanism, auth, title, info)
 
 
@@ -508,7 +518,11 @@ def _decode_release_reason(content: bytes, what: str) -> int | None:
 
 
 def _encode_descriptor(desc: AttributeDescriptor) -> bytes:
-    return struct.pack(">H", desc.class_id) + desc.instance.encode() + struct.pack(">b", desc.attribute)
+    return (
+        struct.pack(">H", desc.class_id)
+        + desc.instance.encode()
+        + struct.pack(">b", desc.attribute)
+    )
 
 
 def _encode_access(access: AccessSelection | None) -> bytes:
@@ -630,7 +644,9 @@ def _encode_get_response(
             resp.result
         )
     if isinstance(resp, GetResponseWithDataBlock):
-        head = bytes([TAG_GET_RESPONSE, 2, resp.invoke_id_and_priority, 0xFF if resp.last_block else 0])
+        head = bytes(
+            [TAG_GET_RESPONSE, 2, resp.invoke_id_and_priority, 0xFF if resp.last_block else 0]
+        )
         head += struct.pack(">I", resp.block_number)
         if isinstance(resp.raw, bytes):
             return head + b"\x00" + encode_length(len(resp.raw)) + resp.raw

@@ -86,8 +86,17 @@ class DateTime:
         deviation = 0x8000 if self.deviation is None else self.deviation & 0xFFFF
         try:
             return struct.pack(
-                ">HBBBBBBBHB", self.year, self.month, self.day, self.weekday, self.hour,
-                self.minute, self.second, self.hundredths, deviation, self.status,
+                ">HBBBBBBBHB",
+                self.year,
+                self.month,
+                self.day,
+                self.weekday,
+                self.hour,
+                self.minute,
+                self.second,
+                self.hundredths,
+                deviation,
+                self.status,
             )
         except struct.error as exc:
             raise AxdrError("date-time field out of range", value=self) from exc
@@ -296,7 +305,9 @@ def decode_data_exact(data: bytes) -> Data:
 def _take(data: bytes | memoryview, pos: int, count: int) -> bytes:
     end = pos + count
     if end > len(data):
-        raise AxdrError("value runs past the end", offset=pos, needed=count, available=len(data) - pos)
+        raise AxdrError(
+            "value runs past the end", offset=pos, needed=count, available=len(data) - pos
+        )
     return bytes(data[pos:end])
 
 

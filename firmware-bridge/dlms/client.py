@@ -10,7 +10,8 @@ The I/O layer (serial_client.py, or a test) does three things only::
 The connection handles HDLC sequence numbers, segmentation in both directions (RR), GET block
 transfer (GET-Request-Next), and retries: a frame with a bad check sequence, the wrong address or a
 timeout re-sends the last frame (the peer re-sends its last answer for a duplicate), at most
-``max_retries`` times per exchange, then ``RetriesExhausted`` names the last fault. One request is in
+``max_retries`` times per exchange, then ``RetriesExhausted`` names the last fault. One request
+is in
 flight at a time, as DLMS clients do.
 """
 
@@ -21,8 +22,8 @@ from dataclasses import dataclass, field
 
 from meterchain.bridge.dlms.apdu import (
     CLIENT_CONFORMANCE,
-    AccessSelection,
     Aare,
+    AccessSelection,
     ApduError,
     AssociationResult,
     AttributeDescriptor,
@@ -145,8 +146,10 @@ class ClientConnection:
         self.settings = settings or ClientSettings()
         self.state = ClientState.DISCONNECTED
         self.link = LinkParameters(
-            self.settings.max_info_length, self.settings.max_info_length,
-            self.settings.window_size, self.settings.window_size,
+            self.settings.max_info_length,
+            self.settings.max_info_length,
+            self.settings.window_size,
+            self.settings.window_size,
         )
         self.conformance = 0
         self.server_max_pdu = 0
@@ -186,8 +189,10 @@ class ClientConnection:
         self._reader.reset()
         self._reassembler = Reassembler()
         info = LinkParameters(
-            self.settings.max_info_length, self.settings.max_info_length,
-            self.settings.window_size, self.settings.window_size,
+            self.settings.max_info_length,
+            self.settings.max_info_length,
+            self.settings.window_size,
+            self.settings.window_size,
         ).encode()
         self._send_frame(_Op.SNRM, self._frame(Control(FrameType.SNRM), info))
 
@@ -298,7 +303,9 @@ class ClientConnection:
             self._abort()
             raise RetriesExhausted(
                 "meter did not answer correctly within the retry budget",
-                last_fault=fault, operation=op.value, retries=self.settings.max_retries,
+                last_fault=fault,
+                operation=op.value,
+                retries=self.settings.max_retries,
             ) from fault
         self._out += self._last_frame
 
@@ -322,7 +329,8 @@ class ClientConnection:
         ):
             self._fault(
                 AddressError(
-                    "frame from an unexpected address", source=str(frame.source),
+                    "frame from an unexpected address",
+                    source=str(frame.source),
                     destination=str(frame.destination),
                     expected_source=str(self.settings.server_address),
                 )
@@ -345,7 +353,9 @@ class ClientConnection:
         if kind is FrameType.FRMR:
             op = self._op
             self._abort()
-            raise LinkError("meter rejected our frame (FRMR)", operation=op.value, info=frame.info.hex())
+            raise LinkError(
+                "meter rejected our frame (FRMR)", operation=op.value, info=frame.info.hex()
+            )
         if kind is FrameType.RR and self._tx_segments and frame.control.recv_seq == self._vs:
             chunk = self._tx_segments.pop(0)
             self._send_frame(self._op, self._i_frame(chunk, segmented=bool(self._tx_segments)))
@@ -380,7 +390,9 @@ class ClientConnection:
         if frame.control.send_seq != self._vr:
             # A re-sent copy of a frame we already have: harmless, wait for the right one.
             self.faults.append(
-                LinkError("duplicate I-frame ignored", got=frame.control.send_seq, expected=self._vr)
+                LinkError(
+                    "duplicate I-frame ignored", got=frame.control.send_seq, expected=self._vr
+                )
             )
             return None
         self._vr = (self._vr + 1) % 8
@@ -411,14 +423,18 @@ class ClientConnection:
         if isinstance(apdu, ExceptionResponse):
             self._finish()
             raise ServiceError(
-                "meter answered with an exception-response", state_error=apdu.state_error,
-                service_error=apdu.service_error, operation=op.value if op else None,
+                "meter answered with an exception-response",
+                state_error=apdu.state_error,
+                service_error=apdu.service_error,
+                operation=op.value if op else None,
             )
         if isinstance(apdu, ConfirmedServiceError):
             self._finish()
             raise ServiceError(
-                "meter answered with a confirmed-service-error", service=apdu.service,
-                error_group=apdu.error_group, value=apdu.value,
+                "meter answered with a confirmed-service-error",
+                service=apdu.service,
+                error_group=apdu.error_group,
+                value=apdu.value,
             )
         if op is _Op.AARQ and isinstance(apdu, Aare):
             return self._on_aare(apdu)
@@ -432,13 +448,15 @@ class ClientConnection:
             if apdu.invoke_id_and_priority & 0x0F != self._invoke_byte & 0x0F:
                 self._finish()
                 raise ApduError(
-                    "response to another invoke-id", got=apdu.invoke_id_and_priority,
+                    "response to another invoke-id",
+                    got=apdu.invoke_id_and_priority,
                     expected=self._invoke_byte,
                 )
             return self._on_get_response(apdu)
         self._finish()
         raise ApduError(
-            "unexpected APDU for the request in flight", apdu=type(apdu).__name__,
+            "unexpected APDU for the request in flight",
+            apdu=type(apdu).__name__,
             operation=op.value if op else None,
         )
 
@@ -447,12 +465,16 @@ class ClientConnection:
         info = aare.user_information
         if aare.result != AssociationResult.ACCEPTED:
             raise AssociationError(
-                "meter rejected the association", result=aare.result,
-                diagnostic_source=aare.diagnostic_source, diagnostic=aare.diagnostic,
+                "meter rejected the association",
+                result=aare.result,
+                diagnostic_source=aare.diagnostic_source,
+                diagnostic=aare.diagnostic,
                 user_information=info,
             )
         if not isinstance(info, InitiateResponse):
-            raise AssociationError("AARE accepted without an InitiateResponse", user_information=info)
+            raise AssociationError(
+                "AARE accepted without an InitiateResponse", user_information=info
+            )
         self.settings.authentication.check_aare(aare)
         self.conformance = info.conformance & self.settings.conformance
         self.server_max_pdu = info.max_receive_pdu_size
@@ -469,13 +491,19 @@ class ClientConnection:
         if isinstance(resp, GetResponseWithList):
             self._finish()
             if len(resp.results) != self._requested:
-                raise ApduError("result count differs from the request", got=len(resp.results), expected=self._requested)
+                raise ApduError(
+                    "result count differs from the request",
+                    got=len(resp.results),
+                    expected=self._requested,
+                )
             return GetCompleted(resp.results)
         expected = self._block_number + 1
         if resp.block_number != expected:
             self._reset_blocks()
             self._finish()
-            raise ApduError("block number out of sequence", got=resp.block_number, expected=expected)
+            raise ApduError(
+                "block number out of sequence", got=resp.block_number, expected=expected
+            )
         if not isinstance(resp.raw, bytes):
             self._reset_blocks()
             self._finish()
@@ -499,7 +527,11 @@ class ClientConnection:
         if op is _Op.GET_LIST:
             results, end = decode_get_results(raw)
             if end != len(raw) or len(results) != self._requested:
-                raise ApduError("block-transferred results do not match the request", extra=len(raw) - end, count=len(results))
+                raise ApduError(
+                    "block-transferred results do not match the request",
+                    extra=len(raw) - end,
+                    count=len(results),
+                )
             return GetCompleted(results)
         return GetCompleted((decode_data_exact(raw),))
 

@@ -23,7 +23,9 @@ from meterchain.bridge.dlms.errors import AxdrError, CosemValueError
 # ---------------------------------------------------------------------------------------------
 # OBIS
 
-_OBIS_TEXT = re.compile(r"^(\d+)-(\d+):(\d+)\.(\d+)\.(\d+)(?:\.(\d+))?$|^(\d+)\.(\d+)\.(\d+)\.(\d+)\.(\d+)\.(\d+)$")
+_OBIS_TEXT = re.compile(
+    r"^(\d+)-(\d+):(\d+)\.(\d+)\.(\d+)(?:\.(\d+))?$|^(\d+)\.(\d+)\.(\d+)\.(\d+)\.(\d+)\.(\d+)$"
+)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -40,7 +42,10 @@ class Obis:
     def __post_init__(self) -> None:
         for group in (self.a, self.b, self.c, self.d, self.e, self.f):
             if not 0 <= group <= 255:
-                raise CosemValueError("OBIS group out of 0..255", obis=(self.a, self.b, self.c, self.d, self.e, self.f))
+                raise CosemValueError(
+                    "OBIS group out of 0..255",
+                    obis=(self.a, self.b, self.c, self.d, self.e, self.f),
+                )
 
     @classmethod
     def parse(cls, text: str) -> Obis:
@@ -87,11 +92,45 @@ ACTIVE_IMPORT_OBIS = Obis(1, 0, 1, 8, 0, 255)
 
 # Units (DLMS UA 1000-1 "Blue Book", enum of class 3's scaler_unit): the ones meters use most.
 UNITS: dict[int, str] = {
-    1: "a", 2: "mo", 3: "wk", 4: "d", 5: "h", 6: "min", 7: "s", 8: "°", 9: "°C", 10: "currency",
-    11: "m", 12: "m/s", 13: "m³", 14: "m³ (corrected)", 15: "m³/h", 19: "l", 20: "kg", 21: "N",
-    22: "Nm", 23: "Pa", 24: "bar", 25: "J", 26: "J/h", 27: "W", 28: "VA", 29: "var", 30: "Wh",
-    31: "VAh", 32: "varh", 33: "A", 34: "C", 35: "V", 36: "V/m", 37: "F", 38: "Ω", 44: "Hz",
-    253: "reserved", 254: "other", 255: "count",
+    1: "a",
+    2: "mo",
+    3: "wk",
+    4: "d",
+    5: "h",
+    6: "min",
+    7: "s",
+    8: "°",
+    9: "°C",
+    10: "currency",
+    11: "m",
+    12: "m/s",
+    13: "m³",
+    14: "m³ (corrected)",
+    15: "m³/h",
+    19: "l",
+    20: "kg",
+    21: "N",
+    22: "Nm",
+    23: "Pa",
+    24: "bar",
+    25: "J",
+    26: "J/h",
+    27: "W",
+    28: "VA",
+    29: "var",
+    30: "Wh",
+    31: "VAh",
+    32: "varh",
+    33: "A",
+    34: "C",
+    35: "V",
+    36: "V/m",
+    37: "F",
+    38: "Ω",
+    44: "Hz",
+    253: "reserved",
+    254: "other",
+    255: "count",
 }
 UNIT_NONE = 255
 
@@ -124,7 +163,9 @@ class RegisterValue:
         if remainder:
             raise CosemValueError(
                 "value is not a whole number of the requested unit",
-                value=self.value, scaler=self.scaler, exponent=exponent,
+                value=self.value,
+                scaler=self.scaler,
+                exponent=exponent,
             )
         return quotient
 
@@ -154,11 +195,15 @@ def scaler_unit_to_data(scaler: int, unit: int) -> Data:
 def integer_value(data: Data, *, obis: Obis | None = None) -> int:
     """The integer of a register value attribute; floats and strings are refused, not rounded."""
     if data.tag in (Tag.FLOAT32, Tag.FLOAT64):
-        raise CosemValueError("register holds a float; refusing to round it", obis=str(obis), data=data)
+        raise CosemValueError(
+            "register holds a float; refusing to round it", obis=str(obis), data=data
+        )
     try:
         return data.as_int()
     except AxdrError as exc:
-        raise CosemValueError("register value is not an integer", obis=str(obis), data=data) from exc
+        raise CosemValueError(
+            "register value is not an integer", obis=str(obis), data=data
+        ) from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +228,9 @@ def datetime_to_utc(value: DateTime, fallback_deviation: int | None = None) -> i
         raise CosemValueError("date-time field out of range", value=value)
     if not 1 <= value.day <= calendar.monthrange(value.year, value.month)[1]:
         raise CosemValueError("day out of range for its month", value=value)
-    local = calendar.timegm((value.year, value.month, value.day, value.hour, value.minute, value.second))
+    local = calendar.timegm(
+        (value.year, value.month, value.day, value.hour, value.minute, value.second)
+    )
     return local + deviation * 60
 
 
@@ -191,8 +238,16 @@ def datetime_from_utc(utc: int, deviation: int = 0, status: int = 0) -> DateTime
     """The COSEM date-time of UTC second ``utc`` as local time with ``deviation`` minutes."""
     local = time.gmtime(utc - deviation * 60)
     return DateTime(
-        local.tm_year, local.tm_mon, local.tm_mday, local.tm_wday + 1, local.tm_hour,
-        local.tm_min, local.tm_sec, 0, deviation, status,
+        local.tm_year,
+        local.tm_mon,
+        local.tm_mday,
+        local.tm_wday + 1,
+        local.tm_hour,
+        local.tm_min,
+        local.tm_sec,
+        0,
+        deviation,
+        status,
     )
 
 
@@ -270,9 +325,14 @@ class CaptureObject:
     def from_data(cls, data: Data) -> CaptureObject:
         try:
             class_id, name, attribute, index = data.items
-            return cls(class_id.as_int(), Obis.decode(name.as_bytes()), attribute.as_int(), index.as_int())
+            return cls(
+                class_id.as_int(), Obis.decode(name.as_bytes()), attribute.as_int(), index.as_int()
+            )
         except (ValueError, AxdrError) as exc:
-            raise CosemValueError("capture object must be {long-unsigned, octet-string, integer, long-unsigned}", data=data) from exc
+            raise CosemValueError(
+                "capture object must be {long-unsigned, octet-string, integer, long-unsigned}",
+                data=data,
+            ) from exc
 
     @property
     def is_clock(self) -> bool:
@@ -286,7 +346,9 @@ def capture_objects_from_data(data: Data) -> tuple[CaptureObject, ...]:
 
 
 def range_descriptor(
-    restricting: CaptureObject, start: DateTime, end: DateTime,
+    restricting: CaptureObject,
+    start: DateTime,
+    end: DateTime,
     selected: tuple[CaptureObject, ...] = (),
 ) -> Data:
     """Selective access selector 1: entries whose ``restricting`` column lies in [start, end]."""
@@ -300,12 +362,16 @@ def range_descriptor(
     )
 
 
-def entry_descriptor(from_entry: int, to_entry: int = 0, from_column: int = 1, to_column: int = 0) -> Data:
+def entry_descriptor(
+    from_entry: int, to_entry: int = 0, from_column: int = 1, to_column: int = 0
+) -> Data:
     """Selective access selector 2: entries from..to (1-based, to 0 = last), columns likewise."""
     return Data.structure(
         [
-            Data(Tag.UINT32, from_entry), Data(Tag.UINT32, to_entry),
-            Data(Tag.UINT16, from_column), Data(Tag.UINT16, to_column),
+            Data(Tag.UINT32, from_entry),
+            Data(Tag.UINT32, to_entry),
+            Data(Tag.UINT16, from_column),
+            Data(Tag.UINT16, to_column),
         ]
     )
 
@@ -336,7 +402,7 @@ def quantity_kind(capture: CaptureObject) -> QuantityKind:
 
 @dataclass(frozen=True, slots=True)
 class ProfileValue:
-    """One captured value of an entry, scaled exactly, and whether it is a reading or an interval."""
+    """One captured value of an entry, scaled exactly, and whether it is a reading or interval."""
 
     capture: CaptureObject
     kind: QuantityKind
@@ -385,13 +451,16 @@ def decode_profile_buffer(
     for row_number, row in enumerate(buffer.items):
         if row.tag is not Tag.STRUCTURE or len(row.items) != len(capture_objects):
             raise CosemValueError(
-                "profile row does not match capture objects", row=row_number,
+                "profile row does not match capture objects",
+                row=row_number,
                 columns=len(capture_objects),
             )
         stamp = datetime_from_data(row.items[clock_index])
         if stamp is None:
             if last is None or capture_period <= 0:
-                raise CosemValueError("null timestamp with nothing to rebuild it from", row=row_number)
+                raise CosemValueError(
+                    "null timestamp with nothing to rebuild it from", row=row_number
+                )
             timestamp, status, rebuilt = last + capture_period, None, True
         else:
             timestamp = datetime_to_utc(stamp, fallback_deviation)
@@ -411,5 +480,15 @@ def decode_profile_buffer(
 
 
 _INTEGER_TAGS = frozenset(
-    {Tag.INT8, Tag.INT16, Tag.INT32, Tag.INT64, Tag.UINT8, Tag.UINT16, Tag.UINT32, Tag.UINT64, Tag.ENUM}
+    {
+        Tag.INT8,
+        Tag.INT16,
+        Tag.INT32,
+        Tag.INT64,
+        Tag.UINT8,
+        Tag.UINT16,
+        Tag.UINT32,
+        Tag.UINT64,
+        Tag.ENUM,
+    }
 )

@@ -91,8 +91,11 @@ class EmulatedDlmsMeter:
         faults: EmulatorFaults | None = None,
     ) -> None:
         if capture_period <= 0 or start % capture_period:
-            raise CosemValueError("profile start must be aligned to a positive capture period",
-                                  start=start, capture_period=capture_period)
+            raise CosemValueError(
+                "profile start must be aligned to a positive capture period",
+                start=start,
+                capture_period=capture_period,
+            )
         self.serial_number = serial_number
         self.start = start
         self.capture_period = capture_period
@@ -134,7 +137,7 @@ class EmulatedDlmsMeter:
     # -- profile -------------------------------------------------------------------------------
 
     def profile_range(self, now: int) -> tuple[int, int]:
-        """Indices (first, last) of the entries in the buffer: entry k is stamped start + k*period."""
+        """Indices (first, last) of the buffer's entries; entry k is stamped start + k*period."""
         last = (self.meter_time(now) - self.start) // self.capture_period
         if last < 0:
             return 0, -1
@@ -150,7 +153,9 @@ class EmulatedDlmsMeter:
     def _row_data(self, index: int, columns: list[int], stamp_null: bool) -> Data:
         stamp, cumulative, interval = self.profile_row(index)
         cells = [
-            Data.null() if stamp_null else Data.octets(datetime_from_utc(stamp, self.deviation, 0).encode()),
+            Data.null()
+            if stamp_null
+            else Data.octets(datetime_from_utc(stamp, self.deviation, 0).encode()),
             Data(Tag.UINT32, cumulative),
             Data(Tag.UINT32, interval),
         ]
@@ -174,8 +179,12 @@ class EmulatedDlmsMeter:
                 wanted = CaptureObject.from_data(item)
             except CosemValueError:
                 return DataAccessResult.TYPE_UNMATCHED
-            match = [i for i, c in enumerate(self.capture_objects)
-                     if (c.class_id, c.obis, c.attribute) == (wanted.class_id, wanted.obis, wanted.attribute)]
+            match = [
+                i
+                for i, c in enumerate(self.capture_objects)
+                if (c.class_id, c.obis, c.attribute)
+                == (wanted.class_id, wanted.obis, wanted.attribute)
+            ]
             if not match:
                 return DataAccessResult.OBJECT_UNAVAILABLE
             columns.append(match[0])
@@ -225,7 +234,9 @@ class EmulatedDlmsMeter:
 
     # -- COSEM get -----------------------------------------------------------------------------
 
-    def get(self, descriptor: AttributeDescriptor, access: AccessSelection | None, now: int) -> GetResult:
+    def get(
+        self, descriptor: AttributeDescriptor, access: AccessSelection | None, now: int
+    ) -> GetResult:
         """Answer one attribute read at UTC second ``now``."""
         obis, attribute, class_id = descriptor.instance, descriptor.attribute, descriptor.class_id
         if obis in self.faults.unavailable:
@@ -238,7 +249,11 @@ class EmulatedDlmsMeter:
         registers = {
             IMPORT_ENERGY: (Data(Tag.UINT32, self.import_wh(meter_now)), 0, _UNIT_WH),
             EXPORT_ENERGY: (Data(Tag.UINT32, 0), 0, _UNIT_WH),
-            INTERVAL_IMPORT: (Data(Tag.UINT32, self.profile_row(max(self.profile_range(now)[1], 0))[2]), 0, _UNIT_WH),
+            INTERVAL_IMPORT: (
+                Data(Tag.UINT32, self.profile_row(max(self.profile_range(now)[1], 0))[2]),
+                0,
+                _UNIT_WH,
+            ),
             ACTIVE_POWER: (Data(Tag.INT32, self.power_w(meter_now)), 0, _UNIT_W),
             VOLTAGE_L1: (Data(Tag.UINT16, 2301), -1, _UNIT_V),
         }
@@ -256,7 +271,8 @@ class EmulatedDlmsMeter:
         elif obis == MAX_DEMAND and access is None:
             peak_time = self.start + 18 * 3600
             answers = {
-                2: Data(Tag.UINT32, 18_400), 3: scaler_unit_to_data(-1, _UNIT_W),
+                2: Data(Tag.UINT32, 18_400),
+                3: scaler_unit_to_data(-1, _UNIT_W),
                 4: Data(Tag.UINT8, 0),
                 5: Data.octets(datetime_from_utc(peak_time, self.deviation, 0).encode()),
             }
@@ -284,14 +300,20 @@ class EmulatedDlmsMeter:
             }
             if attribute in answers and access is None:
                 return answers[attribute]
-        return DataAccessResult.READ_WRITE_DENIED if attribute > 0 else DataAccessResult.OBJECT_UNDEFINED
+        return (
+            DataAccessResult.READ_WRITE_DENIED
+            if attribute > 0
+            else DataAccessResult.OBJECT_UNDEFINED
+        )
 
     def _class_of(self, obis: Obis) -> int | None:
         if obis in (IMPORT_ENERGY, EXPORT_ENERGY, INTERVAL_IMPORT, ACTIVE_POWER, VOLTAGE_L1):
             return ClassId.REGISTER
         return {
-            MAX_DEMAND: ClassId.EXTENDED_REGISTER, CLOCK_OBIS: ClassId.CLOCK,
-            SERIAL_NUMBER_OBIS: ClassId.DATA, LOAD_PROFILE_OBIS: ClassId.PROFILE_GENERIC,
+            MAX_DEMAND: ClassId.EXTENDED_REGISTER,
+            CLOCK_OBIS: ClassId.CLOCK,
+            SERIAL_NUMBER_OBIS: ClassId.DATA,
+            LOAD_PROFILE_OBIS: ClassId.PROFILE_GENERIC,
         }.get(obis)
 
     def check_capture_objects(self) -> None:
@@ -301,7 +323,9 @@ class EmulatedDlmsMeter:
             raise CosemValueError("capture objects do not round-trip")
 
 
-def default_settings(password: bytes | None = b"12345678", address: HdlcAddress | None = None) -> ServerSettings:
+def default_settings(
+    password: bytes | None = b"12345678", address: HdlcAddress | None = None
+) -> ServerSettings:
     """Public client 16 without authentication; management client 1 with LLS ``password``."""
     clients: dict[int, Authentication] = {16: LowestLevelSecurity()}
     if password is not None:
@@ -319,7 +343,9 @@ def shape_answer(frame: bytes, faults: EmulatorFaults) -> bytes | None:
     if faults.wrong_address:
         with contextlib.suppress(HdlcError):
             decoded = decode_frame(frame)
-            wrong = HdlcAddress((decoded.source.upper + 1) % 0x80, decoded.source.lower, decoded.source.size)
+            wrong = HdlcAddress(
+                (decoded.source.upper + 1) % 0x80, decoded.source.lower, decoded.source.size
+            )
             frame = encode_frame(replace(decoded, source=wrong))
     if faults.corrupt_crc or faults.corrupt_next > 0:
         faults.corrupt_next = max(faults.corrupt_next - 1, 0)

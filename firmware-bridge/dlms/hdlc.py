@@ -2,10 +2,10 @@
 
 A frame on the wire::
 
-    7E | format (2) | dest addr (1,2,4) | src addr (1,2,4) | control | HCS (2) | info ... | FCS (2) | 7E
+    7E | format (2) | dest (1,2,4) | src (1,2,4) | control | HCS (2) | info ... | FCS (2) | 7E
 
-The format field is ``1010 S LLLLLLLLLLL``: frame type 3, the segmentation bit and the 11-bit length of
-everything between the flags. There is no byte stuffing: the length field delimits the frame, so a
+The format field is ``1010 S LLLLLLLLLLL``: frame type 3, the segmentation bit and the 11-bit length
+of everything between the flags. There is no byte stuffing: the length field delimits the frame, so a
 0x7E inside the information field is legal. Both check sequences are CRC-16/X.25, sent LSB first;
 a frame without information field has only the HCS (which then is its FCS).
 
@@ -242,7 +242,9 @@ def decode_frame(data: bytes | memoryview) -> HdlcFrame:
     length = fmt & 0x7FF
     if length != len(data) - 2:
         raise HdlcError(
-            "length field does not match the frame", length=length, actual=len(data) - 2,
+            "length field does not match the frame",
+            length=length,
+            actual=len(data) - 2,
             frame=data.hex(),
         )
     body = data[1:-1]
@@ -311,7 +313,9 @@ class FrameReader:
             if len(buf) < length + 2:
                 return out
             if buf[length + 1] != FLAG:
-                out.append(HdlcError("frame not closed by a flag", frame=bytes(buf[: length + 2]).hex()))
+                out.append(
+                    HdlcError("frame not closed by a flag", frame=bytes(buf[: length + 2]).hex())
+                )
                 del buf[:1]
                 continue
             raw = bytes(buf[: length + 2])
@@ -371,7 +375,10 @@ class LinkParameters:
                 values[ident] = value
             pos += 2 + width
         result = cls(values[0x05], values[0x06], values[0x07], values[0x08])
-        if min(result.max_info_tx, result.max_info_rx) < 32 or min(result.window_tx, result.window_rx) < 1:
+        if (
+            min(result.max_info_tx, result.max_info_rx) < 32
+            or min(result.window_tx, result.window_rx) < 1
+        ):
             raise HdlcError("negotiated values out of range", parameters=result)
         return result
 
@@ -391,7 +398,7 @@ class Reassembler:
     size: int = 0
 
     def add(self, frame: HdlcFrame) -> bytes | None:
-        """Add an I-frame's info; return the whole LLC-PDU once the unsegmented last frame arrives."""
+        """Add an I-frame's info; return the whole LLC-PDU once the last (unsegmented) frame is in."""
         self.parts.append(frame.info)
         self.size += len(frame.info)
         if frame.segmented:
@@ -409,5 +416,7 @@ class Reassembler:
 def strip_llc(payload: bytes, expected: bytes) -> bytes:
     """Remove the 3-byte LLC header of a reassembled I-frame payload, checking it."""
     if payload[:3] != expected:
-        raise HdlcError("missing or wrong LLC header", expected=expected.hex(), got=payload[:3].hex())
+        raise HdlcError(
+            "missing or wrong LLC header", expected=expected.hex(), got=payload[:3].hex()
+        )
     return payload[3:]

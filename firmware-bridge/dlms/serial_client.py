@@ -18,7 +18,6 @@ import contextlib
 from typing import Protocol, TypeVar
 
 import serial
-
 from meterchain.bridge.dlms.apdu import (
     AccessSelection,
     AttributeDescriptor,
@@ -91,7 +90,9 @@ class SerialTransport:
         try:
             self._serial = serial.Serial(self.port, self.baudrate, timeout=0, write_timeout=5)
         except (serial.SerialException, OSError) as exc:
-            raise LinkError("cannot open serial port", port=self.port, baudrate=self.baudrate) from exc
+            raise LinkError(
+                "cannot open serial port", port=self.port, baudrate=self.baudrate
+            ) from exc
 
     def _port(self) -> serial.Serial:
         if self._serial is None:
@@ -154,10 +155,18 @@ class DlmsMeterClient:
             else:
                 raw = password.encode("ascii") if isinstance(password, str) else password
                 authentication = LowLevelSecurity(raw)
-        address = server_address if isinstance(server_address, HdlcAddress) else HdlcAddress(server_address)
+        address = (
+            server_address
+            if isinstance(server_address, HdlcAddress)
+            else HdlcAddress(server_address)
+        )
         self.settings = ClientSettings(
-            server_address=address, client_address=client_address, authentication=authentication,
-            max_info_length=max_info_length, max_pdu_size=max_pdu_size, max_retries=max_retries,
+            server_address=address,
+            client_address=client_address,
+            authentication=authentication,
+            max_info_length=max_info_length,
+            max_pdu_size=max_pdu_size,
+            max_retries=max_retries,
         )
         self.timeout = timeout
         self.transport: Transport = transport or SerialTransport(port, baudrate)
@@ -256,15 +265,25 @@ class DlmsMeterClient:
     def _data(self, result: GetResult, descriptor: AttributeDescriptor) -> Data:
         if isinstance(result, Data):
             return result
-        name = result.name.lower().replace("_", "-") if isinstance(result, DataAccessResult) else str(result)
+        name = (
+            result.name.lower().replace("_", "-")
+            if isinstance(result, DataAccessResult)
+            else str(result)
+        )
         raise DataAccessError(
-            f"meter refused the read: {name}", result=int(result), obis=str(descriptor.instance),
-            class_id=descriptor.class_id, attribute=descriptor.attribute, **self._context,
+            f"meter refused the read: {name}",
+            result=int(result),
+            obis=str(descriptor.instance),
+            class_id=descriptor.class_id,
+            attribute=descriptor.attribute,
+            **self._context,
         )
 
     # -- what a gateway reads ------------------------------------------------------------------
 
-    async def read_register(self, obis: Obis | str, class_id: int = ClassId.REGISTER) -> RegisterValue:
+    async def read_register(
+        self, obis: Obis | str, class_id: int = ClassId.REGISTER
+    ) -> RegisterValue:
         """Value and scaler_unit of a (extended/demand) register, as exact integers."""
         code = as_obis(obis)
         value_desc = AttributeDescriptor(class_id, code, 2)
@@ -298,7 +317,9 @@ class DlmsMeterClient:
             return data.value
         if isinstance(data.value, int) and not isinstance(data.value, bool):
             return str(data.value)
-        raise CosemValueError("serial number has an unexpected type", tag=data.tag.name, **self._context)
+        raise CosemValueError(
+            "serial number has an unexpected type", tag=data.tag.name, **self._context
+        )
 
     async def _profile_layout(self, obis: Obis) -> tuple[tuple[CaptureObject, ...], int]:
         captures_desc = AttributeDescriptor(ClassId.PROFILE_GENERIC, obis, 3)
@@ -307,7 +328,8 @@ class DlmsMeterClient:
         capture_objects = capture_objects_from_data(self._data(captures, captures_desc))
         capture_period = self._data(period, period_desc).as_int()
         unknown = [
-            c for c in capture_objects
+            c
+            for c in capture_objects
             if c.class_id in _REGISTER_CLASSES and c.attribute == 2 and c.obis not in self._scalers
         ]
         if unknown:

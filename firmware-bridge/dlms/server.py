@@ -14,9 +14,9 @@ from typing import Protocol
 
 from meterchain.bridge.dlms.apdu import (
     CONTEXT_LN,
-    AccessSelection,
     Aare,
     Aarq,
+    AccessSelection,
     AcseServiceUser,
     AssociationResult,
     AttributeDescriptor,
@@ -69,7 +69,9 @@ _BLOCK_OVERHEAD = 16  # GET-Response-With-Datablock header plus the raw-data len
 class CosemModel(Protocol):
     """The meter's objects: one attribute read, at time ``now`` (UTC seconds)."""
 
-    def get(self, descriptor: AttributeDescriptor, access: AccessSelection | None, now: int) -> GetResult: ...
+    def get(
+        self, descriptor: AttributeDescriptor, access: AccessSelection | None, now: int
+    ) -> GetResult: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +132,9 @@ class ServerConnection:
 
     def _send(self, control: Control, info: bytes = b"", segmented: bool = False) -> None:
         assert self.client is not None
-        frame = encode_frame(HdlcFrame(self.client, self.settings.address, control, info, segmented))
+        frame = encode_frame(
+            HdlcFrame(self.client, self.settings.address, control, info, segmented)
+        )
         self._last_frame = frame
         self._out.append(frame)
 
@@ -163,7 +167,9 @@ class ServerConnection:
             return
         # FRMR info: the rejected control byte, our V(S)/V(R), and "W" (undefined control).
         rejected = frame.control.encode()
-        self._send(Control(FrameType.FRMR), bytes([rejected, (self._vr << 5) | (self._vs << 1), 0x01]))
+        self._send(
+            Control(FrameType.FRMR), bytes([rejected, (self._vr << 5) | (self._vs << 1), 0x01])
+        )
 
     def _on_snrm(self, frame: HdlcFrame) -> None:
         try:
@@ -225,13 +231,17 @@ class ServerConnection:
             self.associated = False
             return encode_apdu(Rlre(0))
         if not self.associated:
-            return encode_apdu(ExceptionResponse(1, 1))  # service-not-allowed, operation-not-possible
+            return encode_apdu(
+                ExceptionResponse(1, 1)
+            )  # service-not-allowed, operation-not-possible
         if isinstance(apdu, GetRequestNormal):
             result = self.model.get(apdu.descriptor, apdu.access, now)
             response = encode_apdu(GetResponseNormal(apdu.invoke_id_and_priority, result))
             if len(response) <= self._client_max_pdu or not isinstance(result, Data):
                 return self._auth.protect(response)
-            return self._auth.protect(self._start_blocks(apdu.invoke_id_and_priority, encode_data(result)))
+            return self._auth.protect(
+                self._start_blocks(apdu.invoke_id_and_priority, encode_data(result))
+            )
         if isinstance(apdu, GetRequestWithList):
             results = tuple(self.model.get(d, a, now) for d, a in apdu.items)
             response = encode_apdu(GetResponseWithList(apdu.invoke_id_and_priority, results))
@@ -269,7 +279,10 @@ class ServerConnection:
         self._client_max_pdu = max(initiate.max_receive_pdu_size, 64)
         conformance = initiate.conformance & self.settings.conformance
         return Aare(
-            CONTEXT_LN, AssociationResult.ACCEPTED, 1, AcseServiceUser.NULL,
+            CONTEXT_LN,
+            AssociationResult.ACCEPTED,
+            1,
+            AcseServiceUser.NULL,
             mechanism=aarq.mechanism,
             user_information=InitiateResponse(conformance, self.settings.max_pdu_size),
         )
@@ -293,7 +306,9 @@ class ServerConnection:
         if not self._blocks:
             return encode_apdu(
                 GetResponseWithDataBlock(
-                    request.invoke_id_and_priority, True, request.block_number,
+                    request.invoke_id_and_priority,
+                    True,
+                    request.block_number,
                     DataAccessResult.NO_LONG_GET_IN_PROGRESS,
                 )
             )
@@ -301,7 +316,9 @@ class ServerConnection:
             self._blocks = []
             return encode_apdu(
                 GetResponseWithDataBlock(
-                    request.invoke_id_and_priority, True, request.block_number,
+                    request.invoke_id_and_priority,
+                    True,
+                    request.block_number,
                     DataAccessResult.DATA_BLOCK_NUMBER_INVALID,
                 )
             )
