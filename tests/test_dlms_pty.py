@@ -60,6 +60,8 @@ async def test_reads_registers_clock_serial(emulator: DlmsMeterEmulator, clock: 
         assert volts.in_units_of(-1) == 2301 and volts.unit_name == "V"
         demand = await meter.read_register(MAX_DEMAND, class_id=ClassId.EXTENDED_REGISTER)
         assert demand == RegisterValue(18_400, -1, 27)
+        extended = await meter.read_extended_register(MAX_DEMAND)
+        assert extended.value == demand and extended.capture_time == START + 18 * 3600
         meter_clock = await meter.read_clock()
         assert meter_clock.utc == clock.now and meter_clock.deviation == -60
         assert meter_clock.trustworthy

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import serial
@@ -51,6 +52,7 @@ from meterchain.bridge.dlms.cosem import (
     capture_objects_from_data,
     datetime_from_data,
     datetime_from_utc,
+    datetime_to_utc,
     decode_profile_buffer,
     entry_descriptor,
     integer_value,
@@ -129,6 +131,15 @@ class SerialTransport:
             with contextlib.suppress(serial.SerialException, OSError):
                 self._serial.close()
             self._serial = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExtendedRegisterReading:
+    """Class 4: the value, the meter's status attribute as sent, and when the value was captured."""
+
+    value: RegisterValue
+    status: Data
+    capture_time: int | None
 
 
 class DlmsMeterClient:
@@ -293,6 +304,26 @@ class DlmsMeterClient:
         scaler, unit = scaler_unit_from_data(self._data(scaler_result, scaler_desc))
         self._scalers[code] = (scaler, unit)
         return RegisterValue(value, scaler, unit)
+
+    async def read_extended_register(self, obis: Obis | str) -> ExtendedRegisterReading:
+        """Extended register (class 4): value, scaler_unit, status and capture time (UTC)."""
+        code = as_obis(obis)
+        descriptors = [
+            AttributeDescriptor(ClassId.EXTENDED_REGISTER, code, a) for a in (2, 3, 4, 5)
+        ]
+        results = await self.get_many([(d, None) for d in descriptors])
+        value, scaler_unit, status, captured = (
+            self._data(r, d) for r, d in zip(results, descriptors, strict=True)
+        )
+        scaler, unit = scaler_unit_from_data(scaler_unit)
+        stamp = datetime_from_data(captured)
+        fallback = self.deviation if self.deviation is not None else 0
+        capture_time = None
+        if stamp is not None and stamp.year != 0xFFFF:
+            capture_time = datetime_to_utc(stamp, fallback)
+        return ExtendedRegisterReading(
+            RegisterValue(integer_value(value, obis=code), scaler, unit), status, capture_time
+        )
 
     async def read_clock(self) -> MeterClock:
         """The meter's clock in UTC; an unspecified deviation falls back to its time_zone."""
