@@ -680,9 +680,12 @@ class HomeAssistantPublisher:
             )
 
     async def _publish_states(self, client: aiomqtt.Client) -> None:
-        while self._pending:
-            meter = next(iter(self._pending))
-            pending = self._pending.pop(meter)
+        """Admit every pending state, save the guard once (one fsync per poll), then publish."""
+        batch, self._pending = self._pending, {}
+        if not batch:
+            return
+        admitted: dict[str, tuple[_Pending, MeterState]] = {}
+        for meter, pending in batch.items():
             admission = self.guard.admit(meter, pending.state)
             for held in admission.held:
                 self.stats.values_held += 1
@@ -694,20 +697,26 @@ class HomeAssistantPublisher:
                     held.offered,
                     held.published,
                 )
+            admitted[meter] = (pending, admission.state)
+        try:
+            self.guard.save()
+        except OSError as exc:
+            # Publishing now could leave the file behind Home Assistant: after a restart a
+            # lower value might go out. Keep the updates; the next update retries the save.
+            self.stats.guard_save_failures += 1
+            self._requeue(batch)
+            log.error("event=ha_guard_save_failed path=%s error=%r", self.guard.path, str(exc))
+            return
+        for meter, (pending, state) in admitted.items():
             try:
-                self.guard.save()
-            except OSError as exc:
-                # Publishing now could leave the file behind Home Assistant: after a restart a
-                # lower value might go out. Keep the update; the next one retries the save.
-                self.stats.guard_save_failures += 1
-                self._pending.setdefault(meter, pending)
-                log.error("event=ha_guard_save_failed path=%s error=%r", self.guard.path, str(exc))
-                return
-            try:
-                await self._publish(
-                    client, self.topics.state(pending.device), state_payload(admission.state)
-                )
+                await self._publish(client, self.topics.state(pending.device), state_payload(state))
             except aiomqtt.MqttError:
-                self._pending.setdefault(meter, pending)  # a newer update, if any, wins
+                self._requeue(batch)
                 raise
+            del batch[meter]
             self.stats.states_published += 1
+
+    def _requeue(self, batch: dict[str, _Pending]) -> None:
+        """Put unpublished updates back, unless a newer update of the same meter came meanwhile."""
+        for meter, pending in batch.items():
+            self._pending.setdefault(meter, pending)

@@ -563,3 +563,23 @@ async def test_last_will_marks_the_gateway_offline_when_the_agent_dies(
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+async def test_no_state_goes_out_while_the_guard_cannot_be_saved(
+    broker: RunningBroker, recorder: Recorder, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the guard's folder should be")
+    guard = MonotonicGuard(blocker / "guard.json")
+    publisher = HomeAssistantPublisher(broker.url, gateway_id="gw-0001", guard=guard, backoff=FAST)
+    task = await _run(publisher)
+    assert publisher.update(HOUSE, MeterState(7_000, 0))
+    await _until(lambda: publisher.stats.guard_save_failures == 1)
+    await asyncio.sleep(0.2)
+    assert publisher.stats.states_published == 0
+    assert recorder.on(Topics("gw-0001").state(HOUSE)) == []
+    blocker.unlink()  # the disk is fixed: the next update saves, then publishes
+    assert publisher.update(HOUSE, MeterState(7_001, 0))
+    await _until(lambda: len(recorder.on(Topics("gw-0001").state(HOUSE))) == 1)
+    assert MonotonicGuard.load(blocker / "guard.json").last(HOUSE.identifier, "import_wh") == 7_001
+    await _stop(task)
