@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -138,6 +139,16 @@ async def test_faults_over_the_port(emulator: DlmsMeterEmulator) -> None:
             await meter.read_serial()
         assert isinstance(gave_up.value.last_fault, DlmsTimeoutError)
         # After the meter comes back, the client reconnects by itself on the next read.
+        emulator.faults.silent = False
+        assert await meter.read_serial() == "MC20260001"
+
+
+async def test_a_cancelled_read_leaves_a_usable_client(emulator: DlmsMeterEmulator) -> None:
+    assert emulator.path is not None
+    async with DlmsMeterClient(emulator.path, timeout=5.0) as meter:
+        emulator.faults.silent = True
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(meter.read_serial(), 0.2)
         emulator.faults.silent = False
         assert await meter.read_serial() == "MC20260001"
 

@@ -309,6 +309,16 @@ class ClientConnection:
             ) from fault
         self._out += self._last_frame
 
+    def abort(self) -> None:
+        """Forget the exchange in flight (the caller gave up on it, e.g. was cancelled).
+
+        The link counts as down: the next ``connect()`` starts again with SNRM, which also resets
+        the meter's side.
+        """
+        self._reader.reset()
+        self._reset_blocks()
+        self._abort()
+
     def _abort(self) -> None:
         """Forget the exchange in flight; after a broken link the caller must reconnect."""
         self._op = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -225,11 +226,19 @@ class DlmsMeterClient:
             self.transport.write(out)
         return bool(out)
 
-    async def _exchange(self, start: object, want: type[E]) -> E:
+    async def _exchange(self, start: Callable[[], None], want: type[E]) -> E:
         """Run one request to completion: write, read until the wanted event, retry on timeout."""
-        assert callable(start)
-        loop = asyncio.get_running_loop()
         start()
+        try:
+            return await self._await_event(want)
+        except BaseException:
+            # Cancelled, or the port failed: the exchange cannot be resumed, so drop it.
+            if self.connection.busy:
+                self.connection.abort()
+            raise
+
+    async def _await_event(self, want: type[E]) -> E:
+        loop = asyncio.get_running_loop()
         self._flush()
         deadline = loop.time() + self.timeout
         while True:
