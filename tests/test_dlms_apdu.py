@@ -187,3 +187,9 @@ def test_fuzz_mutated_valid_apdus(golden: bytes, flips: list[tuple[int, int]], c
             decode_apdu(candidate)
         except DlmsError:
             pass
+
+
+def test_initiate_request_with_dedicated_key_and_quality_of_service() -> None:
+    request = InitiateRequest(0x1F, 512, 6, bytes(range(16)), 3)
+    aarq = Aarq(user_information=request)
+    assert decode_apdu(encode_apdu(aarq)) == aarq

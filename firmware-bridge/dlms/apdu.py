@@ -334,31 +334,31 @@ def encode_initiate_request(req: InitiateRequest) -> bytes:
     return bytes(out)
 
 
+def _optional_byte(data: bytes, pos: int) -> tuple[int | None, int]:
+    """An A-XDR OPTIONAL one-byte field: 00 (absent) or 01 followed by the value."""
+    if data[pos]:
+        return data[pos + 1], pos + 2
+    return None, pos + 1
+
+
 def decode_initiate_request(data: bytes) -> InitiateRequest:
     try:
         if data[0] != TAG_INITIATE_REQUEST:
             raise ApduError("not an InitiateRequest", data=data.hex())
-        pos = 1
         key = None
-        if data[pos]:
-            length = data[pos + 1]
-            key = bytes(data[pos + 2 : pos + 2 + length])
-            pos += 2 + length
-        else:
-            pos += 1
-        pos += 2 if data[pos] else 1  # response-allowed
-        qos = None
-        if data[pos]:
-            qos = data[pos + 1]
-            pos += 2
-        else:
-            pos += 1
+        pos = 2
+        if data[1]:  # dedicated-key OPTIONAL: 01, then an octet string
+            length, pos = decode_length(data, 2)
+            key = bytes(data[pos : pos + length])
+            pos += length
+        _, pos = _optional_byte(data, pos)  # response-allowed, DEFAULT TRUE
+        qos, pos = _optional_byte(data, pos)
         version = data[pos]
         conformance, pos = _read_conformance(data, pos + 1)
         if pos + 2 != len(data):
             raise ApduError("InitiateRequest has a wrong length", data=data.hex())
         max_pdu = int.from_bytes(data[pos : pos + 2], "big")
-    except IndexError as exc:
+    except (IndexError, AxdrError) as exc:
         raise ApduError("truncated InitiateRequest", data=data.hex()) from exc
     return InitiateRequest(conformance, max_pdu, version, key, qos)
 
@@ -376,13 +376,7 @@ def decode_initiate_response(data: bytes) -> InitiateResponse:
     try:
         if data[0] != TAG_INITIATE_RESPONSE:
             raise ApduError("not an InitiateResponse", data=data.hex())
-        pos = 1
-        qos = None
-        if data[pos]:
-            qos = data[pos + 1]
-            pos += 2
-        else:
-            pos += 1
+        qos, pos = _optional_byte(data, 1)
         version = data[pos]
         conformance, pos = _read_conformance(data, pos + 1)
         if pos + 4 != len(data):
