@@ -140,3 +140,22 @@ def test_a_month_of_identical_members_favours_nobody() -> None:
     assert max(totals) - min(totals) < 0.01 * max(totals)
     for b in bills:
         assert abs(dict((line.kind, line.amount) for line in b.lines)["rounding"]) <= intervals
+
+
+def test_a_dst_day_with_hourly_day_ahead_prices_from_csv() -> None:
+    from meterchain.backend.netting import parse_price_csv
+
+    start, end = local_day_bounds(dt.date(2024, 3, 31), "Europe/Berlin")
+    hours = range(start, end, 3600)
+    assert len(hours) == 23
+    rows = "\n".join(f"{t},{(-20 + 7 * k) / 100:.2f}" for k, t in enumerate(hours))
+    feed_in = parse_price_csv("start,price\n" + rows, unit="ct/kWh")
+    community = Community("c", PriceSchedule.fixed(320_000), feed_in, FEES, co2_grams_per_kwh=380)
+    builder = BillBuilder(community, start, end)
+    ids = ["a", "b", "c"]
+    for k, t in enumerate(interval_starts(start, end, 900)):
+        inp = IntervalInput.from_columns(t, ids, [100 + k, 0, 50], [0, 3 * k, 20])
+        result = settle_checked(community, inp)
+        assert result.feed_in_price == feed_in.price_at(t)
+        builder.add(result)
+    assert builder.bill("b").energy["export_wh"] == 3 * sum(range(92))

@@ -84,12 +84,16 @@ class PriceSchedule:
 
     steps: tuple[tuple[int, int], ...]
     end: int | None = None
+    _starts: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.steps:
             raise PriceError("a price schedule needs at least one step")
         last = -1
-        for start, price in self.steps:
+        for step in self.steps:
+            if not isinstance(step, tuple) or len(step) != 2:
+                raise PriceError("a schedule step is a (start, price) pair", step=step)
+            start, price = step
             _check_int("step start", start, 0, 2**62)
             _check_int("price", price, -MAX_PRICE, MAX_PRICE)
             if start <= last:
@@ -97,13 +101,14 @@ class PriceSchedule:
             last = start
         if self.end is not None and self.end <= last:
             raise PriceError("schedule end must follow its last step", end=self.end)
+        object.__setattr__(self, "_starts", tuple(s for s, _ in self.steps))
 
     @classmethod
     def fixed(cls, price: int) -> PriceSchedule:
         return cls(((0, price),))
 
     def price_at(self, timestamp: int) -> int:
-        starts = [s for s, _ in self.steps]
+        starts = self._starts
         i = bisect.bisect_right(starts, timestamp) - 1
         if i < 0 or (self.end is not None and timestamp >= self.end):
             raise PriceError("no price for this time", timestamp=timestamp,
