@@ -17,10 +17,10 @@ import sys
 import tempfile
 import time
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-
 from meterchain.backend.netting import (
     BillBuilder,
     Community,
@@ -80,10 +80,10 @@ def bench_prorata(rows: list[str]) -> None:
         roster = MemberRoster.of(f"member-{k:06d}" for k in range(n))
         imports, exports = profile(rng, n)
         inp = IntervalInput.from_columns(900, roster, imports, exports)
-        split = best_seconds(lambda: split_prorata(900, roster.ids, inp.import_wh, inp.export_wh), 5)
-        full = best_seconds(lambda: settle_interval(COMMUNITY, inp), 5)
+        split = best_seconds(partial(split_prorata, 900, roster.ids, inp.import_wh, inp.export_wh), 5)
+        full = best_seconds(partial(settle_interval, COMMUNITY, inp), 5)
         ids, imp, exp = list(roster.ids), imports.tolist(), exports.tolist()
-        naive = best_seconds(lambda: naive_prorata(900, ids, imp, exp), 1)
+        naive = best_seconds(partial(naive_prorata, 900, ids, imp, exp), 1)
         ours = split_prorata(900, roster.ids, inp.import_wh, inp.export_wh)
         base = naive_prorata(900, ids, imp, exp)
         assert ours[0].tolist() == [base[0][m] for m in ids]  # same split, exactly
@@ -143,8 +143,8 @@ def bench_auction(rows: list[str], timeout: float) -> None:
             "ask_wh": rng.integers(1, 2_000, half), "ask_price": rng.integers(50_000, 350_000, half),
         }
         bidders, askers = np.arange(half), np.arange(half, orders)
-        clear = lambda: clear_call_auction(bidders, book["bid_price"], book["bid_wh"],  # noqa: E731
-                                           askers, book["ask_price"], book["ask_wh"])
+        clear = partial(clear_call_auction, bidders, book["bid_price"], book["bid_wh"],
+                        askers, book["ask_price"], book["ask_wh"])
         ours = best_seconds(clear, 5)
         result = clear()
         assert len(result.pairs) <= orders - 1

@@ -6,7 +6,6 @@ import datetime as dt
 
 import numpy as np
 import pytest
-
 from _netting_checks import check_result, settle_checked
 from meterchain.backend.netting import (
     BillBuilder,
@@ -139,7 +138,7 @@ def test_a_month_of_identical_members_favours_nobody() -> None:
     totals = [b.total for b in bills]
     assert max(totals) - min(totals) < 0.01 * max(totals)
     for b in bills:
-        assert abs(dict((line.kind, line.amount) for line in b.lines)["rounding"]) <= intervals
+        assert abs({line.kind: line.amount for line in b.lines}["rounding"]) <= intervals
 
 
 def test_a_dst_day_with_hourly_day_ahead_prices_from_csv() -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 import cbor2
 import numpy as np
 import pytest
-
 from meterchain.backend.netting import (
     BoundsError,
     Community,

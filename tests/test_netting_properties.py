@@ -10,10 +10,9 @@ import random
 
 import numpy as np
 import pytest
+from _netting_checks import check_result, settle_checked
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from _netting_checks import check_result, settle_checked
 from meterchain.backend.netting import (
     Community,
     Fees,

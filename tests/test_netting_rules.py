@@ -7,7 +7,6 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-
 from _netting_checks import settle_checked
 from meterchain.backend.netting import (
     Community,
@@ -59,7 +58,7 @@ def test_sdr_matches_liu_et_al_in_exact_arithmetic(supply: int, demand: int) -> 
 def test_sdr_worked_example_and_monotonic_in_supply() -> None:
     # SDR = 1/2: P_sell = 0.3·0.08 / (0.22·0.5 + 0.08) €/kWh = 0.024 / 0.19 = 0.126315... €/kWh
     assert supply_demand_ratio_price(P_G, P_F, 500, 1000) == 126_316
-    prices = [supply_demand_ratio_price(P_G, P_F, s, 100) for s in range(0, 101)]
+    prices = [supply_demand_ratio_price(P_G, P_F, s, 100) for s in range(101)]
     assert prices == sorted(prices, reverse=True) and prices[0] == P_G and prices[-1] == P_F
 
 

@@ -11,6 +11,7 @@ fee, every export at p_f, VAT alike. CO₂ avoided: local kWh × the community's
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -72,9 +73,9 @@ class BillBuilder:
         self._sums = np.zeros((self._PRESENT + 1, 1024), np.int64)
 
     # rows of self._sums
-    _E = {name: i for i, name in enumerate(ENERGY_TOTALS)}
-    _X = {kind: len(ENERGY_TOTALS) + i for i, (kind, _) in enumerate(MONEY_KINDS)}
-    _M = {kind: len(ENERGY_TOTALS) + len(MONEY_KINDS) + i for i, (kind, _) in enumerate(MONEY_KINDS)}
+    _E: ClassVar[dict[str, int]] = {name: i for i, name in enumerate(ENERGY_TOTALS)}
+    _X: ClassVar[dict[str, int]] = {kind: len(ENERGY_TOTALS) + i for i, (kind, _) in enumerate(MONEY_KINDS)}
+    _M: ClassVar[dict[str, int]] = {kind: len(ENERGY_TOTALS) + len(MONEY_KINDS) + i for i, (kind, _) in enumerate(MONEY_KINDS)}
     _BASE_COST = len(ENERGY_TOTALS) + 2 * len(MONEY_KINDS)
     _BASE_FEED = _BASE_COST + 1
     _CO2 = _BASE_COST + 2

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -227,7 +228,7 @@ class MemberRoster:
     @classmethod
     def of(cls, member_ids: Iterable[str]) -> MemberRoster:
         ids = sorted(check_member_id(m) for m in member_ids)
-        for a, b in zip(ids, ids[1:]):
+        for a, b in itertools.pairwise(ids):
             if a == b:
                 raise InputError("member appears twice in the roster", member_id=a)
         return cls(tuple(ids))
@@ -292,7 +293,7 @@ class IntervalInput:
                 index = np.asarray(order, dtype=np.int64)
                 ids = [ids[i] for i in order]
                 imp, exp, qual = imp[index], exp[index], qual[index]
-            for a, b in zip(ids, ids[1:]):
+            for a, b in itertools.pairwise(ids):
                 if a == b:
                     raise InputError("member appears twice in one interval", member_id=a,
                                      interval_start=interval_start)

@@ -32,7 +32,7 @@ def _parse_time(text: str, line: int) -> int:
         value = int(text)
     else:
         try:
-            moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+            moment = dt.datetime.fromisoformat(text)
         except ValueError as exc:
             raise PriceDataError("unreadable timestamp", line=line, value=text) from exc
         if moment.tzinfo is None or moment.utcoffset() is None:

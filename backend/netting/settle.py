@@ -8,6 +8,7 @@ Without listings the interval is netted pro-rata at the community rule's price; 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -88,26 +89,26 @@ def settle_interval(
     columns = MemberColumns(energy, money, exact)
     balances = _balances(exact, money)
     totals = _totals(imp, exp, int(bought_local.sum()), community.co2_grams_per_kwh)
-    fields = dict(
-        community_id=community.community_id,
-        interval_start=interval.interval_start,
-        interval_seconds=community.interval_seconds,
-        revision=revision,
-        supersedes=supersedes,
-        mode=mode,
-        rule=rule,
-        rule_version=RULE_VERSION,
-        retail_price=retail,
-        feed_in_price=feed_in,
-        fees=fees,
-        co2_grams_per_kwh=community.co2_grams_per_kwh,
-        member_ids=interval.member_ids,
-        leaf_hashes=interval.leaf_hashes,
-        columns=columns,
-        tiers=tiers,
-        balances=balances,
-        totals=totals,
-    )
+    fields: dict[str, Any] = {
+        "community_id": community.community_id,
+        "interval_start": interval.interval_start,
+        "interval_seconds": community.interval_seconds,
+        "revision": revision,
+        "supersedes": supersedes,
+        "mode": mode,
+        "rule": rule,
+        "rule_version": RULE_VERSION,
+        "retail_price": retail,
+        "feed_in_price": feed_in,
+        "fees": fees,
+        "co2_grams_per_kwh": community.co2_grams_per_kwh,
+        "member_ids": interval.member_ids,
+        "leaf_hashes": interval.leaf_hashes,
+        "columns": columns,
+        "tiers": tiers,
+        "balances": balances,
+        "totals": totals,
+    }
     return IntervalResult(**fields, digest=digest_document(settlement_document(**fields)))
 
 
