@@ -158,3 +158,34 @@ def test_a_dst_day_with_hourly_day_ahead_prices_from_csv() -> None:
         assert result.feed_in_price == feed_in.price_at(t)
         builder.add(result)
     assert builder.bill("b").energy["export_wh"] == 3 * sum(range(92))
+
+
+def test_a_gap_filled_by_the_spanning_reading_resettles_each_missing_interval() -> None:
+    from meterchain.backend.netting import RegisterReading, advance, start_track
+
+    q = 900
+    t0 = q * 2000
+    seller = start_track(RegisterReading("s", t0, "S1", 0, 0), q)
+    buyer = start_track(RegisterReading("b", t0, "B1", 0, 0), q)
+    settled = {}
+    builder = BillBuilder(COMMUNITY, t0, t0 + 4 * q)
+    for k in range(4):  # the buyer's meter is silent for four intervals; the seller reports
+        seller, rows, starts = advance(seller, RegisterReading("s", t0 + (k + 1) * q, "S1", 0,
+                                                               100 * (k + 1)), q)
+        settled[starts[0]] = settle_checked(COMMUNITY, with_missing(starts[0], rows, ["b", "s"]))
+        builder.add(settled[starts[0]])
+    assert all(r.totals.local_wh == 0 for r in settled.values())
+    buyer, rows, starts = advance(buyer, RegisterReading("b", t0 + 4 * q, "B1", 402, 0), q)
+    assert sorted(r.import_wh for r in rows) == [100, 100, 101, 101]
+    assert all(r.quality is Quality.SUBSTITUTED for r in rows)
+    assert sum(r.import_wh for r in rows) == 402
+    for start, row in zip(starts, rows, strict=True):
+        old = settled[start]
+        seller_row = MemberInterval("s", 0, old.member_row("s")["export_wh"])
+        new, delta = resettle(old, COMMUNITY, IntervalInput.from_members(start, [row, seller_row]))
+        check_result(COMMUNITY, IntervalInput.from_members(start, [row, seller_row]), new)
+        assert new.member_row("b")["bought_local_wh"] == min(row.import_wh, 100)
+        assert delta.member_row("b")["bought_local_wh"] == min(row.import_wh, 100)
+        builder.add_delta(delta)
+    bill = builder.bill("b")
+    assert bill.energy["import_wh"] == 402 and bill.energy["bought_local_wh"] == 400
