@@ -9,12 +9,12 @@ from pathlib import Path
 
 import typer
 from cryptography.hazmat.primitives import serialization
-
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.signing import generate_private_key_pem, key_id, load_signer
 
-app = typer.Typer(help="The gateway agent: device key, meter polling, signed readings.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="The gateway agent: device key, meter polling, signed readings.", no_args_is_help=True
+)
 
 
 def write_private_key(path: Path, pem: bytes, *, force: bool) -> None:
@@ -49,7 +49,9 @@ def keygen(
     try:
         write_private_key(out, pem, force=force)
     except FileExistsError:
-        typer.echo(f"error: {out} exists; pass --force to replace it (old enrolments break)", err=True)
+        typer.echo(
+            f"error: {out} exists; pass --force to replace it (old enrolments break)", err=True
+        )
         raise typer.Exit(1) from None
     except OSError as exc:
         typer.echo(f"error: cannot write {out}: {exc.strerror}", err=True)
@@ -77,7 +79,8 @@ def run(
     from meterchain.agent.service import run_agent
 
     logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+        level=log_level.upper(),
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
     try:
         run_agent(load_config(config), metrics_port=metrics_port)

@@ -88,7 +88,9 @@ class _Table:
         key = self.key(name)
         return ConfigError(f"{self.file}: {key}: {problem}", file=str(self.file), key=key)
 
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any = ..., what: str = "") -> Any:
+    def get(
+        self, name: str, kind: type | tuple[type, ...], default: Any = ..., what: str = ""
+    ) -> Any:
         if name not in self.data:
             if default is ...:
                 raise self.error(name, "required key is missing")
@@ -135,13 +137,25 @@ def load_config(path: str | Path) -> AgentConfig:
 def parse_config(raw: dict[str, Any], file: Path) -> AgentConfig:
     """Validate an already parsed TOML document (``file`` names it in errors, anchors paths)."""
     top = _Table(
-        raw, file, "",
-        {"device_id", "key_path", "backend_url", "outbox_path", "interval_seconds",
-         "ack_timeout_seconds", "broker", "meters"},
+        raw,
+        file,
+        "",
+        {
+            "device_id",
+            "key_path",
+            "backend_url",
+            "outbox_path",
+            "interval_seconds",
+            "ack_timeout_seconds",
+            "broker",
+            "meters",
+        },
     )
     device_id = top.get("device_id", str)
     if not DEVICE_ID_RE.fullmatch(device_id):
-        raise top.error("device_id", "must be 1-64 of A-Z a-z 0-9 . _ - starting with a letter or digit")
+        raise top.error(
+            "device_id", "must be 1-64 of A-Z a-z 0-9 . _ - starting with a letter or digit"
+        )
     interval = top.integer("interval_seconds", 1, MAX_INTERVAL_SECONDS, DEFAULT_INTERVAL_SECONDS)
     if MAX_INTERVAL_SECONDS % interval:
         raise top.error("interval_seconds", f"{interval} does not divide a day (86400 s)")
@@ -157,14 +171,16 @@ def parse_config(raw: dict[str, Any], file: Path) -> AgentConfig:
         if name in names[:index]:
             raise ConfigError(
                 f"{file}: meters[{index}].name: {name!r} is used twice",
-                file=str(file), key=f"meters[{index}].name",
+                file=str(file),
+                key=f"meters[{index}].name",
             )
     slots = [(m.port, m.modbus_id) for m in meters]
     for index, slot in enumerate(slots):
         if slot in slots[:index]:
             raise ConfigError(
                 f"{file}: meters[{index}].modbus_id: id {slot[1]} on {slot[0]} is used twice",
-                file=str(file), key=f"meters[{index}].modbus_id",
+                file=str(file),
+                key=f"meters[{index}].modbus_id",
             )
     speeds: dict[str, int] = {}
     for index, meter in enumerate(meters):
@@ -172,7 +188,8 @@ def parse_config(raw: dict[str, Any], file: Path) -> AgentConfig:
             raise ConfigError(
                 f"{file}: meters[{index}].baudrate: {meter.baudrate} differs from"
                 f" {speeds[meter.port]} of another meter on {meter.port} (one bus, one speed)",
-                file=str(file), key=f"meters[{index}].baudrate",
+                file=str(file),
+                key=f"meters[{index}].baudrate",
             )
     return AgentConfig(
         device_id=device_id,
@@ -189,7 +206,9 @@ def parse_config(raw: dict[str, Any], file: Path) -> AgentConfig:
 
 
 def _parse_broker(raw: dict[str, Any], file: Path) -> BrokerConfig:
-    table = _Table(raw, file, "broker.", {"url", "username", "password", "max_inflight", "batch_size"})
+    table = _Table(
+        raw, file, "broker.", {"url", "username", "password", "max_inflight", "batch_size"}
+    )
     url = table.get("url", str)
     parts = urlsplit(url)
     try:
@@ -215,9 +234,13 @@ def _parse_broker(raw: dict[str, Any], file: Path) -> BrokerConfig:
 def _parse_meter(raw: object, file: Path, index: int) -> MeterConfig:
     prefix = f"meters[{index}]."
     if not isinstance(raw, dict):
-        raise ConfigError(f"{file}: meters[{index}]: must be a table", file=str(file), key=f"meters[{index}]")
+        raise ConfigError(
+            f"{file}: meters[{index}]: must be a table", file=str(file), key=f"meters[{index}]"
+        )
     table = _Table(
-        raw, file, prefix,
+        raw,
+        file,
+        prefix,
         {"name", "model", "port", "baudrate", "modbus_id", "serial", "timeout_seconds"},
     )
     model = table.get("model", str)

@@ -18,33 +18,45 @@ class AgentMetrics:
     def __post_init__(self) -> None:
         r = self.registry
         self.readings_signed = Counter(
-            "meterchain_agent_readings_signed", "Readings signed and stored in the outbox", registry=r
+            "meterchain_agent_readings_signed",
+            "Readings signed and stored in the outbox",
+            registry=r,
         )
         self.readings_published = Counter(
             "meterchain_agent_readings_published",
-            "Publishes of readings the broker PUBACKed (republishes included)", registry=r,
+            "Publishes of readings the broker PUBACKed (republishes included)",
+            registry=r,
         )
         self.readings_acked = Counter(
-            "meterchain_agent_readings_acked", "Readings the backend confirmed as committed",
+            "meterchain_agent_readings_acked",
+            "Readings the backend confirmed as committed",
             registry=r,
         )
         self.readings_quarantined = Counter(
-            "meterchain_agent_readings_quarantined", "Readings the backend rejected for good",
-            ["reason"], registry=r,
+            "meterchain_agent_readings_quarantined",
+            "Readings the backend rejected for good",
+            ["reason"],
+            registry=r,
         )
         self.publish_refused = Counter(
             "meterchain_agent_publish_refused",
-            "PUBACKs with an MQTT 5 failure reason code (e.g. Not authorized)", ["reason"],
+            "PUBACKs with an MQTT 5 failure reason code (e.g. Not authorized)",
+            ["reason"],
             registry=r,
         )
         self.outbox_depth = Gauge(
             "meterchain_agent_outbox_depth", "Readings waiting for the backend's ack", registry=r
         )
         self.meter_read_errors = Counter(
-            "meterchain_agent_meter_read_errors", "Failed meter reads", ["meter", "kind"], registry=r
+            "meterchain_agent_meter_read_errors",
+            "Failed meter reads",
+            ["meter", "kind"],
+            registry=r,
         )
         self.broker_connects = Counter(
-            "meterchain_agent_broker_connects", "Successful broker connections", ["protocol"],
+            "meterchain_agent_broker_connects",
+            "Successful broker connections",
+            ["protocol"],
             registry=r,
         )
         self.broker_failures = Counter(

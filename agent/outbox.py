@@ -16,13 +16,15 @@ many have run. Add a function at the end; never edit one that has shipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import aiosqlite
-
 from meterchain.contract.ack import Ack
 from meterchain.contract.errors import MeterchainError
 
@@ -78,6 +80,34 @@ class AckResult:
 
 
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def transaction(
+    db: aiosqlite.Connection, begin: str = "BEGIN IMMEDIATE"
+) -> AsyncIterator[None]:
+    """One SQLite transaction that survives task cancellation.
+
+    aiosqlite runs statements in order on its own thread, and a cancelled await does not stop a
+    statement already queued: the COMMIT may have run when the CancelledError arrives. So the
+    ROLLBACK is always queued (after whatever ran) and "no transaction is active" means the
+    COMMIT got there first.
+    """
+    try:
+        await db.execute(begin)
+        yield
+        await db.execute("COMMIT")
+    except BaseException:
+        await asyncio.shield(_rollback(db))
+        raise
+
+
+async def _rollback(db: aiosqlite.Connection) -> None:
+    try:
+        await db.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        if "no transaction is active" not in str(exc):
+            raise
 
 
 async def _v1_initial(db: aiosqlite.Connection) -> None:
@@ -152,7 +182,7 @@ class Outbox:
     async def close(self) -> None:
         await self._db.close()
 
-    async def __aenter__(self) -> Outbox:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
@@ -164,10 +194,13 @@ class Outbox:
         if devices and devices != [self.device]:
             raise OutboxError(
                 f"outbox {path} belongs to device {devices[0]!r}, not {self.device!r}",
-                path=str(path), device=self.device,
+                path=str(path),
+                device=self.device,
             )
         if not devices:
-            await self._db.execute("INSERT INTO state (device, next_seq) VALUES (?, 1)", (self.device,))
+            await self._db.execute(
+                "INSERT INTO state (device, next_seq) VALUES (?, 1)", (self.device,)
+            )
 
     async def next_seq(self) -> int:
         async with self._db.execute("SELECT next_seq FROM state") as cur:
@@ -196,38 +229,34 @@ class Outbox:
         (a restart inside an interval). If signing fails, nothing of the cycle is stored and no
         seq is used.
         """
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                seq = await self.next_seq()
-                stored: list[int] = []
-                for entry in entries:
-                    last = await self.last_end(entry.meter)
-                    if last is not None and entry.interval_end <= last:
-                        log.warning(
-                            "event=cycle_skip meter=%s interval_end=%d last_end=%d",
-                            entry.meter, entry.interval_end, last,
-                        )
-                        continue
-                    message = entry.sign(seq)
-                    await self._db.execute(
-                        "INSERT INTO readings (seq, meter, interval_end, message, created)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (seq, entry.meter, entry.interval_end, message, now),
+        async with self._lock, transaction(self._db):
+            seq = await self.next_seq()
+            stored: list[int] = []
+            for entry in entries:
+                last = await self.last_end(entry.meter)
+                if last is not None and entry.interval_end <= last:
+                    log.warning(
+                        "event=cycle_skip meter=%s interval_end=%d last_end=%d",
+                        entry.meter,
+                        entry.interval_end,
+                        last,
                     )
-                    await self._db.execute(
-                        "INSERT INTO meter_progress (meter, last_end) VALUES (?, ?)"
-                        " ON CONFLICT (meter) DO UPDATE SET last_end = excluded.last_end",
-                        (entry.meter, entry.interval_end),
-                    )
-                    stored.append(seq)
-                    seq += 1
-                await self._db.execute("UPDATE state SET next_seq = ?", (seq,))
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            return stored
+                    continue
+                message = entry.sign(seq)
+                await self._db.execute(
+                    "INSERT INTO readings (seq, meter, interval_end, message, created)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (seq, entry.meter, entry.interval_end, message, now),
+                )
+                await self._db.execute(
+                    "INSERT INTO meter_progress (meter, last_end) VALUES (?, ?)"
+                    " ON CONFLICT (meter) DO UPDATE SET last_end = excluded.last_end",
+                    (entry.meter, entry.interval_end),
+                )
+                stored.append(seq)
+                seq += 1
+            await self._db.execute("UPDATE state SET next_seq = ?", (seq,))
+        return stored
 
     async def pending(
         self, limit: int, *, now: int, republish_after: int, newest: int = 0
@@ -269,17 +298,11 @@ class Outbox:
         """Record a publish (PUBACKed by the broker; the reading still waits for the backend)."""
         if not seqs:
             return
-        async with self._lock:
-            await self._db.execute("BEGIN")
-            try:
-                await self._db.executemany(
-                    "UPDATE readings SET last_sent = ?, send_count = send_count + 1 WHERE seq = ?",
-                    [(now, seq) for seq in seqs],
-                )
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
+        async with self._lock, transaction(self._db, "BEGIN"):
+            await self._db.executemany(
+                "UPDATE readings SET last_sent = ?, send_count = send_count + 1 WHERE seq = ?",
+                [(now, seq) for seq in seqs],
+            )
 
     async def apply_ack(self, ack: Ack, now: int) -> AckResult:
         """Quarantine the readings the backend rejected for good, delete those committed ≤ upto.
@@ -292,46 +315,47 @@ class Outbox:
         if ack.device != self.device:
             raise OutboxError(
                 f"ack for device {ack.device!r} reached the outbox of {self.device!r}",
-                device=self.device, ack_device=ack.device,
+                device=self.device,
+                ack_device=ack.device,
             )
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                quarantined: list[int] = []
-                for rejection in ack.rejected:
-                    async with self._db.execute(
-                        "SELECT meter, interval_end, message FROM readings WHERE seq = ?",
-                        (rejection.seq,),
-                    ) as cur:
-                        row = await cur.fetchone()
-                    if row is None:
-                        continue  # already quarantined by an earlier ack, or never ours
-                    await self._db.execute(
-                        "INSERT INTO quarantine (seq, meter, interval_end, message, reason, detail,"
-                        " time) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (rejection.seq, row[0], row[1], row[2], rejection.reason,
-                         rejection.detail, now),
-                    )
-                    await self._db.execute("DELETE FROM readings WHERE seq = ?", (rejection.seq,))
-                    quarantined.append(rejection.seq)
-                cur = await self._db.execute("DELETE FROM readings WHERE seq <= ?", (ack.upto,))
-                committed = cur.rowcount
-                await cur.close()
+        async with self._lock, transaction(self._db):
+            quarantined: list[int] = []
+            for rejection in ack.rejected:
+                async with self._db.execute(
+                    "SELECT meter, interval_end, message FROM readings WHERE seq = ?",
+                    (rejection.seq,),
+                ) as cur:
+                    row = await cur.fetchone()
+                if row is None:
+                    continue  # already quarantined by an earlier ack, or never ours
                 await self._db.execute(
-                    "UPDATE state SET acked_upto = MAX(acked_upto, ?)", (ack.upto,)
+                    "INSERT INTO quarantine (seq, meter, interval_end, message, reason, detail,"
+                    " time) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        rejection.seq,
+                        row[0],
+                        row[1],
+                        row[2],
+                        rejection.reason,
+                        rejection.detail,
+                        now,
+                    ),
                 )
-                advanced = None
-                if ack.upto >= await self.next_seq():
-                    advanced = ack.upto + 1
-                    await self._db.execute("UPDATE state SET next_seq = ?", (advanced,))
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
+                await self._db.execute("DELETE FROM readings WHERE seq = ?", (rejection.seq,))
+                quarantined.append(rejection.seq)
+            cur = await self._db.execute("DELETE FROM readings WHERE seq <= ?", (ack.upto,))
+            committed = cur.rowcount
+            await cur.close()
+            await self._db.execute("UPDATE state SET acked_upto = MAX(acked_upto, ?)", (ack.upto,))
+            advanced = None
+            if ack.upto >= await self.next_seq():
+                advanced = ack.upto + 1
+                await self._db.execute("UPDATE state SET next_seq = ?", (advanced,))
         if advanced is not None:
             log.warning(
                 "event=seq_advanced device=%s next_seq=%d reason=backend_ahead_of_outbox",
-                self.device, advanced,
+                self.device,
+                advanced,
             )
         return AckResult(committed, tuple(quarantined), advanced)
 
@@ -366,15 +390,11 @@ async def _migrate(db: aiosqlite.Connection, path: Path) -> None:
         raise OutboxError(
             f"outbox {path} has schema version {version}; this agent knows up to {len(MIGRATIONS)}"
             " (was it written by a newer agent?)",
-            path=str(path), version=version,
+            path=str(path),
+            version=version,
         )
     for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-        await db.execute("BEGIN IMMEDIATE")
-        try:
+        async with transaction(db):
             await migration(db)
             await db.execute(f"PRAGMA user_version = {number}")
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
         log.info("event=outbox_migrated path=%s version=%d", path, number)

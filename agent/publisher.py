@@ -26,16 +26,15 @@ import random
 from dataclasses import dataclass
 
 import aiomqtt
-from aiomqtt.exceptions import MqttConnectError
 import paho.mqtt.client as mqtt
-from paho.mqtt.reasoncodes import ReasonCode
-
+from aiomqtt.exceptions import MqttConnectError
 from meterchain.agent.clock import Clock
 from meterchain.agent.config import BrokerConfig
 from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.outbox import Outbox, OutboxReading
 from meterchain.contract.ack import Ack, ack_topic, readings_topic
 from meterchain.contract.errors import MeterchainError
+from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +156,10 @@ class Publisher:
                 attempt += 1
                 log.warning(
                     "event=broker_unavailable broker=%s error=%r retry_in=%.2f attempt=%d",
-                    self.broker.url, str(error), delay, attempt,
+                    self.broker.url,
+                    str(error),
+                    delay,
+                    attempt,
                 )
                 await self.clock.sleep_until(self.clock.now() + delay)
 
@@ -189,7 +191,9 @@ class Publisher:
         self.metrics.broker_connects.labels(protocol=self.protocol.name).inc()
         log.info(
             "event=broker_connected broker=%s protocol=%s device=%s",
-            self.broker.url, self.protocol.name, self.device,
+            self.broker.url,
+            self.protocol.name,
+            self.device,
         )
         async with asyncio.TaskGroup() as group:
             group.create_task(self._receive_acks(client))
@@ -221,12 +225,18 @@ class Publisher:
             self.metrics.readings_quarantined.labels(reason=rejection.reason).inc()
             log.warning(
                 "event=reading_quarantined device=%s seq=%d reason=%s detail=%r",
-                self.device, seq, rejection.reason, rejection.detail,
+                self.device,
+                seq,
+                rejection.reason,
+                rejection.detail,
             )
         self.metrics.outbox_depth.set(await self.outbox.depth())
         log.info(
             "event=ack device=%s upto=%d committed=%d quarantined=%d",
-            self.device, ack.upto, result.committed, len(result.quarantined),
+            self.device,
+            ack.upto,
+            result.committed,
+            len(result.quarantined),
         )
 
     async def _send(self, client: _ReasonCodeClient) -> None:
@@ -259,7 +269,11 @@ class Publisher:
             self.metrics.publish_refused.labels(reason=str(refused)).inc()
             log.error(
                 "event=publish_refused device=%s seq=%d reason=%r code=0x%02x topic=%s",
-                self.device, reading.seq, str(refused), int(refused.value), self.topic,
+                self.device,
+                reading.seq,
+                str(refused),
+                int(refused.value),
+                self.topic,
             )
 
         try:

@@ -67,9 +67,7 @@ class Poller:
     async def poll_once(self, end: int) -> list[int]:
         """Read all meters for the interval ending at ``end``; store what was read; return seqs."""
         start = end - self.interval
-        results = await asyncio.gather(
-            *(self._read(source) for source in self.sources)
-        )
+        results = await asyncio.gather(*(self._read(source) for source in self.sources))
         sync = self.clock_sync()
         entries = []
         for source, snapshot in zip(self.sources, results):
@@ -84,7 +82,11 @@ class Poller:
         self.metrics.outbox_depth.set(await self.outbox.depth())
         log.info(
             "event=cycle device=%s interval_end=%d meters=%d read=%d stored=%d seqs=%s",
-            self.device, end, len(self.sources), len(entries), len(seqs),
+            self.device,
+            end,
+            len(self.sources),
+            len(entries),
+            len(seqs),
             f"{seqs[0]}-{seqs[-1]}" if seqs else "-",
         )
         if seqs:
@@ -96,11 +98,13 @@ class Poller:
             return await source.read()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # one meter's failure must never stop the others
+        except Exception as exc:  # noqa: BLE001 - one meter's failure must never stop the others
             kind = type(exc).__name__
             self.metrics.meter_read_errors.labels(meter=source.name, kind=kind).inc()
             detail = exc.diagnostics() if hasattr(exc, "diagnostics") else str(exc)
-            log.warning("event=meter_read_failed meter=%s kind=%s detail=%r", source.name, kind, detail)
+            log.warning(
+                "event=meter_read_failed meter=%s kind=%s detail=%r", source.name, kind, detail
+            )
             return None
 
     def _template(
@@ -123,7 +127,9 @@ class Poller:
             )
         except MeterchainError as exc:
             self.metrics.meter_read_errors.labels(meter=source.name, kind="invalid").inc()
-            log.warning("event=meter_values_invalid meter=%s detail=%r", source.name, exc.diagnostics())
+            log.warning(
+                "event=meter_values_invalid meter=%s detail=%r", source.name, exc.diagnostics()
+            )
             return None
 
     def _signer_for(self, template: Reading) -> Callable[[int], bytes]:

@@ -31,7 +31,8 @@ def load_device_key(path: Path) -> Signer:
         raise ConfigError(
             f"cannot read device key {path} ({exc.strerror}); create one with"
             " `meterchain agent keygen --out PATH`",
-            key="key_path", path=str(path),
+            key="key_path",
+            path=str(path),
         ) from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("event=key_permissions path=%s mode=%o advice=chmod_600", path, mode & 0o777)
@@ -50,7 +51,7 @@ class Agent:
         clock: Clock | None = None,
         metrics: AgentMetrics | None = None,
         clock_sync: Callable[[], ClockSync] = kernel_clock_sync,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff | None = None,
     ) -> None:
         self.config = config
         self.signer = signer or load_device_key(config.key_path)
@@ -58,7 +59,7 @@ class Agent:
         self.clock = clock or SystemClock()
         self.metrics = metrics or AgentMetrics()
         self.clock_sync = clock_sync
-        self.backoff = backoff
+        self.backoff = backoff or Backoff()
         self.outbox: Outbox | None = None
         self.poller: Poller | None = None
         self.publisher: Publisher | None = None
@@ -75,24 +76,42 @@ class Agent:
                 log.warning(
                     "event=key_changed device=%s old_key_id=%s new_key_id=%s"
                     " advice=rotate_enrolment_at_backend",
-                    config.device_id, previous.hex(), kid.hex(),
+                    config.device_id,
+                    previous.hex(),
+                    kid.hex(),
                 )
             self.outbox = outbox
             self.publisher = Publisher(
-                device=config.device_id, broker=config.broker, outbox=outbox, clock=self.clock,
-                metrics=self.metrics, ack_timeout=config.ack_timeout_seconds, backoff=self.backoff,
+                device=config.device_id,
+                broker=config.broker,
+                outbox=outbox,
+                clock=self.clock,
+                metrics=self.metrics,
+                ack_timeout=config.ack_timeout_seconds,
+                backoff=self.backoff,
             )
             self.poller = Poller(
-                device=config.device_id, signer=self.signer, sources=self.sources, outbox=outbox,
-                clock=self.clock, interval=config.interval_seconds, metrics=self.metrics,
-                clock_sync=self.clock_sync, on_cycle=self.publisher.wake,
+                device=config.device_id,
+                signer=self.signer,
+                sources=self.sources,
+                outbox=outbox,
+                clock=self.clock,
+                interval=config.interval_seconds,
+                metrics=self.metrics,
+                clock_sync=self.clock_sync,
+                on_cycle=self.publisher.wake,
             )
             self.metrics.outbox_depth.set(await outbox.depth())
             log.info(
                 "event=agent_start device=%s key_id=%s meters=%d interval=%d outbox=%s"
                 " next_seq=%d depth=%d",
-                config.device_id, kid.hex(), len(self.sources), config.interval_seconds,
-                config.outbox_path, await outbox.next_seq(), await outbox.depth(),
+                config.device_id,
+                kid.hex(),
+                len(self.sources),
+                config.interval_seconds,
+                config.outbox_path,
+                await outbox.next_seq(),
+                await outbox.depth(),
             )
             self.started.set()
             async with asyncio.TaskGroup() as group:
@@ -123,4 +142,3 @@ def run_agent(config: AgentConfig, metrics_port: int | None = None) -> None:
             log.info("event=agent_stop reason=signal")
 
     asyncio.run(main())
-

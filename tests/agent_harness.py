@@ -17,7 +17,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
-
 from meterchain.agent.cli import write_private_key
 from meterchain.agent.config import AgentConfig, load_config
 from meterchain.agent.publisher import Backoff
@@ -35,10 +34,12 @@ FAST_BACKOFF = Backoff(initial=0.1, maximum=0.5)
 def broker_client(url: str, identifier: str) -> aiomqtt.Client:
     parts = urlsplit(url)
     return aiomqtt.Client(
-        parts.hostname or "127.0.0.1", parts.port or 1883,
+        parts.hostname or "127.0.0.1",
+        parts.port or 1883,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
-        identifier=identifier, timeout=5,
+        identifier=identifier,
+        timeout=5,
     )
 
 
@@ -104,8 +105,10 @@ class VerifyingBackend:
             signed.verify(self.keys[device])
             stored[reading.seq] = signed
         ack = Ack(
-            device, self.upto(device),
-            tuple(self.rejected.get(device, {}).values()), int(time.time()),
+            device,
+            self.upto(device),
+            tuple(self.rejected.get(device, {}).values()),
+            int(time.time()),
         )
         await client.publish(ack_topic(device), ack.to_cbor(), qos=1, retain=True)
 

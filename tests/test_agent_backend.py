@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from agent_harness import DEVICE, running, start_gateway, wait_until
 from meterchain.agent.outbox import Outbox
 from meterchain.backend.broker import RunningBroker, find_mosquitto, free_port
@@ -30,10 +29,13 @@ async def test_the_real_backend_stores_every_reading_once_and_the_outbox_empties
         await enrol(admin, DEVICE, gateway.spki, int(time.time()))
         agent = gateway.agent()
         async with running(ingest.run), running(agent.run):
-            await wait_until(lambda: agent.metrics.readings_signed._value.get() >= 8, 30, "readings")
+            await wait_until(
+                lambda: agent.metrics.readings_signed._value.get() >= 8, 30, "readings"
+            )
             signed = int(agent.metrics.readings_signed._value.get())
             await wait_until(
-                lambda: agent.metrics.readings_acked._value.get() >= signed, 30,
+                lambda: agent.metrics.readings_acked._value.get() >= signed,
+                30,
                 "the backend's acks for every signed reading",
             )
         rows = [await admin.reading(DEVICE, seq) for seq in range(1, signed + 1)]

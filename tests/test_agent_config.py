@@ -7,11 +7,10 @@ import stat
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from meterchain.agent.config import ConfigError, load_config
 from meterchain.cli.main import app
 from meterchain.contract.signing import key_id, load_signer
+from typer.testing import CliRunner
 
 EXAMPLE = """
 device_id = "gw-0001"
@@ -57,7 +56,10 @@ def test_the_documented_example_parses(tmp_path: Path) -> None:
     assert (config.interval_seconds, config.ack_timeout_seconds) == (300, 90)
     broker = config.broker
     assert (broker.host, broker.port, broker.username, broker.password) == (
-        "broker.example", 8883, "gw-0001", "s3cret"
+        "broker.example",
+        8883,
+        "gw-0001",
+        "s3cret",
     )
     assert broker.url == "mqtt://broker.example:8883"  # no password in logs
     assert [m.name for m in config.meters] == ["house", "heat-pump"]
@@ -88,8 +90,11 @@ def test_the_docs_example_is_the_tested_one() -> None:
         ("baudrate = 9600\nmodbus_id = 2", "baudrate = 2400\nmodbus_id = 2", "meters[1].baudrate"),
         ('serial = "SDM120-77"', 'serial = "has space"', "meters[1].serial"),
         ("timeout_seconds = 0.5", "timeout_seconds = 99", "meters[1].timeout_seconds"),
-        ('port = "/dev/ttyUSB0"\nbaudrate = 9600\nmodbus_id = 1',
-         'baudrate = 9600\nmodbus_id = 1', "meters[0].port"),
+        (
+            'port = "/dev/ttyUSB0"\nbaudrate = 9600\nmodbus_id = 1',
+            "baudrate = 9600\nmodbus_id = 1",
+            "meters[0].port",
+        ),
         ("[broker]", "colour = 1\n[broker]", "colour"),
     ],
 )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
-
 from meterchain.agent.outbox import MIGRATIONS, CycleEntry, Outbox, OutboxError
 from meterchain.contract.ack import Ack, Rejection
 
@@ -31,7 +34,10 @@ async def test_a_cycle_gets_consecutive_seqs_and_survives_a_reopen(tmp_path: Pat
         assert await outbox.append_cycle([entry("m1", 1800), entry("m2", 1800)], now=1801) == [3, 4]
         stored = await outbox.readings()
         assert [(r.seq, r.message) for r in stored] == [
-            (1, b"m1|900|1"), (2, b"m2|900|2"), (3, b"m1|1800|3"), (4, b"m2|1800|4")
+            (1, b"m1|900|1"),
+            (2, b"m2|900|2"),
+            (3, b"m1|1800|3"),
+            (4, b"m2|1800|4"),
         ]
         assert await outbox.depth() == 4
     finally:
@@ -84,14 +90,21 @@ async def test_an_ack_deletes_committed_and_quarantines_rejected(tmp_path: Path)
     async with await open_outbox(tmp_path) as outbox:
         for end in range(900, 900 * 7, 900):
             await outbox.append_cycle([entry("m1", end)], now=end)
-        ack = Ack(DEVICE, upto=3, rejected=(Rejection(2, "signature", "does not verify"),
-                                           Rejection(5, "conflict", "other bytes at seq 5")))
+        ack = Ack(
+            DEVICE,
+            upto=3,
+            rejected=(
+                Rejection(2, "signature", "does not verify"),
+                Rejection(5, "conflict", "other bytes at seq 5"),
+            ),
+        )
         result = await outbox.apply_ack(ack, now=7000)
         assert result.committed == 2 and result.quarantined == (2, 5)
         assert [r.seq for r in await outbox.readings()] == [4, 6]
         quarantined = await outbox.quarantined()
         assert [(q.seq, q.reason, q.message) for q in quarantined] == [
-            (2, "signature", b"m1|1800|2"), (5, "conflict", b"m1|4500|5")
+            (2, "signature", b"m1|1800|2"),
+            (5, "conflict", b"m1|4500|5"),
         ]
         # The same retained ack again changes nothing; a stale one does not go backwards.
         again = await outbox.apply_ack(ack, now=7001)
@@ -132,3 +145,32 @@ async def test_an_outbox_belongs_to_one_device(tmp_path: Path) -> None:
         pass
     with pytest.raises(OutboxError, match="belongs to device"):
         await Outbox.open(path, "someone-else")
+
+
+async def cancel_after(coro: Coroutine[Any, Any, object], steps: int) -> None:
+    """Run ``coro`` for ``steps`` event-loop turns, then cancel it (as a shutdown would)."""
+    task = asyncio.ensure_future(coro)
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def test_a_cancelled_transaction_leaves_a_consistent_outbox(tmp_path: Path) -> None:
+    """Cancelled at every await of a cycle and of an ack (a shutdown), the outbox stays usable
+    and its counter matches what it stored: aiosqlite may finish a COMMIT the caller gave up on."""
+
+    async with await open_outbox(tmp_path) as outbox:
+        end = 900
+        for steps in range(12):
+            end += 900
+            await cancel_after(
+                outbox.append_cycle([entry("m1", end), entry("m2", end)], now=end), steps
+            )
+            stored = await outbox.readings()
+            assert await outbox.next_seq() == (stored[-1].seq + 1 if stored else 1)
+            assert len(stored) % 2 == 0  # a cycle is stored whole or not at all
+            await cancel_after(outbox.apply_ack(Ack(DEVICE, upto=0), now=end), steps)
+        seqs = await outbox.append_cycle([entry("m1", end + 900)], now=end + 900)
+        assert seqs == [await outbox.next_seq() - 1]

@@ -9,7 +9,6 @@ import asyncio
 from pathlib import Path
 
 import pytest
-
 from agent_harness import DEVICE, Gateway, VerifyingBackend, running, start_gateway, wait_until
 from meterchain.agent.outbox import Outbox
 from meterchain.backend.broker import RunningBroker, find_mosquitto, start_mosquitto
@@ -104,7 +103,8 @@ async def test_readings_survive_a_broker_outage(
         await asyncio.to_thread(broker.process.wait)  # type: ignore[attr-defined]
         signed_before = agent.metrics.readings_signed._value.get()
         await wait_until(
-            lambda: agent.metrics.readings_signed._value.get() >= signed_before + 6, 20,
+            lambda: agent.metrics.readings_signed._value.get() >= signed_before + 6,
+            20,
             "polling to go on without a broker",
         )
         restarted = await start_mosquitto(
@@ -131,7 +131,8 @@ async def test_a_rejected_reading_is_quarantined_and_later_ones_still_flow(
         await wait_until(lambda: backend.upto(DEVICE) >= 6, 30, "readings past the rejection")
         await wait_until(
             lambda: agent.metrics.readings_quarantined.labels(reason="signature")._value.get() == 1,
-            10, "the quarantine metric",
+            10,
+            "the quarantine metric",
         )
     assert_stream_is_whole(backend)
     assert 2 not in backend.stored[DEVICE]
