@@ -7,7 +7,7 @@ import typer
 from meterchain.agent import cli as agent_cli
 from meterchain.backend import cli as backend_cli
 from meterchain.bridge import cli as bridge_cli
-from meterchain.cli import verify_cmd
+from meterchain.cli import demo, verify_cmd
 
 
 def register(app: typer.Typer) -> None:
@@ -16,3 +16,4 @@ def register(app: typer.Typer) -> None:
     app.add_typer(agent_cli.app, name="agent")
     backend_cli.register(app)
     verify_cmd.register(app)
+    demo.register(app)
