@@ -55,7 +55,9 @@ class Agent:
     ) -> None:
         self.config = config
         self.signer = signer or load_device_key(config.key_path)
-        self.sources = list(sources) if sources is not None else modbus_sources(config.meters)
+        # Modbus clients need a running event loop: built in run() unless given.
+        self.sources: list[MeterSource] = list(sources) if sources is not None else []
+        self._build_sources = sources is None
         self.clock = clock or SystemClock()
         self.metrics = metrics or AgentMetrics()
         self.clock_sync = clock_sync
@@ -68,6 +70,8 @@ class Agent:
     async def run(self) -> None:
         """Run until cancelled; the outbox is closed on the way out, whatever the reason."""
         config = self.config
+        if self._build_sources:
+            self.sources = list(modbus_sources(config.meters))
         outbox = await Outbox.open(config.outbox_path, config.device_id)
         try:
             kid = key_id(self.signer.public_key_der)
