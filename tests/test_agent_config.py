@@ -7,9 +7,11 @@ import stat
 from pathlib import Path
 
 import pytest
+from meterchain.agent.cli import write_private_key
 from meterchain.agent.config import ConfigError, load_config
+from meterchain.agent.service import Agent
 from meterchain.cli.main import app
-from meterchain.contract.signing import key_id, load_signer
+from meterchain.contract.signing import generate_private_key_pem, key_id, load_signer
 from typer.testing import CliRunner
 
 EXAMPLE = """
@@ -149,3 +151,11 @@ def test_run_with_a_bad_config_exits_with_the_key_named(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["agent", "run", "--config", str(path)])
     assert result.exit_code == 2
     assert "interval_seconds" in result.output
+
+
+def test_an_agent_is_built_from_a_config_outside_the_event_loop(tmp_path: Path) -> None:
+    """`agent run` builds the Agent before asyncio.run; Modbus clients must wait for the loop."""
+    config = load_config(write(tmp_path, EXAMPLE))
+    write_private_key(config.key_path, generate_private_key_pem(), force=False)
+    agent = Agent(config)
+    assert agent.sources == [] and agent.signer.public_key_der
