@@ -31,7 +31,7 @@ def main() -> None:
     frame = transactions.get_df()
     traded_kwh = float(frame["quantity"].sum()) / 2 if len(frame) else 0.0  # both sides listed
     print(json.dumps({"seconds": seconds, "traded_wh": traded_kwh * 1000,
-                      "transactions": int(len(frame))}))
+                      "transactions": len(frame)}))
 
 
 if __name__ == "__main__":
