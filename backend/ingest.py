@@ -38,6 +38,9 @@ from meterchain.contract.ack import TOPIC_PREFIX
 log = logging.getLogger(__name__)
 
 READINGS_FILTER = f"{TOPIC_PREFIX}/+/readings"
+#: aiomqtt warns about every pending call over 10; a busy ingest has hundreds by design.
+_QUIET_MQTT_LOG = logging.getLogger("meterchain.backend.ingest.mqtt")
+_QUIET_MQTT_LOG.setLevel(logging.ERROR)
 REJECTIONS = Counter(
     "meterchain_ingest_rejections", "Messages rejected by ingest, by reason", ["reason"]
 )
@@ -138,6 +141,7 @@ class Ingest:
         self.connected = asyncio.Event()
         self._pool = ThreadPoolExecutor(self.verify_threads, thread_name_prefix="mc-verify")
         self._ack_tasks: set[asyncio.Task[None]] = set()
+        self._latest_ack: dict[str, Ack] = {}
 
     # ---------------------------------------------------------------- batches
 
@@ -254,7 +258,9 @@ class Ingest:
             queue_type=_Inbox,
             max_inflight_messages=1000,
             keepalive=30,
+            logger=_QUIET_MQTT_LOG,
         )
+        self._latest_ack.clear()
         async with client:
             await client.subscribe(READINGS_FILTER, qos=1)
             self.connected.set()
@@ -307,13 +313,23 @@ class Ingest:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _publish_ack(self, client: aiomqtt.Client, ack: Ack) -> None:
-        async def publish() -> None:
-            try:
-                await client.publish(ack_topic(ack.device), ack.to_cbor(), qos=1, retain=True)
-            except aiomqtt.MqttError as exc:  # the next (re)connect publishes every ack again
-                log.info("ingest: ack for %s not published (%s)", ack.device, exc)
+        """Publish the newest ack per device; while one is in flight, newer ones coalesce."""
+        in_flight = ack.device in self._latest_ack
+        self._latest_ack[ack.device] = ack
+        if in_flight:
+            return
 
-        task = asyncio.create_task(publish())
+        async def publish(device: str) -> None:
+            try:
+                while (latest := self._latest_ack.get(device)) is not None:
+                    await client.publish(ack_topic(device), latest.to_cbor(), qos=1, retain=True)
+                    if self._latest_ack.get(device) is latest:
+                        del self._latest_ack[device]
+            except aiomqtt.MqttError as exc:  # the next (re)connect publishes every ack again
+                self._latest_ack.pop(device, None)
+                log.info("ingest: ack for %s not published (%s)", device, exc)
+
+        task = asyncio.create_task(publish(ack.device))
         self._ack_tasks.add(task)
         task.add_done_callback(self._ack_tasks.discard)
 
