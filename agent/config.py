@@ -35,6 +35,16 @@ class ConfigError(MeterchainError):
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS to the broker (``mqtts://``): the CA to trust, and a client certificate if the
+    broker identifies devices by certificate (``use_identity_as_username``)."""
+
+    ca_file: Path | None = None  # None: the system's trusted CAs
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerConfig:
     host: str
     port: int
@@ -42,11 +52,21 @@ class BrokerConfig:
     password: str | None
     max_inflight: int = DEFAULT_MAX_INFLIGHT
     batch_size: int = DEFAULT_BATCH_SIZE
+    tls: TlsConfig | None = None
 
     @property
     def url(self) -> str:
         """The broker without credentials (safe to log)."""
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class HomeAssistantConfig:
+    """Publishing the meters to a household's own Home Assistant broker (off unless configured)."""
+
+    url: str
+    discovery_prefix: str = "homeassistant"
+    guard_path: Path | None = None  # default: beside the outbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +90,7 @@ class AgentConfig:
     outbox_path: Path
     interval_seconds: int = DEFAULT_INTERVAL_SECONDS
     ack_timeout_seconds: int = DEFAULT_ACK_TIMEOUT_SECONDS
+    homeassistant: HomeAssistantConfig | None = None
 
 
 class _Table:
@@ -149,6 +170,8 @@ def parse_config(raw: dict[str, Any], file: Path) -> AgentConfig:
             "ack_timeout_seconds",
             "broker",
             "meters",
+            "homeassistant_url",
+            "homeassistant",
         },
     )
     device_id = top.get("device_id", str)
@@ -202,21 +225,60 @@ def parse_config(raw: dict[str, Any], file: Path) -> AgentConfig:
         ack_timeout_seconds=top.integer(
             "ack_timeout_seconds", 1, 86_400, DEFAULT_ACK_TIMEOUT_SECONDS
         ),
+        homeassistant=_parse_homeassistant(top, raw, file),
+    )
+
+
+def _parse_homeassistant(top: _Table, raw: dict[str, Any], file: Path) -> HomeAssistantConfig | None:
+    """``homeassistant_url = "mqtt://…"`` turns it on; ``[homeassistant]`` holds the details."""
+    url = top.get("homeassistant_url", str, None)
+    details = top.get("homeassistant", dict, {})
+    if url is None:
+        if details:
+            raise top.error("homeassistant_url", "set it to turn on the [homeassistant] section")
+        return None
+    from meterchain.agent.homeassistant import BrokerAddress, HomeAssistantError
+
+    try:
+        BrokerAddress.parse(url)
+    except HomeAssistantError as exc:
+        raise top.error("homeassistant_url", str(exc)) from None
+    table = _Table(details, file, "homeassistant.", {"discovery_prefix", "guard_path"})
+    return HomeAssistantConfig(
+        url=url,
+        discovery_prefix=table.get("discovery_prefix", str, "homeassistant"),
+        guard_path=table.path("guard_path", None) if "guard_path" in details else None,
     )
 
 
 def _parse_broker(raw: dict[str, Any], file: Path) -> BrokerConfig:
     table = _Table(
-        raw, file, "broker.", {"url", "username", "password", "max_inflight", "batch_size"}
+        raw,
+        file,
+        "broker.",
+        {"url", "username", "password", "max_inflight", "batch_size", "ca_file", "cert_file", "key_file"},
     )
     url = table.get("url", str)
     parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise table.error(
+            "url", f"must look like mqtt://[user:pass@]host:port or mqtts://…, got {url!r}"
+        )
     try:
-        port = parts.port or 1883
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
     except ValueError:
         raise table.error("url", f"bad port in {url!r}") from None
-    if parts.scheme != "mqtt" or not parts.hostname:
-        raise table.error("url", f"must look like mqtt://[user:pass@]host:port, got {url!r}")
+    tls = None
+    if parts.scheme == "mqtts":
+        tls = TlsConfig(
+            ca_file=table.path("ca_file", None) if "ca_file" in raw else None,
+            cert_file=table.path("cert_file", None) if "cert_file" in raw else None,
+            key_file=table.path("key_file", None) if "key_file" in raw else None,
+        )
+        if (tls.cert_file is None) != (tls.key_file is None):
+            raise table.error("cert_file", "a client certificate needs both cert_file and key_file")
+    elif {"ca_file", "cert_file", "key_file"} & set(raw):
+        raise table.error("url", "TLS files are set but the URL is mqtt://; use mqtts://")
     username = table.get("username", str, unquote(parts.username) if parts.username else None)
     password = table.get("password", str, unquote(parts.password) if parts.password else None)
     if password is not None and username is None:
@@ -228,6 +290,7 @@ def _parse_broker(raw: dict[str, Any], file: Path) -> BrokerConfig:
         password=password,
         max_inflight=table.integer("max_inflight", 1, 10_000, DEFAULT_MAX_INFLIGHT),
         batch_size=table.integer("batch_size", 1, 100_000, DEFAULT_BATCH_SIZE),
+        tls=tls,
     )
 
 

@@ -23,6 +23,8 @@ class MeterSnapshot:
     serial: str
     import_wh: int
     export_wh: int
+    power_w: int | None = None  # net active power, positive = import; not signed, for live views
+    voltage_dv: tuple[int, ...] = ()  # decivolts per phase, L1 first; not signed
 
 
 class MeterSource(Protocol):
@@ -58,6 +60,8 @@ class ModbusMeterSource:
             serial=self.config.serial or values.serial,
             import_wh=values.import_wh,
             export_wh=values.export_wh,
+            power_w=values.power_w,
+            voltage_dv=values.voltage_dv,
         )
 
     def close(self) -> None:

@@ -29,7 +29,7 @@ import aiomqtt
 import paho.mqtt.client as mqtt
 from aiomqtt.exceptions import MqttConnectError
 from meterchain.agent.clock import Clock
-from meterchain.agent.config import BrokerConfig
+from meterchain.agent.config import BrokerConfig, TlsConfig
 from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.outbox import Outbox, OutboxReading
 from meterchain.contract.ack import Ack, ack_topic, readings_topic
@@ -57,6 +57,17 @@ class Backoff:
     def delay(self, attempt: int, rng: random.Random) -> float:
         cap = min(self.maximum, self.initial * self.factor ** min(attempt, 64))
         return cap / 2 + rng.uniform(0, cap / 2)
+
+
+def tls_parameters(tls: TlsConfig | None) -> aiomqtt.TLSParameters | None:
+    """aiomqtt's TLS settings for an ``mqtts://`` broker (None for plain MQTT)."""
+    if tls is None:
+        return None
+    return aiomqtt.TLSParameters(
+        ca_certs=str(tls.ca_file) if tls.ca_file else None,
+        certfile=str(tls.cert_file) if tls.cert_file else None,
+        keyfile=str(tls.key_file) if tls.key_file else None,
+    )
 
 
 class _ReasonCodeClient(aiomqtt.Client):
@@ -183,6 +194,7 @@ class Publisher:
             timeout=self.connect_timeout,
             max_inflight_messages=self.broker.max_inflight,
             logger=logging.getLogger("meterchain.agent.mqtt"),
+            tls_params=tls_parameters(self.broker.tls),
         )
 
     async def _session(self, client: _ReasonCodeClient) -> None:

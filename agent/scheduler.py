@@ -44,6 +44,7 @@ class Poller:
         metrics: AgentMetrics,
         clock_sync: Callable[[], ClockSync],
         on_cycle: Callable[[], None] = lambda: None,
+        on_snapshot: Callable[[MeterSource, MeterSnapshot], None] = lambda source, snapshot: None,
     ) -> None:
         self.device = device
         self.signer = signer
@@ -55,6 +56,7 @@ class Poller:
         self.metrics = metrics
         self.clock_sync = clock_sync
         self.on_cycle = on_cycle
+        self.on_snapshot = on_snapshot
         self.cycles = 0
 
     async def run(self) -> None:
@@ -73,6 +75,7 @@ class Poller:
         for source, snapshot in zip(self.sources, results):
             if snapshot is None:
                 continue
+            self._notify_snapshot(source, snapshot)
             template = self._template(source, snapshot, start, end, sync)
             if template is not None:
                 entries.append(CycleEntry(template.meter, end, self._signer_for(template)))
@@ -92,6 +95,12 @@ class Poller:
         if seqs:
             self.on_cycle()
         return seqs
+
+    def _notify_snapshot(self, source: MeterSource, snapshot: MeterSnapshot) -> None:
+        try:
+            self.on_snapshot(source, snapshot)
+        except Exception as exc:  # noqa: BLE001 - a live view must never stop signing
+            log.warning("event=snapshot_hook_failed meter=%s error=%r", source.name, exc)
 
     async def _read(self, source: MeterSource) -> MeterSnapshot | None:
         try:

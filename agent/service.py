@@ -11,11 +11,18 @@ from pathlib import Path
 
 from meterchain.agent.clock import Clock, SystemClock, kernel_clock_sync
 from meterchain.agent.config import AgentConfig, ConfigError
-from meterchain.agent.meters import MeterSource, modbus_sources
+from meterchain.agent.homeassistant import (
+    HomeAssistantPublisher,
+    MeterDevice,
+    MeterState,
+    MonotonicGuard,
+)
+from meterchain.agent.meters import MeterSnapshot, MeterSource, modbus_sources
 from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.outbox import Outbox
 from meterchain.agent.publisher import Backoff, Publisher
 from meterchain.agent.scheduler import Poller
+from meterchain.agent.systemd import Notifier, run_watchdog
 from meterchain.contract.reading import ClockSync
 from meterchain.contract.signing import Signer, key_id, load_signer
 
@@ -66,6 +73,34 @@ class Agent:
         self.poller: Poller | None = None
         self.publisher: Publisher | None = None
         self.started = asyncio.Event()
+        self.homeassistant: HomeAssistantPublisher | None = None
+        self._models = {meter.name: meter.model for meter in config.meters}
+
+    def _homeassistant(self) -> HomeAssistantPublisher | None:
+        ha = self.config.homeassistant
+        if ha is None:
+            return None
+        guard_path = ha.guard_path or self.config.outbox_path.parent / "homeassistant-guard.json"
+        return HomeAssistantPublisher(
+            ha.url,
+            gateway_id=self.config.device_id,
+            guard=MonotonicGuard.load(guard_path),
+            discovery_prefix=ha.discovery_prefix,
+        )
+
+    def _on_snapshot(self, source: MeterSource, snapshot: MeterSnapshot) -> None:
+        """Live views of a meter read: Home Assistant, when configured (never blocks)."""
+        if self.homeassistant is not None:
+            model = self._models.get(source.name, "")
+            self.homeassistant.update(
+                MeterDevice.for_model(model, snapshot.serial, source.name),
+                MeterState(
+                    snapshot.import_wh,
+                    snapshot.export_wh,
+                    power_w=snapshot.power_w,
+                    voltage_dv=snapshot.voltage_dv,
+                ),
+            )
 
     async def run(self) -> None:
         """Run until cancelled; the outbox is closed on the way out, whatever the reason."""
@@ -104,7 +139,9 @@ class Agent:
                 metrics=self.metrics,
                 clock_sync=self.clock_sync,
                 on_cycle=self.publisher.wake,
+                on_snapshot=self._on_snapshot,
             )
+            self.homeassistant = self._homeassistant()
             self.metrics.outbox_depth.set(await outbox.depth())
             log.info(
                 "event=agent_start device=%s key_id=%s meters=%d interval=%d outbox=%s"
@@ -118,9 +155,25 @@ class Agent:
                 await outbox.depth(),
             )
             self.started.set()
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self.publisher.run())
-                group.create_task(self.poller.run())
+            notifier = Notifier.from_environment()
+            notifier.ready(status=f"device {config.device_id}, {len(self.sources)} meter(s)")
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self.publisher.run())
+                    group.create_task(self.poller.run())
+                    # systemd restarts the service if poll cycles stop completing (stalled
+                    # serial port or event loop); a no-op outside systemd.
+                    group.create_task(
+                        run_watchdog(
+                            notifier,
+                            lambda: self.poller.cycles if self.poller else 0,
+                            max_stall=2 * config.interval_seconds + 120,
+                        )
+                    )
+                    if self.homeassistant is not None:
+                        group.create_task(self.homeassistant.run())
+            finally:
+                notifier.stopping()
         finally:
             for source in self.sources:
                 source.close()
