@@ -94,6 +94,31 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             header BLOB NOT NULL
         )""",
     ),
+    # 2: installers: one-time provisioning tokens (only their SHA-256 is kept) and each
+    # provisioned gateway's identity, scope and broker login (a Mosquitto PBKDF2 hash, never
+    # the password). A scope is (kind, id) text until parties have tables of their own.
+    (
+        """CREATE TABLE installer_tokens (
+            token_hash BLOB PRIMARY KEY,
+            scope_kind TEXT NOT NULL CHECK (scope_kind IN ('utility', 'community')),
+            scope_id TEXT NOT NULL,
+            note TEXT NOT NULL,
+            created INTEGER NOT NULL,
+            expires INTEGER NOT NULL,
+            used_at INTEGER,
+            used_by TEXT
+        )""",
+        """CREATE TABLE gateways (
+            device TEXT PRIMARY KEY,
+            identity TEXT NOT NULL UNIQUE,
+            scope_kind TEXT NOT NULL,
+            scope_id TEXT NOT NULL,
+            broker_username TEXT NOT NULL,
+            broker_password_hash TEXT NOT NULL,
+            provisioned INTEGER NOT NULL,
+            updated INTEGER NOT NULL
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
