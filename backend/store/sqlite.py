@@ -73,6 +73,11 @@ class SqliteStore:
     async def close(self) -> None:
         await self._conn.close()
 
+    @property
+    def connection(self) -> aiosqlite.Connection:
+        """The connection, for the store's own query modules (``store/provisioning.py``, ...)."""
+        return self._conn
+
     # ------------------------------------------------------------------ schema
 
     async def _migrate(self) -> None:
