@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from meterchain.contract.errors import MeterchainError
@@ -21,7 +21,10 @@ from meterchain.contract.reading import (
     METER_SERIAL_RE,
 )
 
-METER_MODELS = ("sdm630", "sdm120")
+if TYPE_CHECKING:
+    from meterchain.agent.dlms_config import DlmsSettings
+
+METER_MODELS = ("sdm630", "sdm120", "dlms")
 BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 DEFAULT_ACK_TIMEOUT_SECONDS = 60
 DEFAULT_MAX_INFLIGHT = 100
@@ -78,6 +81,7 @@ class MeterConfig:
     modbus_id: int
     serial: str | None = None  # overrides the serial the meter reports
     timeout_seconds: float = 1.0
+    dlms: DlmsSettings | None = None  # set for model "dlms" (agent/dlms_config.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +201,9 @@ def parse_config(raw: dict[str, Any], file: Path) -> AgentConfig:
                 file=str(file),
                 key=f"meters[{index}].name",
             )
+    from meterchain.agent.dlms_config import check_dlms_ports
+
+    check_dlms_ports(meters, file)
     slots = [(m.port, m.modbus_id) for m in meters]
     for index, slot in enumerate(slots):
         if slot in slots[:index]:
@@ -300,6 +307,10 @@ def _parse_meter(raw: object, file: Path, index: int) -> MeterConfig:
         raise ConfigError(
             f"{file}: meters[{index}]: must be a table", file=str(file), key=f"meters[{index}]"
         )
+    if raw.get("model") == "dlms":
+        from meterchain.agent.dlms_config import parse_dlms_meter
+
+        return parse_dlms_meter(raw, file, index)
     table = _Table(
         raw,
         file,

@@ -20,6 +20,7 @@ from meterchain.agent.homeassistant import (
 from meterchain.agent.meters import MeterSnapshot, MeterSource, modbus_sources
 from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.outbox import Outbox
+from meterchain.agent.profile_poller import ProfilePoller, dlms_pollers
 from meterchain.agent.publisher import Backoff, Publisher
 from meterchain.agent.scheduler import Poller
 from meterchain.agent.systemd import Notifier, run_watchdog
@@ -72,6 +73,7 @@ class Agent:
         self.outbox: Outbox | None = None
         self.poller: Poller | None = None
         self.publisher: Publisher | None = None
+        self.profile_pollers: list[ProfilePoller] = []
         self.started = asyncio.Event()
         self.homeassistant: HomeAssistantPublisher | None = None
         self._models = {meter.name: meter.model for meter in config.meters}
@@ -106,7 +108,7 @@ class Agent:
         """Run until cancelled; the outbox is closed on the way out, whatever the reason."""
         config = self.config
         if self._build_sources:
-            self.sources = list(modbus_sources(config.meters))
+            self.sources = list(modbus_sources([m for m in config.meters if m.dlms is None]))
         outbox = await Outbox.open(config.outbox_path, config.device_id)
         try:
             kid = key_id(self.signer.public_key_der)
@@ -141,6 +143,17 @@ class Agent:
                 on_cycle=self.publisher.wake,
                 on_snapshot=self._on_snapshot,
             )
+            self.profile_pollers = dlms_pollers(
+                config.meters,
+                device=config.device_id,
+                signer=self.signer,
+                outbox=outbox,
+                clock=self.clock,
+                interval=config.interval_seconds,
+                metrics=self.metrics,
+                clock_sync=self.clock_sync,
+                on_cycle=self.publisher.wake,
+            )
             self.homeassistant = self._homeassistant()
             self.metrics.outbox_depth.set(await outbox.depth())
             log.info(
@@ -161,6 +174,8 @@ class Agent:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self.publisher.run())
                     group.create_task(self.poller.run())
+                    for profile_poller in self.profile_pollers:  # DLMS meters, one task each
+                        group.create_task(profile_poller.run())
                     # systemd restarts the service if poll cycles stop completing (stalled
                     # serial port or event loop); a no-op outside systemd.
                     group.create_task(
