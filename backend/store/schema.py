@@ -119,6 +119,85 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated INTEGER NOT NULL
         )""",
     ),
+    # 3: parties and scoped access. utility -> community -> household; a metering point is
+    # registered to a utility (and maybe a community); meter bindings (device, meter) and
+    # occupancies (household) hold a metering point over [valid_from, valid_to), NULL = open.
+    # API keys are kept only as SHA-256 of a 256-bit random token. Auditor grants name metering
+    # points or communities and expire.
+    (
+        """CREATE TABLE utilities (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            created INTEGER NOT NULL
+        )""",
+        """CREATE TABLE communities (
+            id TEXT PRIMARY KEY,
+            utility TEXT NOT NULL REFERENCES utilities (id),
+            name TEXT NOT NULL,
+            created INTEGER NOT NULL
+        )""",
+        """CREATE TABLE households (
+            id TEXT PRIMARY KEY,
+            community TEXT NOT NULL REFERENCES communities (id),
+            name TEXT NOT NULL,
+            created INTEGER NOT NULL
+        )""",
+        """CREATE TABLE metering_points (
+            id TEXT PRIMARY KEY,
+            utility TEXT NOT NULL REFERENCES utilities (id),
+            community TEXT REFERENCES communities (id),
+            kind TEXT NOT NULL,
+            created INTEGER NOT NULL
+        )""",
+        "CREATE INDEX metering_points_by_utility ON metering_points (utility)",
+        "CREATE INDEX metering_points_by_community ON metering_points (community)",
+        """CREATE TABLE meter_bindings (
+            id INTEGER PRIMARY KEY,
+            metering_point TEXT NOT NULL REFERENCES metering_points (id),
+            device TEXT NOT NULL,
+            meter TEXT NOT NULL,
+            valid_from INTEGER NOT NULL,
+            valid_to INTEGER CHECK (valid_to IS NULL OR valid_to > valid_from),
+            created INTEGER NOT NULL
+        )""",
+        "CREATE INDEX meter_bindings_by_meter ON meter_bindings (device, meter, valid_from)",
+        "CREATE INDEX meter_bindings_by_point ON meter_bindings (metering_point, valid_from)",
+        """CREATE TABLE occupancies (
+            id INTEGER PRIMARY KEY,
+            metering_point TEXT NOT NULL REFERENCES metering_points (id),
+            household TEXT NOT NULL REFERENCES households (id),
+            valid_from INTEGER NOT NULL,
+            valid_to INTEGER CHECK (valid_to IS NULL OR valid_to > valid_from),
+            created INTEGER NOT NULL
+        )""",
+        "CREATE INDEX occupancies_by_point ON occupancies (metering_point, valid_from)",
+        "CREATE INDEX occupancies_by_household ON occupancies (household)",
+        """CREATE TABLE grants (
+            id TEXT PRIMARY KEY,
+            label TEXT NOT NULL,
+            expires INTEGER NOT NULL,
+            created INTEGER NOT NULL
+        )""",
+        """CREATE TABLE grant_scopes (
+            grant_id TEXT NOT NULL REFERENCES grants (id),
+            metering_point TEXT REFERENCES metering_points (id),
+            community TEXT REFERENCES communities (id),
+            CHECK ((metering_point IS NULL) <> (community IS NULL))
+        )""",
+        "CREATE INDEX grant_scopes_by_grant ON grant_scopes (grant_id)",
+        """CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            token_hash BLOB NOT NULL UNIQUE,
+            kind TEXT NOT NULL CHECK (kind IN ('admin', 'utility', 'household', 'auditor')),
+            subject TEXT NOT NULL,
+            label TEXT NOT NULL,
+            created INTEGER NOT NULL,
+            expires INTEGER,
+            revoked INTEGER,
+            last_used INTEGER,
+            replaces TEXT
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
