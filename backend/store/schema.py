@@ -198,6 +198,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             replaces TEXT
         )""",
     ),
+    # 4: the log keeps only the tlog-tiles strata: leaf hashes (level 0, already in `leaves`)
+    # and perfect nodes at levels 8, 16, ...; any other node is the fold of at most 128 of
+    # them (docs/log.md). Levels 0-7 cost ~90 B per leaf; they are derived data, so drop them.
+    ("DELETE FROM log_nodes WHERE level % 8 != 0 OR level = 0",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
