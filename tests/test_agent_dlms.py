@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -251,15 +251,16 @@ async def test_meterchain_emulate_dlms_and_an_agent_with_nothing_but_config(
     tmp_path: Path, broker: RunningBroker
 ) -> None:
     """The CLI emulator prints its pty; the agent, built from the config file alone, backfills."""
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "meterchain"), "emulate", "dlms", "--days", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "meterchain"),
+        *("emulate", "dlms", "--days", "1"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         assert process.stdout is not None
-        port = (await asyncio.to_thread(process.stdout.readline)).decode().strip()
+        port = (await process.stdout.readline()).decode().strip()
         assert port.startswith("/dev/")
         config_path, spki = agent_config(tmp_path, port, broker.url, "backfill_days = 2\n")
         store_path = tmp_path / "backend.db"
@@ -282,7 +283,7 @@ async def test_meterchain_emulate_dlms_and_an_agent_with_nothing_but_config(
                 assert row is not None
                 ends.append(row.end)
             assert len(set(ends)) == len(ends) == signed
-            assert ends == sorted(ends) and {b - a for a, b in zip(ends, ends[1:])} == {PERIOD}
+            assert ends == sorted(ends) and {b - a for a, b in itertools.pairwise(ends)} == {PERIOD}
         finally:
             ingest.close()
             await ingest.store.close()
@@ -290,7 +291,7 @@ async def test_meterchain_emulate_dlms_and_an_agent_with_nothing_but_config(
     finally:
         process.send_signal(signal.SIGINT)
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
             process.kill()
-            process.wait()
+            await process.wait()
