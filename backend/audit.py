@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from meterchain.backend.log.strata import STRIDE
 from meterchain.backend.log.tree import CompactRange
 from meterchain.backend.store import SqliteStore
 from meterchain.contract.batch import GENESIS_PREV, BatchHeader, SignedBatchHeader
@@ -165,8 +166,8 @@ async def _tree(store: SqliteStore, report: AuditReport, progress: Progress) -> 
             report.findings.append(Finding("leaf", f"#{leaf_id}",
                                            f"leaf index {index}, expected {tree.size}"))
             break
-        for node, value in tree.append(computed):
-            expected[(node.level, node.index)] = value
+        for level, node_index, value in tree.extend([computed], STRIDE):
+            expected[(level, node_index)] = value
         if tree.size in sizes:
             roots[tree.size] = tree.root()
         if len(expected) >= 4000:

@@ -96,8 +96,8 @@ async def test_sealer_refuses_a_tree_that_does_not_match_its_checkpoint(tmp_path
     admin, ingest, sealer, api = await backend(tmp_path, gw)
     await ingest.process([gw.message(1)])
     await sealer.seal_all()
-    with sqlite3.connect(tmp_path / "mc.db") as db:  # the size-2 tree has one peak: node (1, 0)
-        db.execute("UPDATE log_nodes SET hash = zeroblob(32) WHERE level = 1 AND idx = 0")
+    with sqlite3.connect(tmp_path / "mc.db") as db:  # the size-2 tree's peak folds leaves 0, 1
+        db.execute("UPDATE leaves SET leaf_hash = zeroblob(32) WHERE leaf_index = 1")
     with pytest.raises(StoreError, match="does not match"):
         await Sealer(api, sealer.signer).start()
     await close(admin, ingest, sealer, api)
@@ -107,7 +107,7 @@ TAMPERING = {
     "reading": ("UPDATE readings SET import_wh = import_wh + 1 WHERE seq = 3", "reading gw-1#3"),
     "message": ("UPDATE leaves SET data = zeroblob(length(data)) WHERE id = "
                 "(SELECT leaf_id FROM readings WHERE seq = 5)", "reading gw-1#5"),
-    "node": ("UPDATE log_nodes SET hash = zeroblob(32) WHERE level = 1 AND idx = 1", "node (1, 1)"),
+    "leaf-hash": ("UPDATE leaves SET leaf_hash = zeroblob(32) WHERE leaf_index = 3", "leaf #4"),
     "checkpoint": ("UPDATE checkpoints SET root = zeroblob(32) WHERE size = 4", "checkpoint size 4"),
     "note": ("UPDATE checkpoints SET note = replace(note, char(10) || '4' || char(10), "
              "char(10) || '5' || char(10)) WHERE size = 4", "checkpoint size 4"),

@@ -1,6 +1,6 @@
 """The sealing task: every T seconds or M pending leaves, whichever first, extend the tree.
 
-One seal is ONE transaction: leaf indices (in arrival order), the new perfect nodes, the signed
+One seal is ONE transaction: leaf indices (in arrival order), the new stored nodes, the signed
 checkpoint and the signed batch header are written together or not at all, so a crash at any
 point leaves the previous seal intact. Hashing and signing happen before the transaction opens,
 and the transaction only writes, so the write lock is held for milliseconds and ingest (another
@@ -15,13 +15,13 @@ import logging
 import time
 from collections.abc import Callable
 
-from prometheus_client import Counter, Gauge
-
+from meterchain.backend.log.strata import STRIDE
 from meterchain.backend.log.tree import CompactRange
 from meterchain.backend.store import Seal, Store, StoreError
 from meterchain.contract.batch import BatchHeader, SignedBatchHeader, next_header
 from meterchain.contract.checkpoint import Checkpoint
 from meterchain.contract.note import NoteSigner
+from prometheus_client import Counter, Gauge
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,8 @@ class Sealer:
         if not pending:
             return 0
         tree = CompactRange.from_nodes(self.tree.size, list(self.tree.peaks))
-        nodes: list[tuple[int, int, bytes]] = []
-        for _, leaf_hash in pending:
-            nodes.extend((n.level, n.index, h) for n, h in tree.append(leaf_hash))
+        # Only the strata are stored (levels 8, 16, ...); leaf hashes already are, in `leaves`.
+        nodes = tree.extend([leaf_hash for _, leaf_hash in pending], STRIDE)
         root = tree.root()
         sealed = max(int(self.clock()), self.last_header.sealed if self.last_header else 0)
         note = Checkpoint(self.signer.name, tree.size, root).sign(self.signer)

@@ -11,6 +11,7 @@ Pure code: the caller fetches the planned nodes from its store and hands them ba
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -129,6 +130,33 @@ class CompactRange:
         self.peaks.append(value)
         self.size += 1
         return created
+
+    def extend(self, leaf_hashes: Sequence[bytes], stride: int) -> list[tuple[int, int, bytes]]:
+        """Append many leaves; return the perfect nodes they complete at levels that are positive
+        multiples of ``stride``, as (level, index, hash) in creation order.
+
+        The bulk path of :meth:`append` (no per-node objects): what the sealer stores.
+        """
+        if stride < 1:
+            raise ValueError("stride must be at least 1")
+        if self.size + len(leaf_hashes) > MAX_TREE_SIZE:
+            raise ProofError("tree is full", step="append", size=self.size)
+        peaks, size, kept = self.peaks, self.size, []
+        sha256, prefix = hashlib.sha256, b"\x01"
+        for position, value in enumerate(leaf_hashes):
+            if not isinstance(value, (bytes, bytearray)) or len(value) != HASH_SIZE:
+                _require_hash(value, step="append", size=size, position=position)
+            index, level = size, 0
+            while index & 1:
+                value = sha256(prefix + peaks.pop() + value).digest()
+                index >>= 1
+                level += 1
+                if level % stride == 0:
+                    kept.append((level, index, value))
+            peaks.append(bytes(value))
+            size += 1
+        self.size = size
+        return kept
 
     def root(self) -> bytes:
         """MTH of the whole tree (RFC 9162 §2.1.1); SHA-256 of nothing when empty."""

@@ -342,6 +342,7 @@ class SqliteStore:
 
     async def tree_state(self) -> TreeState:
         """The sealed tree's size and peaks, read in one snapshot."""
+        from meterchain.backend.log.nodes import NodeReader
         from meterchain.backend.log.tree import peak_ids
 
         await self._conn.execute("BEGIN")
@@ -350,14 +351,12 @@ class SqliteStore:
             peaks = []
             if size:
                 ids = peak_ids(size)
-                fetched = await self.nodes([(n.level, n.index) for n in ids])
-                missing = [n for n in ids if (n.level, n.index) not in fetched]
-                if missing:
-                    raise StoreError(
-                        "a peak node of the sealed tree is missing", size=size,
-                        node=(missing[0].level, missing[0].index),
-                    )
-                peaks = [fetched[(n.level, n.index)] for n in ids]
+                try:  # uncached: a restart must see what is on disk
+                    fetched = await NodeReader(self, cached_tiles=0).hashes(ids, size)
+                except MeterchainError as exc:
+                    raise StoreError(f"a peak of the sealed tree cannot be read: {exc}",
+                                     size=size) from None
+                peaks = [fetched[n] for n in ids]
             row = await self._rows("SELECT size, root FROM checkpoints ORDER BY size DESC LIMIT 1")
             header = await self._scalar("SELECT header FROM batches ORDER BY idx DESC LIMIT 1")
         finally:
@@ -387,10 +386,21 @@ class SqliteStore:
             if size != seal.old_size:
                 raise StoreError("the tree grew since this seal was prepared",
                                  expected=seal.old_size, found=size)
-            await self._conn.executemany(
-                "UPDATE leaves SET leaf_index = ? WHERE id = ? AND leaf_index IS NULL",
-                [(seal.old_size + i, leaf_id) for i, leaf_id in enumerate(seal.leaf_ids)],
-            )
+            ids = seal.leaf_ids
+            if ids and ids[-1] - ids[0] == len(ids) - 1:  # the usual case: one range update
+                cursor = await self._conn.execute(
+                    "UPDATE leaves SET leaf_index = id + ? WHERE id BETWEEN ? AND ? "
+                    "AND leaf_index IS NULL",
+                    (seal.old_size - ids[0], ids[0], ids[-1]),
+                )
+            else:
+                cursor = await self._conn.executemany(
+                    "UPDATE leaves SET leaf_index = ? WHERE id = ? AND leaf_index IS NULL",
+                    [(seal.old_size + i, leaf_id) for i, leaf_id in enumerate(ids)],
+                )
+            if cursor.rowcount != len(ids):
+                raise StoreError("a leaf of this seal is missing or sealed already",
+                                 expected=len(ids), updated=cursor.rowcount)
             step("leaves")
             await self._conn.executemany("INSERT INTO log_nodes VALUES (?, ?, ?)", seal.nodes)
             step("nodes")
@@ -422,6 +432,20 @@ class SqliteStore:
             ):
                 found[(level, idx)] = value
         return found
+
+    # --------------------------------------------------- log strata (backend.log.nodes)
+
+    async def leaf_hashes(self, start: int, end: int) -> list[bytes]:
+        """Hashes of the sealed leaves with index in [start, end), in index order."""
+        return [r[0] for r in await self._rows(
+            "SELECT leaf_hash FROM leaves WHERE leaf_index >= ? AND leaf_index < ? "
+            "ORDER BY leaf_index", (start, end))]
+
+    async def node_range(self, level: int, start: int, end: int) -> list[bytes]:
+        """Stored node hashes at ``level`` with index in [start, end), in index order."""
+        return [r[0] for r in await self._rows(
+            "SELECT hash FROM log_nodes WHERE level = ? AND idx >= ? AND idx < ? ORDER BY idx",
+            (level, start, end))]
 
     async def latest_checkpoint(self) -> CheckpointRow | None:
         rows = await self._rows("SELECT size, root, note, time FROM checkpoints ORDER BY size DESC LIMIT 1")
