@@ -39,7 +39,6 @@ REASONS = {
 }
 
 _ECDSA = ec.ECDSA(hashes.SHA256())
-_key_cache: dict[bytes, ec.EllipticCurvePublicKey] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,16 +52,6 @@ class Checked:
 def _reject(reason: str, detail: str, now: int, device: str | None = None,
             seq: int | None = None) -> Checked:
     return Checked(rejection=RejectionRecord(device, seq, reason, detail, REASONS[reason], now))
-
-
-def _public_key(der: bytes) -> ec.EllipticCurvePublicKey:
-    key = _key_cache.get(der)
-    if key is None:
-        key = load_public_key(der)  # keys come from the registry, which validated them
-        if len(_key_cache) > 100_000:
-            _key_cache.clear()
-        _key_cache[der] = key
-    return key
 
 
 def check_message(
@@ -113,7 +102,8 @@ def _check(
             now, reading.device, reading.seq,
         )
     try:
-        _public_key(key.public_key_der).verify(signed.signature, signed.reading_bytes, _ECDSA)
+        # load_public_key caches parsed keys (an LRU in the contract).
+        load_public_key(key.public_key_der).verify(signed.signature, signed.reading_bytes, _ECDSA)
     except InvalidSignature:
         return _reject("signature", "signature does not verify with the device key", now,
                        reading.device, reading.seq)
