@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from meterchain.agent.backfill import check_clock, is_backfill, latest_capture, plan_fetch
-from meterchain.agent.config import ConfigError, parse_config
+from meterchain.agent.config import ConfigError, load_config, parse_config
 from meterchain.agent.meters_dlms import (
     EXPORT_REGISTER,
     IMPORT_REGISTER,
@@ -327,3 +327,16 @@ def test_a_dlms_meter_needs_its_port_to_itself(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config({**BASE, "meters": [modbus, dlms_meter()]}, tmp_path / "agent.toml")
     assert caught.value.context["key"] == "meters[1].port"
+
+
+def test_the_dlms_example_in_the_docs_parses(tmp_path: Path) -> None:
+    docs = (Path(__file__).parent.parent / "docs" / "agent.md").read_text()
+    section = docs.split('## DLMS/COSEM meters (`model = "dlms"`)', 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "meter.lls").write_text("12345678\n")
+    top = "\n".join(f"{k} = {v!r}" for k, v in BASE.items() if k != "broker")
+    text = f'{top}\n[broker]\nurl = "mqtt://127.0.0.1"\n{example}'.replace("'", '"')
+    (tmp_path / "agent.toml").write_text(text)
+    config = load_config(tmp_path / "agent.toml")
+    dlms = config.meters[0].dlms
+    assert dlms is not None and dlms.physical_address == 17 and dlms.password == "12345678"
