@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from meterchain.backend import registry
+from meterchain.backend.api_log import log_router
 from meterchain.backend.log.proofs import ProofUnavailable, build_bundle, consistency_proof
 from meterchain.backend.store import SqliteStore, open_store
 from meterchain.contract.batch import SignedBatchHeader
@@ -147,6 +148,7 @@ def create_app(db: str, admin_token: str, log_verifier: NoteVerifier) -> FastAPI
 
     # Reading data needs the admin token for now; scoped keys come later, here only.
     require_reader = require_admin
+    app.include_router(log_router(state))
 
     def reader() -> SqliteStore:
         assert state.reader is not None
