@@ -1,0 +1,103 @@
+"""Live telemetry in the backend: the latest unsigned sample per meter, in memory only.
+
+A small subscriber of its own (not the ingest: telemetry must never slow or touch signed data)
+listens on ``meterchain/v1/+/telemetry`` with QoS 0 and keeps the newest valid sample of each
+``(device, meter)``. A sample whose ``dev`` is not the topic's device is dropped: the broker's
+ACL lets a gateway write only its own topic, so that is the only identity the sample has.
+Nothing here is stored, logged or billed; pages mark it "live · unsigned".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import aiomqtt
+
+from meterchain.backend.config import parse_broker_url
+from meterchain.contract.ack import TOPIC_PREFIX, device_from_topic
+from meterchain.contract.errors import MeterchainError
+from meterchain.contract.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+TELEMETRY_FILTER = f"{TOPIC_PREFIX}/+/telemetry"
+#: Samples older than this are not shown as live (the gateway publishes every few seconds).
+STALE_SECONDS = 60
+#: A bound on memory: one entry per meter; more meters than this and new ones are ignored.
+MAX_METERS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSample:
+    sample: Telemetry
+    received: int  # backend clock, UTC seconds
+
+
+class LiveTelemetry:
+    """The newest sample per (device, meter)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._latest: dict[tuple[str, str], LiveSample] = {}
+        self._clock = clock
+        self.dropped = 0
+
+    def accept(self, topic: str, payload: bytes) -> LiveSample | None:
+        """Keep a payload if it is a valid sample of the topic's own device; else count a drop."""
+        device = device_from_topic(topic, "telemetry")
+        try:
+            sample = Telemetry.from_cbor(payload)
+        except MeterchainError:
+            sample = None
+        if device is None or sample is None or sample.device != device:
+            self.dropped += 1
+            return None
+        key = (sample.device, sample.meter)
+        current = self._latest.get(key)
+        if current is not None and current.sample.time > sample.time:
+            return current  # an older sample delivered late never replaces a newer one
+        if current is None and len(self._latest) >= MAX_METERS:
+            self.dropped += 1
+            return None
+        entry = LiveSample(sample, int(self._clock()))
+        self._latest[key] = entry
+        return entry
+
+    def latest(self, meters: Iterable[tuple[str, str]], now: int | None = None
+               ) -> dict[tuple[str, str], LiveSample]:
+        """The fresh samples of these (device, meter) pairs."""
+        now = int(self._clock()) if now is None else now
+        found = {}
+        for key in meters:
+            entry = self._latest.get(key)
+            if entry is not None and now - entry.received <= STALE_SECONDS:
+                found[key] = entry
+        return found
+
+
+async def subscribe(live: LiveTelemetry, broker_url: str, client_id: str, *,
+                    max_backoff: float = 30.0) -> None:
+    """Feed ``live`` from the broker forever, reconnecting with backoff and jitter."""
+    address = parse_broker_url(broker_url)
+    backoff = 0.2
+    while True:
+        try:
+            async with aiomqtt.Client(address.host, address.port, username=address.username,
+                                      password=address.password, identifier=client_id,
+                                      keepalive=30) as client:
+                await client.subscribe(TELEMETRY_FILTER, qos=0)
+                backoff = 0.2
+                async for message in client.messages:
+                    payload = message.payload
+                    if isinstance(payload, (bytes, bytearray)):
+                        live.accept(message.topic.value, bytes(payload))
+                    else:
+                        live.dropped += 1
+        except aiomqtt.MqttError as exc:
+            delay = random.uniform(0, backoff)
+            log.warning("telemetry: broker connection lost (%s); retrying in %.2f s", exc, delay)
+            await asyncio.sleep(delay)
+            backoff = min(max_backoff, backoff * 2)
