@@ -1,13 +1,12 @@
 """The backend's HTTP API (FastAPI; OpenAPI at /docs): readings, proofs, checkpoints, batches,
 device enrolment. Every integer is bounded to [0, 2^53 − 1]; every error body says what was wrong
-and what to do. Authorisation lives in one dependency (:func:`require_reader`) so scoped keys for
-households and utilities can replace the admin token later without touching the routes.
+and what to do. Who is calling is resolved once (``backend/auth.py``: the admin token or a scoped
+API key); every route that returns reading data lives in ``api_readings.py`` and is scoped there.
 """
 
 
 import asyncio
 import base64
-import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,13 +15,12 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from meterchain.backend import registry
 from meterchain.backend.api_log import log_router
-from meterchain.backend.log.proofs import ProofUnavailable, build_bundle, consistency_proof
+from meterchain.backend.log.proofs import consistency_proof
 from meterchain.backend.store import SqliteStore, open_store
 from meterchain.contract.batch import SignedBatchHeader
 from meterchain.contract.errors import MeterchainError
@@ -72,17 +70,6 @@ class DeviceLeafOut(BaseModel):
     time: int
 
 
-class ReadingOut(BaseModel):
-    seq: int
-    meter: str
-    start: int
-    end: int
-    import_wh: int
-    export_wh: int
-    leaf_index: int | None
-    message: str = Field(description="The signed message, base64 (CBOR [reading, signature])")
-
-
 class ConsistencyOut(BaseModel):
     old: int
     new: int
@@ -113,7 +100,7 @@ class ApiState:
 
 
 def create_app(db: str, admin_token: str, log_verifier: NoteVerifier) -> FastAPI:
-    """The API over the database at ``db``; ``admin_token`` guards writes and (for now) reads."""
+    """The API over the database at ``db``; ``admin_token`` is the root principal's token."""
     state = ApiState(db, admin_token, log_verifier)
 
     @asynccontextmanager
@@ -132,22 +119,14 @@ def create_app(db: str, admin_token: str, log_verifier: NoteVerifier) -> FastAPI
         lifespan=lifespan,
     )
     app.state.api = state
-    bearer = HTTPBearer(auto_error=False)
+    from meterchain.backend.api_access import access_router
+    from meterchain.backend.api_readings import readings_router
+    from meterchain.backend.auth import build_auth
 
-    def require_admin(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
-        if not state.admin_token:
-            raise ApiError(503, "no-admin-token", "this backend has no admin token configured",
-                           "start it with --admin-token or MC_ADMIN_TOKEN")
-        if credentials is None or not secrets.compare_digest(
-            credentials.credentials.encode(), state.admin_token.encode()
-        ):
-            raise ApiError(401, "unauthorized", "missing or wrong bearer token",
-                           "send 'Authorization: Bearer <admin token>'")
-
-    # Reading data needs the admin token for now; scoped keys come later, here only.
-    require_reader = require_admin
+    auth = build_auth(state)  # bearer token -> Principal: the admin token or a scoped API key
+    require_admin = auth.require_admin
+    app.include_router(readings_router(state, auth))
+    app.include_router(access_router(state, auth))
     app.include_router(log_router(state))
 
     def reader() -> SqliteStore:
@@ -221,31 +200,6 @@ def create_app(db: str, admin_token: str, log_verifier: NoteVerifier) -> FastAPI
                                 root=base64.b64encode(header.root).decode(), sealed=header.sealed,
                                 header=base64.b64encode(row.header).decode()))
         return BatchesOut(batches=out)
-
-    @app.get("/api/v1/devices/{device}/readings", tags=["readings"],
-             response_model=list[ReadingOut], dependencies=[Depends(require_reader)])
-    async def readings(
-        device: Device,
-        start: Annotated[int, Query(ge=0, le=MAX_SAFE_INT, description="Interval end >= start")] = 0,
-        end: Annotated[int, Query(ge=0, le=MAX_SAFE_INT, description="Interval end < end")] = MAX_SAFE_INT,
-        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-    ) -> list[ReadingOut]:
-        """A device's readings whose interval ends in [start, end), oldest first."""
-        rows = await reader().readings(device, start, end, limit)
-        return [ReadingOut(seq=r.seq, meter=r.meter, start=r.start, end=r.end,
-                           import_wh=r.import_wh, export_wh=r.export_wh, leaf_index=r.leaf_index,
-                           message=base64.b64encode(r.message).decode()) for r in rows]
-
-    @app.get("/api/v1/devices/{device}/readings/{seq}/bundle", tags=["readings"],
-             response_class=PlainTextResponse, dependencies=[Depends(require_reader)])
-    async def bundle(device: Device, seq: Seq) -> str:
-        """The reading's proof bundle (c2sp.org/tlog-proof text); check it with `meterchain verify`."""
-        try:
-            return await build_bundle(reader(), device, seq)
-        except ProofUnavailable as exc:
-            if exc.check == "not-sealed":
-                raise ApiError(409, "not-sealed", str(exc), "retry after the next seal") from None
-            raise ApiError(404, "not-found", str(exc), "check the device id and sequence") from None
 
     async def _write(action) -> DeviceLeafOut:  # type: ignore[no-untyped-def]
         assert state.writer is not None
