@@ -38,7 +38,7 @@ def _root(hashes: list[bytes]) -> bytes:
 
 def _open_checkpoint(note: str, vkey: str) -> tuple[str, int, bytes]:
     """signed-note + tlog-checkpoint: verify the Ed25519 line of our key; origin, size, root."""
-    name, key_hash, key_b64 = vkey.split("+")
+    name, key_hash, key_b64 = vkey.split("+", 2)
     key = base64.b64decode(key_b64)
     assert key[0] == 0x01
     text, _, signatures = note.partition("\n\n")

@@ -437,15 +437,33 @@ class SqliteStore:
 
     async def leaf_hashes(self, start: int, end: int) -> list[bytes]:
         """Hashes of the sealed leaves with index in [start, end), in index order."""
-        return [r[0] for r in await self._rows(
-            "SELECT leaf_hash FROM leaves WHERE leaf_index >= ? AND leaf_index < ? "
-            "ORDER BY leaf_index", (start, end))]
+        return (await self.strata_ranges([(0, start, end)]))[0]
 
     async def node_range(self, level: int, start: int, end: int) -> list[bytes]:
-        """Stored node hashes at ``level`` with index in [start, end), in index order."""
-        return [r[0] for r in await self._rows(
-            "SELECT hash FROM log_nodes WHERE level = ? AND idx >= ? AND idx < ? ORDER BY idx",
-            (level, start, end))]
+        """Stored node hashes at ``level`` (8, 16, ...) with index in [start, end), in order."""
+        return (await self.strata_ranges([(level, start, end)]))[0]
+
+    async def strata_ranges(self, ranges: Sequence[tuple[int, int, int]]) -> list[list[bytes]]:
+        """Stored hashes for each (level, start, end), in ONE query: level 0 is the sealed
+        leaves' hashes, other levels ``log_nodes``. A proof costs one round trip."""
+        parts, params = [], []
+        for position, (level, start, end) in enumerate(ranges[:200]):
+            if level == 0:
+                parts.append(f"SELECT {position}, leaf_index, leaf_hash FROM leaves "
+                             "WHERE leaf_index >= ? AND leaf_index < ?")
+                params += [start, end]
+            else:
+                parts.append(f"SELECT {position}, idx, hash FROM log_nodes "
+                             "WHERE level = ? AND idx >= ? AND idx < ?")
+                params += [level, start, end]
+        found: list[list[bytes]] = [[] for _ in ranges[:200]]
+        if parts:
+            sql = " UNION ALL ".join(parts) + " ORDER BY 1, 2"
+            for position, _, value in await self._conn.execute_fetchall(sql, params):
+                found[position].append(value)
+        if len(ranges) > 200:
+            found += await self.strata_ranges(ranges[200:])
+        return found
 
     async def latest_checkpoint(self) -> CheckpointRow | None:
         rows = await self._rows("SELECT size, root, note, time FROM checkpoints ORDER BY size DESC LIMIT 1")

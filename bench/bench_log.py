@@ -1,0 +1,305 @@
+"""The log at scale: appends, proofs from SQLite (warm and cold), bytes per reading; pymerkle beside.
+
+Run: .venv/bin/python bench/bench_log.py [--sizes 1000000,10000000] [--readings 100000]
+       [--proofs 1000] [--cold 30] [--pymerkle-sizes 1000000] [--dir bench/results/log]
+Builds each log through the real store code (leaves inserted as ingest does, sealed by the real
+Sealer in batches of 100k), then times proofs through the API's code path. "Cold" = a fresh
+process per sample, the database file's pages evicted from the OS cache first (posix_fadvise
+DONTNEED; no root needed). pymerkle 7 (GPL-3.0) runs in bench/.venv-pymerkle, created here on
+first use, on the same entry sizes; it is never imported by meterchain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import random
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from meterchain.backend.log.proofs import consistency_proof, inclusion_proof
+from meterchain.backend.log.sealer import Sealer
+from meterchain.backend.log.strata import STRIDE
+from meterchain.backend.log.tree import CompactRange
+from meterchain.backend.store import VerifiedReading, open_store
+from meterchain.contract import merkle
+from meterchain.contract.note import NoteSigner
+
+HERE = Path(__file__).resolve().parent
+PYMERKLE_VENV = HERE / ".venv-pymerkle"
+ENTRY_SIZE = 277  # bytes of a signed reading message (CBOR [reading, DER signature]) as ingest stores it
+CHUNK = 100_000
+
+
+def evict(path: Path) -> None:
+    """Drop the database files' pages from the OS page cache (the next read goes to disk)."""
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if name.exists():
+            fd = os.open(name, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def quantiles(samples: list[float]) -> str:
+    ms = sorted(s * 1000 for s in samples)
+    p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+    return f"{statistics.median(ms):.3f} / {p99:.3f} / {ms[-1]:.3f}"
+
+
+# ---------------------------------------------------------------- ours: build
+
+
+async def build_log(path: Path, size: int, seed: int) -> dict[str, float]:
+    if path.exists():
+        for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            name.unlink(missing_ok=True)
+    await (await open_store(path)).close()
+    rng = random.Random(seed)
+    insert = tree_time = node_time = 0.0
+    tree = CompactRange()
+    scratch = sqlite3.connect(path.with_suffix(".nodes"))  # the tree alone: hash + store nodes
+    scratch.execute("DROP TABLE IF EXISTS log_nodes")
+    scratch.execute("CREATE TABLE log_nodes (level INTEGER, idx INTEGER, hash BLOB, "
+                    "PRIMARY KEY (level, idx)) WITHOUT ROWID")
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode = WAL")
+        for first in range(0, size, CHUNK):
+            count = min(CHUNK, size - first)
+            data = [rng.randbytes(ENTRY_SIZE) for _ in range(count)]
+            start = time.perf_counter()
+            hashes = [merkle.leaf_hash(d) for d in data]
+            db.executemany(  # ingest's INSERT (backend/store/sqlite.py commit_batch)
+                "INSERT INTO leaves (id, kind, data, leaf_hash, received_at) "
+                "VALUES (?, 'settlement', ?, ?, 0)",
+                [(first + i + 1, d, h) for i, (d, h) in enumerate(zip(data, hashes, strict=True))],
+            )
+            db.commit()
+            insert += time.perf_counter() - start
+            start = time.perf_counter()
+            nodes = tree.extend(hashes, STRIDE)
+            tree_time += time.perf_counter() - start
+            start = time.perf_counter()
+            scratch.executemany("INSERT INTO log_nodes VALUES (?, ?, ?)", nodes)
+            scratch.commit()
+            node_time += time.perf_counter() - start
+    scratch.close()
+    path.with_suffix(".nodes").unlink()
+    store = await open_store(path)
+    sealer = Sealer(store, NoteSigner.generate("bench.example/log"), max_leaves=CHUNK)
+    start = time.perf_counter()
+    sealed = await sealer.seal_all()
+    seal_time = time.perf_counter() - start
+    assert sealed == size and sealer.tree.root() == tree.root()
+    await store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return {
+        "leaf_insert_per_s": size / insert,
+        "tree_per_s": size / (tree_time + node_time),
+        "hash_per_s": size / tree_time,
+        "seal_per_s": size / seal_time,
+    }
+
+
+# --------------------------------------------------------------- ours: proofs
+
+
+async def warm_proofs(path: Path, count: int, seed: int) -> tuple[list[float], list[float]]:
+    """Random inclusion and consistency proofs against the newest checkpoint, each checked."""
+    rng = random.Random(seed)
+    store = await open_store(path)
+    checkpoint = await store.latest_checkpoint()
+    assert checkpoint is not None
+    size, root = checkpoint.size, checkpoint.root
+    inclusion, consistency = [], []
+    for _ in range(count):
+        index = rng.randrange(size)
+        start = time.perf_counter()
+        proof = await inclusion_proof(store, index, size)
+        inclusion.append(time.perf_counter() - start)
+        leaf = (await store.leaf_hashes(index, index + 1))[0]
+        assert merkle.root_from_inclusion_proof(index, size, leaf, proof) == root
+        old = rng.randint(1, size)
+        start = time.perf_counter()
+        await consistency_proof(store, old, size)
+        consistency.append(time.perf_counter() - start)
+    await store.close()
+    return inclusion, consistency
+
+
+async def cold_sample(path: Path, seed: int) -> dict[str, float]:
+    """One fresh process: evict the file from the page cache, then time one proof of each kind."""
+    rng = random.Random(seed)
+    evict(path)
+    store = await open_store(path)
+    checkpoint = await store.latest_checkpoint()
+    assert checkpoint is not None
+    size = checkpoint.size
+    evict(path)
+    start = time.perf_counter()
+    await inclusion_proof(store, rng.randrange(size), size)
+    inclusion = time.perf_counter() - start
+    start = time.perf_counter()
+    await consistency_proof(store, rng.randint(1, size), size)
+    consistency = time.perf_counter() - start
+    await store.close()
+    return {"inclusion": inclusion, "consistency": consistency}
+
+
+def cold_proofs(path: Path, count: int) -> tuple[list[float], list[float]]:
+    inclusion, consistency = [], []
+    for seed in range(count):
+        out = subprocess.run([sys.executable, __file__, "--cold-sample", str(path), str(seed)],
+                             check=True, capture_output=True, text=True).stdout
+        sample = json.loads(out)
+        inclusion.append(sample["inclusion"])
+        consistency.append(sample["consistency"])
+    return inclusion, consistency
+
+
+# ------------------------------------------------------------- bytes/reading
+
+
+async def bytes_per_reading(path: Path, readings: int) -> tuple[float, list[tuple[str, float]]]:
+    """Real signed readings from 100 gateways through commit_batch and the sealer."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from backend_helpers import T0, Gateway  # the tests' agent-like signer
+    from meterchain.backend.registry import enrol
+
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        name.unlink(missing_ok=True)
+    store = await open_store(path)
+    gateways = [Gateway(f"gw-{i:05d}", meter=f"SDM630-{i:05d}") for i in range(100)]
+    for g in gateways:
+        await enrol(store, g.device, g.public_key, T0)
+    batch: list[VerifiedReading] = []
+    for seq in range(1, readings // len(gateways) + 1):
+        for g in gateways:
+            signed = g.signed(seq)
+            payload = signed.to_cbor()
+            batch.append(VerifiedReading(
+                g.device, seq, g.meter, T0 + 900 * seq - 900, T0 + 900 * seq, 1000 * seq, 7 * seq,
+                payload, hashlib.sha256(signed.reading_bytes).digest(), merkle.leaf_hash(payload),
+                T0 + 900 * seq))
+        if len(batch) >= 5000:
+            await store.commit_batch(batch, [], {}, await store.key_version())
+            batch = []
+    if batch:
+        await store.commit_batch(batch, [], {}, await store.key_version())
+    await Sealer(store, NoteSigner.generate("bench.example/log"), max_leaves=CHUNK).seal_all()
+    await store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        total = db.execute("PRAGMA page_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
+        count = db.execute("SELECT count(*) FROM readings").fetchone()[0]
+        parts = [(name, size / count) for name, size in db.execute(
+            "SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC LIMIT 8")]
+    return total / count, parts
+
+
+# ---------------------------------------------------------------------- pymerkle
+
+
+def ensure_pymerkle() -> Path | None:
+    python = PYMERKLE_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PYMERKLE_VENV)], check=True)
+        done = subprocess.run([str(python), "-m", "pip", "install", "-q", "pymerkle>=7,<8"],
+                              check=False)
+        if done.returncode != 0:
+            return None
+    return python
+
+
+def pymerkle(python: Path, action: str, db: Path, number: int, seed: int) -> dict:
+    out = subprocess.run([str(python), str(HERE / "log_pymerkle_runner.py"), action, str(db),
+                          str(number), str(seed)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+# -------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--cold-sample":
+        print(json.dumps(asyncio.run(cold_sample(Path(sys.argv[2]), int(sys.argv[3])))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000000,10000000")
+    parser.add_argument("--readings", type=int, default=100_000)
+    parser.add_argument("--proofs", type=int, default=1000)
+    parser.add_argument("--cold", type=int, default=30)
+    parser.add_argument("--pymerkle-sizes", default="1000000")
+    parser.add_argument("--pymerkle-cold", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=HERE / "results" / "log")
+    args = parser.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    rows = ["| what | figure |", "|---|---|"]
+
+    def row(what: str, figure: str) -> None:
+        rows.append(f"| {what} | {figure} |")
+        print(rows[-1], flush=True)
+
+    for size in [int(s) for s in args.sizes.split(",") if s]:
+        path = args.dir / f"log-{size}.db"
+        rates = asyncio.run(build_log(path, size, seed=size))
+        row(f"ours {size:,}: tree appends (hash + store nodes)", f"{rates['tree_per_s']:,.0f} leaves/s "
+            f"(hashing alone {rates['hash_per_s']:,.0f}/s)")
+        row(f"ours {size:,}: seal (read pending, hash, index leaves, nodes, sign, commit)",
+            f"{rates['seal_per_s']:,.0f} leaves/s")
+        row(f"ours {size:,}: leaf insert (ingest's share, for scale)",
+            f"{rates['leaf_insert_per_s']:,.0f} leaves/s")
+        inclusion, consistency = asyncio.run(warm_proofs(path, args.proofs, seed=1))
+        row(f"ours {size:,}: inclusion proof, warm, ms p50 / p99 / max", quantiles(inclusion))
+        row(f"ours {size:,}: consistency proof, warm, ms p50 / p99 / max", quantiles(consistency))
+        inclusion, consistency = cold_proofs(path, args.cold)
+        row(f"ours {size:,}: inclusion proof, cold ({args.cold} fresh processes), ms p50 / p99 / max",
+            quantiles(inclusion))
+        row(f"ours {size:,}: consistency proof, cold, ms p50 / p99 / max", quantiles(consistency))
+        row(f"ours {size:,}: database bytes per leaf (leaves + strata + checkpoints)",
+            f"{path.stat().st_size / size:.1f}")
+
+    python = ensure_pymerkle() if args.pymerkle_sizes else None
+    for size in [int(s) for s in args.pymerkle_sizes.split(",") if s]:
+        if python is None:
+            row(f"pymerkle {size:,}", "not run: its venv could not be created")
+            continue
+        db = args.dir / f"pymerkle-{size}.db"
+        db.unlink(missing_ok=True)
+        built = pymerkle(python, "build", db, size, seed=size)
+        row(f"pymerkle {size:,}: append_entries (hash + store leaf)", f"{built['appends_per_s']:,.0f} leaves/s")
+        warm = pymerkle(python, "prove", db, args.proofs // 5, seed=1)
+        row(f"pymerkle {size:,}: inclusion proof, one process, ms p50 / p99 / max",
+            quantiles(warm["inclusion"]))
+        row(f"pymerkle {size:,}: consistency proof, one process, ms p50 / p99 / max",
+            quantiles(warm["consistency"]))
+        cold_i, cold_c = [], []
+        for seed in range(args.pymerkle_cold):
+            evict(db)
+            sample = pymerkle(python, "prove", db, 1, seed=100 + seed)
+            cold_i += sample["inclusion"]
+            cold_c += sample["consistency"]
+        row(f"pymerkle {size:,}: inclusion proof, cold ({args.pymerkle_cold} fresh processes), "
+            "ms p50 / p99 / max", quantiles(cold_i))
+        row(f"pymerkle {size:,}: consistency proof, cold, ms p50 / p99 / max", quantiles(cold_c))
+        row(f"pymerkle {size:,}: database bytes per leaf", f"{built['bytes'] / size:.1f}")
+
+    if args.readings:
+        per_reading, parts = asyncio.run(bytes_per_reading(args.dir / "readings.db", args.readings))
+        row(f"bytes per reading, {args.readings:,} real signed readings, everything",
+            f"{per_reading:.0f} B")
+        row("… of which (dbstat, B per reading)", ", ".join(f"{n} {b:.0f}" for n, b in parts))
+    (args.dir / "table.md").write_text("\n".join(rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()
