@@ -80,7 +80,7 @@ def test_day_week_month_charts_count_local_intervals(scenario: Scenario) -> None
         normal = http.get("/households/h-alice/day/2024-03-30").text
         assert set(int(n) for n in re.findall(r'data-slots="(\d+)"', normal)) == {96}
         assert "No data from pv inverter meter SDM-PV" in today  # silent since 12:00
-        assert "meter SDM-H1 on gateway gw-alice" in today and "SDM-H2" in today  # exchange
+        assert "meter SDM-H1 on gateway gw-alice until" in today and "SDM-H2" in today  # exchange
         week = http.get("/households/h-alice/week/2024-03-27").text
         assert set(int(n) for n in re.findall(r'data-slots="(\d+)"', week)) == {7}
         month = http.get("/households/h-alice/month/2024-03").text
