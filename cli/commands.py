@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from meterchain.agent import cli as agent_cli
+from meterchain.backend import access_cli
 from meterchain.backend import cli as backend_cli
 from meterchain.bridge import cli as bridge_cli
 from meterchain.cli import demo, verify_cmd
@@ -15,5 +16,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(bridge_cli.app, name="emulate")
     app.add_typer(agent_cli.app, name="agent")
     backend_cli.register(app)
+    backend_cli.app.add_typer(access_cli.app, name="access")  # meterchain backend access …
     verify_cmd.register(app)
     demo.register(app)
