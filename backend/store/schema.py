@@ -202,6 +202,97 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # and perfect nodes at levels 8, 16, ...; any other node is the fold of at most 128 of
     # them (docs/log.md). Levels 0-7 cost ~90 B per leaf; they are derived data, so drop them.
     ("DELETE FROM log_nodes WHERE level % 8 != 0 OR level = 0",),
+    # 5: utilities. OCMF records kept verbatim beside their readings (verified with the device
+    # key valid for that seq); each gateway's latest status message and per-meter health; webhooks
+    # per utility with their outbox of deliveries (pending -> delivered | dead, replayable).
+    (
+        """CREATE TABLE ocmf_records (
+            device TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            meter TEXT NOT NULL,
+            "end" INTEGER NOT NULL,
+            record BLOB NOT NULL,
+            received_at INTEGER NOT NULL,
+            PRIMARY KEY (device, seq)
+        ) WITHOUT ROWID""",
+        'CREATE INDEX ocmf_by_meter ON ocmf_records (device, meter, "end")',
+        """CREATE TABLE gateway_status (
+            device TEXT PRIMARY KEY,
+            last_seen INTEGER NOT NULL,
+            sent INTEGER NOT NULL,
+            firmware TEXT NOT NULL,
+            uptime INTEGER NOT NULL,
+            outbox_depth INTEGER NOT NULL,
+            quarantined INTEGER NOT NULL,
+            message BLOB NOT NULL
+        )""",
+        """CREATE TABLE gateway_meters (
+            device TEXT NOT NULL,
+            meter TEXT NOT NULL,
+            last_read INTEGER,
+            drift INTEGER,
+            PRIMARY KEY (device, meter)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE webhooks (
+            id TEXT PRIMARY KEY,
+            utility TEXT NOT NULL,
+            url TEXT NOT NULL,
+            secret TEXT NOT NULL,
+            after_batch INTEGER NOT NULL,
+            created INTEGER NOT NULL,
+            deleted INTEGER
+        )""",
+        "CREATE INDEX webhooks_by_utility ON webhooks (utility)",
+        """CREATE TABLE webhook_deliveries (
+            id INTEGER PRIMARY KEY,
+            webhook TEXT NOT NULL REFERENCES webhooks (id),
+            idempotency_key TEXT NOT NULL,
+            event TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),
+            attempts INTEGER NOT NULL,
+            next_attempt INTEGER NOT NULL,
+            last_error TEXT NOT NULL,
+            created INTEGER NOT NULL,
+            finished INTEGER,
+            UNIQUE (webhook, idempotency_key)
+        )""",
+        "CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt) WHERE state = 'pending'",
+    ),
+    # 6: the household dashboard (backend/web): logins of households (an Argon2id hash, NULL
+    # until an invitation is accepted), browser sessions and one-time invitation/reset links
+    # (both kept only as SHA-256 of a 256-bit random token), and each household's time zone.
+    (
+        """CREATE TABLE web_logins (
+            username TEXT PRIMARY KEY,
+            household TEXT NOT NULL REFERENCES households (id),
+            password_hash TEXT,
+            created INTEGER NOT NULL,
+            updated INTEGER NOT NULL
+        )""",
+        "CREATE INDEX web_logins_by_household ON web_logins (household)",
+        """CREATE TABLE web_sessions (
+            token_hash BLOB PRIMARY KEY,
+            username TEXT NOT NULL REFERENCES web_logins (username),
+            created INTEGER NOT NULL,
+            expires INTEGER NOT NULL,
+            idle_expires INTEGER NOT NULL
+        )""",
+        "CREATE INDEX web_sessions_by_username ON web_sessions (username)",
+        """CREATE TABLE web_links (
+            token_hash BLOB PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('invite', 'reset')),
+            household TEXT NOT NULL REFERENCES households (id),
+            username TEXT,
+            created INTEGER NOT NULL,
+            expires INTEGER NOT NULL,
+            used_at INTEGER
+        )""",
+        """CREATE TABLE household_settings (
+            household TEXT PRIMARY KEY REFERENCES households (id),
+            timezone TEXT NOT NULL
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
