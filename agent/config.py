@@ -95,6 +95,7 @@ class AgentConfig:
     interval_seconds: int = DEFAULT_INTERVAL_SECONDS
     ack_timeout_seconds: int = DEFAULT_ACK_TIMEOUT_SECONDS
     homeassistant: HomeAssistantConfig | None = None
+    telemetry_seconds: int = 5  # live unsigned power/voltage (agent/telemetry.py); 0 = off
 
 
 class _Table:
@@ -176,6 +177,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> AgentConfig:
             "meters",
             "homeassistant_url",
             "homeassistant",
+            "telemetry_seconds",
         },
     )
     device_id = top.get("device_id", str)
@@ -233,6 +235,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> AgentConfig:
             "ack_timeout_seconds", 1, 86_400, DEFAULT_ACK_TIMEOUT_SECONDS
         ),
         homeassistant=_parse_homeassistant(top, raw, file),
+        telemetry_seconds=top.integer("telemetry_seconds", 0, 3600, 5),
     )
 
 

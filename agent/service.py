@@ -24,6 +24,7 @@ from meterchain.agent.profile_poller import ProfilePoller, dlms_pollers
 from meterchain.agent.publisher import Backoff, Publisher
 from meterchain.agent.scheduler import Poller
 from meterchain.agent.systemd import Notifier, run_watchdog
+from meterchain.agent.telemetry import TelemetryPublisher
 from meterchain.contract.reading import ClockSync
 from meterchain.contract.signing import Signer, key_id, load_signer
 
@@ -76,6 +77,7 @@ class Agent:
         self.profile_pollers: list[ProfilePoller] = []
         self.started = asyncio.Event()
         self.homeassistant: HomeAssistantPublisher | None = None
+        self.telemetry: TelemetryPublisher | None = None
         self._models = {meter.name: meter.model for meter in config.meters}
 
     def _homeassistant(self) -> HomeAssistantPublisher | None:
@@ -91,7 +93,9 @@ class Agent:
         )
 
     def _on_snapshot(self, source: MeterSource, snapshot: MeterSnapshot) -> None:
-        """Live views of a meter read: Home Assistant, when configured (never blocks)."""
+        """Live views of a meter read: telemetry and Home Assistant, when on (never blocks)."""
+        if self.telemetry is not None:
+            self.telemetry.update(source, snapshot)
         if self.homeassistant is not None:
             model = self._models.get(source.name, "")
             self.homeassistant.update(
@@ -155,6 +159,10 @@ class Agent:
                 on_cycle=self.publisher.wake,
             )
             self.homeassistant = self._homeassistant()
+            if config.telemetry_seconds and self.sources:
+                self.telemetry = TelemetryPublisher(
+                    device=config.device_id, broker=config.broker, sources=self.sources,
+                    every=config.telemetry_seconds, clock=self.clock)
             self.metrics.outbox_depth.set(await outbox.depth())
             log.info(
                 "event=agent_start device=%s key_id=%s meters=%d interval=%d outbox=%s"
@@ -187,6 +195,8 @@ class Agent:
                     )
                     if self.homeassistant is not None:
                         group.create_task(self.homeassistant.run())
+                    if self.telemetry is not None:
+                        group.create_task(self.telemetry.run())
             finally:
                 notifier.stopping()
         finally:
