@@ -21,6 +21,7 @@ from meterchain.backend.config import BackendConfig
 from meterchain.backend.ingest import Ingest
 from meterchain.backend.log.sealer import Sealer
 from meterchain.backend.store import open_store
+from meterchain.backend.web.live import subscribe
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.note import NoteSigner
 
@@ -86,6 +87,8 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
         asyncio.create_task(ingest.run(), name="ingest"),
         asyncio.create_task(sealer.run(), name="sealer"),
         asyncio.create_task(server.serve(), name="api"),
+        asyncio.create_task(subscribe(app.state.web.live, config.broker, config.client_id
+                                      + "-telemetry"), name="telemetry"),  # live, unsigned
     }
     stopper = asyncio.create_task(stop.wait(), name="stop")
     if ready is not None:
