@@ -141,8 +141,13 @@ def audit(
     db: str = typer.Option(..., "--db", help="The backend's SQLite database."),
     log_key: str | None = typer.Option(
         None, "--log-key", help="Log public key (or private key file) to check signatures."),
+    rebuild: bool = typer.Option(
+        False, "--rebuild", help="The log only: rebuild it from its leaves and compare every "
+        "stored node, checkpoint and batch header (skips re-verifying reading signatures)."),
 ) -> None:
-    """Re-verify readings, leaves, the tree, checkpoints and the batch chain; name what differs."""
+    """Re-verify readings, leaves, the tree, checkpoints and the batch chain; name what differs.
+
+    Reports only: nothing is repaired (a rebuild that writes would be its own command)."""
     verifier = _verifier(log_key)
     if not Path(db).exists():
         raise typer.BadParameter(f"no database at {db}")
@@ -157,12 +162,14 @@ def audit(
                     tasks[phase] = bar.add_task(phase, total=total)
                 bar.update(tasks[phase], completed=done, total=total)
 
-            return await _with_store(db, lambda s: run_audit(s, verifier, progress))
+            return await _with_store(
+                db, lambda s: run_audit(s, verifier, progress, log_only=rebuild))
 
     report = asyncio.run(go())
     for finding in report.findings:
         console.print(f"[red]MISMATCH[/red] {finding}")
     note = "" if report.signatures_checked else " (signatures not checked: no --log-key)"
+    note += " (log only: readings not re-verified)" if rebuild else ""
     status = "[green]ok[/green]" if report.ok else f"[red]{len(report.findings)} mismatches[/red]"
     console.print(
         f"audit {status}: {report.readings} readings, {report.leaves} leaves, {report.nodes} "

@@ -141,3 +141,29 @@ async def test_migration_4_drops_the_derived_levels_and_the_log_still_proves(tmp
     assert await inclusion_proof(store, 300, 600) == merkle.inclusion_proof(300, hashes)
     assert (await audit(store, SIGNER.verifier)).ok
     await store.close()
+
+
+def test_audit_rebuild_checks_the_log_from_its_leaves_and_names_a_bad_node(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from meterchain.cli.main import app as cli
+
+    path = tmp_path / "mc.db"
+
+    async def build() -> None:
+        await (await open_store(path)).close()
+        add_leaves(path, 600)
+        await seal_in_random_batches(path, seed=3, largest=200)
+
+    asyncio.run(build())
+    runner = CliRunner()
+    args = ["audit", "--db", str(path), "--log-key", str(SIGNER.verifier), "--rebuild"]
+    done = runner.invoke(cli, args)
+    assert done.exit_code == 0, done.output
+    assert "audit ok" in done.output and "600 leaves, 2 nodes" in done.output
+    assert "log only" in done.output
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE log_nodes SET hash = zeroblob(32) WHERE level = 8 AND idx = 1")
+    done = runner.invoke(cli, args)
+    assert done.exit_code == 1
+    assert "MISMATCH node (8, 1): hash differs from the rebuilt tree" in done.output
