@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from access_helpers import ADMIN_TOKEN, EXCHANGE, MOVE, STRAY_SEQ, Scenario, build
