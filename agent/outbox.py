@@ -57,6 +57,7 @@ class OutboxReading:
     interval_end: int
     message: bytes
     send_count: int
+    ocmf: str | None = None  # the OCMF record signed beside it (docs/format.md §12)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,21 +150,38 @@ async def _v1_initial(db: aiosqlite.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial,)
+async def _v2_ocmf(db: aiosqlite.Connection) -> None:
+    # The OCMF record signed beside each reading, kept until the reading is acked (NULL: none).
+    await db.execute("ALTER TABLE readings ADD COLUMN ocmf TEXT")
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_ocmf)
 
 
 class Outbox:
     """One device's outbox in one SQLite file. Use ``async with await Outbox.open(...)`` or close()."""
 
-    def __init__(self, db: aiosqlite.Connection, device: str) -> None:
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        device: str,
+        companion: Callable[[bytes], str | None] | None = None,
+    ) -> None:
         self._db = db
         self.device = device
+        # Signs the OCMF record of each message in the transaction that stores the message.
+        self._companion = companion
         # One connection, shared by the poller and the publisher: statements of one coroutine
         # must not land inside another's open transaction.
         self._lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: str | Path, device: str) -> Outbox:
+    async def open(
+        cls,
+        path: str | Path,
+        device: str,
+        companion: Callable[[bytes], str | None] | None = None,
+    ) -> Outbox:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path, isolation_level=None)
@@ -172,7 +190,7 @@ class Outbox:
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA foreign_keys=ON")
             await _migrate(db, path)
-            outbox = cls(db, device)
+            outbox = cls(db, device, companion)
             await outbox._claim_device(path)
         except BaseException:
             await db.close()
@@ -243,10 +261,11 @@ class Outbox:
                     )
                     continue
                 message = entry.sign(seq)
+                ocmf = self._companion(message) if self._companion is not None else None
                 await self._db.execute(
-                    "INSERT INTO readings (seq, meter, interval_end, message, created)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (seq, entry.meter, entry.interval_end, message, now),
+                    "INSERT INTO readings (seq, meter, interval_end, message, created, ocmf)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (seq, entry.meter, entry.interval_end, message, now, ocmf),
                 )
                 await self._db.execute(
                     "INSERT INTO meter_progress (meter, last_end) VALUES (?, ?)"
@@ -272,7 +291,7 @@ class Outbox:
         newest = min(newest, limit)
         cutoff = now - republish_after
         due = "last_sent IS NULL OR last_sent <= ?"
-        columns = "seq, meter, interval_end, message, send_count"
+        columns = "seq, meter, interval_end, message, send_count, ocmf"
         async with self._db.execute(
             f"SELECT {columns} FROM readings WHERE {due} ORDER BY seq DESC LIMIT ?",
             (cutoff, newest),
@@ -371,9 +390,18 @@ class Outbox:
     async def readings(self) -> list[OutboxReading]:
         """Every unconfirmed reading, oldest first (for status and tests)."""
         async with self._db.execute(
-            "SELECT seq, meter, interval_end, message, send_count FROM readings ORDER BY seq"
+            "SELECT seq, meter, interval_end, message, send_count, ocmf FROM readings ORDER BY seq"
         ) as cur:
             return [OutboxReading(*row) for row in await cur.fetchall()]
+
+    async def quarantine_count(self) -> int:
+        async with self._db.execute("SELECT COUNT(*) FROM quarantine") as cur:
+            return int((await cur.fetchone())[0])  # type: ignore[index]
+
+    async def meter_progress(self) -> dict[str, int]:
+        """Per meter, the interval end of the newest reading stored (fleet health)."""
+        async with self._db.execute("SELECT meter, last_end FROM meter_progress") as cur:
+            return {str(row[0]): int(row[1]) for row in await cur.fetchall()}
 
     async def quarantined(self) -> list[QuarantinedReading]:
         async with self._db.execute(

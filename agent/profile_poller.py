@@ -97,6 +97,7 @@ class ProfilePoller:
         self.on_cycle = on_cycle
         self.cycles = 0
         self.failures = 0
+        self.drift: dict[str, float] = {}  # meter serial -> last measured clock drift (status)
         # Per serial: capture times up to which the meter was asked and had nothing (a gap in
         # its profile). In memory only: after a restart a gap is asked for once more.
         self._scanned: dict[str, int] = {}
@@ -238,6 +239,7 @@ class ProfilePoller:
 
     def _log_clock(self, status: MeterStatus) -> None:
         check = status.clock
+        self.drift[status.serial] = check.drift
         if check.sync is ClockSync.DRIFTED:
             log.warning(
                 "event=meter_clock_drift meter=%s serial=%s drift_seconds=%.1f"

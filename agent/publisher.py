@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiomqtt
@@ -32,7 +33,7 @@ from meterchain.agent.clock import Clock
 from meterchain.agent.config import BrokerConfig, TlsConfig
 from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.outbox import Outbox, OutboxReading
-from meterchain.contract.ack import Ack, ack_topic, readings_topic
+from meterchain.contract.ack import Ack, ack_topic, ocmf_topic, readings_topic, status_topic
 from meterchain.contract.errors import MeterchainError
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -126,6 +127,8 @@ class Publisher:
         rng: random.Random | None = None,
         connect_timeout: float = 5.0,
         publish_timeout: float = 15.0,
+        status: Callable[[], Awaitable[bytes]] | None = None,
+        status_interval: float = 60.0,
     ) -> None:
         self.device = device
         self.broker = broker
@@ -142,6 +145,10 @@ class Publisher:
         self.connected = asyncio.Event()
         self._wake = asyncio.Event()
         self.topic = readings_topic(device)
+        self.ocmf_topic = ocmf_topic(device)
+        # Fleet health: a status message (contract/status.py) every status_interval seconds.
+        self.status = status
+        self.status_interval = status_interval
 
     def wake(self) -> None:
         """New readings are in the outbox: publish them now rather than at the next timeout."""
@@ -210,6 +217,8 @@ class Publisher:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._receive_acks(client))
             group.create_task(self._send(client))
+            if self.status is not None:
+                group.create_task(self._report_status(client))
 
     async def _receive_acks(self, client: _ReasonCodeClient) -> None:
         async for message in client.messages:
@@ -251,6 +260,15 @@ class Publisher:
             len(result.quarantined),
         )
 
+    async def _report_status(self, client: _ReasonCodeClient) -> None:
+        """Publish the gateway's status now and then every ``status_interval`` seconds."""
+        assert self.status is not None
+        while True:
+            payload = await self.status()
+            await client.publish(status_topic(self.device), payload, qos=1,
+                                 timeout=self.publish_timeout)
+            await self.clock.sleep_until(self.clock.now() + self.status_interval)
+
     async def _send(self, client: _ReasonCodeClient) -> None:
         while True:
             self._wake.clear()  # before the query: a wake during it is not lost
@@ -271,6 +289,12 @@ class Publisher:
 
         async def publish(reading: OutboxReading) -> None:
             async with limit:
+                if reading.ocmf is not None:
+                    # Before its reading: the backend stores it before it acks the reading, so
+                    # an acked reading never leaves its OCMF record behind (docs/agent.md).
+                    await client.publish_checked(
+                        self.ocmf_topic, reading.ocmf.encode("ascii"), timeout=self.publish_timeout
+                    )
                 refused = await client.publish_checked(
                     self.topic, reading.message, timeout=self.publish_timeout
                 )

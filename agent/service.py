@@ -19,10 +19,12 @@ from meterchain.agent.homeassistant import (
 )
 from meterchain.agent.meters import MeterSnapshot, MeterSource, modbus_sources
 from meterchain.agent.metrics import AgentMetrics
+from meterchain.agent.ocmf import OcmfCompanion
 from meterchain.agent.outbox import Outbox
 from meterchain.agent.profile_poller import ProfilePoller, dlms_pollers
 from meterchain.agent.publisher import Backoff, Publisher
 from meterchain.agent.scheduler import Poller
+from meterchain.agent.status import StatusReporter
 from meterchain.agent.systemd import Notifier, run_watchdog
 from meterchain.agent.telemetry import TelemetryPublisher
 from meterchain.contract.reading import ClockSync
@@ -61,8 +63,10 @@ class Agent:
         metrics: AgentMetrics | None = None,
         clock_sync: Callable[[], ClockSync] = kernel_clock_sync,
         backoff: Backoff | None = None,
+        status_interval: float = 60.0,
     ) -> None:
         self.config = config
+        self.status_interval = status_interval
         self.signer = signer or load_device_key(config.key_path)
         # Modbus clients need a running event loop: built in run() unless given.
         self.sources: list[MeterSource] = list(sources) if sources is not None else []
@@ -92,6 +96,10 @@ class Agent:
             discovery_prefix=ha.discovery_prefix,
         )
 
+    def _meter_drift(self) -> dict[str, float]:
+        """The DLMS meters' last measured clock drift, by serial (Modbus meters have no clock)."""
+        return {serial: drift for p in self.profile_pollers for serial, drift in p.drift.items()}
+
     def _on_snapshot(self, source: MeterSource, snapshot: MeterSnapshot) -> None:
         """Live views of a meter read: telemetry and Home Assistant, when on (never blocks)."""
         if self.telemetry is not None:
@@ -113,7 +121,10 @@ class Agent:
         config = self.config
         if self._build_sources:
             self.sources = list(modbus_sources([m for m in config.meters if m.dlms is None]))
-        outbox = await Outbox.open(config.outbox_path, config.device_id)
+        # Each reading gets its OCMF record signed in the same transaction (docs/format.md §12).
+        outbox = await Outbox.open(
+            config.outbox_path, config.device_id, OcmfCompanion(self.signer)
+        )
         try:
             kid = key_id(self.signer.public_key_der)
             previous = await outbox.set_key_id(kid)
@@ -134,6 +145,13 @@ class Agent:
                 metrics=self.metrics,
                 ack_timeout=config.ack_timeout_seconds,
                 backoff=self.backoff,
+                status=StatusReporter(
+                    device=config.device_id,
+                    outbox=outbox,
+                    clock=self.clock,
+                    drift=self._meter_drift,
+                ),
+                status_interval=self.status_interval,
             )
             self.poller = Poller(
                 device=config.device_id,

@@ -41,6 +41,11 @@ def status_topic(device: str) -> str:
     return f"{TOPIC_PREFIX}/{device}/status"
 
 
+def ocmf_topic(device: str) -> str:
+    """Where a gateway publishes the OCMF record it signed beside each reading (docs/format.md §12)."""
+    return f"{TOPIC_PREFIX}/{device}/ocmf"
+
+
 def device_from_topic(topic: str, kind: str = "readings") -> str | None:
     """The device id in ``meterchain/v1/<device>/<kind>``, or None if the topic is not one."""
     parts = topic.split("/")

@@ -31,7 +31,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from meterchain.backend.broker import find_mosquitto, free_port
-from meterchain.contract.ack import ack_topic, readings_topic, status_topic, telemetry_topic
+from meterchain.contract.ack import (
+    ack_topic,
+    ocmf_topic,
+    readings_topic,
+    status_topic,
+    telemetry_topic,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKEND = ROOT / "deploy" / "backend"
@@ -289,20 +295,23 @@ def test_a_device_writes_only_its_own_topics(broker: Broker, connect) -> None:
     backend = connect(BACKEND_USER)
     assert backend.subscribe(SHARED_READINGS) == [1]
     backend.subscribe("meterchain/v1/+/telemetry")
+    backend.subscribe("meterchain/v1/+/ocmf")
     gw1 = connect("gw-1")
 
-    for topic in (readings_topic("gw-1"), telemetry_topic("gw-1"), status_topic("gw-1")):
+    for topic in (readings_topic("gw-1"), telemetry_topic("gw-1"), status_topic("gw-1"),
+                  ocmf_topic("gw-1")):
         assert gw1.publish(topic, b"own") in ACCEPTED, topic
     # Another device's topics, the backend's ack, topics outside the scheme, wildcard-like ids.
     for topic in (
-        readings_topic("gw-2"), telemetry_topic("gw-2"), status_topic("gw-2"),
+        readings_topic("gw-2"), telemetry_topic("gw-2"), status_topic("gw-2"), ocmf_topic("gw-2"),
         ack_topic("gw-1"), "meterchain/v1/gw-1/receipts", "meterchain/v1/gw-1/readings/extra",
         "meterchain/v1/gw-1", "meterchain/v2/gw-1/readings", "$SYS/broker/uptime", "other",
     ):
         assert gw1.publish(topic, b"forged") == NOT_AUTHORIZED, topic
 
-    received = {backend.next_message()[:2] for _ in range(2)}
-    assert received == {(readings_topic("gw-1"), b"own"), (telemetry_topic("gw-1"), b"own")}
+    received = {backend.next_message()[:2] for _ in range(3)}
+    assert received == {(readings_topic("gw-1"), b"own"), (telemetry_topic("gw-1"), b"own"),
+                        (ocmf_topic("gw-1"), b"own")}
     with pytest.raises(queue.Empty):  # the forged gw-2 reading never reached the backend
         backend.next_message(timeout=0.3)
 
