@@ -7,6 +7,7 @@ import typer
 from meterchain.agent import cli as agent_cli
 from meterchain.backend import access_cli
 from meterchain.backend import cli as backend_cli
+from meterchain.backend.web import cli as households_cli
 from meterchain.bridge import cli as bridge_cli
 from meterchain.cli import demo, verify_cmd
 
@@ -17,5 +18,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(agent_cli.app, name="agent")
     backend_cli.register(app)
     backend_cli.app.add_typer(access_cli.app, name="access")  # meterchain backend access …
+    backend_cli.app.add_typer(households_cli.app, name="households")  # dashboard access links
     verify_cmd.register(app)
     demo.register(app)

@@ -185,3 +185,23 @@ def test_admin_links_invite_and_reset(scenario: Scenario) -> None:
                          headers=ADMIN).status_code == 404
         assert http.put("/api/v1/households/h-bob/timezone", headers=ADMIN,
                         json={"timezone": "Mars/Olympus"}).status_code == 400
+
+
+def test_cli_invitation_link_works_in_the_dashboard(scenario: Scenario) -> None:
+    from typer.testing import CliRunner
+
+    from meterchain.cli.main import app as cli
+
+    runner = CliRunner()
+    made = runner.invoke(cli, ["backend", "households", "invite", "h-alice", "--db",
+                               str(scenario.db), "--base-url", "http://testserver"])
+    assert made.exit_code == 0, made.output
+    url = made.output.split()[0]
+    assert runner.invoke(cli, ["backend", "households", "timezone", "h-nobody", "UTC", "--db",
+                               str(scenario.db)]).exit_code == 1
+    with client(scenario) as http:
+        answer = http.post(url.removeprefix("http://testserver"), follow_redirects=False,
+                           data={"username": "alice.two", "password": "yet-another-pw",
+                                 "repeat": "yet-another-pw"})
+        assert answer.headers["location"] == "/households/h-alice"
+        assert http.get("/households/h-alice").status_code == 200

@@ -199,7 +199,12 @@ class WebTables:
         return str(rows[0][0]) if rows else DEFAULT_TIMEZONE
 
     async def set_timezone(self, household: str, zone: str) -> None:
-        await self._transaction(lambda: self._db.execute(
-            "INSERT INTO household_settings (household, timezone) VALUES (?, ?) "
-            "ON CONFLICT (household) DO UPDATE SET timezone = excluded.timezone",
-            (household, zone)))
+        async def work() -> None:
+            if not await self._rows("SELECT 1 FROM households WHERE id = ?", (household,)):
+                raise AccountError(f"no household {household}", household=household)
+            await self._db.execute(
+                "INSERT INTO household_settings (household, timezone) VALUES (?, ?) "
+                "ON CONFLICT (household) DO UPDATE SET timezone = excluded.timezone",
+                (household, zone))
+
+        await self._transaction(work)

@@ -82,9 +82,9 @@ def router(ctx: WebContext, state: ApiState) -> APIRouter:
         except (ZoneInfoNotFoundError, ValueError):
             raise ApiError(400, "invalid", f"unknown time zone {body.timezone!r}",
                            "use an IANA name such as Europe/Berlin") from None
-        if await ctx.store.connection.execute_fetchall(
-                "SELECT 1 FROM households WHERE id = ?", (household,)) == []:
-            raise ApiError(404, "not-found", f"no household {household}", "check the id")
-        await ctx.write(lambda t: t.set_timezone(household, body.timezone))
+        try:
+            await ctx.write(lambda t: t.set_timezone(household, body.timezone))
+        except AccountError as exc:
+            raise ApiError(404, "not-found", str(exc), "check the household id") from None
 
     return r

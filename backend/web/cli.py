@@ -1,0 +1,70 @@
+"""``meterchain backend households …``: dashboard access for households, straight into the database
+(the same operations as ``/api/v1/households/...``): invitation and reset links, time zones."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import typer
+from rich.console import Console
+
+from meterchain.backend.store import open_store
+from meterchain.backend.store.web import WebTables
+from meterchain.backend.web.accounts import AccountError
+
+T = TypeVar("T")
+app = typer.Typer(help="Household dashboard access: invitation and reset links, time zones.",
+                  no_args_is_help=True)
+console = Console(highlight=False, markup=False, soft_wrap=True)
+DB = typer.Option("meterchain.db", "--db", help="The backend's SQLite database.")
+BASE = typer.Option("http://127.0.0.1:8080", "--base-url",
+                    help="The dashboard's address as households reach it.")
+
+
+def _run(action: Callable[[WebTables], Awaitable[T]], db: str) -> T:
+    async def go() -> T:
+        store = await open_store(db)
+        try:
+            return await action(WebTables(store))
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except AccountError as exc:
+        Console(stderr=True).print(f"error: {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command("invite")
+def invite(household: str = typer.Argument(..., metavar="HOUSEHOLD"), db: str = DB,
+           base_url: str = BASE) -> None:
+    """A one-time link (valid 7 days) with which the household creates its login."""
+    token, link = _run(lambda t: t.create_link("invite", household, None, int(time.time())), db)
+    console.print(f"{base_url.rstrip('/')}/invite/{token}")
+    console.print(f"valid until {link.expires} (UTC seconds); hand it to household {household}")
+
+
+@app.command("reset-link")
+def reset_link(household: str = typer.Argument(..., metavar="HOUSEHOLD"),
+               username: str = typer.Argument(...), db: str = DB, base_url: str = BASE) -> None:
+    """A one-time link (valid 24 h) to choose a new password; it ends the login's sessions."""
+    token, _ = _run(lambda t: t.create_link("reset", household, username, int(time.time())), db)
+    console.print(f"{base_url.rstrip('/')}/reset/{token}")
+
+
+@app.command("timezone")
+def timezone(household: str = typer.Argument(..., metavar="HOUSEHOLD"),
+             zone: str = typer.Argument(..., help="IANA name, e.g. Europe/Berlin"),
+             db: str = DB) -> None:
+    """Set the household's local time zone (its days, weeks and months)."""
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise typer.BadParameter(f"unknown time zone {zone!r}") from None
+    _run(lambda t: t.set_timezone(household, zone), db)
+    console.print(f"household {household}: {zone}")
