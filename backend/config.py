@@ -57,6 +57,7 @@ class BackendConfig:
     seal_max_leaves: int = 10_000
     batch_size: int = 1000
     verify_threads: int = 2
+    settle_every: float = 5.0  # seconds between settlement passes (backend/settlement.py)
     extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod

@@ -11,7 +11,8 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import uvicorn
@@ -20,6 +21,7 @@ from meterchain.backend.api import create_app
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.ingest import Ingest
 from meterchain.backend.log.sealer import Sealer
+from meterchain.backend.settlement import SettlementRunner
 from meterchain.backend.store import open_store
 from meterchain.backend.web.live import subscribe
 from meterchain.contract.errors import MeterchainError
@@ -65,8 +67,10 @@ class _Server(uvicorn.Server):
 
 
 async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
-                ready: asyncio.Event | None = None) -> None:
-    """Run until ``stop`` is set or a signal arrives."""
+                ready: asyncio.Event | None = None,
+                clock: Callable[[], float] = time.time) -> None:
+    """Run until ``stop`` is set or a signal arrives. ``clock`` is the settlement's time (tests
+    run it accelerated, with the meters' and agents' clocks)."""
     signer = load_or_create_log_key(config.log_key, config.origin)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -83,7 +87,10 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
     app = create_app(config.db, config.admin_token, signer.verifier)
     server = _Server(uvicorn.Config(app, host=config.http_host, port=config.http_port,
                                     log_level="warning", lifespan="on"))
+    settlement = SettlementRunner(await open_store(config.db), clock=clock,
+                                  every=config.settle_every, on_commit=sealer.notify)
     tasks = {
+        asyncio.create_task(settlement.run(), name="settlement"),
         asyncio.create_task(ingest.run(), name="ingest"),
         asyncio.create_task(sealer.run(), name="sealer"),
         asyncio.create_task(server.serve(), name="api"),
@@ -121,6 +128,7 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
         ingest.close()
         await ingest.store.close()
         await sealer.store.close()
+        await settlement.store.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
