@@ -128,6 +128,8 @@ def create_app(db: str, admin_token: str, log_verifier: NoteVerifier) -> FastAPI
     app.include_router(readings_router(state, auth))
     app.include_router(access_router(state, auth))
     app.include_router(log_router(state))
+    from meterchain.backend.api_utility import install_utilities
+    install_utilities(app, state, auth)  # batches, OCMF, fleet, webhooks; request limits
     from meterchain.backend.web.app import mount_web
     mount_web(app, state)  # the household dashboard: pages, sign-in, live telemetry (backend/web)
 

@@ -20,24 +20,34 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import aiomqtt
-from prometheus_client import Counter, Histogram
-
 from meterchain.backend.checks import Checked, check_batch
 from meterchain.backend.config import parse_broker_url
+from meterchain.backend.gateway_messages import (
+    AcceptedOcmf,
+    AcceptedStatus,
+    Refused,
+    SideResult,
+    check_side_batch,
+    split_messages,
+)
 from meterchain.backend.registry import KeyRegistry
 from meterchain.backend.store import (
     AckState,
     Outcome,
     RejectionRecord,
+    SqliteStore,
     StaleKeys,
     Store,
 )
-from meterchain.contract.ack import Ack, Rejection, ack_topic
-from meterchain.contract.ack import TOPIC_PREFIX
+from meterchain.backend.store.utility import UtilityTables
+from meterchain.contract.ack import TOPIC_PREFIX, Ack, Rejection, ack_topic
+from prometheus_client import Counter, Histogram
 
 log = logging.getLogger(__name__)
 
 READINGS_FILTER = f"{TOPIC_PREFIX}/+/readings"
+#: OCMF records and status messages (backend/gateway_messages.py), stored before readings are acked.
+SIDE_FILTERS = (f"{TOPIC_PREFIX}/+/ocmf", f"{TOPIC_PREFIX}/+/status")
 #: aiomqtt warns about every pending call over 10; a busy ingest has hundreds by design.
 _QUIET_MQTT_LOG = logging.getLogger("meterchain.backend.ingest.mqtt")
 _QUIET_MQTT_LOG.setLevel(logging.ERROR)
@@ -48,6 +58,9 @@ OUTCOMES = Counter(
     "meterchain_ingest_readings", "Verified readings by commit outcome", ["outcome"]
 )
 BATCH_SECONDS = Histogram("meterchain_ingest_commit_seconds", "Time to commit one batch")
+SIDE_MESSAGES = Counter(
+    "meterchain_ingest_side_messages", "OCMF and status messages by outcome", ["kind", "outcome"]
+)
 
 
 @dataclass
@@ -208,9 +221,49 @@ class Ingest:
         return report
 
     async def process(self, messages: Sequence[tuple[str, bytes]]) -> BatchReport:
-        """Check and commit one batch (no MQTT): the acks to publish are in the report."""
-        checked, version = await self.check(messages)
-        return await self.commit(messages, checked, version)
+        """Check and commit one batch (no MQTT): the acks to publish are in the report.
+
+        OCMF and status messages in the batch are stored first (before any ack)."""
+        readings, side = split_messages(messages)
+        await self.commit_side(await self.check_side(side))
+        checked, version = await self.check(readings)
+        return await self.commit(readings, checked, version)
+
+    async def check_side(self, messages: Sequence[tuple[str, bytes]]) -> list[SideResult]:
+        """Check OCMF and status messages in a worker thread (OCMF verification is ECDSA)."""
+        if not messages:
+            return []
+        await self.registry.refresh(self.store)
+        leaves, now = self.registry.snapshot(), int(self.clock())
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, check_side_batch, messages, leaves, now)
+
+    async def commit_side(self, results: Sequence[SideResult]) -> None:
+        """Keep accepted OCMF records and statuses; count and log the refused ones."""
+        if not results:
+            return
+        ocmf = [r for r in results if isinstance(r, AcceptedOcmf)]
+        statuses = [r for r in results if isinstance(r, AcceptedStatus)]
+        for r in results:
+            if isinstance(r, Refused):
+                SIDE_MESSAGES.labels(r.kind, r.reason).inc()
+                self.stats[f"{r.kind}:{r.reason}"] += 1
+                log.warning("%s message refused reason=%s device=%s detail=%s",
+                            r.kind, r.reason, r.device, r.detail[:200])
+        if not ocmf and not statuses:
+            return
+        assert isinstance(self.store, SqliteStore)
+        result = await UtilityTables(self.store).commit_side(ocmf, statuses)
+        for outcome, count in (("stored", result.ocmf_stored),
+                               ("duplicate", result.ocmf_duplicates),
+                               ("conflict", len(result.ocmf_conflicts))):
+            SIDE_MESSAGES.labels("ocmf", outcome).inc(count)
+            self.stats[f"ocmf:{outcome}"] += count
+        SIDE_MESSAGES.labels("status", "stored").inc(result.statuses)
+        self.stats["status:stored"] += result.statuses
+        for device, seq in result.ocmf_conflicts:
+            log.warning("ocmf record conflict device=%s seq=%d: other bytes are stored already; "
+                        "the first record is kept", device, seq)
 
     # ------------------------------------------------------------------- MQTT
 
@@ -263,6 +316,8 @@ class Ingest:
         self._latest_ack.clear()
         async with client:
             await client.subscribe(READINGS_FILTER, qos=1)
+            for side_filter in SIDE_FILTERS:
+                await client.subscribe(side_filter, qos=1)
             self.connected.set()
             log.info("ingest: subscribed to %s", READINGS_FILTER)
             await self._republish_acks(client)
@@ -277,7 +332,9 @@ class Ingest:
             self._publish_ack(client, self.acks.ack(device, now))
 
     async def _pipeline(self, client: aiomqtt.Client, inbox: asyncio.Queue[aiomqtt.Message]) -> None:
-        checked_q: asyncio.Queue[tuple[list[tuple[str, bytes]], list[Checked], int]] = asyncio.Queue(2)
+        checked_q: asyncio.Queue[
+            tuple[list[tuple[str, bytes]], list[Checked], int, list[SideResult]]
+        ] = asyncio.Queue(2)
         raw_q: asyncio.Queue[list[tuple[str, bytes]]] = asyncio.Queue(2)
 
         async def receive() -> None:
@@ -291,13 +348,19 @@ class Ingest:
 
         async def check() -> None:
             while True:
-                batch = await raw_q.get()
-                checked, version = await self.check(batch)
-                await checked_q.put((batch, checked, version))
+                readings, side = split_messages(await raw_q.get())
+                side_results = await self.check_side(side)
+                checked, version = await self.check(readings) if readings else ([], 0)
+                await checked_q.put((readings, checked, version, side_results))
 
         async def commit() -> None:
             while True:
-                batch, checked, version = await checked_q.get()
+                batch, checked, version, side_results = await checked_q.get()
+                # OCMF records and statuses first: a reading is acked only after its record,
+                # published before it, is stored.
+                await self.commit_side(side_results)
+                if not batch:
+                    continue
                 report = await self.commit(batch, checked, version)
                 for ack in report.acks:
                     self._publish_ack(client, ack)
