@@ -12,7 +12,8 @@ import time
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from meterchain.backend.auth import Auth
 from meterchain.backend.parties import DEVICE_PATTERN, ID_PATTERN, KeyKind, Principal
 from meterchain.backend.store import SqliteStore
@@ -21,6 +22,8 @@ from meterchain.backend.store.utility import Delivery, UtilityTables, Webhook
 from meterchain.backend.utility_batch import MAX_PAGE, BatchUnavailable, build_batch
 from meterchain.contract.reading import MAX_SAFE_INT
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 if TYPE_CHECKING:
     from meterchain.backend.api import ApiState
@@ -205,9 +208,8 @@ def utility_router(state: "ApiState", auth: Auth) -> APIRouter:
         try:
             batch = await build_batch(store(), who, size_from=from_, size_to=to, cursor=cursor,
                                       limit=limit)
-        except BatchUnavailable as exc:
-            status = 404 if exc.check == "no-checkpoint" else 400
-            raise ApiError(status, exc.check, str(exc),
+        except BatchUnavailable as exc:  # no such (from, to, cursor): like an unknown id
+            raise ApiError(404, exc.check, str(exc),
                            "use tree sizes of checkpoints you hold or GET /api/v1/batches lists; "
                            "a cursor comes from `next` of the previous page") from None
         wants_cbor = format == "cbor" or (format is None and CBOR in request.headers.get("accept", ""))
@@ -294,7 +296,7 @@ def utility_router(state: "ApiState", auth: Auth) -> APIRouter:
     def owner(who: Principal, utility: str | None) -> str:
         if who.is_admin:
             if utility is None:
-                raise ApiError(400, "invalid", "the admin must name the utility",
+                raise ApiError(403, "forbidden", "webhooks belong to a utility: name it",
                                'send {"url": ..., "utility": "<utility id>"}')
             return utility
         if who.kind is not KeyKind.UTILITY:
@@ -435,6 +437,25 @@ def install_utilities(app, state: "ApiState", auth: Auth, *,  # type: ignore[no-
 
     app.include_router(utility_router(state, auth))
     app.add_middleware(RequestLimits, max_body=max_body, rate=rate, burst=burst)
+    default_handler = app.exception_handlers.get(StarletteHTTPException, http_exception_handler)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Framework errors under /api/ answer with the error body too (a body that is not JSON,
+        a wrong method); a 405 names every method of the path in Allow (Starlette names one)."""
+        if not request.url.path.startswith("/api/"):
+            return await default_handler(request, exc)
+        if exc.status_code != 405:
+            return JSONResponse({"error": f"http-{exc.status_code}", "detail": str(exc.detail),
+                                 "hint": "see the OpenAPI description at /docs"},
+                                status_code=exc.status_code, headers=exc.headers)
+        allowed = sorted({m for route in app.router.routes
+                          if isinstance(route, BaseRoute) and route.matches(request.scope)[0]
+                          is not Match.NONE for m in (getattr(route, "methods", None) or ())})
+        return JSONResponse({"error": "method-not-allowed",
+                             "detail": f"{request.method} is not allowed on {request.url.path}",
+                             "hint": f"use {', '.join(allowed) or 'another path'}"},
+                            status_code=405, headers={"Allow": ", ".join(allowed)})
     generate = app.openapi
 
     def openapi() -> dict:  # type: ignore[type-arg]

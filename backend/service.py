@@ -23,6 +23,7 @@ from meterchain.backend.ingest import Ingest
 from meterchain.backend.log.sealer import Sealer
 from meterchain.backend.settlement import SettlementRunner
 from meterchain.backend.store import open_store
+from meterchain.backend.webhooks import WebhookWorker
 from meterchain.backend.web.live import subscribe
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.note import NoteSigner
@@ -89,7 +90,9 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
                                     log_level="warning", lifespan="on"))
     settlement = SettlementRunner(await open_store(config.db), clock=clock,
                                   every=config.settle_every, on_commit=sealer.notify)
+    webhooks = WebhookWorker(await open_store(config.db))  # utilities' batch announcements
     tasks = {
+        asyncio.create_task(webhooks.run(), name="webhooks"),
         asyncio.create_task(settlement.run(), name="settlement"),
         asyncio.create_task(ingest.run(), name="ingest"),
         asyncio.create_task(sealer.run(), name="sealer"),
@@ -127,6 +130,7 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
             await sealer.seal_all()
         ingest.close()
         await ingest.store.close()
+        await webhooks.store.close()
         await sealer.store.close()
         await settlement.store.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
