@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from agent_harness import DEVICE, running, start_gateway, wait_until
-
 from meterchain.backend.api import create_app
 from meterchain.backend.broker import RunningBroker
 from meterchain.backend.ingest import Ingest

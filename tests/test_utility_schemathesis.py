@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from test_utility_api import ADMIN, make_world
-
 from meterchain.backend.api import create_app
+from test_utility_api import ADMIN, make_world
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 #: The utilities' own routes, each probed with the admin token and with a utility key.
