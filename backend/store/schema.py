@@ -436,6 +436,33 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX netting_bills_by_member ON netting_bills (member, period_start)",
     ),
+    # 8: erasure of a household's data (backend/erasure.py, docs/privacy.md). An erasure record
+    # keeps who, when, how many leaves and their leaf index ranges, never values. An erased
+    # reading keeps only what names its place: (device, seq, meter, end) and its leaf; its row in
+    # `readings` goes and its leaf's data becomes empty, while leaf_hash and leaf_index stay.
+    (
+        """CREATE TABLE erasures (
+            id INTEGER PRIMARY KEY,
+            household TEXT NOT NULL,
+            requested_by TEXT NOT NULL,
+            time INTEGER NOT NULL,
+            leaves INTEGER NOT NULL,
+            ranges TEXT NOT NULL,
+            unsealed INTEGER NOT NULL,
+            logins INTEGER NOT NULL
+        )""",
+        "CREATE INDEX erasures_by_household ON erasures (household, time)",
+        """CREATE TABLE erased_readings (
+            device TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            meter TEXT NOT NULL,
+            "end" INTEGER NOT NULL,
+            leaf_id INTEGER NOT NULL UNIQUE REFERENCES leaves (id),
+            erasure INTEGER NOT NULL REFERENCES erasures (id),
+            PRIMARY KEY (device, seq)
+        ) WITHOUT ROWID""",
+        'CREATE INDEX erased_readings_by_meter ON erased_readings (device, meter, "end")',
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
