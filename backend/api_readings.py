@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import PlainTextResponse
 from meterchain.backend.auth import Auth
+from meterchain.backend.erasure import erased_detail
+from meterchain.backend.store.erasure import ErasureTables
 from meterchain.backend.log.proofs import ProofUnavailable, build_bundle
 from meterchain.backend.parties import DEVICE_PATTERN, ID_PATTERN, Principal
 from meterchain.backend.store import ReadingRow, SqliteStore
@@ -76,6 +78,16 @@ def readings_router(state: "ApiState", auth: Auth) -> APIRouter:
         return ApiError(404, "not-found", f"no {what} visible to this key",
                         "check the id; GET /api/v1/metering-points lists what this key may see")
 
+    async def gone_or_not_found(who: Principal, device: str, seq: int, what: str,
+                                point: str | None = None) -> ApiError:
+        """410 for a reading the caller could see before its household erased it, else 404."""
+        erased = await ErasureTables(store()).erased_reading(who, device, seq)
+        if erased is None or (point is not None and erased.metering_point != point):
+            return not_found(what)
+        return ApiError(410, "erased", erased_detail(erased),
+                        "the household's data was erased; a bundle it downloaded before still "
+                        "verifies offline (meterchain verify)")
+
     async def bundle_of(device: str, seq: int) -> str:
         try:
             return await build_bundle(store(), device, seq)
@@ -101,7 +113,9 @@ def readings_router(state: "ApiState", auth: Auth) -> APIRouter:
     async def device_bundle(who: Reader, device: Device, seq: Seq) -> str:
         """The reading's proof bundle (c2sp.org/tlog-proof text); check it with `meterchain verify`."""
         if not who.is_admin and await PartyTables(store()).reading_point(who, device, seq) is None:
-            raise not_found(f"reading {device}#{seq}")
+            raise await gone_or_not_found(who, device, seq, f"reading {device}#{seq}")
+        if who.is_admin and await store().reading(device, seq) is None:
+            raise await gone_or_not_found(who, device, seq, f"reading {device}#{seq}")
         return await bundle_of(device, seq)
 
     @router.get("/metering-points", response_model=list[PointOut])
@@ -126,7 +140,8 @@ def readings_router(state: "ApiState", auth: Auth) -> APIRouter:
     async def point_bundle(who: Reader, point: Point, device: Device, seq: Seq) -> str:
         """The proof bundle of a reading of this metering point."""
         if await PartyTables(store()).reading_point(who, device, seq) != point:
-            raise not_found(f"reading {device}#{seq} of metering point {point}")
+            raise await gone_or_not_found(who, device, seq,
+                                          f"reading {device}#{seq} of metering point {point}", point)
         return await bundle_of(device, seq)
 
     return router

@@ -173,7 +173,8 @@ def audit(
     status = "[green]ok[/green]" if report.ok else f"[red]{len(report.findings)} mismatches[/red]"
     console.print(
         f"audit {status}: {report.readings} readings, {report.leaves} leaves, {report.nodes} "
-        f"nodes, {report.checkpoints} checkpoints, {report.batches} batches{note}"
+        f"nodes, {report.checkpoints} checkpoints, {report.batches} batches, {report.erased} "
+        f"erased leaves (stored hashes used){note}"
     )
     if not report.ok:
         raise typer.Exit(1)

@@ -36,6 +36,8 @@ from meterchain.contract.merkle import leaf_hash
 
 #: How many permanent rejections an ack repeats (newest last).
 RECENT_REJECTIONS = 64
+#: The digest ``_existing`` reports for an erased reading (its real digest is gone with it).
+ERASED = b""
 _READING_COLUMNS = (
     "r.device, r.seq, r.meter, r.start, r.\"end\", r.import_wh, r.export_wh, r.reading_digest, "
     "r.leaf_id, l.leaf_index, l.data, r.received_at"
@@ -221,7 +223,8 @@ class SqliteStore:
                     existing[("s", r.device, r.seq)] = entry
                     existing[("m", r.device, r.meter, r.end)] = entry
                     outcomes.append(Outcome.STORED)
-                elif by_seq is not None and by_seq[0] == r.reading_digest:
+                elif (by_seq is not None and by_seq[0] == r.reading_digest) or kept[0] == ERASED:
+                    # An erased reading's place stays taken: a resend is never stored again.
                     outcomes.append(Outcome.DUPLICATE)
                 else:
                     outcomes.append(Outcome.CONFLICT)
@@ -289,6 +292,13 @@ class SqliteStore:
                 f"WHERE (device, meter, \"end\") IN (VALUES {by_slot})",
                 [v for r in chunk for v in (r.device, r.meter, r.end)],
             )
+            rows += await self._rows(
+                "SELECT device, seq, meter, \"end\", X'', leaf_id FROM erased_readings "
+                f"WHERE (device, seq) IN (VALUES {by_seq}) "
+                f"OR (device, meter, \"end\") IN (VALUES {by_slot})",
+                [v for r in chunk for v in (r.device, r.seq)]
+                + [v for r in chunk for v in (r.device, r.meter, r.end)],
+            )
             for device, seq, meter, end, digest, leaf_id in rows:
                 found[("s", device, seq)] = (digest, leaf_id, seq)
                 found[("m", device, meter, end)] = (digest, leaf_id, seq)
@@ -316,8 +326,9 @@ class SqliteStore:
             r[0]
             for r in await self._rows(
                 "SELECT seq FROM readings WHERE device = ? AND seq > ? "
+                "UNION SELECT seq FROM erased_readings WHERE device = ? AND seq > ? "
                 "UNION SELECT seq FROM rejections WHERE device = ? AND permanent = 1 AND seq > ?",
-                (device, upto, device, upto),
+                (device, upto, device, upto, device, upto),
             )
         ]
         recent = await self._rows(

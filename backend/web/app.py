@@ -113,7 +113,7 @@ def set_session_cookie(response: Response, request: Request, token: str) -> None
 
 def mount_web(app: FastAPI, state: ApiState, settlements: Settlements | None = None) -> WebContext:
     """Add the dashboard's routes, static files and error pages to ``app``."""
-    from meterchain.backend.web import admin, pages
+    from meterchain.backend.web import admin, erasure, pages
 
     templates = Jinja2Templates(directory=HERE / "templates")
     ctx = WebContext(state, templates, settlements=settlements or NoSettlements())
@@ -131,6 +131,7 @@ def mount_web(app: FastAPI, state: ApiState, settlements: Settlements | None = N
     app.include_router(_sign_in_router(ctx))
     app.include_router(pages.router(ctx))
     app.include_router(admin.router(ctx, state))
+    erasure.install(app, ctx, state)  # "My data" (export, erase) and the admin erasure API
     return ctx
 
 

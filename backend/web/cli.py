@@ -17,7 +17,7 @@ from meterchain.backend.store.web import WebTables
 from meterchain.backend.web.accounts import AccountError
 
 T = TypeVar("T")
-app = typer.Typer(help="Household dashboard access: invitation and reset links, time zones.",
+app = typer.Typer(help="Household dashboard access: invitation and reset links, time zones, erasure.",
                   no_args_is_help=True)
 console = Console(highlight=False, markup=False, soft_wrap=True)
 DB = typer.Option("meterchain.db", "--db", help="The backend's SQLite database.")
@@ -68,3 +68,43 @@ def timezone(household: str = typer.Argument(..., metavar="HOUSEHOLD"),
         raise typer.BadParameter(f"unknown time zone {zone!r}") from None
     _run(lambda t: t.set_timezone(household, zone), db)
     console.print(f"household {household}: {zone}")
+
+
+@app.command("erase")
+def erase(household: str = typer.Argument(..., metavar="HOUSEHOLD"), db: str = DB,
+          confirm: bool = typer.Option(False, "--confirm",
+                                       help="Really erase (without it: only say what would go)."),
+          by: str = typer.Option("cli", "--by", help="Who asked, for the erasure record.")) -> None:
+    """Erase the household's data: readings' values and signed messages (their leaf hashes stay
+    in the log), logins, sessions, links; its API keys are revoked. An erasure record is kept."""
+    from meterchain.backend.erasure import erase_household, utc_day
+    from meterchain.backend.parties import PartyError
+    from meterchain.backend.store.erasure import ErasureRecord, ErasureTables
+
+    async def go() -> tuple[int, ErasureRecord | None]:
+        store = await open_store(db)
+        try:
+            if not confirm:
+                return await ErasureTables(store).erasable(household), None
+            return 0, await erase_household(store, household, f"operator:{by}"[:200],
+                                            int(time.time()))
+        finally:
+            await store.close()
+
+    try:
+        count, record = asyncio.run(go())
+    except PartyError as exc:
+        Console(stderr=True).print(f"error: {exc}")
+        raise typer.Exit(1) from None
+    if not confirm:
+        Console(stderr=True).print(
+            f"household {household}: {count} stored readings would lose their data, and its "
+            "logins go; nothing was erased. Run again with --confirm to erase.")
+        raise typer.Exit(2)
+    if record is None:
+        console.print(f"household {household}: nothing left to erase (erased before)")
+        return
+    ranges = ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in record.ranges)
+    console.print(f"household {household}: erasure {record.id} on {utc_day(record.time)}: "
+                  f"{record.leaves} reading leaves erased (leaf indices {ranges or 'none sealed'}"
+                  f"; {record.unsealed} not sealed yet), {record.logins} logins removed")

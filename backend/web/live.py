@@ -66,6 +66,11 @@ class LiveTelemetry:
         self._latest[key] = entry
         return entry
 
+    def forget(self, meters: Iterable[tuple[str, str]]) -> None:
+        """Drop the samples of these (device, meter) pairs (a household's data was erased)."""
+        for key in meters:
+            self._latest.pop(key, None)
+
     def latest(self, meters: Iterable[tuple[str, str]], now: int | None = None
                ) -> dict[tuple[str, str], LiveSample]:
         """The fresh samples of these (device, meter) pairs."""

@@ -25,10 +25,12 @@ from fastapi.responses import (
     Response,
 )
 
+from meterchain.backend.erasure import utc_day
 from meterchain.backend.log.proofs import ProofUnavailable, build_bundle
 from meterchain.backend.parties import DEVICE_PATTERN, ID_PATTERN, MeterBinding, MeteringPoint
 from meterchain.backend.parties import PointKind, Principal
 from meterchain.backend.store.parties import OPEN_END, PartyTables
+from meterchain.backend.store.erasure import ErasureTables
 from meterchain.backend.store.records import ReadingRow
 from meterchain.backend.store.web import WebTables
 from meterchain.backend.web import series
@@ -118,6 +120,18 @@ def router(ctx: WebContext) -> APIRouter:
                               f"{SILENT_AFTER // 60} minutes.")
         return alerts
 
+    async def erased_days(who: Principal, views: list[PointView], start: int, end: int
+                          ) -> list[str]:
+        """"<local day>: erased on <date>" for each day of [start, end) with erased readings."""
+        zone = ZoneInfo(await WebTables(ctx.store).timezone(who.id))
+        days: dict[str, str] = {}
+        for view in views:
+            for e in await ErasureTables(ctx.store).erased_in(who, view.point.id, start + 1, end + 1):
+                local = dt.datetime.fromtimestamp(e.end - 1, zone).strftime("%a %-d %b %Y")
+                days.setdefault(local, utc_day(e.erased_at))
+        return [f"{day}: readings erased on {when} at your household's request"
+                for day, when in days.items()]
+
     def current_meters(views: list[PointView]) -> list[tuple[PointView, MeterBinding]]:
         now = ctx.now()
         return [(v, b) for v in views for b in v.bindings
@@ -164,6 +178,7 @@ def router(ctx: WebContext) -> APIRouter:
             username=session.username, period=period, prev=period.shifted(-1),
             next=period.shifted(1), charts=charts, together=together, kwh=kwh,
             alerts=await silent_meters(who, views), live=current_meters(views),
+            erased=await erased_days(who, views, period.start, period.end),
             month_key=period.first_day.strftime("%Y-%m"), zone=zone, fmt_time=_fmt(zone))
 
     @r.get("", response_class=HTMLResponse)
@@ -210,12 +225,17 @@ def router(ctx: WebContext) -> APIRouter:
                           household_name=name, username=session.username, view=view,
                           period=period, prev=period.shifted(-1), next=period.shifted(1),
                           chart=chart, intervals=inside, kwh=kwh, fmt_time=_fmt(zone),
-                          total=series.total(slots))
+                          total=series.total(slots),
+                          erased=await erased_days(who, [view], period.start, period.end))
 
     async def visible_reading(who: Principal, point: str, device: str, seq: int) -> ReadingRow:
         _check_id(point)
         _check_id(device, DEVICE_PATTERN)
         if not 1 <= seq < 2**53 or await PartyTables(ctx.store).reading_point(who, device, seq) != point:
+            erased = await ErasureTables(ctx.store).erased_reading(who, device, seq)
+            if erased is not None and erased.metering_point == point:
+                raise PageError(410, f"This reading was erased on {utc_day(erased.erased_at)} at "
+                                     "your household's request; only its hash stays in the log.")
             raise PageError(404, "There is no such reading.")
         row = await ctx.store.reading(device, seq)
         if row is None:
