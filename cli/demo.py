@@ -38,6 +38,9 @@ console = Console(highlight=False, soft_wrap=True)
 log = logging.getLogger(__name__)
 
 DEMO_ORIGIN = "demo.meterchain.local/log"
+DEMO_UTILITY, DEMO_COMMUNITY = "demo-utility", "demo-community"
+#: The emulated meters' serial numbers: gateway gw-000i reads meter 21000000 + i.
+SERIAL_BASE = 21_000_000
 
 
 @dataclass
@@ -88,6 +91,65 @@ def _agent_config(workdir: Path, device: str, pty: str, broker: RunningBroker, a
         f"modbus_id = 1\n"
     )
     return path
+
+
+def _read_logins(path: Path) -> dict[str, str]:
+    """username -> password from households.txt ("username password household" per line)."""
+    if not path.exists():
+        return {}
+    return {parts[0]: parts[1] for line in path.read_text().splitlines()
+            if len(parts := line.split()) >= 2 and not line.startswith("#")}
+
+
+async def _households(db: str, devices: list[str], logins_file: Path) -> dict[str, str]:
+    """A utility, a community and one household per gateway: metering point mp-i bound to the
+    gateway's meter serial from time 0, occupied by household-i, with a login household-i (set
+    through the real invitation link). Re-running keeps what exists; passwords live in
+    ``logins_file`` (mode 0600). Returns username -> password."""
+    from meterchain.backend.parties import BindingOverlap, PartyExists, PointKind
+    from meterchain.backend.store.parties import PartyTables
+    from meterchain.backend.store.web import WebTables
+    from meterchain.backend.web import accounts
+
+    passwords = _read_logins(logins_file)
+    store = await open_store(db)
+    try:
+        parties, web, now = PartyTables(store), WebTables(store), int(time.time())
+        steps = [lambda: parties.add_utility(DEMO_UTILITY, "Demo utility", now),
+                 lambda: parties.add_community(DEMO_COMMUNITY, DEMO_UTILITY, "Demo street", now)]
+        for i, device in enumerate(devices, start=1):
+            household, point = f"household-{i}", f"mp-{i}"
+            steps += [
+                lambda h=household: parties.add_household(h, DEMO_COMMUNITY, h.replace("-", " "), now),
+                lambda p=point: parties.add_metering_point(p, DEMO_UTILITY, DEMO_COMMUNITY,
+                                                           PointKind.CONSUMPTION, now),
+                lambda p=point, d=device, i=i: parties.bind_meter(p, d, str(SERIAL_BASE + i), 0, None, now),
+                lambda p=point, h=household: parties.add_occupancy(p, h, 0, None, now),
+            ]
+        for step in steps:
+            with contextlib.suppress(PartyExists, BindingOverlap):  # a re-run with the same --dir
+                await step()
+        for i in range(1, len(devices) + 1):
+            username = household = f"household-{i}"
+            if await web.login(username) is not None and username in passwords:
+                continue
+            password = passwords.get(username) or secrets.token_urlsafe(12)
+            hashed = await asyncio.to_thread(accounts.hash_password, password)
+            if await web.login(username) is None:
+                link, _ = await web.create_link("invite", household, None, now)
+                await web.accept_invite(link, username, hashed, now)
+            else:  # the login exists but its password was lost: set a new one
+                await web.set_password_hash(username, hashed, now)
+            passwords[username] = password
+    finally:
+        await store.close()
+    fd = os.open(logins_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("# demo dashboard logins: username password household\n")
+        for username, password in sorted(passwords.items()):
+            handle.write(f"{username} {password} {username}\n")
+    logins_file.chmod(0o600)
+    return passwords
 
 
 async def _status(db: str, devices: list[str], stop: asyncio.Event, every: float) -> None:
@@ -151,13 +213,15 @@ async def run_demo(workdir: Path, meters: int, interval: int, http_port: int, du
                 await registry.enrol(store, device, public, int(time.time()))
     finally:
         await store.close()
+    logins_file = workdir / "households.txt"
+    passwords = await _households(config.db, devices, logins_file)
 
     # One simulated quarter-hour of household load and PV per real interval.
     scale = 900 / interval
     gateways: list[DemoGateway] = []
     for i, device in enumerate(devices, start=1):
         emulator = ModbusMeterEmulator(
-            "sdm630", 1, 9600, serial_number=21_000_000 + i,
+            "sdm630", 1, 9600, serial_number=SERIAL_BASE + i,
             profile=LoadProfile(seed=i, pv_peak_w=0 if i % 3 == 0 else 4500),
             clock=accelerated_clock(scale),
         )
@@ -188,6 +252,8 @@ async def run_demo(workdir: Path, meters: int, interval: int, http_port: int, du
         f"  meterchain verify reading.tlog-proof --log-key {log_pub}\n"
         "Ctrl-C stops everything."
     )
+    console.print(f"[bold]dashboard: {api}/  sign in as household-1 / {passwords['household-1']}[/bold]"
+                  f"\n            (every household's login in {logins_file})")
     try:
         if duration is not None:
             with contextlib.suppress(asyncio.TimeoutError):

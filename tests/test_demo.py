@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 
 from meterchain.backend.broker import free_port
@@ -58,11 +59,23 @@ def test_demo_runs_the_pipe_and_a_fetched_bundle_verifies(tmp_path: Path) -> Non
         assert verify.returncode == 0, verify.stdout + verify.stderr
         assert "verified: reading gw-0003#2" in verify.stdout
         assert json.loads(_get(f"{base}/healthz"))
+        # The households' dashboard: sign in with the demo's credentials, no browser.
+        logins = workdir / "households.txt"
+        assert logins.stat().st_mode & 0o777 == 0o600
+        password = next(line.split()[1] for line in logins.read_text().splitlines()
+                        if line.startswith("household-1 "))
+        with httpx.Client(base_url=base, follow_redirects=True, timeout=10) as web:
+            assert web.get("/").url.path == "/login"
+            day = web.post("/login", data={"username": "household-1", "password": password})
+            assert day.status_code == 200 and day.url.path == "/households/household-1"
+            assert "21000001" in day.text and "gw-0001" in day.text
+            assert "21000002" not in day.text  # another household's meter
     finally:
         proc.send_signal(2)  # Ctrl-C
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert "demo stopped" in out
+    assert f"dashboard: {base}/  sign in as household-1 / {password}" in out
 
     async def check_store() -> None:
         store = await open_store(str(workdir / "backend.sqlite"))
@@ -77,3 +90,23 @@ def test_demo_runs_the_pipe_and_a_fetched_bundle_verifies(tmp_path: Path) -> Non
             await store.close()
 
     asyncio.run(check_store())
+
+
+async def test_demo_households_survive_a_rerun_with_the_same_dir(tmp_path: Path) -> None:
+    from meterchain.backend.store.parties import PartyTables
+    from meterchain.backend.store.web import WebTables
+    from meterchain.backend.web import accounts
+    from meterchain.cli.demo import _households
+
+    db, logins = str(tmp_path / "backend.sqlite"), tmp_path / "households.txt"
+    first = await _households(db, ["gw-0001", "gw-0002"], logins)
+    again = await _households(db, ["gw-0001", "gw-0002"], logins)
+    assert first == again and set(first) == {"household-1", "household-2"}
+    store = await open_store(db)
+    try:
+        bindings = await PartyTables(store).meter_bindings("mp-2")
+        assert [(b.device, b.meter) for b in bindings] == [("gw-0002", "21000002")]
+        login = await WebTables(store).login("household-2")
+        assert login is not None and accounts.verify_password(first["household-2"], login.password_hash)[0]
+    finally:
+        await store.close()
