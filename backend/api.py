@@ -121,6 +121,7 @@ def create_app(db: str, admin_token: str, log_verifier: NoteVerifier) -> FastAPI
     app.state.api = state
     from meterchain.backend.api_access import access_router
     from meterchain.backend.api_readings import readings_router
+    from meterchain.backend.api_settlement import settlement_router
     from meterchain.backend.auth import build_auth
 
     auth = build_auth(state)  # bearer token -> Principal: the admin token or a scoped API key
@@ -128,6 +129,7 @@ def create_app(db: str, admin_token: str, log_verifier: NoteVerifier) -> FastAPI
     app.include_router(readings_router(state, auth))
     app.include_router(access_router(state, auth))
     app.include_router(log_router(state))
+    app.include_router(settlement_router(state, auth))  # netting: terms, intervals, lines, bills
     from meterchain.backend.api_utility import install_utilities
     install_utilities(app, state, auth)  # batches, OCMF, fleet, webhooks; request limits
     from meterchain.backend.web.app import mount_web

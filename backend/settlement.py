@@ -23,6 +23,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -406,6 +407,8 @@ class SettlementRunner:
                 await self.run_once()
             except MeterchainError as exc:
                 log.warning("settlement pass failed: %s", exc.diagnostics())
+            except sqlite3.OperationalError as exc:  # a busy database: the next pass retries
+                log.warning("settlement pass failed: %s", exc)
             await asyncio.sleep(self.every)
 
     async def run_once(self) -> list[PassReport]:
@@ -556,3 +559,32 @@ class SettlementRunner:
             listings = {row.member: listing_of(row)
                         for row in await self.tables.listings(community, at=start)}
         return SettledInput(terms, prices[0], prices[1], interval, listings)
+
+
+# ------------------------------------------------------------------ operations (API and CLI)
+
+
+def check_terms(terms: Terms) -> Terms:
+    """Refuse terms the engine would refuse later (bounds, rule, grid), with the field named."""
+    if terms.market not in ("prorata", "auction"):
+        raise SettlementError("market must be prorata or auction", market=terms.market)
+    try:
+        ZoneInfo(terms.timezone)
+    except (KeyError, ValueError) as exc:
+        raise SettlementError("unknown time zone", timezone=terms.timezone) from exc
+    if 86_400 % terms.interval_seconds:
+        raise SettlementError("the interval must divide a day", interval=terms.interval_seconds)
+    retail = 0 if terms.retail_price is None else terms.retail_price
+    feed_in = 0 if terms.feed_in_price is None else terms.feed_in_price
+    community_of(terms, retail, min(retail, feed_in)).prices_at(terms.valid_from)
+    if terms.retail_price is not None and terms.feed_in_price is not None:
+        community_of(terms, retail, feed_in).prices_at(terms.valid_from)
+    return terms
+
+
+def schedule_rows(schedule: PriceSchedule) -> list[tuple[int, int, int]]:
+    """An imported price schedule as stored rows (start, end, price)."""
+    if schedule.end is None:
+        raise SettlementError("an imported price series needs an end")
+    starts = [s for s, _ in schedule.steps] + [schedule.end]
+    return [(s, starts[i + 1], p) for i, (s, p) in enumerate(schedule.steps)]

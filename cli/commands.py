@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import typer
-
 from meterchain.agent import cli as agent_cli
-from meterchain.backend import access_cli
+from meterchain.backend import access_cli, settlement_cli
 from meterchain.backend import cli as backend_cli
 from meterchain.backend.web import cli as households_cli
 from meterchain.bridge import cli as bridge_cli
@@ -19,5 +18,6 @@ def register(app: typer.Typer) -> None:
     backend_cli.register(app)
     backend_cli.app.add_typer(access_cli.app, name="access")  # meterchain backend access …
     backend_cli.app.add_typer(households_cli.app, name="households")  # dashboard access links
+    app.add_typer(settlement_cli.app, name="settle")  # meterchain settle --verify, run, bills, …
     verify_cmd.register(app)
     demo.register(app)

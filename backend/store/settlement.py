@@ -213,6 +213,15 @@ class SettlementTables:
         if not await self._rows("SELECT 1 FROM communities WHERE id = ?", (community,)):
             raise UnknownParty(f"no community {community}", id=community)
 
+    async def community_utility(self, community: str) -> str | None:
+        rows = await self._rows("SELECT utility FROM communities WHERE id = ?", (community,))
+        return str(rows[0][0]) if rows else None
+
+    async def grant_covers(self, grant: str, community: str) -> bool:
+        """Whether an auditor grant names the whole community."""
+        return bool(await self._rows(
+            "SELECT 1 FROM grant_scopes WHERE grant_id = ? AND community = ?", (grant, community)))
+
     # ------------------------------------------------------------------ terms
 
     async def set_terms(self, terms: Terms, now: int) -> Terms:
