@@ -489,25 +489,35 @@ class SettlementTables:
                      exclusions: Sequence[Exclusion], cursor: int, settled_upto: int) -> None:
         """Write a pass's revisions, their leaves, exclusions and the state, in one transaction."""
 
+        # Every row is built first and written with one executemany per table: a transaction
+        # of a few statements holds the write lock briefly even when the event loop is busy.
         async def work() -> None:
+            rows = await self._rows("SELECT max(coalesce((SELECT seq FROM sqlite_sequence "
+                                    "WHERE name = 'leaves'), 0), coalesce(max(id), 0)) FROM leaves")
+            next_id = int(rows[0][0] or 0)
+            leaves, settlements, lines, origin = [], [], [], []
             for item in settled:
+                next_id += 1
                 row = item.row
-                cur = await self._db.execute(
-                    "INSERT INTO leaves (kind, data, leaf_hash, received_at) "
-                    "VALUES ('settlement', ?, ?, ?)",
-                    (item.leaf_data, leaf_hash(item.leaf_data), row.settled_at))
-                leaf_id = int(cur.lastrowid or 0)
+                leaves.append((next_id, item.leaf_data, leaf_hash(item.leaf_data), row.settled_at))
                 values = [getattr(row, name) for name in SettlementRow.__slots__][:-1]  # type: ignore[attr-defined]
-                values[6] = leaf_id
-                await self._db.execute(
-                    f"INSERT INTO settlements VALUES ({', '.join('?' for _ in values)})", values)
+                values[6] = next_id
+                settlements.append(values)
                 key = (row.community, row.interval_start, row.revision)
+                lines += [(*key, *line) for line in item.lines]
+                origin += [(*key, seller, wh) for seller, wh in item.origin]
+            if settled:
+                await self._db.executemany(
+                    "INSERT INTO leaves (id, kind, data, leaf_hash, received_at) "
+                    "VALUES (?, 'settlement', ?, ?, ?)", leaves)
+                await self._db.executemany(
+                    f"INSERT INTO settlements VALUES ({', '.join('?' for _ in settlements[0])})",
+                    settlements)
                 await self._db.executemany(
                     f"INSERT INTO settlement_lines VALUES ({', '.join('?' for _ in range(19))})",
-                    [(*key, *line) for line in item.lines])
+                    lines)
                 await self._db.executemany(
-                    "INSERT INTO settlement_origin VALUES (?, ?, ?, ?, ?)",
-                    [(*key, seller, wh) for seller, wh in item.origin])
+                    "INSERT INTO settlement_origin VALUES (?, ?, ?, ?, ?)", origin)
             await self._db.executemany(
                 "INSERT OR IGNORE INTO settlement_exclusions (community, member, device, seq, "
                 "reason, detail, time) VALUES (?, ?, ?, ?, ?, ?, ?)",
