@@ -3,6 +3,7 @@ the late reading that re-settles as delta lines, settlement leaves in the log, m
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -148,5 +149,37 @@ async def test_a_closed_month_is_billed_and_a_late_reading_issues_a_new_bill_ver
         assert november["mp-3"].energy["import_wh"] == 8 * 250
         old = await site.tables.latest_bill(COMMUNITY, "mp-1", november["mp-1"].period_start)
         assert old is not None and old.version == 1
+    finally:
+        await close_site(site)
+
+
+async def test_dynamic_prices_and_listings_enter_the_settlement_and_bad_readings_are_excluded(
+    tmp_path: Path,
+) -> None:
+    from meterchain.backend.netting import parse_price_csv
+    from meterchain.backend.settlement import schedule_rows
+
+    site = await community(tmp_path, retail_price=None, market="auction")
+    try:
+        csv = "start,price\n" + "\n".join(f"{T0 + 3600 * h},{250 + 10 * h}" for h in range(1))
+        rows = schedule_rows(parse_price_csv(csv, unit="EUR/MWh"))
+        await site.tables.add_prices(COMMUNITY, "retail", rows, T0)  # 22:00-23:00 only
+        await site.tables.post_listing(COMMUNITY, "mp-2", T0, None, 150_000, True, False, None, T0)
+        await site.tables.post_listing(COMMUNITY, "mp-1", T0, 200_000, None, False, True, None, T0)
+        await readings_at(site, T0, scale=0)
+        for k in range(1, 6):
+            await readings_at(site, T0 + 900 * k)
+        # A reading off the 15-minute grid, and one whose register runs backwards.
+        await site.send(site.message("gw-b", "M3", T0 + 5 * 900 + 60, 2_000_000, 60_000))
+        await site.send(site.message("gw-a", "M1", T0 + 6 * 900, 1, 0))
+        report = await site.runner.settle_community(COMMUNITY, T0 + 6 * 900)
+        assert [s for s, _, _ in report.settled] == [T0, T0 + 900, T0 + 1800, T0 + 2700]
+        assert any("no retail price" in p for p in report.problems)  # 23:00 on: not imported
+        first = await site.tables.settlement(COMMUNITY, T0)
+        assert first is not None and first.mode == "auction" and first.retail_price == 250_000
+        tiers = json.loads(first.tiers)
+        assert tiers[0][0] == "green" and tiers[0][3] == [["mp-1", "mp-2", 400]]
+        reasons = {(x.device, x.reason) for x in await site.tables.exclusions(COMMUNITY)}
+        assert reasons == {("gw-b", "off-grid"), ("gw-a", "register")}
     finally:
         await close_site(site)
