@@ -461,7 +461,8 @@ class SettlementRunner:
                 if start >= versions[0].valid_from and start + seconds <= last_end:
                     candidates.add(start)
         if not candidates:
-            await tables.commit(community, [], report.exclusions, newest, upto)
+            if newest != cursor or report.exclusions:
+                await tables.commit(community, [], report.exclusions, newest, upto)
             return report
         first_start, last_start = min(candidates), max(candidates)
         in_force = await tables.in_force(community, first_start, last_start + 1)
