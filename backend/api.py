@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from meterchain.backend import registry
 from meterchain.backend.api_log import log_router
+from meterchain.backend.api_provisioning import provisioning_router
+from meterchain.backend.provisioning import ProvisioningSettings
 from meterchain.backend.log.proofs import consistency_proof
 from meterchain.backend.store import SqliteStore, open_store
 from meterchain.contract.batch import SignedBatchHeader
@@ -99,7 +101,8 @@ class ApiState:
         self.write_lock = asyncio.Lock()
 
 
-def create_app(db: str, admin_token: str, log_verifier: NoteVerifier) -> FastAPI:
+def create_app(db: str, admin_token: str, log_verifier: NoteVerifier,
+               provisioning: ProvisioningSettings | None = None) -> FastAPI:
     """The API over the database at ``db``; ``admin_token`` is the root principal's token."""
     state = ApiState(db, admin_token, log_verifier)
 
@@ -132,6 +135,7 @@ def create_app(db: str, admin_token: str, log_verifier: NoteVerifier) -> FastAPI
     app.include_router(settlement_router(state, auth))  # netting: terms, intervals, lines, bills
     from meterchain.backend.api_utility import install_utilities
     install_utilities(app, state, auth)  # batches, OCMF, fleet, webhooks; request limits
+    app.include_router(provisioning_router(state, require_admin, provisioning or ProvisioningSettings()))
     from meterchain.backend.web.app import mount_web
     mount_web(app, state)  # the household dashboard: pages, sign-in, live telemetry (backend/web)
 

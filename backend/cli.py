@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from meterchain.backend import registry
 from meterchain.backend.audit import audit as run_audit
+from meterchain.backend.cli_installer import token as installer_token
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.store import open_store
 from meterchain.contract.errors import MeterchainError
@@ -182,5 +183,6 @@ def audit(
 
 def register(root: typer.Typer) -> None:
     """Attach ``backend …`` and the top-level ``audit``."""
+    app.command("token")(installer_token)
     root.add_typer(app, name="backend")
     root.command("audit")(audit)

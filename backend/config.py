@@ -58,6 +58,11 @@ class BackendConfig:
     batch_size: int = 1000
     verify_threads: int = 2
     settle_every: float = 5.0  # seconds between settlement passes (backend/settlement.py)
+    # Commissioning (backend/provisioning.py, docs/installer-guide.md):
+    gateway_broker_url: str = ""  # the broker as gateways reach it; empty: no provisioning
+    mosquitto_passwd_file: str = ""  # keep each device's login line in this password file
+    broker_reload_command: str = ""  # run after that file changed, e.g. "systemctl reload mosquitto"
+    public_url: str = ""  # the backend's URL as installers reach it (in tokens' QR codes)
     extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod

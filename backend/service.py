@@ -21,6 +21,7 @@ from meterchain.backend.api import create_app
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.ingest import Ingest
 from meterchain.backend.log.sealer import Sealer
+from meterchain.backend.provisioning import settings_from_config
 from meterchain.backend.settlement import SettlementRunner
 from meterchain.backend.store import open_store
 from meterchain.backend.webhooks import WebhookWorker
@@ -85,7 +86,7 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
     ingest = Ingest(await open_store(config.db), broker_url=config.broker,
                     client_id=config.client_id, batch_size=config.batch_size,
                     verify_threads=config.verify_threads, on_commit=sealer.notify)
-    app = create_app(config.db, config.admin_token, signer.verifier)
+    app = create_app(config.db, config.admin_token, signer.verifier, settings_from_config(config))
     server = _Server(uvicorn.Config(app, host=config.http_host, port=config.http_port,
                                     log_level="warning", lifespan="on"))
     settlement = SettlementRunner(await open_store(config.db), clock=clock,
