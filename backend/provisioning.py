@@ -14,8 +14,8 @@ backend then, for that token:
 
 A token fails with a reason an installer can act on: ``unknown-token``, ``token-expired``,
 ``token-used`` (with when and for which device), ``wrong-scope`` (the gateway belongs to another
-utility or community). Scopes are ``(kind, id)`` text, kind ``utility`` or ``community``; only
-their form is checked until parties have tables of their own.
+utility or community). A scope is ``(kind, id)``, kind ``utility`` or ``community``; a token is
+issued only for one registered in the parties tables (``utilities``, ``communities``).
 """
 
 from __future__ import annotations
@@ -160,8 +160,13 @@ async def issue_token(store: SqliteStore, scope: Scope, now: int, *,
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 60 <= ttl <= MAX_TOKEN_TTL:
         raise ProvisioningError(f"token lifetime {ttl} s is outside [60, {MAX_TOKEN_TTL}]",
                                 check="invalid-ttl", hint="give a lifetime of 1 minute to 90 days")
+    tables = ProvisioningTables(store)
+    if not await tables.scope_exists(scope.kind, scope.id):
+        raise ProvisioningError(f"no {scope.kind} {scope.id!r} is registered", check="unknown-scope",
+                                status=404, scope=str(scope),
+                                hint="register it first (meterchain backend access …) or check the id")
     token = new_token()
-    await ProvisioningTables(store).add_token(
+    await tables.add_token(
         TokenRow(token_hash(token), scope.kind, scope.id, note[:200], now, now + ttl, None, None))
     return IssuedToken(token, scope, now + ttl, note[:200])
 

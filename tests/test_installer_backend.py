@@ -44,6 +44,13 @@ SETTINGS = ProvisioningSettings(broker_url="mqtts://broker.example:8883",
 IDENTITY = "0123456789abcdef0123456789abcdef"
 
 
+def register_scopes(db: Path) -> None:
+    """The parties the tokens are scoped to (parties tables, migration 3)."""
+    with sqlite3.connect(db) as rows:
+        rows.execute("INSERT INTO utilities VALUES ('swx', 'Stadtwerke X', 0)")
+        rows.execute("INSERT INTO communities VALUES ('sunny-side', 'swx', 'Sunny Side', 0)")
+
+
 def _key_b64(signer) -> str:  # type: ignore[no-untyped-def]
     return base64.b64encode(signer.public_key_der).decode()
 
@@ -55,12 +62,15 @@ def _app(tmp_path: Path, signer: NoteSigner, settings: ProvisioningSettings = SE
 async def test_token_issue_provision_and_every_refusal(tmp_path: Path) -> None:
     log_key = NoteSigner.generate("test.example/log")
     admin, ingest, sealer, store = await backend(tmp_path, log_key=log_key)
+    register_scopes(tmp_path / "mc.db")
     gateway_key = load_signer(generate_private_key_pem())
     with _app(tmp_path, log_key) as http:
         noauth = http.post("/api/v1/installer-tokens", json={"scope": "utility:swx"})
         assert noauth.status_code == 401, noauth.text
         bad = http.post("/api/v1/installer-tokens", headers=ADMIN, json={"scope": "town:x"})
         assert bad.status_code == 400 and bad.json()["error"] == "invalid-scope"
+        unknown = http.post("/api/v1/installer-tokens", headers=ADMIN, json={"scope": "utility:nope"})
+        assert unknown.status_code == 404 and unknown.json()["error"] == "unknown-scope"
         issued = http.post("/api/v1/installer-tokens", headers=ADMIN,
                            json={"scope": "utility:swx", "note": "job 17"}).json()
         assert issued["token"].startswith("mct_") and issued["scope"] == "utility:swx"
@@ -115,6 +125,7 @@ async def test_reprovisioning_rotates_and_a_revoked_key_is_refused(tmp_path: Pat
 
     log_key = NoteSigner.generate("test.example/log")
     admin, ingest, sealer, store = await backend(tmp_path, log_key=log_key)
+    register_scopes(tmp_path / "mc.db")
     first = load_signer(generate_private_key_pem())
     token = (await issue_token(admin, Scope("utility", "swx"), int(time.time()))).token
     done = await provision(admin, ProvisionRequest(token, first.public_key_der, IDENTITY),
@@ -159,6 +170,9 @@ async def test_reprovisioning_rotates_and_a_revoked_key_is_refused(tmp_path: Pat
 
 def test_backend_token_command_prints_token_and_qr(tmp_path: Path) -> None:
     db = str(tmp_path / "mc.db")
+    assert CliRunner().invoke(cli, ["backend", "token", "--scope", "community:sunny-side",
+                                    "--db", db]).exit_code == 1  # not registered yet
+    register_scopes(tmp_path / "mc.db")
     result = CliRunner().invoke(cli, ["backend", "token", "--scope", "community:sunny-side",
                                       "--db", db, "--qr", "--svg", str(tmp_path / "t.svg"),
                                       "--public-url", "https://b.example/"])

@@ -60,6 +60,12 @@ class ProvisioningTables:
             raise
         await self._db.execute("COMMIT")
 
+    async def scope_exists(self, kind: str, ident: str) -> bool:
+        """Whether the utility or community is registered (parties, migration 3)."""
+        table = {"utility": "utilities", "community": "communities"}[kind]
+        async with self._db.execute(f"SELECT 1 FROM {table} WHERE id = ?", (ident,)) as cur:
+            return await cur.fetchone() is not None
+
     async def token(self, token: str) -> TokenRow | None:
         async with self._db.execute(
             "SELECT * FROM installer_tokens WHERE token_hash = ?", (token_hash(token),)
