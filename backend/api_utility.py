@@ -126,8 +126,10 @@ class FleetOut(BaseModel):
 
 
 class WebhookIn(_Strict):
-    url: str = Field(pattern=r"^https?://[^\s]{1,2000}$", max_length=2048,
-                     examples=["https://utility.example/meterchain-hook"])
+    url: str = Field(pattern=r"^(https?|mqtts?)://[^\s]{1,2000}$", max_length=2048,
+                     examples=["https://utility.example/meterchain-hook"],
+                     description="http(s): POST announcements; mqtt(s)://[user:pass@]host[:port]/"
+                     "prefix: publish each sealed batch itself (CBOR pages) to that broker")
     utility: str | None = Field(default=None, pattern=ID_PATTERN,
                                 description="Only for the admin: whose webhook it is")
 

@@ -11,6 +11,13 @@ Every POST is signed: ``Meterchain-Signature: t=<unix seconds>,v1=<hex HMAC-SHA2
 "<t>." ‖ body)>``; a receiver recomputes it with the secret it got when it created the webhook and
 refuses old timestamps (replays). The body says what to pull; the readings and proofs come from
 ``GET /api/v1/utility/batch`` (docs/utility-guide.md).
+
+A webhook whose URL is ``mqtt://`` or ``mqtts://[user:pass@]host[:port]/<topic prefix>`` is an
+**MQTT forward** instead: the sealed batch itself (every page of the utility's signed batch for
+that range, deterministic CBOR) is published with QoS 1 to ``<prefix>/batch/<index>/<cursor>``
+on the utility's own broker, and the delivery counts as done when every page is PUBACKed; the
+same retries, dead letters and replays apply. A page is self-describing (``from``, ``to``,
+``cursor``, ``next``), so a receiver deduplicates on the topic.
 """
 
 from __future__ import annotations
@@ -20,15 +27,19 @@ import hashlib
 import hmac
 import json
 import logging
+import ssl
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
+import aiomqtt
 from meterchain.backend.parties import KeyKind, Principal, Scope
 from meterchain.backend.store import SqliteStore
 from meterchain.backend.store.utility import Delivery, UtilityTables, Webhook
+from meterchain.backend.utility_batch import MAX_PAGE, build_batch
 from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
@@ -82,6 +93,30 @@ async def http_post(url: str, body: bytes, headers: dict[str, str], timeout: flo
     return await asyncio.to_thread(post)
 
 
+MQTT_SCHEMES = ("mqtt", "mqtts")
+
+
+async def mqtt_publish(url: str, messages: list[tuple[str, bytes]], timeout: float) -> Attempt:
+    """Publish ``(topic suffix, payload)`` pairs with QoS 1 under the URL's topic prefix."""
+    parts = urlsplit(url)
+    prefix = parts.path.strip("/")
+    try:
+        client = aiomqtt.Client(
+            parts.hostname or "", parts.port or (8883 if parts.scheme == "mqtts" else 1883),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            identifier=None, timeout=timeout,
+            tls_context=ssl.create_default_context() if parts.scheme == "mqtts" else None,
+        )
+        async with client:
+            for suffix, payload in messages:
+                await client.publish(f"{prefix}/{suffix}" if prefix else suffix, payload, qos=1,
+                                     timeout=timeout)
+    except (aiomqtt.MqttError, OSError, ValueError) as exc:
+        return Attempt(False, f"{type(exc).__name__}: {exc}"[:300])
+    return Attempt(True, "")
+
+
 class WebhookWorker:
     """Queues an announcement per new sealed batch and webhook, and delivers what is due."""
 
@@ -91,6 +126,7 @@ class WebhookWorker:
         *,
         clock: Callable[[], float] = time.time,
         sender: Sender = http_post,
+        mqtt: Callable[[str, list[tuple[str, bytes]], float], Awaitable[Attempt]] = mqtt_publish,
         max_attempts: int = 8,
         backoff_base: int = 10,
         backoff_max: int = 3600,
@@ -102,6 +138,7 @@ class WebhookWorker:
         self.store = store
         self.clock = clock
         self.sender = sender
+        self.mqtt = mqtt
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -171,6 +208,8 @@ class WebhookWorker:
         return len(due)
 
     async def _post(self, hook: Webhook, delivery: Delivery) -> Attempt:
+        if urlsplit(hook.url).scheme in MQTT_SCHEMES:
+            return await self._forward(hook, delivery)
         now = int(self.clock())
         headers = {
             "Content-Type": "application/json",
@@ -182,6 +221,19 @@ class WebhookWorker:
             SIGNATURE_HEADER: signature(hook.secret, now, delivery.payload),
         }
         return await self.sender(hook.url, delivery.payload, headers, self.timeout)
+
+    async def _forward(self, hook: Webhook, delivery: Delivery) -> Attempt:
+        """Publish every page of the announced batch to the utility's broker."""
+        event = json.loads(delivery.payload)
+        utility = Principal(KeyKind.UTILITY, hook.utility, frozenset({Scope.READ}))
+        pages: list[tuple[str, bytes]] = []
+        cursor: int | None = int(event["from"])
+        while cursor is not None:
+            page = await build_batch(self.store, utility, size_from=int(event["from"]),
+                                     size_to=int(event["to"]), cursor=cursor, limit=MAX_PAGE)
+            pages.append((f"batch/{event['batch']}/{cursor}", page.to_cbor()))
+            cursor = page.next
+        return await self.mqtt(hook.url, pages, self.timeout)
 
     async def _record(self, delivery: Delivery, result: Attempt, *, final: bool = False) -> None:
         now = int(self.clock())

@@ -207,7 +207,7 @@ async def test_paging_is_complete_under_concurrent_ingest(tmp_path: Path) -> Non
     """While new readings are ingested and sealed, paging a fixed (from, to) with a small page
     returns every reading of the utility in the range exactly once."""
     world = await make_world(tmp_path, rounds=5)
-    admin, ingest, sealer, store = await backend(tmp_path)
+    admin, ingest, sealer, store = await backend(tmp_path, log_key=world.log_key)
     app = create_app(str(world.db), ADMIN, world.log_key.verifier)
     from httpx import ASGITransport, AsyncClient
 
@@ -241,6 +241,7 @@ async def test_paging_is_complete_under_concurrent_ingest(tmp_path: Path) -> Non
             newest = int((await client.get("/api/v1/checkpoint")).text.split("\n")[1])
             rest = (await client.get(f"/api/v1/utility/batch?from={to}&limit=1000",
                                      headers=world.auth("u1"))).json()
+            verify_batch(rest, log_key_text(world), binary=False)  # consistent with `to`'s tree
     assert newest > to  # readings really arrived while we paged
     assert pages >= 3 and len(seen) == len(set(seen)) == 5 and seen == sorted(seen)
     assert all(i < to for i in seen)
@@ -271,7 +272,7 @@ def test_exported_ocmf_records_are_verbatim_scoped_and_verify_with_pyocmf(
 
 async def test_ocmf_records_that_do_not_verify_are_not_kept(tmp_path: Path) -> None:
     world = await make_world(tmp_path, rounds=1)
-    admin, ingest, sealer, store = await backend(tmp_path)
+    admin, ingest, sealer, store = await backend(tmp_path, log_key=world.log_key)
     signed = world.gw_a.signed(50, meter="M-1", end=T0 + 900 * 50)
     payload = build_ocmf(signed.reading, gateway_id="x", gateway_version="1")
     forged = sign_ocmf(payload, world.gw_b.signer)  # another device's key
@@ -336,7 +337,7 @@ class Receiver:
 async def test_webhooks_retry_until_acknowledged_dedupe_dead_letter_and_replay(tmp_path: Path) -> None:
     world = await make_world(tmp_path, rounds=1)
     app = create_app(str(world.db), ADMIN, world.log_key.verifier)
-    admin, ingest, sealer, store = await backend(tmp_path)
+    admin, ingest, sealer, store = await backend(tmp_path, log_key=world.log_key)
     now = [time.time()]
     from httpx import ASGITransport, AsyncClient
 
@@ -412,7 +413,7 @@ async def test_webhooks_retry_until_acknowledged_dedupe_dead_letter_and_replay(t
 
 async def test_fleet_health_shows_a_gateway_going_silent_and_coming_back(tmp_path: Path) -> None:
     world = await make_world(tmp_path, rounds=2)
-    admin, ingest, sealer, store = await backend(tmp_path)
+    admin, ingest, sealer, store = await backend(tmp_path, log_key=world.log_key)
     # A gap: gw-b misses interval 3 and 4, then reads again at 5.
     world.seq["gw-b"] += 1
     await ingest.process([world.gw_b.message(world.seq["gw-b"], meter="M-3", end=T0 + 900 * 5)])
@@ -480,3 +481,46 @@ def test_request_limits_answer_413_and_429_with_retry_after() -> None:
     buckets.take("b", 0.5)
     buckets.take("c", 10.0)  # over max_keys: refilled buckets are forgotten
     assert len(buckets._buckets) <= 2
+
+
+async def test_an_mqtt_webhook_forwards_each_sealed_batch_to_the_utilitys_broker(
+        tmp_path: Path, broker) -> None:  # type: ignore[no-untyped-def]
+    import aiomqtt
+    from meterchain.backend.config import parse_broker_url
+
+    world = await make_world(tmp_path, rounds=1)
+    admin, ingest, sealer, store = await backend(tmp_path, log_key=world.log_key)
+    address = parse_broker_url(broker.url)
+    app = create_app(str(world.db), ADMIN, world.log_key.verifier)
+    from httpx import ASGITransport, AsyncClient
+
+    async with (app.router.lifespan_context(app),
+                AsyncClient(transport=ASGITransport(app=app), base_url="http://t") as client):
+        url = f"mqtt://{address.host}:{address.port}/sw1/meterchain"
+        created = await client.post("/api/v1/webhooks", json={"url": url}, headers=world.auth("u2"))
+        assert created.status_code == 201
+        received: list[tuple[str, bytes]] = []
+        async with aiomqtt.Client(address.host, address.port, identifier="utility-sw1") as sub:
+            await sub.subscribe("sw1/meterchain/#", qos=1)
+            for k in (2, 3):
+                await ingest.process(round_of_messages(world, k))
+                await sealer.seal_all()
+            worker = WebhookWorker(store, timeout=5)
+            await worker.tick()
+
+            async def collect() -> None:
+                async for message in sub.messages:
+                    received.append((message.topic.value, bytes(message.payload)))  # type: ignore[arg-type]
+                    if len(received) == 2:
+                        return
+
+            await asyncio.wait_for(collect(), 10)
+    # Batch 0 holds 2 device leaves and 3 readings; each later batch 3 readings.
+    assert sorted(t for t, _ in received) == ["sw1/meterchain/batch/1/5", "sw1/meterchain/batch/2/8"]
+    for _, payload in received:
+        doc = cbor2.loads(payload)
+        verified = verify_batch(doc, log_key_text(world), binary=True)
+        assert {r[3]["meter"] for r in verified.readings} == {"M-2", "M-3"}  # u2's, never M-1
+    deliveries = await store.connection.execute_fetchall("SELECT state FROM webhook_deliveries")
+    assert [r[0] for r in deliveries] == ["delivered", "delivered"]
+    await close(admin, ingest, sealer, store)
