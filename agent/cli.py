@@ -87,3 +87,8 @@ def run(
     except MeterchainError as exc:
         typer.echo(f"error: {exc.diagnostics()}", err=True)
         raise typer.Exit(2) from None
+
+
+from meterchain.agent.installer_cli import register as _register_installer  # noqa: E402
+
+_register_installer(app)  # provision, scan, check (agent/installer_cli.py)
