@@ -20,20 +20,24 @@ _READING_COLUMNS = (
     'r.device, r.seq, r.meter, r.start, r."end", r.import_wh, r.export_wh, r.reading_digest, '
     "r.leaf_id, l.leaf_index, l.data, r.received_at"
 )
-# Every reading joined to the metering point whose meter binding covers its end and to a window
-# of the principal (the admin also sees readings of meters bound to no metering point).
+# Sealed leaves in index order (CROSS JOIN keeps SQLite driving from the leaf_index range, so a
+# page costs its own rows, not a scan), each reading joined to the metering point whose meter
+# binding covers its end and to a window of the principal. Bindings of one meter never overlap,
+# nor do a principal's windows on one point, so a reading matches at most once.
 _VISIBLE = (
     "WITH w(mp, wf, wt) AS ({windows}) "
-    f"SELECT DISTINCT {_READING_COLUMNS}, b.metering_point FROM readings r "
-    "JOIN leaves l ON l.id = r.leaf_id "
+    f"SELECT {_READING_COLUMNS}, b.metering_point FROM leaves l "
+    "CROSS JOIN readings r ON r.leaf_id = l.id "
     "JOIN meter_bindings b ON b.device = r.device AND b.meter = r.meter "
     ' AND r."end" >= b.valid_from AND r."end" < coalesce(b.valid_to, :open) '
     'JOIN w ON w.mp = b.metering_point AND r."end" >= w.wf AND r."end" < w.wt '
 )
+# The admin also sees readings of meters bound to no metering point.
 _ADMIN_RANGE = (
     f"SELECT {_READING_COLUMNS}, (SELECT b.metering_point FROM meter_bindings b "
     "WHERE b.device = r.device AND b.meter = r.meter AND r.\"end\" >= b.valid_from "
-    "AND r.\"end\" < coalesce(b.valid_to, :open)) FROM readings r JOIN leaves l ON l.id = r.leaf_id "
+    "AND r.\"end\" < coalesce(b.valid_to, :open)) FROM leaves l CROSS JOIN readings r "
+    "ON r.leaf_id = l.id "
 )
 
 
@@ -347,7 +351,7 @@ class UtilityTables:
         params = {**_params(principal), "after": after, "upto": upto}
         where = "WHERE l.leaf_index > :after AND l.leaf_index < :upto"
         if principal.is_admin:
-            sql = f"SELECT count(*) FROM readings r JOIN leaves l ON l.id = r.leaf_id {where}"
+            sql = f"SELECT count(*) FROM leaves l CROSS JOIN readings r ON r.leaf_id = l.id {where}"
         else:
             sql = f"SELECT count(*) FROM ({_VISIBLE.format(windows=_WINDOWS[principal.kind])}{where})"
         rows = await self._rows(sql, params)
