@@ -25,11 +25,11 @@ from meterchain.contract.ack import ocmf_topic, status_topic
 from meterchain.contract.note import NoteSigner
 from meterchain.contract.ocmf import build_ocmf, sign_ocmf
 from meterchain.contract.status import GatewayStatus, MeterHealth
+from test_access_api import all_routes
 from utility_client import Invalid, verify_batch
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    from fastapi.routing import APIRoute
     from fastapi.testclient import TestClient
 
 ADMIN = "admin-token-utility-tests"
@@ -106,15 +106,6 @@ def log_key_text(world: World) -> str:
 
 
 # ------------------------------------------------------------------------------- scopes
-
-def all_routes(routes: list[object]) -> Iterator[APIRoute]:
-    for route in routes:
-        inner = getattr(route, "original_router", None)
-        if inner is not None:
-            yield from all_routes(inner.routes)
-        elif isinstance(route, APIRoute):
-            yield route
-
 
 UTILITY_PATHS = {
     "/api/v1/utility/batch", "/api/v1/metering-points/{point}/ocmf", "/api/v1/devices/{device}/ocmf",
