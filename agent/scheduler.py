@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from meterchain.agent.clock import Clock
+from meterchain.agent.exchange import MeterSerials
 from meterchain.agent.meters import MeterSnapshot, MeterSource
 from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.outbox import CycleEntry, Outbox
@@ -45,6 +46,7 @@ class Poller:
         clock_sync: Callable[[], ClockSync],
         on_cycle: Callable[[], None] = lambda: None,
         on_snapshot: Callable[[MeterSource, MeterSnapshot], None] = lambda source, snapshot: None,
+        serials: MeterSerials | None = None,
     ) -> None:
         self.device = device
         self.signer = signer
@@ -58,6 +60,7 @@ class Poller:
         self.on_cycle = on_cycle
         self.on_snapshot = on_snapshot
         self.cycles = 0
+        self.serials = serials  # flags a meter exchange (agent/exchange.py)
 
     async def run(self) -> None:
         """Poll forever, one cycle per interval boundary."""
@@ -76,10 +79,13 @@ class Poller:
             if snapshot is None:
                 continue
             self._notify_snapshot(source, snapshot)
-            template = self._template(source, snapshot, start, end, sync)
+            status = self.serials.status_for(source.name, snapshot.serial) if self.serials else 0
+            template = self._template(source, snapshot, start, end, sync, status)
             if template is not None:
                 entries.append(CycleEntry(template.meter, end, self._signer_for(template)))
         seqs = await self.outbox.append_cycle(entries, now=int(self.clock.now())) if entries else []
+        if self.serials is not None:
+            self.serials.save()
         self.cycles += 1
         self.metrics.readings_signed.inc(len(seqs))
         self.metrics.outbox_depth.set(await self.outbox.depth())
@@ -117,7 +123,8 @@ class Poller:
             return None
 
     def _template(
-        self, source: MeterSource, snapshot: MeterSnapshot, start: int, end: int, sync: ClockSync
+        self, source: MeterSource, snapshot: MeterSnapshot, start: int, end: int, sync: ClockSync,
+        status: int = 0,
     ) -> Reading | None:
         """The reading with seq 1, validated now: a meter's bad values fail this meter only."""
         try:
@@ -133,6 +140,7 @@ class Poller:
                     EXPORT_OBIS: Register(snapshot.export_wh, "Wh"),
                 },
                 clock=sync,
+                status=status,
             )
         except MeterchainError as exc:
             self.metrics.meter_read_errors.labels(meter=source.name, kind="invalid").inc()

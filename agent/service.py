@@ -11,6 +11,7 @@ from pathlib import Path
 
 from meterchain.agent.clock import Clock, SystemClock, kernel_clock_sync
 from meterchain.agent.config import AgentConfig, ConfigError
+from meterchain.agent.exchange import MeterSerials
 from meterchain.agent.homeassistant import (
     HomeAssistantPublisher,
     MeterDevice,
@@ -164,6 +165,7 @@ class Agent:
                 clock_sync=self.clock_sync,
                 on_cycle=self.publisher.wake,
                 on_snapshot=self._on_snapshot,
+                serials=MeterSerials.load(config.outbox_path.parent / "meter-serials.json"),
             )
             self.profile_pollers = dlms_pollers(
                 config.meters,
