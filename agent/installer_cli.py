@@ -1,4 +1,4 @@
-"""``meterchain agent provision`` and ``meterchain agent scan``: the installer's commands."""
+"""``meterchain agent provision``, ``scan`` and ``check``: the installer's commands."""
 
 from __future__ import annotations
 
@@ -132,6 +132,42 @@ def scan(
         raise typer.Exit(3)
 
 
+def check(
+    config: Path = typer.Option(DEFAULT_CONFIG, "--config", help="The agent config."),
+    report_path: Path | None = typer.Option(None, "--report", help="Write the JSON report here."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for ack and proof."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Self-test: read meters, check the clock, publish one reading, wait for ack and log proof."""
+    from meterchain.agent.check import format_report, run_check
+    from meterchain.agent.config import load_config
+    from meterchain.agent.provision import RECORD_NAME
+    from meterchain.agent.service import load_device_key
+    from meterchain.contract.errors import MeterchainError
+
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    try:
+        settings = load_config(config)
+        signer = load_device_key(settings.key_path)
+    except MeterchainError as exc:
+        raise _fail(exc.diagnostics(), "provision first: meterchain agent provision --backend URL "
+                    "--token TOKEN", 2) from None
+    record_file = config.parent / RECORD_NAME
+    record = json.loads(record_file.read_text()) if record_file.exists() else None
+    result = asyncio.run(run_check(settings, signer, record=record, timeout=timeout))
+    document = json.dumps(result.to_json(), indent=2)
+    typer.echo(document if as_json else format_report(result))
+    target = report_path or config.parent / f"commissioning-{result.checked_at}.json"
+    try:
+        target.write_text(document + "\n")
+        if not as_json:
+            typer.echo(f"report: {target}")
+    except OSError as exc:
+        typer.echo(f"warning: cannot write {target} ({exc.strerror})", err=True)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
 def _parse_ids(text: str) -> list[int]:
     ids: list[int] = []
     for part in text.split(","):
@@ -147,3 +183,4 @@ def register(app: typer.Typer) -> None:
     """Attach the installer's commands to ``meterchain agent``."""
     app.command()(provision)
     app.command()(scan)
+    app.command()(check)
