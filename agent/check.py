@@ -155,8 +155,9 @@ async def _publish_and_prove(report: CheckReport, config: AgentConfig, signer,  
         await poller.poll_once(latest)  # the interval that just ended, as the agent would sign it
         pending = await outbox.readings()
         if not pending:
-            report.add("publish", False, "nothing to publish (this interval is already stored)",
-                       "run the check again after the next interval boundary")
+            due = time.strftime("%H:%M:%S UTC", time.gmtime(latest + config.interval_seconds))
+            report.add("publish", False, "nothing to publish: this interval is already signed "
+                       "and acknowledged", f"run the check again after {due} (the next interval)")
             return
         target = pending[-1]
         publisher = Publisher(device=config.device_id, broker=config.broker, outbox=outbox,

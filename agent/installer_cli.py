@@ -96,7 +96,7 @@ def scan(
     bound = sum(probe_timeout(rate) for rate in rates) * len(id_list)
     if not as_json:
         typer.echo(f"scanning {port}: ids {ids} at {', '.join(map(str, rates))} baud "
-                   f"(at most {bound:.0f} s)")
+                   f"(probing takes at most {bound:.0f} s)")
     try:
         report = asyncio.run(scan_port(port, baudrates=rates, ids=id_list))
     except SerialPortError as exc:

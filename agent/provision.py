@@ -197,7 +197,8 @@ def provision(*, backend_url: str, token: str, config_path: Path, keys: DeviceKe
         moved = outbox_path.with_name(f"{outbox_path.name}.{state[0]}.{int(time.time())}")
         os.replace(outbox_path, moved)
     document = agent_config_document(existing, answer, backend_url=backend_url.rstrip("/"),
-                                     key_path=key_path, outbox_path=outbox_path, meters=meters)
+                                     key_path=key_path, outbox_path=outbox_path,
+                                     config_dir=config_path.parent, meters=meters)
     _write_private(config_path, toml_text(document), owner)
     record = {k: answer[k] for k in ("device", "event", "key_id", "valid_from", "scope",
                                      "broker_url", "log_public_key", "witness_policy")}
@@ -211,12 +212,13 @@ def provision(*, backend_url: str, token: str, config_path: Path, keys: DeviceKe
 
 
 def agent_config_document(existing: dict[str, Any], answer: dict[str, Any], *, backend_url: str,
-                          key_path: Path, outbox_path: Path,
+                          key_path: Path, outbox_path: Path, config_dir: Path,
                           meters: list[dict[str, Any]] | None) -> dict[str, Any]:
     """The agent config: what the backend decided, over whatever the installer had set."""
     document = dict(existing)
-    document.update(device_id=answer["device"], backend_url=backend_url, key_path=str(key_path))
-    document.setdefault("outbox_path", str(outbox_path))
+    document.update(device_id=answer["device"], backend_url=backend_url,
+                    key_path=_as_written(key_path, config_dir))
+    document.setdefault("outbox_path", _as_written(outbox_path, config_dir))
     broker = dict(existing.get("broker", {}))
     broker.update(url=answer["broker_url"], username=answer["broker_username"],
                   password=answer["broker_password"])
@@ -225,6 +227,16 @@ def agent_config_document(existing: dict[str, Any], answer: dict[str, Any], *, b
     if meters:
         document["meters"] = meters
     return document
+
+
+def _as_written(path: Path, config_dir: Path) -> str:
+    """A path as the config should hold it: relative to the config's folder when inside it (the
+    agent resolves relative paths there), absolute otherwise."""
+    absolute = path.resolve()
+    try:
+        return str(absolute.relative_to(config_dir.resolve()))
+    except ValueError:
+        return str(absolute)
 
 
 def toml_text(document: dict[str, Any]) -> str:
