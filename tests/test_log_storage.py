@@ -15,7 +15,8 @@ from meterchain.backend.audit import audit
 from meterchain.backend.log.nodes import NodeReader
 from meterchain.backend.log.proofs import consistency_proof, inclusion_proof
 from meterchain.backend.log.sealer import Sealer
-from meterchain.backend.log.tree import consistency_plan, inclusion_plan
+from meterchain.backend.log.strata import STRIDE, is_stored, span_of
+from meterchain.backend.log.tree import CompactRange, NodeId, consistency_plan, inclusion_plan
 from meterchain.backend.store import open_store
 from meterchain.backend.store.schema import MIGRATIONS
 from meterchain.contract import merkle
@@ -144,9 +145,8 @@ async def test_migration_4_drops_the_derived_levels_and_the_log_still_proves(tmp
 
 
 def test_audit_rebuild_checks_the_log_from_its_leaves_and_names_a_bad_node(tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
     from meterchain.cli.main import app as cli
+    from typer.testing import CliRunner
 
     path = tmp_path / "mc.db"
 
@@ -167,3 +167,26 @@ def test_audit_rebuild_checks_the_log_from_its_leaves_and_names_a_bad_node(tmp_p
     done = runner.invoke(cli, args)
     assert done.exit_code == 1
     assert "MISMATCH node (8, 1): hash differs from the rebuilt tree" in done.output
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 3000), st.integers(0, 700))
+def test_extend_keeps_exactly_the_strata_that_append_creates(before: int, more: int) -> None:
+    hashes = [merkle.leaf_hash(i.to_bytes(4, "big")) for i in range(before + more)]
+    one_by_one, bulk = CompactRange(), CompactRange()
+    bulk.extend(hashes[:before], STRIDE)
+    for value in hashes[:before]:
+        one_by_one.append(value)
+    expected = [(node.level, node.index, value) for h in hashes[before:]
+                for node, value in one_by_one.append(h) if node.level and is_stored(node.level)]
+    assert bulk.extend(hashes[before:], STRIDE) == expected
+    assert (bulk.size, bulk.root()) == (one_by_one.size, one_by_one.root())
+
+
+@given(st.integers(0, 40), st.integers(0, 2**40))
+def test_every_node_is_the_fold_of_its_stored_span(level: int, index: int) -> None:
+    span = span_of(NodeId(level, index))
+    assert is_stored(span.level) and span.level <= level < span.level + STRIDE
+    assert span.first << span.level == index << level  # same first leaf
+    assert span.count << span.level == 1 << level  # same width
+    assert (span.first + span.count - 1) // 256 == span.tile  # inside one tile
