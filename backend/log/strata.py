@@ -3,19 +3,17 @@
 The store keeps the tlog-tiles strata only: leaf hashes (level 0, the ``leaves`` table) and the
 perfect nodes at levels 8, 16, 24, … (``log_nodes``): exactly the hashes that tiles publish. A
 perfect node at level 8k + j (0 < j < 8) is the fold of 2^j consecutive stored nodes at level 8k,
-all inside one tile, so deriving it costs at most 127 node hashes over one range read, never a
-pass over the leaves. Storing all levels cost ~90 B per leaf; the strata cost ~0.2 B per leaf
+all inside one tile, so deriving it costs one range read and at most 255 node hashes (the
+reader folds the whole tile once, backend/log/nodes.py), never a pass over the leaves. Storing all levels cost ~90 B per leaf; the strata cost ~0.2 B per leaf
 beyond the leaf hash the leaf row already holds (docs/log.md, "Storage").
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from meterchain.backend.log.tiles import TILE_HEIGHT, TILE_WIDTH
 from meterchain.backend.log.tree import NodeId
-from meterchain.contract.merkle import node_hash
 
 STRIDE = TILE_HEIGHT
 
@@ -44,12 +42,3 @@ def span_of(node: NodeId) -> Span:
     below = node.level % STRIDE
     return Span(node.level - below, node.index << below, 1 << below)
 
-
-def fold_perfect(hashes: Sequence[bytes]) -> bytes:
-    """Root of a perfect subtree from its 2^j bottom hashes, left to right (RFC 9162 §2.1.1)."""
-    level = list(hashes)
-    if not level or len(level) & (len(level) - 1):
-        raise ValueError(f"a perfect subtree has 2^j bottom nodes, not {len(level)}")
-    while len(level) > 1:
-        level = [node_hash(left, right) for left, right in zip(level[0::2], level[1::2])]
-    return level[0]
