@@ -4,8 +4,9 @@ The store keeps the tlog-tiles strata only: leaf hashes (level 0, the ``leaves``
 perfect nodes at levels 8, 16, 24, … (``log_nodes``): exactly the hashes that tiles publish. A
 perfect node at level 8k + j (0 < j < 8) is the fold of 2^j consecutive stored nodes at level 8k,
 all inside one tile, so deriving it costs one range read and at most 255 node hashes (the
-reader folds the whole tile once, backend/log/nodes.py), never a pass over the leaves. Storing all levels cost ~90 B per leaf; the strata cost ~0.2 B per leaf
-beyond the leaf hash the leaf row already holds (docs/log.md, "Storage").
+reader folds the whole tile once, backend/log/nodes.py), never a pass over the leaves. Storing
+all levels cost ~90 B per leaf; the strata cost ~0.13 B per leaf beyond the leaf hash the leaf
+row already holds (docs/log.md, "Storage").
 """
 
 from __future__ import annotations
