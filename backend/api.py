@@ -137,7 +137,9 @@ def create_app(db: str, admin_token: str, log_verifier: NoteVerifier,
     install_utilities(app, state, auth)  # batches, OCMF, fleet, webhooks; request limits
     app.include_router(provisioning_router(state, require_admin, provisioning or ProvisioningSettings()))
     from meterchain.backend.web.app import mount_web
-    mount_web(app, state)  # the household dashboard: pages, sign-in, live telemetry (backend/web)
+    from meterchain.backend.web.stored_settlements import StoredSettlements
+    # the household dashboard: pages, sign-in, live telemetry, and the stored settlements
+    mount_web(app, state, StoredSettlements(lambda: state.reader))
 
     def reader() -> SqliteStore:
         assert state.reader is not None

@@ -290,16 +290,17 @@ def router(ctx: WebContext) -> APIRouter:
             period = series.parse_period("month", month.removesuffix(".csv"), zone)
         except ValueError:
             raise PageError(404, "There is no such month.") from None
-        found = await ctx.settlements.bill(household, period.start, period.end)
+        member = await ctx.settlements.member_for(household, period.start, period.end)
+        found = await ctx.settlements.bill(member, period.start, period.end)
         if as_csv:
             return _bill_csv(household, period, found)
-        results = await ctx.settlements.results(household, period.start, period.end)
+        results = await ctx.settlements.results(member, period.start, period.end)
         name, _ = await household_row(household)
         return ctx.render(request, "bill.html", household=household, household_name=name,
                           username=session.username, period=period, prev=period.shifted(-1),
                           next=period.shifted(1), bill=found, labels=LINE_LABELS, euros=euros,
-                          kwh=kwh, trades=trades_of(household, results)[:500],
-                          share=community_share(household, results), fmt_time=_fmt(zone))
+                          kwh=kwh, trades=trades_of(member, results)[:500],
+                          share=community_share(member, results), fmt_time=_fmt(zone))
 
     @r.get("/intervals/{kind}/{key}.csv")
     async def intervals_csv(request: Request, household: str, kind: str, key: str) -> Response:

@@ -44,6 +44,10 @@ class Trade:
 
 
 class Settlements(Protocol):
+    async def member_for(self, household: str, start: int, end: int) -> str:
+        """The netting member whose lines are the household's in [start, end)."""
+        ...
+
     async def bill(self, member: str, period_start: int, period_end: int) -> Bill | None:
         """The bill of ``member`` for exactly this period, if one was settled."""
         ...
@@ -55,6 +59,9 @@ class Settlements(Protocol):
 
 class NoSettlements:
     """Nothing settled yet: every page shows its empty state."""
+
+    async def member_for(self, household: str, start: int, end: int) -> str:
+        return household
 
     async def bill(self, member: str, period_start: int, period_end: int) -> Bill | None:
         return None
@@ -72,6 +79,9 @@ class EngineSettlements:
         self._results: dict[int, IntervalResult] = {}
         for result in results:
             self.add(result)
+
+    async def member_for(self, household: str, start: int, end: int) -> str:
+        return household  # these results name households as members
 
     def add(self, result: IntervalResult) -> None:
         self._results[result.interval_start] = result
