@@ -292,9 +292,18 @@ class Publisher:
                 if reading.ocmf is not None:
                     # Before its reading: the backend stores it before it acks the reading, so
                     # an acked reading never leaves its OCMF record behind (docs/agent.md).
-                    await client.publish_checked(
+                    ocmf_refused = await client.publish_checked(
                         self.ocmf_topic, reading.ocmf.encode("ascii"), timeout=self.publish_timeout
                     )
+                    if ocmf_refused is not None:  # e.g. a broker ACL without the ocmf topic
+                        self.metrics.publish_refused.labels(reason=str(ocmf_refused)).inc()
+                        log.error(
+                            "event=publish_refused device=%s seq=%d reason=%r topic=%s",
+                            self.device,
+                            reading.seq,
+                            str(ocmf_refused),
+                            self.ocmf_topic,
+                        )
                 refused = await client.publish_checked(
                     self.topic, reading.message, timeout=self.publish_timeout
                 )
