@@ -150,7 +150,7 @@ async def _publish_and_prove(report: CheckReport, config: AgentConfig, signer,  
         poller = Poller(device=config.device_id, signer=signer, sources=sources, outbox=outbox,
                         clock=clock, interval=config.interval_seconds, metrics=metrics,
                         clock_sync=kernel_clock_sync,
-                        serials=MeterSerials.load(config.outbox_path.parent / "meter-serials.json"))
+                        serials=MeterSerials.beside(config.outbox_path))
         latest = int(clock.now()) // config.interval_seconds * config.interval_seconds
         await poller.poll_once(latest)  # the interval that just ended, as the agent would sign it
         pending = await outbox.readings()

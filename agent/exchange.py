@@ -1,7 +1,7 @@
 """Meter exchanges: a configured meter that reports a new serial is a new meter on that point.
 
-The agent remembers each configured meter's last serial (``meter-serials.json`` beside the
-outbox). When a meter (by its config name, i.e. its place on the bus) answers with another
+The agent remembers each configured meter's last serial (``<outbox>.serials.json`` beside
+the outbox). When a meter (by its config name, i.e. its place on the bus) answers with another
 serial, the first reading of the new meter carries ``StatusFlag.METER_EXCHANGED`` and the change
 is logged. Its registers start again near zero; consumers close the old meter at its last
 reading and continue from this one (backend/netting/exchange.py), so an exchange is never read
@@ -31,6 +31,11 @@ class MeterSerials:
         self.path = path
         self._saved = dict(serials)
         self._current = dict(serials)
+
+    @classmethod
+    def beside(cls, outbox_path: Path) -> MeterSerials:
+        """The file that goes with an outbox (one per outbox: agents may share a folder)."""
+        return cls.load(outbox_path.with_name(outbox_path.name + ".serials.json"))
 
     @classmethod
     def load(cls, path: Path) -> MeterSerials:

@@ -165,7 +165,7 @@ class Agent:
                 clock_sync=self.clock_sync,
                 on_cycle=self.publisher.wake,
                 on_snapshot=self._on_snapshot,
-                serials=MeterSerials.load(config.outbox_path.parent / "meter-serials.json"),
+                serials=MeterSerials.beside(config.outbox_path),
             )
             self.profile_pollers = dlms_pollers(
                 config.meters,
