@@ -8,7 +8,7 @@ from meterchain.backend import access_cli, settlement_cli
 from meterchain.backend import cli as backend_cli
 from meterchain.backend.web import cli as households_cli
 from meterchain.bridge import cli as bridge_cli
-from meterchain.cli import demo, verify_cmd
+from meterchain.cli import demo, utility_cmd, verify_cmd
 
 
 def register(app: typer.Typer) -> None:
@@ -20,4 +20,5 @@ def register(app: typer.Typer) -> None:
     backend_cli.app.add_typer(households_cli.app, name="households")  # dashboard access links
     app.add_typer(settlement_cli.app, name="settle")  # meterchain settle --verify, run, bills, …
     verify_cmd.register(app)
+    app.add_typer(utility_cmd.app, name="utility")  # meterchain utility pull|verify
     demo.register(app)

@@ -1,0 +1,164 @@
+"""Verify a utility batch page (docs/utility-guide.md §2–3) offline: pure code over the page's
+bytes (JSON with base64, or deterministic CBOR) and the log key.
+
+The checks, in order: both signed checkpoints and their sizes; the consistency proof between
+them; every device leaf's inclusion; then per entry its range and order, its inclusion, the
+reading it names, a logged key valid for its seq (format.md §5), the key id and the signature.
+Every failure is a :class:`BatchError` naming the check and the entry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from meterchain.contract import cbor
+from meterchain.contract.checkpoint import open_checkpoint
+from meterchain.contract.errors import MeterchainError
+from meterchain.contract.leaves import DeviceLeaf, parse_leaf, valid_key
+from meterchain.contract.merkle import leaf_hash, verify_consistency, verify_inclusion
+from meterchain.contract.message import SignedReading, parse_message
+from meterchain.contract.note import NoteVerifier, strict_b64decode
+from meterchain.contract.reading import MAX_SAFE_INT
+
+BATCH_TYPE = "meterchain/utility-batch/v1"
+#: A page of 1000 readings is ≈ 0.8 MB of CBOR (≈ 1.1 MB as JSON); refuse far larger input.
+MAX_PAGE_SIZE = 16 * 1024 * 1024
+_KEYS = {"t", "from", "to", "old", "new", "consistency", "entries", "keys", "cursor", "next"}
+
+
+class BatchError(MeterchainError):
+    """A batch page is malformed or one of its checks failed (``check`` names which)."""
+
+    check = "batch"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedEntry:
+    index: int
+    point: str | None
+    signed: SignedReading
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedPage:
+    size_from: int
+    size_to: int
+    root: bytes  # the root of checkpoint `new`
+    entries: tuple[VerifiedEntry, ...]
+    next: int | None
+
+
+def verify_page(data: bytes, verifier: NoteVerifier) -> VerifiedPage:
+    """Parse and check one page; raises :class:`BatchError` (``check`` = the failed check)."""
+    doc, raw = _load(data)
+    try:
+        return _verify(doc, raw, verifier)
+    except BatchError:
+        raise
+    except MeterchainError as exc:
+        raise BatchError(str(exc), check=exc.check, **exc.context) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BatchError(f"batch: malformed page ({type(exc).__name__}: {exc})",
+                         check="encoding") from None
+
+
+def _load(data: bytes) -> tuple[dict[str, Any], Any]:
+    if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_PAGE_SIZE:
+        raise BatchError(f"batch: expected at most {MAX_PAGE_SIZE} bytes", check="encoding")
+    if data[:1] == b"{":
+        try:
+            doc = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise BatchError(f"batch: not JSON ({exc})", check="encoding") from None
+        raw = _from_base64
+    else:
+        try:
+            doc = cbor.decode(bytes(data), what="batch", max_size=MAX_PAGE_SIZE)
+        except MeterchainError as exc:
+            raise BatchError(str(exc), check="encoding") from None
+        raw = _bytes
+    if not isinstance(doc, dict) or set(doc) != _KEYS or doc.get("t") != BATCH_TYPE:
+        raise BatchError(f"batch: a page is a map of {sorted(_KEYS)} with t = {BATCH_TYPE}",
+                         check="encoding")
+    return doc, raw
+
+
+def _from_base64(value: object) -> bytes:
+    if not isinstance(value, str):
+        raise BatchError("batch: expected base64 text", check="encoding")
+    return strict_b64decode(value)
+
+
+def _bytes(value: object) -> bytes:
+    if not isinstance(value, bytes):
+        raise BatchError("batch: expected a byte string", check="encoding")
+    return value
+
+
+def _uint(value: object, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SAFE_INT:
+        raise BatchError(f"batch: {name} must be an integer in [0, 2^53-1]", check="encoding")
+    return value
+
+
+def _hashes(values: object, raw: Any) -> list[bytes]:
+    if not isinstance(values, list) or len(values) > 64:
+        raise BatchError("batch: a proof is a list of at most 64 hashes", check="encoding")
+    return [raw(v) for v in values]
+
+
+def _verify(doc: dict[str, Any], raw: Any, verifier: NoteVerifier) -> VerifiedPage:
+    size_from, size_to = _uint(doc["from"], "from"), _uint(doc["to"], "to")
+    cursor = _uint(doc["cursor"], "cursor")
+    new = open_checkpoint(doc["new"], verifier)
+    if new.size != size_to:
+        raise BatchError(f"checkpoint `new` has size {new.size}, not {size_to}", check="checkpoint")
+    if size_from:
+        old = open_checkpoint(doc["old"], verifier)
+        if old.size != size_from:
+            raise BatchError(f"checkpoint `old` has size {old.size}, not {size_from}",
+                             check="checkpoint")
+        consistency = _hashes(doc["consistency"], raw)
+        if size_from != size_to or consistency:
+            verify_consistency(size_from, size_to, old.root, new.root, consistency)
+        elif old.root != new.root:
+            raise BatchError("equal sizes with different roots", check="consistency")
+    leaves: list[DeviceLeaf] = []
+    for item in sorted(doc["keys"], key=lambda k: _uint(k["index"], "index")):
+        data = raw(item["leaf"])
+        verify_inclusion(item["index"], size_to, leaf_hash(data), _hashes(item["proof"], raw),
+                         new.root)
+        leaf = parse_leaf(data)
+        if not isinstance(leaf, DeviceLeaf):
+            raise BatchError(f"leaf {item['index']} in `keys` is not a device leaf",
+                             check="encoding")
+        leaves.append(leaf)
+    entries = []
+    last = cursor - 1
+    for item in doc["entries"]:
+        index = _uint(item["index"], "index")
+        if not (size_from <= index < size_to and index > last):
+            raise BatchError(f"entry {index} is outside [{max(size_from, cursor)}, {size_to}) or "
+                             "out of order", check="range", index=index)
+        last = index
+        message = raw(item["message"])
+        verify_inclusion(index, size_to, leaf_hash(message), _hashes(item["proof"], raw), new.root)
+        signed = parse_message(message)
+        reading = signed.reading
+        if (reading.device, reading.seq) != (item["device"], item["seq"]):
+            raise BatchError(f"entry {index} names {item['device']}#{item['seq']} but holds "
+                             f"{reading.device}#{reading.seq}", check="entry", index=index)
+        key = valid_key(leaves, reading.device, reading.seq)
+        if key is None:
+            raise BatchError(f"no logged key of {reading.device} is valid for seq {reading.seq}",
+                             check="key-validity", index=index)
+        signed.verify(key.public_key_der)
+        point = item["point"]
+        if point is not None and not isinstance(point, str):
+            raise BatchError("batch: point must be text or null", check="encoding")
+        entries.append(VerifiedEntry(index, point, signed))
+    following = doc["next"]
+    return VerifiedPage(size_from, size_to, new.root, tuple(entries),
+                        None if following is None else _uint(following, "next"))
