@@ -134,7 +134,9 @@ def provisioning_router(state: ApiState, require_admin: Callable[..., None],
         """Enrol (or re-key) a gateway with an installer token; answers its broker login once."""
         assert state.writer is not None
         if not settings.broker_url:
-            raise ApiError(503, "not-configured", "this backend does not provision gateways",
+            # Not a server fault: this backend simply offers no provisioning (a 404, like any
+            # route a deployment does not serve), and the body says how to turn it on.
+            raise ApiError(404, "not-configured", "this backend does not provision gateways",
                            "set gateway_broker_url in the backend's config")
         request = ProvisionRequest(body.token, body.public_key.encode(), body.identity,
                                    body.device, body.next_seq)
