@@ -31,6 +31,27 @@ def rate(fn: Callable[[int], object], n: int, rounds: int = 3) -> float:
     return n / best
 
 
+def sample_readings(kid: bytes, n: int) -> list[Reading]:
+    """``n`` consecutive quarter-hour readings of one meter (the same inputs for every bench)."""
+    return [
+        Reading(
+            device="gw-0001", key_id=kid, seq=i + 1, meter="SDM630-1",
+            start=1_767_225_600 + 900 * i, end=1_767_226_500 + 900 * i,
+            registers={IMPORT_OBIS: Register(1_000_000 + i, "Wh"), EXPORT_OBIS: Register(i, "Wh")},
+        )
+        for i in range(n)
+    ]
+
+
+def print_ratios(rows: list[tuple[str, float, str | None]]) -> None:
+    """Each row's rate, and its ratio to the ``bare …`` row of the same kind."""
+    base = {kind: r for name, r, kind in rows if name.startswith("bare") and kind}
+    print(f"{'operation':50} {'per second':>12} {'vs bare':>8}")
+    for name, r, kind in rows:
+        ratio = "" if kind is None or name.startswith("bare") else f"{r / base[kind]:.2f}"
+        print(f"{name:50} {r:12,.0f} {ratio:>8}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=5000)
@@ -41,14 +62,7 @@ def main() -> None:
     fallback = signing.EcdsaSigner(pem)
     kid = signing.key_id(signer.public_key_der)
 
-    def reading(i: int) -> Reading:
-        return Reading(
-            device="gw-0001", key_id=kid, seq=i + 1, meter="SDM630-1",
-            start=1_767_225_600 + 900 * i, end=1_767_226_500 + 900 * i,
-            registers={IMPORT_OBIS: Register(1_000_000 + i, "Wh"), EXPORT_OBIS: Register(i, "Wh")},
-        )
-
-    readings = [reading(i) for i in range(n)]
+    readings = sample_readings(kid, n)
     encoded = [r.to_cbor() for r in readings]
     messages = [sign_reading(r, signer) for r in readings]
     message_bytes = [m.to_cbor() for m in messages]
@@ -68,11 +82,7 @@ def main() -> None:
         ("bare hashlib.sha256(0x00 + message)", rate(lambda i: hashlib.sha256(b"\x00" + message_bytes[i]).digest(), n), "hash"),
         ("merkle.leaf_hash(message)", rate(lambda i: merkle.leaf_hash(message_bytes[i]), n), "hash"),
     ]
-    base = {kind: r for name, r, kind in rows if name.startswith("bare") and kind}
-    print(f"{'operation':50} {'per second':>12} {'vs bare':>8}")
-    for name, r, kind in rows:
-        ratio = "" if kind is None or name.startswith("bare") else f"{r / base[kind]:.2f}"
-        print(f"{name:50} {r:12,.0f} {ratio:>8}")
+    print_ratios(rows)
 
 
 if __name__ == "__main__":

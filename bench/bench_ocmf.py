@@ -9,8 +9,6 @@ Ratios, not absolute times, are what to compare across machines (docs/benchmarks
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -18,17 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from meterchain.contract import signing
 from meterchain.contract.message import parse_message, sign_reading
 from meterchain.contract.ocmf import build_ocmf, parse_ocmf, sign_ocmf, verify_ocmf
-from meterchain.contract.reading import EXPORT_OBIS, IMPORT_OBIS, Reading, Register
 
-
-def rate(fn: Callable[[int], object], n: int, rounds: int = 3) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for i in range(n):
-            fn(i)
-        best = min(best, time.perf_counter() - t0)
-    return n / best
+from bench_contract import print_ratios, rate, sample_readings  # bench/ is the script's folder
 
 
 def main() -> None:
@@ -40,14 +29,7 @@ def main() -> None:
     spki = signer.public_key_der
     kid = signing.key_id(spki)
     gateway = {"gateway_id": "meterchain agent", "gateway_version": "0.1.0"}
-    readings = [
-        Reading(
-            device="gw-0001", key_id=kid, seq=i + 1, meter="SDM630-1",
-            start=1_767_225_600 + 900 * i, end=1_767_226_500 + 900 * i,
-            registers={IMPORT_OBIS: Register(1_000_000 + i, "Wh"), EXPORT_OBIS: Register(i, "Wh")},
-        )
-        for i in range(n)
-    ]
+    readings = sample_readings(kid, n)
     payloads = [build_ocmf(r, **gateway) for r in readings]
     payload_bytes = [p.encode("ascii") for p in payloads]
     records = [sign_ocmf(p, signer) for p in payloads]
@@ -66,11 +48,7 @@ def main() -> None:
         ("parse_message + verify (the reading)", rate(lambda i: parse_message(messages[i]).verify(spki), n), "verify"),
         ("verify_ocmf (parse + verify)", rate(lambda i: verify_ocmf(records[i], spki), n), "verify"),
     ]
-    base = {kind: r for name, r, kind in rows if name.startswith("bare") and kind}
-    print(f"{'operation':50} {'per second':>12} {'vs bare':>8}")
-    for name, r, kind in rows:
-        ratio = "" if kind is None or name.startswith("bare") else f"{r / base[kind]:.2f}"
-        print(f"{name:50} {r:12,.0f} {ratio:>8}")
+    print_ratios(rows)
 
 
 if __name__ == "__main__":
