@@ -10,15 +10,12 @@ import asyncio
 import os
 import shutil
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 from meterchain.backend.api import create_app
 from test_utility_api import ADMIN, make_world
-from test_utility_schemathesis import SCHEMATHESIS, _free_port
+from test_utility_schemathesis import SCHEMATHESIS, serving
 
 
 @pytest.mark.skipif(not SCHEMATHESIS.exists() and shutil.which("schemathesis") is None,
@@ -26,15 +23,7 @@ from test_utility_schemathesis import SCHEMATHESIS, _free_port
 @pytest.mark.timeout(300)
 def test_schemathesis_finds_no_server_error_anywhere(tmp_path: Path) -> None:
     world = asyncio.run(make_world(tmp_path, rounds=2))
-    port = _free_port()
-    app = create_app(str(world.db), ADMIN, world.log_key.verifier)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 15
-        while not server.started and time.time() < deadline:
-            time.sleep(0.05)
+    with serving(create_app(str(world.db), ADMIN, world.log_key.verifier)) as port:
         command = str(SCHEMATHESIS) if SCHEMATHESIS.exists() else "schemathesis"
         result = subprocess.run(
             [command, "run", f"http://127.0.0.1:{port}/openapi.json", "--checks", "not_a_server_error",
@@ -43,6 +32,3 @@ def test_schemathesis_finds_no_server_error_anywhere(tmp_path: Path) -> None:
              "--request-timeout", "10", "--no-color"],
             capture_output=True, text=True, timeout=280, check=False)
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    finally:
-        server.should_exit = True
-        thread.join(10)

@@ -5,18 +5,20 @@ Seeded and bounded so it stays well under a minute."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import uvicorn
 from meterchain.backend.api import create_app
+from meterchain.backend.broker import free_port
 from test_utility_api import ADMIN, make_world
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
@@ -24,10 +26,21 @@ SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 UTILITY_ROUTES = r"^/(api/v1/(utility|webhooks|fleet|metering-points/\{point\}/ocmf|devices/\{device\}/ocmf)|fleet)"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@contextlib.contextmanager
+def serving(app: object) -> Iterator[int]:
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yield the port."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 15
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 @pytest.mark.skipif(not SCHEMATHESIS.exists() and shutil.which("schemathesis") is None,
@@ -35,15 +48,7 @@ def _free_port() -> int:
 @pytest.mark.timeout(180)
 def test_schemathesis_finds_no_server_error_on_the_utility_routes(tmp_path: Path) -> None:
     world = asyncio.run(make_world(tmp_path, rounds=3))
-    port = _free_port()
-    app = create_app(str(world.db), ADMIN, world.log_key.verifier)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 15
-        while not server.started and time.time() < deadline:
-            time.sleep(0.05)
+    with serving(create_app(str(world.db), ADMIN, world.log_key.verifier)) as port:
         command = str(SCHEMATHESIS) if SCHEMATHESIS.exists() else "schemathesis"
         for token in (ADMIN, world.tokens["u1"]):
             result = subprocess.run(
@@ -54,6 +59,3 @@ def test_schemathesis_finds_no_server_error_on_the_utility_routes(tmp_path: Path
                  "--request-timeout", "10", "--no-color"],
                 capture_output=True, text=True, timeout=150, check=False)
             assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    finally:
-        server.should_exit = True
-        thread.join(10)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ import uvicorn
 from web_helpers import NOW, PASSWORDS, build
 
 from meterchain.backend.api import create_app
+from meterchain.backend.broker import free_port
 from meterchain.backend.config import parse_broker_url
 from meterchain.backend.web.live import subscribe
 from meterchain.contract.ack import telemetry_topic
@@ -56,19 +56,13 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_household_dashboard_in_chromium(tmp_path: Path, broker) -> None:  # type: ignore[no-untyped-def]
     scenario = await build(tmp_path)
     app = create_app(str(scenario.db), "s3cret", scenario.log_key.verifier)  # type: ignore[attr-defined]
     web = app.state.web
     web.clock = lambda: NOW  # the scenario's "today": the DST day, 14:00 in Berlin
     web.settlements = scenario.settlements
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     tasks = [asyncio.create_task(server.serve()),
              asyncio.create_task(subscribe(web.live, broker.url, "web-test-telemetry"))]
