@@ -73,6 +73,7 @@ from meterchain.contract import cbor
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.leaves import SETTLEMENT_LEAF_TYPE
 from meterchain.contract.message import parse_message
+from meterchain.contract.reading import StatusFlag
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class PointReading:
     leaf_hash: bytes
     quality: Quality
     binding_from: int  # orders a replaced meter's final reading before the new meter's first
+    exchanged: bool = False  # flagged METER_EXCHANGED: the first reading of a new meter
 
     @property
     def serial(self) -> str:
@@ -116,7 +118,7 @@ class PointReading:
         return cls(row.point, row.device, row.seq, row.meter, row.end, row.import_wh,
                    row.export_wh, row.leaf_hash,
                    QUALITY_OF_READING.get(reading.quality.value, Quality.ESTIMATED),
-                   row.binding_from)
+                   row.binding_from, bool(reading.status & StatusFlag.METER_EXCHANGED))
 
 
 def member_interval(baseline: PointReading, following: PointReading, interval_start: int,
@@ -124,11 +126,13 @@ def member_interval(baseline: PointReading, following: PointReading, interval_st
     """The member's energy in [start, start + length) from the readings around it.
 
     Same meter: the register difference, spread evenly if ``following`` lies beyond the interval
-    end (SUBSTITUTED). Another meter (an exchange without the old meter's final reading): the
-    energy between is unknown, so the interval gets zero energy flagged ESTIMATED.
+    end (SUBSTITUTED). Another meter (an exchange without the old meter's final reading: a new
+    binding, or the gateway's METER_EXCHANGED flag on a meter that kept its name): the energy
+    between is unknown, so the interval gets zero energy flagged ESTIMATED, never the negative
+    difference of the new meter's registers and the old one's (backend/netting/exchange.py).
     """
     point = baseline.point
-    if baseline.serial != following.serial:
+    if baseline.serial != following.serial or following.exchanged:
         leaves = tuple(sorted({baseline.leaf_hash, following.leaf_hash}))
         return MemberInterval(point, 0, 0, Quality.ESTIMATED, leaves)
 

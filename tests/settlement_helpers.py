@@ -56,15 +56,15 @@ class Site:
         await parties.add_metering_point(point, "u-1", COMMUNITY, PointKind.CONSUMPTION, T0)
         await parties.bind_meter(point, device, meter, since, None, T0)
 
-    def message(self, device: str, meter: str, end: int, import_wh: int, export_wh: int
-                ) -> tuple[str, bytes]:
+    def message(self, device: str, meter: str, end: int, import_wh: int, export_wh: int,
+                status: int = 0) -> tuple[str, bytes]:
         """A signed reading of cumulative registers ``(import, export)`` at ``end``."""
         signer = self.signers[device]
         seq = self.seqs[device] = self.seqs.get(device, 0) + 1
         reading = Reading(device=device, key_id=key_id(signer.public_key_der), seq=seq,
                           meter=meter, start=end - 900, end=end,
                           registers={IMPORT_OBIS: Register(import_wh, "Wh"),
-                                     EXPORT_OBIS: Register(export_wh, "Wh")})
+                                     EXPORT_OBIS: Register(export_wh, "Wh")}, status=status)
         return readings_topic(device), sign_reading(reading, signer).to_cbor()
 
     async def send(self, *messages: tuple[str, bytes]) -> None:

@@ -100,3 +100,50 @@ def test_an_exchange_gives_no_negative_energy_and_a_drop_without_one_is_an_error
         advance_reading(track, flagged, INTERVAL, exchanged=False)
     with pytest.raises(RegisterError, match="backwards"):  # same serial, lower register
         advance_reading(track, _reading(9900, "OLD-1", 12), INTERVAL, exchanged=False)
+
+
+async def test_settlement_books_a_flagged_exchange_as_zero_estimated_energy_not_an_error(
+    tmp_path: Path,
+) -> None:
+    """The gateway keeps the meter's name, the new meter's registers start near zero: the interval
+    ending at the flagged reading is unknown energy (0, ESTIMATED), the next is measured again."""
+    from meterchain.backend.netting import Quality
+    from settlement_helpers import COMMUNITY, T0, close_site, open_site
+
+    site = await open_site(tmp_path)
+    try:
+        await site.member("mp-1", "gw-a", "M1")
+        await site.send(site.message("gw-a", "M1", T0, 5_000_000, 40_000))
+        await site.send(site.message("gw-a", "M1", T0 + 900, 5_000_400, 40_000))
+        await site.send(site.message("gw-a", "M1", T0 + 1800, 12, 0,
+                                     status=StatusFlag.METER_EXCHANGED))
+        await site.send(site.message("gw-a", "M1", T0 + 2700, 312, 5))
+        report = await site.runner.settle_community(COMMUNITY, T0 + 2700)
+        assert [start for start, _, _ in report.settled] == [T0, T0 + 900, T0 + 1800]
+        assert await site.tables.exclusions(COMMUNITY) == []
+        lines = {start: line for start, _, line in
+                 await site.tables.lines(COMMUNITY, T0, T0 + 2700, member="mp-1")}
+        assert (lines[T0]["import_wh"], lines[T0]["quality"]) == (400, Quality.MEASURED)
+        assert (lines[T0 + 900]["import_wh"], lines[T0 + 900]["export_wh"]) == (0, 0)
+        assert lines[T0 + 900]["quality"] == Quality.ESTIMATED
+        assert (lines[T0 + 1800]["import_wh"], lines[T0 + 1800]["export_wh"]) == (300, 5)
+    finally:
+        await close_site(site)
+
+
+async def test_without_the_flag_a_register_drop_is_excluded_never_negative(tmp_path: Path) -> None:
+    from settlement_helpers import COMMUNITY, T0, close_site, open_site
+
+    site = await open_site(tmp_path)
+    try:
+        await site.member("mp-1", "gw-a", "M1")
+        await site.send(site.message("gw-a", "M1", T0, 5_000_000, 40_000))
+        await site.send(site.message("gw-a", "M1", T0 + 900, 12, 0))
+        await site.runner.settle_community(COMMUNITY, T0 + 900)
+        [excluded] = await site.tables.exclusions(COMMUNITY)
+        assert (excluded.device, excluded.reason) == ("gw-a", "register")
+        assert "backwards" in excluded.detail
+        lines = await site.tables.lines(COMMUNITY, T0, T0 + 900)
+        assert all(line["import_wh"] >= 0 and line["export_wh"] >= 0 for _, _, line in lines)
+    finally:
+        await close_site(site)
