@@ -463,6 +463,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         'CREATE INDEX erased_readings_by_meter ON erased_readings (device, meter, "end")',
     ),
+    # 9: the log stores every 4th level (4, 8, 12, ...: docs/log.md "Storage"); `log_meta` says
+    # which ('stride'). A log sealed before stored levels 8, 16, ... only: it says 8 until the
+    # sealer's start-up backfill (backend/log/backfill.py; SQL cannot hash) stored the rest.
+    (
+        """CREATE TABLE log_meta (
+            key TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        "INSERT INTO log_meta SELECT 'stride', "
+        "CASE WHEN EXISTS (SELECT 1 FROM checkpoints) THEN 8 ELSE 4 END",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
