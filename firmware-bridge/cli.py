@@ -8,11 +8,17 @@ from enum import StrEnum
 
 import typer
 
-from meterchain.bridge.dlms.emulator import DlmsMeterEmulator, EmulatedDlmsMeter, default_settings
+from meterchain.bridge.dlms.emulator import (
+    BusMeter,
+    DlmsBusEmulator,
+    EmulatedDlmsMeter,
+    default_settings,
+)
 from meterchain.bridge.dlms.hdlc import HdlcAddress
 from meterchain.bridge.modbus.emulator import ModbusMeterEmulator, accelerated_clock
 from meterchain.bridge.modbus.registers import register_map_for
 from meterchain.bridge.modbus.simulation import LoadProfile
+from meterchain.bridge.ptyline import LINE_SPEEDS
 
 app = typer.Typer(help="Meter emulators on pseudo-terminals", no_args_is_help=True)
 
@@ -22,7 +28,9 @@ class ModbusModel(StrEnum):
     SDM120 = "sdm120"
 
 
-async def _serve_until_signal(emulator: ModbusMeterEmulator, announce: str) -> None:
+async def _serve_until_signal(
+    emulator: ModbusMeterEmulator | DlmsBusEmulator, announce: str
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -65,11 +73,16 @@ def modbus(
 @app.command()
 def dlms(
     server_address: int = typer.Option(1, min=1, max=0x3FFF, help="HDLC server (logical) address."),
-    physical_address: int = typer.Option(
-        -1, help="HDLC lower (physical) server address; -1 for a 1-byte address."
+    physical_address: list[int] = typer.Option(
+        [], help="HDLC lower (physical) address; repeat for several meters on one line "
+        "(multi-drop); none: one meter with a 1-byte address."
     ),
     password: str = typer.Option("12345678", help="LLS password of the management client (1)."),
-    serial: str = typer.Option("MC20260001", help="Serial number (0-0:96.1.0.255)."),
+    serial: list[str] = typer.Option(
+        ["MC20260001"], help="Serial number (0-0:96.1.0.255), one per meter; missing ones count "
+        "up from the last."
+    ),
+    baud: int = typer.Option(0, help="The meters' baud rate: silent at any other (0: any speed)."),
     deviation: int = typer.Option(-60, help="Clock deviation in minutes (UTC = local + deviation)."),
     days: int = typer.Option(7, min=0, help="Days of 15-minute load profile before now."),
     time_scale: float = typer.Option(
@@ -77,18 +90,37 @@ def dlms(
     ),
     compress: bool = typer.Option(True, help="Send null-data timestamps for regular entries."),
 ) -> None:
-    """Serve a DLMS/COSEM meter (HDLC) on a pseudo-terminal; prints its path; Ctrl-C stops it."""
+    """Serve DLMS/COSEM meters (HDLC) on a pseudo-terminal; prints its path; Ctrl-C stops it."""
+    if baud and baud not in LINE_SPEEDS:
+        raise typer.BadParameter(f"--baud {baud}: use one of {', '.join(map(str, LINE_SPEEDS))}")
     clock = accelerated_clock(time_scale)
     period = 900
     start = int(clock()) // period * period - days * 86400
-    meter = EmulatedDlmsMeter(
-        serial_number=serial, start=start, deviation=deviation, compress_timestamps=compress
-    )
-    lower = None if physical_address < 0 else physical_address
-    settings = default_settings(password.encode(), HdlcAddress(server_address, lower))
-    emulator = DlmsMeterEmulator(meter, settings, clock)
+    lowers: list[int | None] = list(physical_address) or [None]
+    meters = []
+    for index, lower in enumerate(lowers):
+        number = serial_for(serial, index)
+        meter = EmulatedDlmsMeter(
+            serial_number=number, start=start, deviation=deviation, compress_timestamps=compress
+        )
+        settings = default_settings(password.encode(), HdlcAddress(server_address, lower))
+        meters.append(BusMeter(meter, settings, baud or None))
+    emulator = DlmsBusEmulator(meters, clock)
+    described = ", ".join(f"{m.meter.serial_number} at {m.settings.address}" for m in meters)
     announce = (
-        f"DLMS meter {serial}, server address {settings.address}, clients 16 (public) and "
-        f"1 (LLS), time x{time_scale:g}; Ctrl-C to stop"
+        f"DLMS meter(s) {described} (server address), {baud or 'any'} baud, clients 16 (public) "
+        f"and 1 (LLS), time x{time_scale:g}; Ctrl-C to stop"
     )
-    asyncio.run(_serve_until_signal(emulator, announce))  # type: ignore[arg-type]
+    asyncio.run(_serve_until_signal(emulator, announce))
+
+
+def serial_for(serials: list[str], index: int) -> str:
+    """The ``index``-th meter's serial: given, or the last given counted up (MC…01, MC…02)."""
+    if index < len(serials):
+        return serials[index]
+    last = serials[-1] if serials else "MC20260001"
+    digits = len(last) - len(last.rstrip("0123456789"))
+    if not digits:
+        return f"{last}-{index + 1}"
+    number = int(last[-digits:]) + index - len(serials) + 1
+    return f"{last[:-digits]}{number:0{digits}d}"

@@ -15,7 +15,13 @@ from meterchain.bridge.dlms.cosem import (
     QuantityKind,
     RegisterValue,
 )
-from meterchain.bridge.dlms.emulator import DlmsMeterEmulator, EmulatedDlmsMeter, EmulatorFaults
+from meterchain.bridge.dlms.emulator import (
+    BusMeter,
+    DlmsBusEmulator,
+    DlmsMeterEmulator,
+    EmulatedDlmsMeter,
+    EmulatorFaults,
+)
 from meterchain.bridge.dlms.errors import (
     AssociationError,
     DataAccessError,
@@ -29,8 +35,10 @@ from meterchain.bridge.dlms.serial_client import DlmsMeterClient, ExtendedRegist
 __all__ = [
     "LOAD_PROFILE_OBIS",
     "AssociationError",
+    "BusMeter",
     "ClassId",
     "DataAccessError",
+    "DlmsBusEmulator",
     "DlmsError",
     "DlmsMeterClient",
     "DlmsMeterEmulator",

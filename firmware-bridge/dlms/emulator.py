@@ -3,8 +3,11 @@
 ``EmulatedDlmsMeter`` is the meter's object model (pure: time is an argument): registers, a clock,
 a serial number, and a 15-minute load profile that grows by one entry every capture period and
 answers selective access by range and by entry. ``DlmsMeterEmulator`` serves it with the same
-codec the client uses (server.py) on ``os.openpty()``. ``EmulatorFaults`` makes it misbehave:
-silence, dropped answers, corrupted check sequences, a wrong source address, a clock off by minutes,
+codec the client uses (server.py) on ``os.openpty()``. ``DlmsBusEmulator`` puts several meters on
+one pty, as on a multi-drop RS-485 line: each has its own HDLC address and answers only frames for
+it. A meter given a baud rate stays silent while the client's end of the pty is set to another
+speed (a real meter sees only garbage then). ``EmulatorFaults`` makes it misbehave: silence,
+dropped answers, corrupted check sequences, a wrong source address, a clock off by minutes,
 objects that report object-unavailable.
 """
 
@@ -15,7 +18,7 @@ import contextlib
 import os
 import time
 import tty
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from meterchain.bridge.dlms.apdu import (
@@ -42,6 +45,7 @@ from meterchain.bridge.dlms.errors import AxdrError, CosemValueError, HdlcError
 from meterchain.bridge.dlms.hdlc import HdlcAddress, decode_frame, encode_frame
 from meterchain.bridge.dlms.security import Authentication, LowestLevelSecurity, LowLevelSecurity
 from meterchain.bridge.dlms.server import ServerConnection, ServerSettings
+from meterchain.bridge.ptyline import LINE_SPEEDS, pty_speed, set_pty_speed
 
 Clock = Callable[[], float]
 
@@ -51,6 +55,7 @@ INTERVAL_IMPORT = Obis(1, 0, 1, 29, 0, 255)
 ACTIVE_POWER = Obis(1, 0, 1, 7, 0, 255)
 VOLTAGE_L1 = Obis(1, 0, 32, 7, 0, 255)
 MAX_DEMAND = Obis(1, 0, 1, 6, 0, 255)
+LOGICAL_DEVICE_NAME = Obis(0, 0, 42, 0, 0, 255)
 
 _UNIT_WH, _UNIT_W, _UNIT_V = 30, 27, 35
 
@@ -82,6 +87,7 @@ class EmulatedDlmsMeter:
         self,
         *,
         serial_number: str = "MC20260001",
+        logical_device_name: str | None = None,
         start: int = 1_767_225_600,  # 2026-01-01T00:00:00Z: the first profile entry
         capture_period: int = 900,
         deviation: int = -60,  # UTC = local + deviation: -60 is CET
@@ -97,6 +103,8 @@ class EmulatedDlmsMeter:
                 capture_period=capture_period,
             )
         self.serial_number = serial_number
+        # Manufacturer's three-letter FLAG id, then the device: 16 characters at most.
+        self.logical_device_name = logical_device_name or f"MCE{serial_number}"[:16]
         self.start = start
         self.capture_period = capture_period
         self.deviation = deviation
@@ -288,6 +296,8 @@ class EmulatedDlmsMeter:
                 return answers[attribute]
         elif obis == SERIAL_NUMBER_OBIS and attribute == 2 and access is None:
             return Data.octets(self.serial_number.encode("ascii"))
+        elif obis == LOGICAL_DEVICE_NAME and attribute == 2 and access is None:
+            return Data.octets(self.logical_device_name.encode("ascii"))
         elif obis == LOAD_PROFILE_OBIS:
             if attribute == 2:
                 return self._profile_buffer(access, now)
@@ -313,6 +323,7 @@ class EmulatedDlmsMeter:
             MAX_DEMAND: ClassId.EXTENDED_REGISTER,
             CLOCK_OBIS: ClassId.CLOCK,
             SERIAL_NUMBER_OBIS: ClassId.DATA,
+            LOGICAL_DEVICE_NAME: ClassId.DATA,
             LOAD_PROFILE_OBIS: ClassId.PROFILE_GENERIC,
         }.get(obis)
 
@@ -353,33 +364,54 @@ def shape_answer(frame: bytes, faults: EmulatorFaults) -> bytes | None:
     return frame
 
 
-class DlmsMeterEmulator:
-    """Serves an ``EmulatedDlmsMeter`` on a pseudo-terminal; ``start()`` returns the slave path."""
+@dataclass
+class BusMeter:
+    """One meter on an emulated line: its objects, its address and clients, and its speed."""
 
-    def __init__(
-        self,
-        meter: EmulatedDlmsMeter | None = None,
-        settings: ServerSettings | None = None,
-        clock: Clock = time.time,
-    ) -> None:
-        self.meter = meter or EmulatedDlmsMeter()
-        self.settings = settings or default_settings()
-        self.clock = clock
+    meter: EmulatedDlmsMeter
+    settings: ServerSettings = field(default_factory=lambda: default_settings())
+    baudrate: int | None = None  # None: answers at whatever speed the client set
+    connection: ServerConnection = field(init=False)
+
+    def __post_init__(self) -> None:
         self.connection = ServerConnection(self.settings, self.meter)
-        self.path: str | None = None
-        self._master_fd: int | None = None
-        self._slave_fd: int | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def faults(self) -> EmulatorFaults:
         return self.meter.faults
+
+
+class DlmsBusEmulator:
+    """DLMS meters sharing one pseudo-terminal (a multi-drop line); ``start()`` returns its path.
+
+    Every byte the client writes reaches every meter whose speed matches the line; each meter's
+    server ignores frames for another address, so only the addressed one answers, as on RS-485.
+    """
+
+    def __init__(self, meters: Sequence[BusMeter], clock: Clock = time.time) -> None:
+        addresses = [(m.settings.address.upper, m.settings.address.lower) for m in meters]
+        if not meters or len(set(addresses)) != len(addresses):
+            raise ValueError(
+                f"a line needs meters with distinct HDLC addresses, got "
+                f"{[str(m.settings.address) for m in meters]}"
+            )
+        unknown = [m.baudrate for m in meters if m.baudrate not in (None, *LINE_SPEEDS)]
+        if unknown:
+            raise ValueError(f"baud rates {unknown} are not among {LINE_SPEEDS}")
+        self.meters = list(meters)
+        self.clock = clock
+        self.path: str | None = None
+        self._master_fd: int | None = None
+        self._slave_fd: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> str:
         if self.path is not None:
             raise RuntimeError("emulator already started")
         master_fd, slave_fd = os.openpty()
         tty.setraw(slave_fd)  # no echo or line editing before the client configures the port
+        speeds = [m.baudrate for m in self.meters if m.baudrate is not None]
+        set_pty_speed(slave_fd, speeds[0] if speeds else 9600)
         os.set_blocking(master_fd, False)
         self._master_fd, self._slave_fd = master_fd, slave_fd  # slave kept open: no EIO on master
         self.path = os.ttyname(slave_fd)
@@ -395,12 +427,17 @@ class DlmsMeterEmulator:
             return
         if not data:
             return
-        self.connection.receive_data(data, int(self.clock()))
-        for frame in self.connection.frames_to_send():
-            shaped = shape_answer(frame, self.faults)
-            if shaped is not None:
-                with contextlib.suppress(OSError):  # nobody listening: bytes are lost, as on a wire
-                    os.write(self._master_fd, shaped)
+        speed = pty_speed(self._master_fd)
+        now = int(self.clock())
+        for member in self.meters:
+            if member.baudrate is not None and member.baudrate != speed:
+                continue  # at another speed the meter hears only noise, and says nothing
+            member.connection.receive_data(data, now)
+            for frame in member.connection.frames_to_send():
+                shaped = shape_answer(frame, member.faults)
+                if shaped is not None:
+                    with contextlib.suppress(OSError):  # nobody listening: lost, as on a wire
+                        os.write(self._master_fd, shaped)
 
     async def stop(self) -> None:
         if self._loop is not None and self._master_fd is not None:
@@ -412,9 +449,46 @@ class DlmsMeterEmulator:
         self._master_fd = self._slave_fd = None
         self.path = None
 
-    async def __aenter__(self) -> DlmsMeterEmulator:
+    async def __aenter__(self) -> DlmsBusEmulator:
         await self.start()
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
         await self.stop()
+
+
+class DlmsMeterEmulator(DlmsBusEmulator):
+    """Serves one ``EmulatedDlmsMeter`` alone on a pseudo-terminal."""
+
+    def __init__(
+        self,
+        meter: EmulatedDlmsMeter | None = None,
+        settings: ServerSettings | None = None,
+        clock: Clock = time.time,
+        *,
+        baudrate: int | None = None,
+    ) -> None:
+        self.member = BusMeter(
+            meter or EmulatedDlmsMeter(), settings or default_settings(), baudrate
+        )
+        super().__init__([self.member], clock)
+
+    @property
+    def meter(self) -> EmulatedDlmsMeter:
+        return self.member.meter
+
+    @property
+    def settings(self) -> ServerSettings:
+        return self.member.settings
+
+    @property
+    def connection(self) -> ServerConnection:
+        return self.member.connection
+
+    @property
+    def faults(self) -> EmulatorFaults:
+        return self.meter.faults
+
+    async def __aenter__(self) -> DlmsMeterEmulator:
+        await self.start()
+        return self

@@ -1,10 +1,11 @@
 """Typed errors of the DLMS/COSEM stack.
 
 The hierarchy follows the layers, so a caller can decide what to do by catching one class:
-``HdlcError`` (a frame is malformed: retry), ``LinkError`` (the link refused or broke: reconnect),
-``AxdrError`` (a value does not decode), ``ApduError`` (an APDU is malformed or unexpected),
-``AssociationError`` (the meter rejected us: fix the configuration), ``DataAccessError`` (the meter
-answered, with an error for that attribute: do not retry), ``RetriesExhausted`` (give up).
+``HdlcError`` (a frame is malformed: retry), ``LinkError`` (the link refused or broke: reconnect;
+its ``PortError``: the serial port cannot be opened or used), ``AxdrError`` (a value does not decode),
+``ApduError`` (an APDU is malformed or unexpected), ``AssociationError`` (the meter rejected us:
+fix the configuration), ``DataAccessError`` (the meter answered, with an error for that
+attribute: do not retry), ``RetriesExhausted`` (give up).
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ class AddressError(HdlcError):
 
 class LinkError(DlmsError):
     """The HDLC link is not in a state for this (DM, FRMR, unexpected frame, wrong sequence)."""
+
+
+class PortError(LinkError):
+    """The serial port failed: it cannot be opened (missing, no permission, in use), read or
+    written (the adapter was unplugged)."""
 
 
 class AxdrError(DlmsError):

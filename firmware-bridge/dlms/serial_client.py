@@ -61,7 +61,13 @@ from meterchain.bridge.dlms.cosem import (
     range_descriptor,
     scaler_unit_from_data,
 )
-from meterchain.bridge.dlms.errors import CosemValueError, DataAccessError, DlmsError, LinkError
+from meterchain.bridge.dlms.errors import (
+    CosemValueError,
+    DataAccessError,
+    DlmsError,
+    LinkError,
+    PortError,
+)
 from meterchain.bridge.dlms.hdlc import HdlcAddress
 from meterchain.bridge.dlms.security import Authentication, LowestLevelSecurity, LowLevelSecurity
 
@@ -93,7 +99,7 @@ class SerialTransport:
         try:
             self._serial = serial.Serial(self.port, self.baudrate, timeout=0, write_timeout=5)
         except (serial.SerialException, OSError) as exc:
-            raise LinkError(
+            raise PortError(
                 "cannot open serial port", port=self.port, baudrate=self.baudrate
             ) from exc
 
@@ -106,7 +112,7 @@ class SerialTransport:
         try:
             self._port().write(data)
         except (serial.SerialException, OSError) as exc:
-            raise LinkError("serial write failed", port=self.port) from exc
+            raise PortError("serial write failed", port=self.port) from exc
 
     async def read(self, timeout: float) -> bytes:
         port = self._port()
@@ -125,13 +131,20 @@ class SerialTransport:
                 loop.remove_reader(port.fileno())
             return bytes(port.read(4096))
         except (serial.SerialException, OSError) as exc:
-            raise LinkError("serial read failed", port=self.port) from exc
+            raise PortError("serial read failed", port=self.port) from exc
 
     def close(self) -> None:
         if self._serial is not None:
             with contextlib.suppress(serial.SerialException, OSError):
                 self._serial.close()
             self._serial = None
+
+    def discard_input(self) -> None:
+        """Drop what arrived unasked (a late answer to an earlier request, line noise)."""
+        try:
+            self._port().reset_input_buffer()
+        except (serial.SerialException, OSError) as exc:
+            raise PortError("serial flush failed", port=self.port) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,13 +203,20 @@ class DlmsMeterClient:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def connect(self) -> None:
-        """Open the port, set up the HDLC link (SNRM/UA) and associate (AARQ/AARE)."""
+    async def open_link(self) -> None:
+        """Open the port and set up the HDLC link (SNRM/UA) only, without associating.
+
+        A UA proves a meter answers at this server address and speed: what a line scan asks.
+        """
         if not self._opened:
             await self.transport.open()
             self._opened = True
         if self.connection.state is ClientState.DISCONNECTED:
             await self._exchange(self.connection.connect, LinkEstablished)
+
+    async def connect(self) -> None:
+        """Open the port, set up the HDLC link (SNRM/UA) and associate (AARQ/AARE)."""
+        await self.open_link()
         if self.connection.state is ClientState.LINK_UP:
             await self._exchange(self.connection.associate, AssociationAccepted)
 

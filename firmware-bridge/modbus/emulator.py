@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import termios
 import time
 import tty
 from collections.abc import Callable, Sequence
@@ -40,23 +39,11 @@ from meterchain.bridge.modbus.registers import (
     register_map_for,
 )
 from meterchain.bridge.modbus.simulation import LoadProfile, MeterFaults, MeterState
+from meterchain.bridge.ptyline import pty_speed, set_pty_speed
 
 Clock = Callable[[], float]
 _FUNCTION_TABLES = {3: Table.HOLDING, 4: Table.INPUT}
 _REQUEST_BYTES = 8  # a read request: id, function, address, count, CRC
-_BAUD_BY_CONSTANT = {
-    getattr(termios, f"B{rate}"): rate
-    for rate in (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
-    if hasattr(termios, f"B{rate}")
-}
-
-
-def pty_speed(fd: int) -> int | None:
-    """The baud rate configured on a pty (either end), or None for a speed we do not know."""
-    output_speed = termios.tcgetattr(fd)[5]
-    return _BAUD_BY_CONSTANT.get(output_speed)
-
-
 def wire_seconds(frame_bytes: int, baudrate: int) -> float:
     """Time a request and its answer of ``frame_bytes`` spend on the line, with RTU gaps."""
     return (_REQUEST_BYTES + frame_bytes + 7) * 10 / baudrate
@@ -243,10 +230,7 @@ class ModbusBusEmulator:
         # Raw from the start: no echo, no newline translation before a client configures the port.
         tty.setraw(slave_fd)
         first = next(iter(self.meters.values()))
-        attrs = termios.tcgetattr(slave_fd)
-        speed = getattr(termios, f"B{first.baudrate}")
-        attrs[4] = attrs[5] = speed
-        termios.tcsetattr(slave_fd, termios.TCSANOW, attrs)
+        set_pty_speed(slave_fd, first.baudrate)
         os.set_blocking(master_fd, False)
         self._master_fd, self._slave_fd = master_fd, slave_fd  # slave kept open: no EIO on master
         self.path = os.ttyname(slave_fd)
