@@ -6,9 +6,16 @@ import asyncio
 import json
 import logging
 import os
+from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:  # the commands import their modules lazily: `meterchain --help` stays fast
+    from meterchain.agent.scan import Proposal, ScanReport
+    from meterchain.agent.scan_dlms import DlmsScanReport, FoundDlmsMeter
+    from meterchain.bridge.dlms import HdlcAddress
 
 DEFAULT_CONFIG = Path("/etc/meterchain/agent.toml")
 DEFAULT_KEY = "device-key.pem"  # beside the config (firstboot.sh makes it there)
@@ -69,22 +76,31 @@ def provision(
         typer.echo(f"next: meterchain agent check --config {config}")
 
 
+class Protocol(StrEnum):
+    MODBUS = "modbus"
+    DLMS = "dlms"
+    BOTH = "both"
+
+
 def scan(
     port: str = typer.Argument(..., help="The serial port, e.g. /dev/ttyUSB0."),
-    baud: list[int] = typer.Option([], "--baud", help="Baud rates to try (repeat); default six."),
+    protocol: Protocol = typer.Option(Protocol.BOTH, "--protocol",
+                                      help="What to look for: Modbus first, then DLMS, by default."),
+    baud: list[int] = typer.Option([], "--baud", help="Baud rates to try (repeat); default: "
+                                   "six for Modbus, four for DLMS."),
     ids: str = typer.Option("1-16", "--ids", help="Modbus ids: 1-16, or 1,5,7, or 1-247."),
+    hdlc: str = typer.Option("1,1/16-31", "--hdlc", help="DLMS HDLC server addresses: logical "
+                             "(1) or logical/physical (1/17), ranges 1/16-31, comma-separated."),
     out: Path | None = typer.Option(None, "--out", help="Write the proposed [[meters]] here."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Find Modbus meters on a serial line (ids x baud rates, one short request each)."""
+    """Find Modbus meters (ids x baud rates) and DLMS meters (HDLC addresses x baud rates)."""
     from meterchain.agent.provision import toml_text
-    from meterchain.agent.scan import (
-        DEFAULT_BAUDRATES,
-        SerialPortError,
-        empty_bus_causes,
-        probe_timeout,
-        propose_meters,
-        scan_port,
+    from meterchain.agent.scan import DEFAULT_BAUDRATES, probe_timeout
+    from meterchain.agent.scan_dlms import (
+        DEFAULT_DLMS_BAUDRATES,
+        dlms_scan_bound,
+        parse_hdlc_addresses,
     )
 
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # a silent id is not an error
@@ -92,44 +108,120 @@ def scan(
         id_list = _parse_ids(ids)
     except ValueError:
         raise typer.BadParameter(f"--ids {ids!r}: use 1-16, 1,5,7 or 1-247") from None
-    rates = tuple(baud) or DEFAULT_BAUDRATES
-    bound = sum(probe_timeout(rate) for rate in rates) * len(id_list)
-    if not as_json:
-        typer.echo(f"scanning {port}: ids {ids} at {', '.join(map(str, rates))} baud "
-                   f"(probing takes at most {bound:.0f} s)")
     try:
-        report = asyncio.run(scan_port(port, baudrates=rates, ids=id_list))
-    except SerialPortError as exc:
-        raise _fail(f"cannot open {port}: {exc.diagnostics()}",
-                    "wrong port? ls -l /dev/serial/by-id/; no permission? add the user to "
-                    "'dialout'; in use? stop the agent (systemctl stop meterchain-agent)") from None
-    proposal = propose_meters(report.found)
+        addresses = parse_hdlc_addresses(hdlc)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--hdlc {hdlc!r}: {exc}; use e.g. 1,1/16-31") from None
+    modbus = protocol is not Protocol.DLMS
+    dlms = protocol is not Protocol.MODBUS
+    rates, dlms_rates = tuple(baud) or DEFAULT_BAUDRATES, tuple(baud) or DEFAULT_DLMS_BAUDRATES
+    bound = (sum(probe_timeout(rate) for rate in rates) * len(id_list) if modbus else 0.0) + (
+        dlms_scan_bound(dlms_rates, addresses) if dlms else 0.0)
+    if not as_json:
+        parts = [f"Modbus ids {ids} at {', '.join(map(str, rates))} baud"] if modbus else []
+        if dlms:
+            parts.append(f"DLMS HDLC addresses {hdlc} at {', '.join(map(str, dlms_rates))} baud")
+        typer.echo(f"scanning {port}: {'; '.join(parts)} (probing takes at most {bound:.0f} s)")
+    modbus_report, dlms_report = asyncio.run(
+        _scan_line(port, rates if modbus else None, id_list, dlms_rates if dlms else None,
+                   addresses))
+    proposal, lines, causes = _scan_summary(modbus_report, dlms_report)
+    found = any(r is not None and r.found for r in (modbus_report, dlms_report))
+    seconds = round(sum(r.seconds for r in (modbus_report, dlms_report) if r is not None), 2)
     if as_json:
-        typer.echo(json.dumps(report.to_json() | {"proposal": proposal.meters,
-                                                  "advice": proposal.advice}, indent=2))
+        if protocol is Protocol.BOTH:
+            assert modbus_report is not None and dlms_report is not None
+            document: dict[str, object] = {"port": port, "modbus": modbus_report.to_json(),
+                                           "dlms": dlms_report.to_json(), "seconds": seconds}
+        else:
+            single = modbus_report or dlms_report
+            assert single is not None
+            document = single.to_json()
+        typer.echo(json.dumps(document | {"proposal": proposal.meters, "advice": proposal.advice},
+                              indent=2))
     else:
-        for meter in report.found:
-            typer.echo(f"found {meter.model} id {meter.modbus_id} at {meter.baudrate} baud: serial "
-                       f"{meter.serial}, import {meter.import_wh} Wh, export {meter.export_wh} Wh, "
-                       f"power {meter.power_w} W")
-        for line in report.garbled + report.errors:
-            typer.echo(f"trouble: {line}")
-        for line in proposal.advice:
-            typer.echo(f"advice: {line}")
-        if not report.found:
-            typer.echo(f"no meter answered on {port} ({report.seconds} s). Check:")
-            for cause in empty_bus_causes(report):
+        for line in lines:
+            typer.echo(line)
+        if not found:
+            typer.echo(f"no meter answered on {port} ({seconds} s). Check:")
+            for cause in causes:
                 typer.echo(f"  - {cause}")
         else:
-            typer.echo(f"scan took {report.seconds} s; proposed config:\n")
-            typer.echo(toml_text({"meters": proposal.meters}))
+            typer.echo(f"scan took {seconds} s; proposed config:\n")
+            typer.echo(toml_text({"meters": proposal.meters}) if proposal.meters else "(none)\n")
     if out is not None and proposal.meters:
         out.write_text(toml_text({"meters": proposal.meters}))
         os.chmod(out, 0o644)
         if not as_json:
             typer.echo(f"wrote {out}")
-    if not report.found:
+    if not found:
         raise typer.Exit(3)
+
+
+async def _scan_line(
+    port: str, rates: tuple[int, ...] | None, ids: list[int], dlms_rates: tuple[int, ...] | None,
+    addresses: list[HdlcAddress],
+) -> tuple[ScanReport | None, DlmsScanReport | None]:
+    """Modbus first (when asked), then DLMS, on one port; a port that cannot be used stops both."""
+    from meterchain.agent.scan import SerialPortError, scan_port
+    from meterchain.agent.scan_dlms import scan_dlms_port
+    from meterchain.bridge.dlms.errors import PortError
+
+    try:
+        modbus = await scan_port(port, baudrates=rates, ids=ids) if rates else None
+        dlms = await scan_dlms_port(port, baudrates=dlms_rates, addresses=addresses) \
+            if dlms_rates else None
+    except (SerialPortError, PortError) as exc:
+        raise _fail(f"cannot open {port}: {exc.diagnostics()}",
+                    "wrong port? ls -l /dev/serial/by-id/; no permission? add the user to "
+                    "'dialout'; in use? stop the agent (systemctl stop meterchain-agent)") from None
+    return modbus, dlms
+
+
+def _scan_summary(
+    modbus: ScanReport | None, dlms: DlmsScanReport | None
+) -> tuple[Proposal, list[str], list[str]]:
+    """The proposal (Modbus meters keep their bus; DLMS meters need a port of their own), the
+    report's lines, and what to check when the line is silent."""
+    from meterchain.agent.scan import Proposal, empty_bus_causes, propose_meters
+    from meterchain.agent.scan_dlms import empty_line_causes, propose_dlms_meters
+
+    lines: list[str] = []
+    proposal = Proposal([], [])
+    causes: list[str] = []
+    if modbus is not None:
+        proposal = propose_meters(modbus.found)
+        for meter in modbus.found:
+            lines.append(f"found {meter.model} id {meter.modbus_id} at {meter.baudrate} baud: "
+                         f"serial {meter.serial}, import {meter.import_wh} Wh, export "
+                         f"{meter.export_wh} Wh, power {meter.power_w} W")
+        lines += [f"trouble: {line}" for line in modbus.garbled + modbus.errors]
+        causes = empty_bus_causes(modbus)
+    if dlms is not None:
+        taken = frozenset(str(m["port"]) for m in proposal.meters)
+        dlms_proposal = propose_dlms_meters(dlms.found, taken)
+        proposal = Proposal(proposal.meters + dlms_proposal.meters,
+                            proposal.advice + dlms_proposal.advice)
+        lines += [_dlms_line(meter) for meter in dlms.found]
+        lines += [f"trouble: DLMS {line}" for line in dlms.garbled + dlms.errors]
+        causes += [c for c in empty_line_causes(dlms) if c.split(":")[0] not in
+                   {known.split(":")[0] for known in causes}]
+    lines += [f"advice: {line}" for line in proposal.advice]
+    return proposal, lines, causes
+
+
+def _dlms_line(meter: FoundDlmsMeter) -> str:
+    name = f" (logical device name {meter.logical_device_name})" if meter.logical_device_name \
+        else ""
+    values = ", ".join(
+        f"{what} {wh} Wh" for what, wh in (("import", meter.import_wh), ("export", meter.export_wh))
+        if wh is not None)
+    clock = ("no clock" if meter.clock_drift_seconds is None
+             else f"clock {meter.clock_drift_seconds:+.1f} s off the gateway's")
+    profile = (f"load profile every {meter.capture_period} s" if meter.profile == "ok"
+               else f"load profile: {meter.profile}")
+    return (f"found DLMS meter at HDLC {meter.address}, {meter.baudrate} baud: serial "
+            f"{meter.serial or '-'}{name}, {values or 'no energy registers'}, {clock}, {profile}")
 
 
 def check(

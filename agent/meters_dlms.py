@@ -105,6 +105,16 @@ def check_layout(captures: Sequence[tuple[Obis, QuantityKind]], period: int) -> 
     return ProfileLayout(period, kinds.get(EXPORT_REGISTER) is QuantityKind.CUMULATIVE)
 
 
+async def read_profile_layout(client: DlmsMeterClient, obis: Obis) -> ProfileLayout:
+    """The profile's capture objects and period, read and checked (also what a scan reports)."""
+    captures = capture_objects_from_data(await client.get(ClassId.PROFILE_GENERIC, obis, 3))
+    period = (await client.get(ClassId.PROFILE_GENERIC, obis, 4)).as_int()
+    columns = [(c.obis, quantity_kind(c)) for c in captures if not c.is_clock]
+    if not any(c.is_clock for c in captures):
+        raise DlmsProfileError("the load profile has no clock column", profile=str(obis))
+    return check_layout(columns, period)
+
+
 def whole_wh(value: RegisterValue | None, obis: Obis, when: int) -> int:
     """A register in whole Wh (kWh with scaler 3 is fine); anything else is an error."""
     if value is None:
@@ -255,15 +265,7 @@ class DlmsSession:
         return MeterStatus(source._serial, source._layout, check, meter_clock.utc)
 
     async def _read_layout(self) -> ProfileLayout:
-        obis = self.source.profile_obis
-        captures = capture_objects_from_data(
-            await self.client.get(ClassId.PROFILE_GENERIC, obis, 3)
-        )
-        period = (await self.client.get(ClassId.PROFILE_GENERIC, obis, 4)).as_int()
-        columns = [(c.obis, quantity_kind(c)) for c in captures if not c.is_clock]
-        if not any(c.is_clock for c in captures):
-            raise DlmsProfileError("the load profile has no clock column", profile=str(obis))
-        return check_layout(columns, period)
+        return await read_profile_layout(self.client, self.source.profile_obis)
 
     async def _prove_no_export(self) -> None:
         """Export is not in the profile: only a live 2.8.0 of 0 proves every past one was 0."""

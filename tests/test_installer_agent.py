@@ -54,8 +54,8 @@ async def test_scan_command_on_one_speed_bus_and_a_silent_bus(tmp_path: Path) ->
     meters = [EmulatedMeter("sdm630", 2, 9600, serial_number=1), EmulatedMeter("sdm120", 5, 9600,
                                                                               serial_number=2)]
     async with ModbusBusEmulator(meters) as bus:
-        code, out = await _run("agent", "scan", bus.path, "--baud", "9600", "--ids", "1-6",
-                               "--out", str(tmp_path / "meters.toml"))
+        code, out = await _run("agent", "scan", bus.path, "--protocol", "modbus", "--baud", "9600",
+                               "--ids", "1-6", "--out", str(tmp_path / "meters.toml"))
     assert code == 0, out
     assert "found sdm630 id 2 at 9600 baud: serial 1" in out
     assert "found sdm120 id 5 at 9600 baud: serial 2" in out
@@ -64,8 +64,8 @@ async def test_scan_command_on_one_speed_bus_and_a_silent_bus(tmp_path: Path) ->
     silent.faults.silent = True
     async with ModbusBusEmulator([silent]) as bus:
         began = time.monotonic()
-        code, out = await _run("agent", "scan", bus.path, "--baud", "9600", "--baud", "2400",
-                               "--ids", "1-4")
+        code, out = await _run("agent", "scan", bus.path, "--protocol", "modbus", "--baud", "9600",
+                               "--baud", "2400", "--ids", "1-4")
         took = time.monotonic() - began
     bound = 4 * (probe_timeout(9600) + probe_timeout(2400))
     assert code == 3 and "no meter answered" in out and "A/B swapped" in out
