@@ -1,7 +1,10 @@
 """``meterchain agent check``: the commissioning self-test and its report.
 
 It does, once, what the agent does forever, and proves the result end to end: read every
-configured meter, check the gateway's clock, sign one reading per meter into the outbox,
+configured meter (a DLMS meter as the agent's session does: serial, profile layout, clock, then
+its live energy registers), check the gateway's clock and every DLMS meter's clock drift against
+the threshold the agent flags readings with, sign one reading per Modbus meter into the outbox
+(and for a DLMS meter what the agent signs at its first start: the profile's unsigned intervals),
 publish it (the agent's own Publisher: same TLS, login and MQTT 5 fallback), wait for the
 backend's ack, then fetch the reading's inclusion proof and verify it against a checkpoint
 signed by the log key the backend gave at provisioning ("logged at position N").
@@ -21,14 +24,34 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from urllib.parse import quote
 
-from meterchain.agent.clock import SystemClock, kernel_clock_sync
+from meterchain.agent.backfill import ClockCheck
+from meterchain.agent.clock import Clock, SystemClock, kernel_clock_sync
 from meterchain.agent.config import AgentConfig
 from meterchain.agent.exchange import MeterSerials
 from meterchain.agent.meters import MeterSource, modbus_sources
+from meterchain.agent.meters_dlms import (
+    EXPORT_REGISTER,
+    IMPORT_REGISTER,
+    DlmsMeterSource,
+    DlmsProfileError,
+    dlms_sources,
+    whole_wh,
+)
 from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.outbox import Outbox
+from meterchain.agent.profile_poller import dlms_pollers
 from meterchain.agent.publisher import Backoff, Publisher
 from meterchain.agent.scheduler import Poller
+from meterchain.bridge.dlms import HdlcAddress
+from meterchain.bridge.dlms.errors import (
+    AddressError,
+    AssociationError,
+    DataAccessError,
+    HdlcError,
+    LinkError,
+    PortError,
+    RetriesExhausted,
+)
 from meterchain.bridge.modbus.errors import MeterProtocolError, MeterTimeout
 from meterchain.bridge.modbus.reader import SerialPortError
 from meterchain.contract import merkle
@@ -72,11 +95,14 @@ class CheckReport:
         return asdict(self) | {"ok": self.ok}
 
 
+PORT_FIX = ("wrong port, or no permission: check `port` (ls -l /dev/serial/by-id/); the agent's "
+            "user must be in 'dialout'")
+
+
 def meter_failure_fix(exc: BaseException) -> str:
     """The likely cause of a failed meter read, in the installer's terms."""
     if isinstance(exc, SerialPortError):
-        return ("wrong port, or no permission: check `port` (ls -l /dev/serial/by-id/); the agent's "
-                "user must be in 'dialout'")
+        return PORT_FIX
     if isinstance(exc, MeterTimeout):
         return ("the meter is silent: wrong baud rate or modbus_id (compare with the meter's "
                 "display, or run `meterchain agent scan PORT`), A/B swapped on RS-485, or no power")
@@ -84,6 +110,43 @@ def meter_failure_fix(exc: BaseException) -> str:
         return ("garbled or refused answer: wrong baud rate, a noisy line (termination), or the "
                 "wrong `model` for this meter")
     return "see the detail; run `meterchain agent scan PORT` to see what answers"
+
+
+def dlms_failure_fix(exc: BaseException, source: DlmsMeterSource) -> str:
+    """The likely cause of a failed DLMS session, in the installer's terms."""
+    s, meter = source.settings, source.config
+    where = (f"HDLC address {HdlcAddress(s.server_address, s.physical_address)} at "
+             f"{meter.baudrate} baud")
+    scan = f"`meterchain agent scan {meter.port} --protocol dlms`"
+    if isinstance(exc, PortError):
+        return PORT_FIX
+    if isinstance(exc, RetriesExhausted):
+        fault = exc.last_fault
+        if isinstance(fault, AddressError):
+            return (f"answers come from another HDLC address than {where}: set server_address "
+                    f"and physical_address to what {scan} finds")
+        if isinstance(fault, HdlcError):
+            return ("garbled frames (bad check sequence): wrong baud rate, A/B swapped on "
+                    "RS-485, or a noisy line (120 ohm termination, shielded pair)")
+        if exc.context.get("operation") == "snrm":
+            return (f"no answer at {where}: wrong server_address, physical_address or baudrate "
+                    f"(run {scan}), A/B swapped on RS-485, or no power")
+        return ("the meter stopped answering during the session: a noisy line, or raise "
+                "timeout_seconds for a slow meter")
+    if isinstance(exc, AssociationError):
+        return (f"association refused: wrong client_address ({s.client_address}) or password; "
+                "the public client 16 needs none, the management client 1 the meter's LLS "
+                "password (password_file)")
+    if isinstance(exc, DataAccessError):
+        return ("the meter refused a read: this client may not read that object (use the "
+                "management client: client_address = 1 with its password_file), or the object "
+                "does not exist (check profile_obis)")
+    if isinstance(exc, DlmsProfileError):
+        return "the meter's profile cannot give readings as it is: see the detail"
+    if isinstance(exc, LinkError):
+        return ("the meter refused the link (DM/FRMR): another client holds it; stop that "
+                "client, or wait for the meter's inactivity timeout")
+    return f"see the detail; run {scan} to see what answers"
 
 
 async def run_check(config: AgentConfig, signer, *, record: dict[str, object] | None,  # type: ignore[no-untyped-def]
@@ -96,12 +159,20 @@ async def run_check(config: AgentConfig, signer, *, record: dict[str, object] | 
     if record and record.get("key_id") and record["key_id"] != report.key_fingerprint:
         report.add("key", False, "the key is not the one provisioned",
                    "provision again (meterchain agent provision …) or restore the key file")
-    sources = sources if sources is not None else list(modbus_sources(config.meters))
+    modbus_meters = [m for m in config.meters if m.dlms is None]
+    sources = sources if sources is not None else list(modbus_sources(modbus_meters))
+    clock = SystemClock()
+    sync = clock_sync()
     try:
         readable = await _check_meters(report, sources)
-        _check_clock(report, clock_sync())
-        if readable:
-            await _publish_and_prove(report, config, signer, sources, record, timeout)
+        clocks = await _check_dlms_meters(report, dlms_sources(config.meters, clock), sync)
+        _check_clock(report, sync, has_modbus=bool(sources))
+        for source, check in clocks:
+            _check_meter_clock(report, source, check)
+        if readable or clocks:
+            answering = {source.name for source, _ in clocks}
+            await _publish_and_prove(report, config, signer, sources, answering, record,
+                                     timeout, clock, clock_sync)
     finally:
         for source in sources:
             source.close()
@@ -128,10 +199,65 @@ async def _check_meters(report: CheckReport, sources: list[MeterSource]) -> bool
     return any_read
 
 
-def _check_clock(report: CheckReport, sync: ClockSync) -> None:
+async def _check_dlms_meters(report: CheckReport, sources: list[DlmsMeterSource],
+                             sync: ClockSync) -> list[tuple[DlmsMeterSource, ClockCheck]]:
+    """One session per DLMS meter, as the agent's cycle starts; its clock check for later."""
+    clocks = []
+    for source in sources:
+        try:
+            async with source.session() as session:
+                status = await session.status(sync)
+                import_wh = whole_wh(await session.client.read_register(IMPORT_REGISTER),
+                                     IMPORT_REGISTER, 0)
+                export_wh = 0  # status() proved it 0 when the profile does not capture it
+                if status.layout.has_export:
+                    export_wh = whole_wh(await session.client.read_register(EXPORT_REGISTER),
+                                         EXPORT_REGISTER, 0)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, none stops the check
+            detail = exc.diagnostics() if hasattr(exc, "diagnostics") else repr(exc)
+            report.add(f"meter {source.name}", False, detail, dlms_failure_fix(exc, source))
+            report.meters.append({"name": source.name, "ok": False})
+            continue
+        clocks.append((source, status.clock))
+        period = status.layout.period
+        report.meters.append({"name": source.name, "ok": True, "serial": status.serial,
+                              "import_wh": import_wh, "export_wh": export_wh,
+                              "capture_period": period,
+                              "clock_drift_seconds": round(status.clock.drift, 1)})
+        report.add(f"meter {source.name}", True,
+                   f"serial {status.serial}: import {import_wh} Wh, export {export_wh} Wh "
+                   f"(DLMS, load profile every {period} s)")
+    return clocks
+
+
+def _check_meter_clock(report: CheckReport, source: DlmsMeterSource, check: ClockCheck) -> None:
+    """Drift = meter clock - gateway clock, judged as the agent flags readings ``drifted``."""
+    threshold = source.settings.clock_drift_threshold_seconds
+    drift = f"{check.drift:+.1f} s (±{check.uncertainty:.1f} s)"
+    name = f"meter clock {source.name}"
+    if check.sync is ClockSync.UNSYNCED:
+        report.add(name, False, f"drift {drift} against an unsynchronised gateway clock: "
+                   "cannot judge", "synchronise the gateway's clock first (see clock), then "
+                   "check again")
+    elif not check.drifted:
+        report.add(name, True, f"drift {drift}, within the {threshold} s threshold")
+    elif abs(check.drift) - check.uncertainty > threshold:
+        report.add(name, False, f"drift {drift}, beyond the {threshold} s threshold: its "
+                   "readings are marked drifted",
+                   f"meter clock is {abs(check.drift):.0f} s off: set it with the utility's "
+                   "meter tool (the agent does not set meter clocks), then check again")
+    else:
+        report.add(name, False, f"drift {drift}, but the meter flags its own clock invalid or "
+                   "doubtful: its readings are marked drifted",
+                   "set the meter's clock with the utility's meter tool (it lost its time, e.g. "
+                   "in a power cut without backup), then check again")
+
+
+def _check_clock(report: CheckReport, sync: ClockSync, *, has_modbus: bool) -> None:
     if sync == ClockSync.SYNCED:
-        report.add("clock", True, "gateway clock synchronised (NTP); the SDM meters have no clock "
-                   "of their own, so there is no meter drift to measure")
+        report.add("clock", True, "gateway clock synchronised (NTP)" + (
+            "; the SDM meters have no clock of their own, so there is no meter drift to measure"
+            if has_modbus else ""))
     elif sync == ClockSync.UNSYNCED:
         report.add("clock", False, "gateway clock NOT synchronised",
                    "clock unsynchronised: check `timedatectl`, that NTP (UDP 123) reaches its "
@@ -141,18 +267,26 @@ def _check_clock(report: CheckReport, sync: ClockSync) -> None:
 
 
 async def _publish_and_prove(report: CheckReport, config: AgentConfig, signer,  # type: ignore[no-untyped-def]
-                             sources: list[MeterSource], record: dict[str, object] | None,
-                             timeout: float) -> None:
-    clock, metrics = SystemClock(), AgentMetrics()
+                             sources: list[MeterSource], dlms_answering: set[str],
+                             record: dict[str, object] | None, timeout: float, clock: Clock,
+                             clock_sync) -> None:  # type: ignore[no-untyped-def]
+    metrics = AgentMetrics()
     outbox = await Outbox.open(config.outbox_path, config.device_id)
     try:
         await outbox.set_key_id(key_id(signer.public_key_der))
-        poller = Poller(device=config.device_id, signer=signer, sources=sources, outbox=outbox,
-                        clock=clock, interval=config.interval_seconds, metrics=metrics,
-                        clock_sync=kernel_clock_sync,
-                        serials=MeterSerials.beside(config.outbox_path))
         latest = int(clock.now()) // config.interval_seconds * config.interval_seconds
-        await poller.poll_once(latest)  # the interval that just ended, as the agent would sign it
+        if sources:
+            poller = Poller(device=config.device_id, signer=signer, sources=sources,
+                            outbox=outbox, clock=clock, interval=config.interval_seconds,
+                            metrics=metrics, clock_sync=clock_sync,
+                            serials=MeterSerials.beside(config.outbox_path))
+            await poller.poll_once(latest)  # the interval that just ended, as the agent signs it
+        answering = [m for m in config.meters if m.name in dlms_answering]
+        for profile_poller in dlms_pollers(
+                answering, device=config.device_id, signer=signer, outbox=outbox, clock=clock,
+                interval=config.interval_seconds, metrics=metrics, clock_sync=clock_sync,
+                on_cycle=lambda: None):
+            await profile_poller.poll_once()  # the profile's unsigned intervals, oldest first
         pending = await outbox.readings()
         if not pending:
             due = time.strftime("%H:%M:%S UTC", time.gmtime(latest + config.interval_seconds))
