@@ -96,6 +96,9 @@ class ProfilePoller:
         self.batch = batch_intervals
         self.on_cycle = on_cycle
         self.cycles = 0
+        # Cycles ended plus batches stored: what the systemd watchdog watches (a long backfill
+        # is progress, a hung read is not).
+        self.progress = 0
         self.failures = 0
         self.drift: dict[str, float] = {}  # meter serial -> last measured clock drift (status)
         # Per serial: capture times up to which the meter was asked and had nothing (a gap in
@@ -128,6 +131,7 @@ class ProfilePoller:
             )
             seqs = []
         self.cycles += 1
+        self.progress += 1
         return seqs
 
     async def _poll(self) -> list[int]:
@@ -147,6 +151,7 @@ class ProfilePoller:
                 intervals = await meter.intervals(status.layout, window.first, window.last)
                 stored = await self._store(status, intervals, now)
                 seqs.extend(stored)
+                self.progress += 1
                 # A stretch the meter surely finished writing and had nothing in: don't re-ask.
                 finished = latest_capture(status.meter_utc, period) - period
                 self._scanned[status.serial] = max(

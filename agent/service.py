@@ -97,6 +97,17 @@ class Agent:
             discovery_prefix=ha.discovery_prefix,
         )
 
+    def progress(self) -> dict[str, int]:
+        """Each poller's completed work, for the systemd watchdog: every one must keep moving.
+
+        The interval poller runs even without Modbus meters (it proves the event loop turns);
+        each DLMS meter's profile poller has its own counter, so one hung port is seen.
+        """
+        counters = {"modbus": self.poller.cycles} if self.poller is not None else {}
+        for poller in self.profile_pollers:
+            counters[f"dlms {poller.source.name}"] = poller.progress
+        return counters
+
     def _meter_drift(self) -> dict[str, float]:
         """The DLMS meters' last measured clock drift, by serial (Modbus meters have no clock)."""
         return {serial: drift for p in self.profile_pollers for serial, drift in p.drift.items()}
@@ -204,13 +215,11 @@ class Agent:
                     group.create_task(self.poller.run())
                     for profile_poller in self.profile_pollers:  # DLMS meters, one task each
                         group.create_task(profile_poller.run())
-                    # systemd restarts the service if poll cycles stop completing (stalled
-                    # serial port or event loop); a no-op outside systemd.
+                    # systemd restarts the service if any poller stops completing cycles
+                    # (stalled serial port or event loop); a no-op outside systemd.
                     group.create_task(
                         run_watchdog(
-                            notifier,
-                            lambda: self.poller.cycles if self.poller else 0,
-                            max_stall=2 * config.interval_seconds + 120,
+                            notifier, self.progress, max_stall=2 * config.interval_seconds + 120
                         )
                     )
                     if self.homeassistant is not None:

@@ -2,8 +2,9 @@
 
 deploy/gateway/meterchain-agent.service is ``Type=notify`` with ``WatchdogSec=``: systemd restarts
 the agent when ``WATCHDOG=1`` stops arriving. The pings come from a task on the agent's event loop,
-so a wedged loop stops them; and they are sent only while the poller makes progress, so a serial
-port that hangs a read forever stops them too. Outside systemd (``NOTIFY_SOCKET`` unset) every call
+so a wedged loop stops them; and they are sent only while every poller makes progress (the Modbus
+interval poller and each DLMS meter's profile poller, each its own counter), so a serial port that
+hangs a read forever stops them too, even while the other pollers carry on. Outside systemd (``NOTIFY_SOCKET`` unset) every call
 is a no-op, so the same code runs in tests, in a shell and under the unit.
 
 Protocol: one datagram of ``KEY=VALUE`` lines to the ``AF_UNIX`` socket named by ``NOTIFY_SOCKET``
@@ -18,6 +19,8 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
+
+Progress = int | Mapping[str, int]  # one counter, or one per poller by name
 
 log = logging.getLogger(__name__)
 
@@ -120,43 +123,58 @@ class Notifier:
 
 
 class ProgressWatch:
-    """Healthy while a progress counter has moved within ``max_stall`` seconds (pure; time passed in).
+    """Healthy while every progress counter has moved within ``max_stall`` seconds (pure; time
+    passed in).
 
-    The agent's counter is the poller's completed cycles; ``max_stall`` must exceed one polling
-    interval plus the slowest honest meter read, e.g. ``2 * interval + 120``.
+    The agent's counters are its pollers' completed work, one per poller by name; a counter that
+    stops moving makes the whole watch unhealthy, whatever the others do. ``max_stall`` must
+    exceed one polling interval plus the slowest honest meter read, e.g. ``2 * interval + 120``.
     """
 
     def __init__(self, max_stall: float, now: float) -> None:
         if max_stall <= 0:
             raise ValueError(f"max_stall must be positive, got {max_stall}")
         self.max_stall = max_stall
-        self.last_value: int | None = None
-        self.last_change = now
+        self.started = now
+        self._values: dict[str, int] = {}
+        self._changed: dict[str, float] = {}
+        self._current: tuple[str, ...] = ()
 
-    def observe(self, value: int, now: float) -> None:
-        if value != self.last_value:
-            self.last_value = value
-            self.last_change = now
+    def observe(self, value: Progress, now: float) -> None:
+        counters = {"": value} if isinstance(value, int) else value
+        for name, count in counters.items():
+            if self._values.get(name) != count or name not in self._changed:
+                self._values[name] = count
+                self._changed[name] = now
+        self._current = tuple(counters)  # a poller that is gone no longer counts
+
+    def stalled(self, now: float) -> list[str]:
+        """The counters that have not moved for longer than ``max_stall``."""
+        return [n for n in self._current if now - self._changed[n] > self.max_stall]
 
     def healthy(self, now: float) -> bool:
-        return now - self.last_change <= self.max_stall
+        if not self._current:
+            return now - self.started <= self.max_stall
+        return not self.stalled(now)
 
     def stalled_for(self, now: float) -> float:
-        return max(0.0, now - self.last_change)
+        """How long the most stalled counter has not moved."""
+        oldest = min((self._changed[n] for n in self._current), default=self.started)
+        return max(0.0, now - oldest)
 
 
 async def run_watchdog(
     notifier: Notifier,
-    progress: Callable[[], int],
+    progress: Callable[[], Progress],
     *,
     max_stall: float,
     interval: float | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
-    """Ping the watchdog every ``interval`` seconds while ``progress()`` keeps moving; runs until
-    cancelled. Returns at once when there is no watchdog (``interval`` None and none in the
-    environment). Once stalled it stops pinging and reports why in STATUS, so systemd's restart
-    is explained by ``systemctl status``."""
+    """Ping the watchdog every ``interval`` seconds while every counter of ``progress()`` keeps
+    moving; runs until cancelled. Returns at once when there is no watchdog (``interval`` None
+    and none in the environment). Once stalled it stops pinging and reports why (and which
+    poller) in STATUS, so systemd's restart is explained by ``systemctl status``."""
     interval = watchdog_interval() if interval is None else interval
     if interval is None or not notifier.enabled:
         return
@@ -170,7 +188,10 @@ async def run_watchdog(
             reported_stall = False
         elif not reported_stall:
             stalled = int(watch.stalled_for(now))
-            log.error("event=watchdog_stall stalled_seconds=%d action=stop_pinging", stalled)
-            notifier.status(f"stalled: no completed poll cycle for {stalled} s")
+            names = ", ".join(name for name in watch.stalled(now) if name)
+            log.error("event=watchdog_stall stalled_seconds=%d pollers=%r action=stop_pinging",
+                      stalled, names)
+            notifier.status(f"stalled: no completed poll cycle for {stalled} s"
+                            + (f" ({names})" if names else ""))
             reported_stall = True
         await asyncio.sleep(interval)

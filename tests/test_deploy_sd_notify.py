@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from agent_harness import running, wait_until
+from meterchain.backend.broker import RunningBroker
+from meterchain.bridge.dlms.serial_client import SerialTransport
+from test_agent_dlms import site
 
 from meterchain.agent.systemd import (
     Notifier,
@@ -161,3 +165,70 @@ async def test_run_watchdog_pings_while_progressing_and_stops_on_a_stall(
 async def test_run_watchdog_returns_without_a_watchdog() -> None:
     await asyncio.wait_for(run_watchdog(Notifier(None), lambda: 0, max_stall=1, interval=1), 1)
     await asyncio.wait_for(run_watchdog(Notifier("/nonexistent"), lambda: 0, max_stall=1), 1)
+
+
+def test_progress_watch_needs_every_named_counter_to_move() -> None:
+    watch = ProgressWatch(max_stall=10, now=0)
+    watch.observe({"modbus": 0, "dlms main": 0}, now=0)
+    watch.observe({"modbus": 1, "dlms main": 1}, now=5)
+    watch.observe({"modbus": 2, "dlms main": 1}, now=12)  # the DLMS poller has stopped
+    assert watch.healthy(15) and watch.stalled(15) == []
+    assert not watch.healthy(15.5) and watch.stalled(15.5) == ["dlms main"]
+    assert watch.stalled_for(15.5) == 10.5
+    watch.observe({"modbus": 3}, now=16)  # a poller that is gone no longer counts
+    assert watch.healthy(16)
+
+
+async def test_watchdog_stops_when_a_dlms_only_agents_serial_port_hangs(
+    listener: tuple[socket.socket, str], tmp_path: Path, broker: RunningBroker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gateway with only a DLMS meter: its interval poller keeps cycling (no Modbus meters to
+    read), so only the DLMS poller's own counter shows that its port hung."""
+    sock, path = listener
+    async with site(tmp_path, broker) as s:
+        agent = s.agent()
+        async with running(agent.run):
+            await wait_until(lambda: bool(agent.profile_pollers), 10, "the DLMS poller")
+            (dlms,) = agent.profile_pollers
+            interval_poller = agent.poller
+            assert interval_poller is not None and not agent.sources  # DLMS only
+            assert set(agent.progress()) == {"modbus", "dlms main"}
+            now = [0.0]
+            watchdog = asyncio.create_task(run_watchdog(
+                Notifier(path), agent.progress, max_stall=10, interval=0.05,
+                clock=lambda: now[0]))
+
+            async def advance(counter: Callable[[], int], what: str) -> list[bytes]:
+                """Wait for the counter to move (a second: accelerated time), then 4 s pass."""
+                seen = counter()
+                await wait_until(lambda: counter() > seen, 5, what)
+                _received(sock)  # what was sent before this step
+                now[0] += 4
+                await asyncio.sleep(0.15)
+                return _received(sock)
+
+            try:
+                for _ in range(3):  # the meter answers: every poller progresses
+                    sent = await advance(lambda: dlms.progress, "a DLMS cycle")
+                    assert set(sent) == {b"WATCHDOG=1\n"}
+
+                async def wedged(self: SerialTransport, timeout: float) -> bytes:
+                    await asyncio.Event().wait()  # a driver that ignores its timeout
+                    return b""
+
+                monkeypatch.setattr(SerialTransport, "read", wedged)
+                await advance(lambda: interval_poller.cycles, "an interval cycle")
+                hung_at = dlms.progress  # the cycle that was running may still have ended
+                sent = []
+                for _ in range(3):  # 12 s more: the interval poller moves, the DLMS one not
+                    sent += await advance(lambda: interval_poller.cycles, "an interval cycle")
+                assert dlms.progress == hung_at
+                assert sent[-1].startswith(b"STATUS=stalled: no completed poll cycle for ")
+                assert sent[-1].endswith(b" s (dlms main)\n")
+                await asyncio.sleep(0.15)
+                assert _received(sock) == []  # silence: systemd restarts the agent
+            finally:
+                watchdog.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await watchdog
