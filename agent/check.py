@@ -223,7 +223,7 @@ async def _check_dlms_meters(report: CheckReport, sources: list[DlmsMeterSource]
         report.meters.append({"name": source.name, "ok": True, "serial": status.serial,
                               "import_wh": import_wh, "export_wh": export_wh,
                               "capture_period": period,
-                              "clock_drift_seconds": round(status.clock.drift, 1)})
+                              "clock_drift_seconds": round(status.clock.drift, 1) or 0.0})
         report.add(f"meter {source.name}", True,
                    f"serial {status.serial}: import {import_wh} Wh, export {export_wh} Wh "
                    f"(DLMS, load profile every {period} s)")
@@ -233,7 +233,7 @@ async def _check_dlms_meters(report: CheckReport, sources: list[DlmsMeterSource]
 def _check_meter_clock(report: CheckReport, source: DlmsMeterSource, check: ClockCheck) -> None:
     """Drift = meter clock - gateway clock, judged as the agent flags readings ``drifted``."""
     threshold = source.settings.clock_drift_threshold_seconds
-    drift = f"{check.drift:+.1f} s (±{check.uncertainty:.1f} s)"
+    drift = f"{round(check.drift, 1) or 0.0:+.1f} s (±{check.uncertainty:.1f} s)"  # no -0.0
     name = f"meter clock {source.name}"
     if check.sync is ClockSync.UNSYNCED:
         report.add(name, False, f"drift {drift} against an unsynchronised gateway clock: "

@@ -84,8 +84,9 @@ class Protocol(StrEnum):
 
 def scan(
     port: str = typer.Argument(..., help="The serial port, e.g. /dev/ttyUSB0."),
-    protocol: Protocol = typer.Option(Protocol.BOTH, "--protocol",
-                                      help="What to look for: Modbus first, then DLMS, by default."),
+    protocol: Protocol = typer.Option(
+        Protocol.BOTH, "--protocol",
+        help="both: Modbus first, then DLMS if no Modbus meter answered."),
     baud: list[int] = typer.Option([], "--baud", help="Baud rates to try (repeat); default: "
                                    "six for Modbus, four for DLMS."),
     ids: str = typer.Option("1-16", "--ids", help="Modbus ids: 1-16, or 1,5,7, or 1-247."),
@@ -125,14 +126,16 @@ def scan(
     modbus_report, dlms_report = asyncio.run(
         _scan_line(port, rates if modbus else None, id_list, dlms_rates if dlms else None,
                    addresses))
-    proposal, lines, causes = _scan_summary(modbus_report, dlms_report)
+    proposal, lines, causes = _scan_summary(modbus_report, dlms_report,
+                                            dlms and dlms_report is None)
     found = any(r is not None and r.found for r in (modbus_report, dlms_report))
     seconds = round(sum(r.seconds for r in (modbus_report, dlms_report) if r is not None), 2)
     if as_json:
         if protocol is Protocol.BOTH:
-            assert modbus_report is not None and dlms_report is not None
-            document: dict[str, object] = {"port": port, "modbus": modbus_report.to_json(),
-                                           "dlms": dlms_report.to_json(), "seconds": seconds}
+            assert modbus_report is not None
+            document: dict[str, object] = {
+                "port": port, "modbus": modbus_report.to_json(),
+                "dlms": dlms_report.to_json() if dlms_report else None, "seconds": seconds}
         else:
             single = modbus_report or dlms_report
             assert single is not None
@@ -162,15 +165,20 @@ async def _scan_line(
     port: str, rates: tuple[int, ...] | None, ids: list[int], dlms_rates: tuple[int, ...] | None,
     addresses: list[HdlcAddress],
 ) -> tuple[ScanReport | None, DlmsScanReport | None]:
-    """Modbus first (when asked), then DLMS, on one port; a port that cannot be used stops both."""
+    """Modbus first (when asked), then DLMS, on one port; a port that cannot be used stops both.
+
+    Both: DLMS only when no Modbus meter answered (one line, one protocol: the agent reads a
+    DLMS meter only on a port of its own, so one found there could not be proposed anyway).
+    """
     from meterchain.agent.scan import SerialPortError, scan_port
     from meterchain.agent.scan_dlms import scan_dlms_port
     from meterchain.bridge.dlms.errors import PortError
 
     try:
         modbus = await scan_port(port, baudrates=rates, ids=ids) if rates else None
-        dlms = await scan_dlms_port(port, baudrates=dlms_rates, addresses=addresses) \
-            if dlms_rates else None
+        dlms = None
+        if dlms_rates and not (modbus and modbus.found):
+            dlms = await scan_dlms_port(port, baudrates=dlms_rates, addresses=addresses)
     except (SerialPortError, PortError) as exc:
         raise _fail(f"cannot open {port}: {exc.diagnostics()}",
                     "wrong port? ls -l /dev/serial/by-id/; no permission? add the user to "
@@ -179,7 +187,7 @@ async def _scan_line(
 
 
 def _scan_summary(
-    modbus: ScanReport | None, dlms: DlmsScanReport | None
+    modbus: ScanReport | None, dlms: DlmsScanReport | None, dlms_skipped: bool
 ) -> tuple[Proposal, list[str], list[str]]:
     """The proposal (Modbus meters keep their bus; DLMS meters need a port of their own), the
     report's lines, and what to check when the line is silent."""
@@ -204,8 +212,10 @@ def _scan_summary(
                             proposal.advice + dlms_proposal.advice)
         lines += [_dlms_line(meter) for meter in dlms.found]
         lines += [f"trouble: DLMS {line}" for line in dlms.garbled + dlms.errors]
-        causes += [c for c in empty_line_causes(dlms) if c.split(":")[0] not in
-                   {known.split(":")[0] for known in causes}]
+        causes += [c for c in empty_line_causes(dlms, wiring=modbus is None) if c not in causes]
+    elif modbus is not None and modbus.found and dlms_skipped:
+        lines.append("Modbus meters answered: DLMS not scanned on this port (the agent reads a "
+                     "DLMS meter only on a port of its own; --protocol dlms scans it anyway)")
     lines += [f"advice: {line}" for line in proposal.advice]
     return proposal, lines, causes
 
@@ -238,6 +248,9 @@ def check(
     from meterchain.contract.errors import MeterchainError
 
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    # A DLMS meter's profile backlog is published at once: aiomqtt's "pending publish calls"
+    # warnings are expected here, and the report says whether publishing worked.
+    logging.getLogger("meterchain.agent.mqtt").setLevel(logging.ERROR)
     try:
         settings = load_config(config)
         signer = load_device_key(settings.key_path)

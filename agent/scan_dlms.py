@@ -263,7 +263,7 @@ async def _read_meter(client: DlmsMeterClient, port: str, baudrate: int, address
         check = check_clock(meter_clock.utc, asked_at=asked, answered_at=answered,
                             threshold=DEFAULT_CLOCK_DRIFT_THRESHOLD_SECONDS,
                             gateway=ClockSync.SYNCED, meter_trustworthy=meter_clock.trustworthy)
-        drift, drifted = round(check.drift, 1), check.drifted
+        drift, drifted = round(check.drift, 1) or 0.0, check.drifted  # no -0.0
     import_wh = _wh(await _optional(client.read_register, IMPORT_REGISTER), IMPORT_REGISTER)
     export_wh = _wh(await _optional(client.read_register, EXPORT_REGISTER), EXPORT_REGISTER)
     period, profile = None, "ok"
@@ -338,19 +338,25 @@ def _meter_advice(label: str, meter: FoundDlmsMeter) -> list[str]:
     return advice
 
 
-def empty_line_causes(report: DlmsScanReport) -> list[str]:
-    """What to check when no DLMS meter answered (the wiring causes are Modbus' too)."""
+def empty_line_causes(report: DlmsScanReport, *, wiring: bool = True) -> list[str]:
+    """What to check when no DLMS meter answered; ``wiring=False`` leaves out the causes the
+    Modbus scan's list already names (port, A/B, power)."""
     causes = [
-        f"wrong port: is the RS-485 adapter {report.port}? (ls -l /dev/serial/by-id/)",
-        "A/B swapped: swap the two data wires of the RS-485 pair (a silent line is the usual sign)",
         (f"baud rate or HDLC address outside the scan ({', '.join(map(str, report.baudrates))} "
          f"baud, addresses {','.join(report.addresses[:3])}"
          f"{'…' if len(report.addresses) > 3 else ''}): read them in the meter's menu or "
          "nameplate, pass --baud/--hdlc"),
         "an optical head needs the IEC 62056-21 mode E sign-on at 300 baud first (not "
         "supported): use the meter's RS-485 or RS-232 port",
-        "the meter has no power, or the line no 120 ohm termination at its far end",
     ]
+    if wiring:
+        causes = [
+            f"wrong port: is the RS-485 adapter {report.port}? (ls -l /dev/serial/by-id/)",
+            "A/B swapped: swap the two data wires of the RS-485 pair (a silent line is the usual "
+            "sign)",
+            *causes,
+            "the meter has no power, or the line no 120 ohm termination at its far end",
+        ]
     if report.garbled:
         causes.insert(0, "garbled answers: wrong baud rate, A/B swapped or a noisy line "
                          "(see the garbled list)")

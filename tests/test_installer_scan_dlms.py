@@ -148,7 +148,7 @@ def _table(path: Path) -> dict[str, object]:
 
 
 async def test_scan_both_protocols_modbus_first_then_dlms_json(tmp_path: Path) -> None:
-    """Default protocol: both. A DLMS meter on the Modbus bus's port is advised, not proposed."""
+    """Default protocol: both, Modbus first; DLMS only where no Modbus meter answered."""
     async with DlmsMeterEmulator(_meter("MC20260001")) as emulator:
         assert emulator.path is not None
         code, out = await _run("agent", "scan", emulator.path, "--baud", "9600", "--ids", "1-2",
@@ -166,6 +166,7 @@ async def test_scan_both_protocols_modbus_first_then_dlms_json(tmp_path: Path) -
                                "--hdlc", "1")
     assert code == 0, out
     assert "found sdm630 id 2 at 9600 baud: serial 7" in out and "found DLMS" not in out
+    assert "Modbus meters answered: DLMS not scanned on this port" in out
     assert 'model = "sdm630"' in out
 
 
