@@ -1,5 +1,5 @@
-"""Proofs from stored nodes: the O(log n) nodes a plan names, read as one range per tile
-touched (three tiles at 10^7 leaves) through the connection's :class:`NodeReader` cache.
+"""Proofs from stored nodes: the O(log n) nodes a plan names, read as one query of a 16-node
+range per group touched (six at 10^7 leaves) through the connection's :class:`NodeReader` cache.
 
 Stored nodes are never rewritten, so a proof for any signed checkpoint can be built from the
 current store, however much the tree has grown since.

@@ -5,7 +5,8 @@ checkpoint and the signed batch header are written together or not at all, so a 
 point leaves the previous seal intact. Hashing and signing happen before the transaction opens,
 and the transaction only writes, so the write lock is held for milliseconds and ingest (another
 connection) keeps committing. On start the compact range is restored from the stored peaks and
-checked against the newest checkpoint before another checkpoint is signed.
+checked against the newest checkpoint before another checkpoint is signed, and a log written
+before the current layout gets its missing stored levels first (backend/log/backfill.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from meterchain.backend.log.backfill import backfill_strata
 from meterchain.backend.log.strata import STRIDE
 from meterchain.backend.log.tree import CompactRange
 from meterchain.backend.store import Seal, Store, StoreError
@@ -55,7 +57,8 @@ class Sealer:
         self._started = False
 
     async def start(self) -> None:
-        """Restore the compact range and check it against the newest checkpoint."""
+        """Restore the compact range, check it against the newest checkpoint, and bring an
+        older log to the current layout (it reads right meanwhile; seals wait for it)."""
         state = await self.store.tree_state()
         tree = CompactRange.from_nodes(state.size, list(state.peaks))
         if state.checkpoint_size is not None and tree.root() != state.checkpoint_root:
@@ -71,6 +74,7 @@ class Sealer:
                 size=state.size,
                 header_size=header.size if header else 0,
             )
+        await backfill_strata(self.store, state.size)
         self.tree, self.last_header, self._started = tree, header, True
         TREE_SIZE.set(tree.size)
 
@@ -88,7 +92,7 @@ class Sealer:
         if not pending:
             return 0
         tree = CompactRange.from_nodes(self.tree.size, list(self.tree.peaks))
-        # Only the strata are stored (levels 8, 16, ...); leaf hashes already are, in `leaves`.
+        # Only every STRIDE-th level is stored (4, 8, ...); leaf hashes already are, in `leaves`.
         nodes = tree.extend([leaf_hash for _, leaf_hash in pending], STRIDE)
         root = tree.root()
         sealed = max(int(self.clock()), self.last_header.sealed if self.last_header else 0)

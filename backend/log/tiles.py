@@ -3,8 +3,9 @@
 A tile at level L with index N holds the hashes of tree nodes at height 8·L with indices
 256·N … 256·N + W − 1, concatenated (W·32 bytes). Full tiles have W = 256; the rightmost tile of a
 level may be partial, served at ``.p/W``. Every tile is immutable once it exists, so mirrors and
-monitors cache them forever. The log stores exactly these strata (leaf hashes and the nodes at
-levels 8, 16, …; :mod:`~meterchain.backend.log.strata`), so a tile is one range read of one level.
+monitors cache them forever. The log stores these strata (leaf hashes and the nodes at levels 8,
+16, …) among its stored levels (every 4th: :mod:`~meterchain.backend.log.strata`), so a tile is
+one range read of one level.
 
 Only hash tiles are served: entry bundles would publish the readings, which are private
 (docs/privacy.md).

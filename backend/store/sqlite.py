@@ -363,7 +363,7 @@ class SqliteStore:
             if size:
                 ids = peak_ids(size)
                 try:  # uncached: a restart must see what is on disk
-                    fetched = await NodeReader(self, cached_tiles=0).hashes(ids, size)
+                    fetched = await NodeReader(self, cached_groups=0).hashes(ids, size)
                 except MeterchainError as exc:
                     raise StoreError(f"a peak of the sealed tree cannot be read: {exc}",
                                      size=size) from None
@@ -451,8 +451,33 @@ class SqliteStore:
         return (await self.strata_ranges([(0, start, end)]))[0]
 
     async def node_range(self, level: int, start: int, end: int) -> list[bytes]:
-        """Stored node hashes at ``level`` (8, 16, ...) with index in [start, end), in order."""
+        """Stored node hashes at ``level`` (4, 8, 12, ...) with index in [start, end), in order."""
         return (await self.strata_ranges([(level, start, end)]))[0]
+
+    async def strata_layout(self) -> int:
+        """The stride of the stored levels (``log_meta``): 4, or 8 for a log sealed before
+        stride 4 until the sealer's start-up backfill (backend/log/backfill.py) is done."""
+        value = await self._scalar("SELECT value FROM log_meta WHERE key = 'stride'")
+        if value is None:
+            raise StoreError("log_meta has no 'stride': the schema is damaged", path=self.path)
+        return int(value)
+
+    async def stored_end(self, level: int) -> int:
+        """One past the highest index stored at ``level`` of ``log_nodes`` (0 if none)."""
+        return int(await self._scalar(
+            "SELECT max(idx) + 1 FROM log_nodes WHERE level = ?", (level,)) or 0)
+
+    async def backfill_nodes(self, nodes: Sequence[tuple[int, int, bytes]],
+                             layout: int | None = None) -> None:
+        """Store derived nodes in one transaction; a node already there is kept (a resumed
+        backfill repeats at most a chunk). With ``layout``, record it in the same transaction."""
+        async def work() -> None:
+            await self._conn.executemany("INSERT OR IGNORE INTO log_nodes VALUES (?, ?, ?)", nodes)
+            if layout is not None:
+                await self._conn.execute("UPDATE log_meta SET value = ? WHERE key = 'stride'",
+                                         (layout,))
+
+        await self._write(work)
 
     async def strata_ranges(self, ranges: Sequence[tuple[int, int, int]]) -> list[list[bytes]]:
         """Stored hashes for each (level, start, end), in ONE query: level 0 is the sealed
