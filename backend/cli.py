@@ -41,8 +41,16 @@ def serve(
     admin_token: str | None = typer.Option(None, "--admin-token", help="Or MC_ADMIN_TOKEN."),
     seal_interval: float | None = typer.Option(None, "--seal-interval", help="Seconds between seals."),
     seal_max: int | None = typer.Option(None, "--seal-max", help="Seal early at this many leaves."),
+    role: list[str] | None = typer.Option(
+        None, "--role", help="What this process runs: ingest, sealer, api or all (default); "
+        "repeat or comma-separate, e.g. --role sealer,api. Exactly one sealer per log."),
+    share_group: str | None = typer.Option(
+        None, "--share-group", help="Ingest in this MQTT 5 share group ($share/<group>/...): "
+        "several ingest workers split the readings."),
+    client_id: str | None = typer.Option(
+        None, "--client-id", help="MQTT client id (in a share group: -<host>-<pid> is added)."),
 ) -> None:
-    """Run MQTT ingest, the sealer and the HTTP API until SIGINT/SIGTERM."""
+    """Run MQTT ingest, the sealer and the HTTP API (or the --role parts) until SIGINT/SIGTERM."""
     from meterchain.backend.service import serve as run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -51,6 +59,7 @@ def serve(
             config, db=db, broker=broker, http_host=http_host, http_port=http_port,
             log_key=log_key, origin=origin, admin_token=admin_token,
             seal_interval=seal_interval, seal_max_leaves=seal_max,
+            roles=role or None, share_group=share_group, client_id=client_id,
         )
         asyncio.run(run(settings))
     except MeterchainError as exc:

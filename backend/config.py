@@ -3,16 +3,45 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from meterchain.contract.errors import MeterchainError
 
+#: What one ``serve`` process can run (docs/backend.md, "Scale-out"): ``ingest`` (MQTT → store →
+#: ack), ``sealer`` (the sealer, the settlement runner and the webhook worker: the parts that must
+#: run exactly once per log) and ``api`` (HTTP API, dashboard, live telemetry).
+ROLES = ("ingest", "sealer", "api")
+#: An MQTT 5 share name: at least one character, none of ``/ + #`` (MQTT 5 §4.8.2).
+_SHARE_NAME = re.compile(r"[^/+#\s]{1,64}")
+
 
 class ConfigError(MeterchainError):
     check = "config"
+
+
+def parse_roles(value: str | Iterable[str]) -> tuple[str, ...]:
+    """``"all"``, ``"ingest"``, ``"sealer,api"`` or a list of those: the roles, in ROLES order."""
+    if not isinstance(value, (str, list, tuple, set, frozenset)):
+        raise ConfigError(f"roles must be a string or a list of strings, not {value!r}")
+    items = [value] if isinstance(value, str) else list(value)
+    parts = (part.strip().lower() for item in items for part in str(item).split(","))
+    names = {part for part in parts if part}
+    if "all" in names:
+        names = (names - {"all"}) | set(ROLES)
+    unknown = sorted(names - set(ROLES))
+    if unknown or not names:
+        raise ConfigError(
+            f"roles {sorted(names) or value!r} must name one or more of "
+            f"{', '.join(ROLES)} (or all)",
+            roles=str(value),
+        )
+    return tuple(role for role in ROLES if role in names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +87,31 @@ class BackendConfig:
     batch_size: int = 1000
     verify_threads: int = 2
     settle_every: float = 5.0  # seconds between settlement passes (backend/settlement.py)
+    # Scale-out (docs/backend.md, "Scale-out"): the parts this process runs, and the MQTT 5 share
+    # group its ingest subscribes in ("" = plain subscriptions, one ingest per broker).
+    roles: tuple[str, ...] = ROLES
+    share_group: str = ""
     # Commissioning (backend/provisioning.py, docs/installer-guide.md):
     gateway_broker_url: str = ""  # the broker as gateways reach it; empty: no provisioning
     mosquitto_passwd_file: str = ""  # keep each device's login line in this password file
     broker_reload_command: str = ""  # run after that file changed, e.g. "systemctl reload mosquitto"
     public_url: str = ""  # the backend's URL as installers reach it (in tokens' QR codes)
     extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.roles = parse_roles(self.roles)
+        if self.share_group and not _SHARE_NAME.fullmatch(self.share_group):
+            raise ConfigError(
+                f"share_group {self.share_group!r} must be 1-64 characters without / + # or spaces",
+                share_group=self.share_group,
+            )
+
+    def worker_client_id(self) -> str:
+        """The ingest's MQTT client id. In a share group every worker needs its own, so it is
+        ``<client_id>-<hostname>-<pid>`` there; otherwise ``client_id`` as configured."""
+        if not self.share_group:
+            return self.client_id
+        return f"{self.client_id}-{socket.gethostname()}-{os.getpid()}"
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: object) -> BackendConfig:

@@ -6,6 +6,11 @@ in worker threads) → commit (one transaction per batch) → publish each touch
 retained, QoS 1. A reading is acknowledged only after the transaction that stores it committed.
 aiomqtt does not reconnect by itself: :meth:`Ingest.run` reconnects with backoff and jitter, on a
 persistent session so the broker queues readings while the backend is away.
+
+With a share group (docs/backend.md, "Scale-out") several ingest workers split the readings
+through the MQTT 5 shared subscription ``$share/<group>/meterchain/v1/+/readings``; each worker
+then recomputes a touched device's ack from the store after its commit, since another worker may
+have committed that device's other seqs meanwhile.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 from meterchain.backend.checks import Checked, check_batch
-from meterchain.backend.config import parse_broker_url
+from meterchain.backend.config import BrokerAddress, ConfigError, parse_broker_url
 from meterchain.backend.gateway_messages import (
     AcceptedOcmf,
     AcceptedStatus,
@@ -48,6 +54,9 @@ log = logging.getLogger(__name__)
 READINGS_FILTER = f"{TOPIC_PREFIX}/+/readings"
 #: OCMF records and status messages (backend/gateway_messages.py), stored before readings are acked.
 SIDE_FILTERS = (f"{TOPIC_PREFIX}/+/ocmf", f"{TOPIC_PREFIX}/+/status")
+#: CONNACK codes of a broker that does not speak MQTT 5 (3.1.1 "unacceptable protocol version",
+#: MQTT 5 "unsupported protocol version").
+_UNSUPPORTED_PROTOCOL = {1, 0x84}
 #: aiomqtt warns about every pending call over 10; a busy ingest has hundreds by design.
 _QUIET_MQTT_LOG = logging.getLogger("meterchain.backend.ingest.mqtt")
 _QUIET_MQTT_LOG.setLevel(logging.ERROR)
@@ -63,11 +72,28 @@ SIDE_MESSAGES = Counter(
 )
 
 
+def subscriptions(share_group: str = "") -> tuple[str, ...]:
+    """The filters ingest subscribes to. With a share group, readings and statuses are shared
+    (each message reaches one worker); OCMF records stay a plain subscription, so the worker that
+    acks a reading has itself received (and stored) the record the agent published before it."""
+    if not share_group:
+        return (READINGS_FILTER, *SIDE_FILTERS)
+    shared = f"$share/{share_group}/"
+    ocmf, status = SIDE_FILTERS
+    return (shared + READINGS_FILTER, ocmf, shared + status)
+
+
 @dataclass
 class _DeviceAck:
     upto: int
     above: set[int]
     recent: collections.deque[tuple[int, str, str]]
+
+    def advance(self) -> None:
+        """Move ``upto`` over the done seqs just above it."""
+        while self.upto + 1 in self.above:
+            self.upto += 1
+        self.above = {s for s in self.above if s > self.upto}
 
 
 @dataclass
@@ -81,9 +107,18 @@ class AckTracker:
         for device in devices:
             if device not in self.devices:
                 state: AckState = await store.ack_state(device)
-                self.devices[device] = _DeviceAck(
+                loaded = _DeviceAck(
                     state.upto, set(state.above), collections.deque(state.recent_rejections, 64)
                 )
+                loaded.advance()  # the stored upto is a lower bound (another worker's plan)
+                self.devices[device] = loaded
+
+    async def refresh(self, store: Store, devices: Iterable[str]) -> None:
+        """Reload ``devices`` from the store: with several workers, what this one cached misses
+        the seqs and rejections the others committed. Everything read is committed."""
+        for device in devices:
+            self.devices.pop(device, None)
+        await self.load(store, devices)
 
     def plan(self, done: dict[str, set[int]]) -> dict[str, int]:
         """The ``upto`` each device would have once ``done`` is committed (nothing changes)."""
@@ -140,10 +175,14 @@ class Ingest:
         verify_threads: int = 2,
         on_commit: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.time,
+        share_group: str = "",
+        timeout: float = 10.0,
     ) -> None:
         self.store = store
         self.broker_url = broker_url
         self.client_id = client_id
+        self.share_group = share_group
+        self.timeout = timeout
         self.batch_size = batch_size
         self.verify_threads = max(1, verify_threads)
         self.on_commit = on_commit
@@ -152,6 +191,7 @@ class Ingest:
         self.acks = AckTracker()
         self.stats: collections.Counter[str] = collections.Counter()
         self.connected = asyncio.Event()
+        self.connected_once = False
         self._pool = ThreadPoolExecutor(self.verify_threads, thread_name_prefix="mc-verify")
         self._ack_tasks: set[asyncio.Task[None]] = set()
         self._latest_ack: dict[str, Ack] = {}
@@ -198,6 +238,8 @@ class Ingest:
         result = await self.store.commit_batch(readings, rejections, uptos, version)
         BATCH_SECONDS.observe(time.perf_counter() - started)
         self.acks.apply(done, uptos, [*rejections, *result.conflicts])
+        if self.share_group:  # after the commit: see every seq committed until now, ours included
+            await self.acks.refresh(self.store, done)
 
         report = BatchReport()
         for outcome in result.outcomes:
@@ -252,8 +294,9 @@ class Ingest:
                             r.kind, r.reason, r.device, r.detail[:200])
         if not ocmf and not statuses:
             return
-        assert isinstance(self.store, SqliteStore)
-        result = await UtilityTables(self.store).commit_side(ocmf, statuses)
+        # SQLite keeps them in the utility tables; PostgresStore (the scale path) in its own.
+        side = UtilityTables(self.store) if isinstance(self.store, SqliteStore) else self.store
+        result = await side.commit_side(ocmf, statuses)  # type: ignore[attr-defined]
         for outcome, count in (("stored", result.ocmf_stored),
                                ("duplicate", result.ocmf_duplicates),
                                ("conflict", len(result.ocmf_conflicts))):
@@ -276,8 +319,12 @@ class Ingest:
         while True:
             try:
                 await self._session(address)
+            except ConfigError:
+                raise  # a broker that cannot serve this configuration: retrying will not help
             except aiomqtt.MqttError as exc:
                 self.connected.clear()
+                if self.share_group and not self.connected_once:
+                    await self._refuse_without_mqtt5(address, exc)
                 delay = random.uniform(0, backoff)
                 log.warning("ingest: broker connection lost (%s); retrying in %.2f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -301,27 +348,62 @@ class Ingest:
                 super().__init__(*args, **kwargs)  # type: ignore[arg-type]
                 queues.append(self)
 
+        if self.share_group:
+            # MQTT 5 (shared subscriptions) without a session that outlives the connection:
+            # Mosquitto keeps handing a disconnected member's share of the messages to its
+            # stored session, so a dead worker would sit on them; without one, the group
+            # shares among the connected workers only, and what was in flight at a dead worker
+            # (never acked) is resent by the agents (docs/backend.md, "Scale-out").
+            session: dict[str, object] = {"protocol": aiomqtt.ProtocolVersion.V5,
+                                          "clean_start": True}
+            self.acks.devices.clear()  # others committed while we were away
+        else:
+            session = {"clean_session": False}
         client = aiomqtt.Client(
             address.host,
             address.port,
             username=address.username,
             password=address.password,
             identifier=self.client_id,
-            clean_session=False,
             queue_type=_Inbox,
             max_inflight_messages=1000,
             keepalive=30,
             logger=_QUIET_MQTT_LOG,
+            timeout=self.timeout,
+            **session,  # type: ignore[arg-type]
         )
         self._latest_ack.clear()
         async with client:
-            await client.subscribe(READINGS_FILTER, qos=1)
-            for side_filter in SIDE_FILTERS:
-                await client.subscribe(side_filter, qos=1)
+            self.connected_once = True
+            for topic_filter in subscriptions(self.share_group):
+                granted = await client.subscribe(topic_filter, qos=1)
+                _check_granted(topic_filter, granted)
             self.connected.set()
-            log.info("ingest: subscribed to %s", READINGS_FILTER)
+            log.info("ingest: subscribed to %s", ", ".join(subscriptions(self.share_group)))
             await self._republish_acks(client)
             await self._pipeline(client, queues[0])
+
+    async def _refuse_without_mqtt5(self, address: BrokerAddress, exc: aiomqtt.MqttError) -> None:
+        """A share group needs MQTT 5: raise :class:`ConfigError` if the broker refused the MQTT 5
+        CONNECT, or ignored it (amqtt 0.12 never answers one) yet answers MQTT 3.1.1."""
+        code = getattr(getattr(exc, "rc", None), "value", getattr(exc, "rc", None))
+        refused = isinstance(exc, MqttConnectError) and code in _UNSUPPORTED_PROTOCOL
+        if not refused and "timed out" in str(exc):
+            probe = aiomqtt.Client(address.host, address.port, username=address.username,
+                                   password=address.password, timeout=self.timeout,
+                                   identifier=f"{self.client_id}-probe", logger=_QUIET_MQTT_LOG)
+            try:
+                async with probe:
+                    refused = True  # it speaks 3.1.1, and did not answer MQTT 5
+            except aiomqtt.MqttError:
+                return  # not answering at all: an outage, retried as usual
+        if refused:
+            raise ConfigError(
+                f"share_group {self.share_group!r} needs an MQTT 5 broker (shared subscriptions), "
+                f"but the broker at {address.host}:{address.port} speaks only MQTT 3.1.1; use "
+                "Mosquitto 2 (or another MQTT 5 broker), or unset share_group to run one ingest",
+                share_group=self.share_group, broker=f"{address.host}:{address.port}",
+            )
 
     async def _republish_acks(self, client: aiomqtt.Client) -> None:
         """After a (re)start, every known device gets its current ack again."""
@@ -398,6 +480,19 @@ class Ingest:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _check_granted(topic_filter: str, granted: object) -> None:
+    """Raise :class:`ConfigError` if the broker refused a subscription (a code ≥ 0x80, e.g.
+    0x87 not authorized or 0x9E shared subscriptions not supported)."""
+    for code in granted if isinstance(granted, (list, tuple)) else ():
+        value = int(getattr(code, "value", code))
+        if value >= 0x80:
+            raise ConfigError(
+                f"the broker refused the subscription {topic_filter!r}: {code} (0x{value:02x}); "
+                "check its ACL for the backend's user and that it allows shared subscriptions",
+                topic_filter=topic_filter, code=value,
+            )
 
 
 def _payload(payload: object) -> bytes:

@@ -1,21 +1,29 @@
 """``meterchain backend serve``: ingest, sealer and the HTTP API in one asyncio process.
 
 Each part has its own database connection; a signal (SIGINT/SIGTERM) stops the API and the
-ingest, seals what is pending, and closes the store cleanly.
+ingest, seals what is pending, and closes the store cleanly. ``roles`` picks the parts (docs/
+backend.md, "Scale-out"): N processes with ``ingest`` in one MQTT 5 share group beside exactly one
+with ``sealer`` (guarded by :class:`SealerLock`) and one or more with ``api``. A process without
+``api`` still serves ``/metrics`` and ``/healthz`` on its HTTP port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal
+import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meterchain.backend.api import create_app
 from meterchain.backend.config import BackendConfig
@@ -23,7 +31,7 @@ from meterchain.backend.ingest import Ingest
 from meterchain.backend.log.sealer import Sealer
 from meterchain.backend.provisioning import settings_from_config
 from meterchain.backend.settlement import SettlementRunner
-from meterchain.backend.store import open_store
+from meterchain.backend.store import SqliteStore, is_postgres, open_store
 from meterchain.backend.webhooks import WebhookWorker
 from meterchain.backend.web.live import subscribe
 from meterchain.contract.errors import MeterchainError
@@ -60,6 +68,101 @@ def load_or_create_log_key(path: str | Path, origin: str) -> NoteSigner:
     return signer
 
 
+class SealerLock:
+    """Exactly one sealer per log: an exclusive ``flock`` on ``<db>.sealer.lock`` beside the
+    SQLite file, held while the sealer runs. Every process on a SQLite file runs on its host, so
+    a second sealer there is refused at start; the kernel drops the lock when its holder dies
+    (SIGKILL included), so there is no stale lease to clear."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, db: str) -> SealerLock | None:
+        """Take the lock for the log in ``db``; None for a non-file location (PostgreSQL)."""
+        if db.startswith("postgres"):
+            return None
+        path = Path(db[len("sqlite:///"):] if db.startswith("sqlite:///") else db)
+        path = path.with_name(path.name + ".sealer.lock")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+        except OSError as exc:
+            raise ServiceError(f"cannot open the sealer lock {path}: {exc.strerror}",
+                               path=str(path)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ServiceError(
+                f"another sealer already runs on {db} ({holder} holds {path}); exactly one "
+                "sealer may extend a log: stop it, or run this process without the sealer role "
+                "(e.g. --role ingest)",
+                path=str(path), holder=holder,
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        return cls(path, fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def ops_app(ingest: Ingest | None) -> FastAPI:
+    """``/metrics`` and ``/healthz`` for a process without the API role (an ingest worker, a
+    sealer): the Prometheus counters of what it runs, and whether its ingest is subscribed."""
+    app = FastAPI(title="meterchain backend worker", docs_url=None, redoc_url=None,
+                  openapi_url=None)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        ok = ingest is None or ingest.connected.is_set()
+        body: dict[str, object] = {"ok": ok}
+        if ingest is not None:
+            body["ingest"] = {"client_id": ingest.client_id, "connected": ok,
+                              "stats": dict(ingest.stats)}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def log_app(db: str, ingest: Ingest | None) -> FastAPI:
+    """The api role on PostgreSQL: the public tlog-tiles routes (``/checkpoint``, ``/tile/…``,
+    ``/batch/…``: what mirrors and monitors read) beside ``/metrics`` and ``/healthz``. Every
+    other route reads tables that only the SQLite store has (docs/backend.md, "PostgreSQL")."""
+    from meterchain.backend.api import ApiError, ApiState
+    from meterchain.backend.api_log import log_router
+
+    state = ApiState(db, "", None)  # type: ignore[arg-type]  # no admin token, no note key
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.reader = await open_store(db)  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            await state.reader.close()  # type: ignore[union-attr]
+
+    app = ops_app(ingest)
+    app.router.lifespan_context = lifespan
+    app.include_router(log_router(state))
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: object, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.error, "detail": exc.detail, "hint": exc.hint},
+                            status_code=exc.status)
+
+    return app
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: the service owns SIGINT/SIGTERM."""
 
@@ -71,49 +174,119 @@ class _Server(uvicorn.Server):
 async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
                 ready: asyncio.Event | None = None,
                 clock: Callable[[], float] = time.time) -> None:
-    """Run until ``stop`` is set or a signal arrives. ``clock`` is the settlement's time (tests
-    run it accelerated, with the meters' and agents' clocks)."""
-    signer = load_or_create_log_key(config.log_key, config.origin)
+    """Run ``config.roles`` until ``stop`` is set or a signal arrives. ``clock`` is the
+    settlement's time (tests run it accelerated, with the meters' and agents' clocks)."""
+    roles = set(config.roles)
+    on_postgres = is_postgres(config.db)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
 
-    sealer = Sealer(await open_store(config.db), signer, interval=config.seal_interval,
-                    max_leaves=config.seal_max_leaves)
-    await sealer.start()  # refuse to run on a tree that does not match its checkpoint
-    ingest = Ingest(await open_store(config.db), broker_url=config.broker,
-                    client_id=config.client_id, batch_size=config.batch_size,
-                    verify_threads=config.verify_threads, on_commit=sealer.notify)
-    app = create_app(config.db, config.admin_token, signer.verifier, settings_from_config(config))
-    server = _Server(uvicorn.Config(app, host=config.http_host, port=config.http_port,
-                                    log_level="warning", lifespan="on"))
-    settlement = SettlementRunner(await open_store(config.db), clock=clock,
-                                  every=config.settle_every, on_commit=sealer.notify)
-    webhooks = WebhookWorker(await open_store(config.db))  # utilities' batch announcements
-    tasks = {
-        asyncio.create_task(webhooks.run(), name="webhooks"),
-        asyncio.create_task(settlement.run(), name="settlement"),
-        asyncio.create_task(ingest.run(), name="ingest"),
-        asyncio.create_task(sealer.run(), name="sealer"),
-        asyncio.create_task(server.serve(), name="api"),
-        asyncio.create_task(subscribe(app.state.web.live, config.broker, config.client_id
-                                      + "-telemetry"), name="telemetry"),  # live, unsigned
-    }
+    async with contextlib.AsyncExitStack() as resources:
+        resources.callback(_remove_signal_handlers, loop)
+        signer = (load_or_create_log_key(config.log_key, config.origin)
+                  if "sealer" in roles or ("api" in roles and not on_postgres) else None)
+        tasks: set[asyncio.Task[object]] = set()
+        try:  # a part that fails to start stops the ones already running
+            sealer: Sealer | None = None
+            if "sealer" in roles:
+                lock = SealerLock.acquire(config.db)  # before the sealer touches the tree
+                if lock is not None:
+                    resources.callback(lock.release)
+                assert signer is not None
+                sealer = Sealer(await _store(resources, config.db), signer,
+                                interval=config.seal_interval,
+                                max_leaves=config.seal_max_leaves)
+                if lock is None:  # PostgreSQL: a session lock of the store, held until it closes
+                    await sealer.store.claim_sealer()  # type: ignore[attr-defined]
+                await sealer.start()  # refuse to run on a tree that does not match its checkpoint
+                resources.push_async_callback(_seal_pending, sealer)  # after the tasks stopped
+                tasks.add(asyncio.create_task(sealer.run(), name="sealer"))
+                if on_postgres:
+                    log.warning("serve: PostgreSQL runs the sealer alone; the settlement runner "
+                                "and the webhook worker need the SQLite tables (docs/backend.md, "
+                                "\"PostgreSQL\") and are not started")
+                else:
+                    settlement = SettlementRunner(await _store(resources, config.db), clock=clock,
+                                                  every=config.settle_every,
+                                                  on_commit=sealer.notify)
+                    webhooks = WebhookWorker(await _store(resources, config.db))  # announcements
+                    tasks |= {asyncio.create_task(settlement.run(), name="settlement"),
+                              asyncio.create_task(webhooks.run(), name="webhooks")}
+            ingest: Ingest | None = None
+            if "ingest" in roles:
+                ingest = Ingest(await _store(resources, config.db), broker_url=config.broker,
+                                client_id=config.worker_client_id(),
+                                batch_size=config.batch_size,
+                                verify_threads=config.verify_threads,
+                                share_group=config.share_group,
+                                on_commit=sealer.notify if sealer is not None else None)
+                resources.callback(ingest.close)
+                tasks.add(asyncio.create_task(ingest.run(), name="ingest"))
+            if "api" in roles and on_postgres:
+                app = log_app(config.db, ingest)
+                log.warning("serve: on PostgreSQL the api role serves the public log only "
+                            "(/checkpoint, /tile, /batch); readings, access, settlement, "
+                            "utilities, provisioning and the dashboard need SQLite")
+            elif "api" in roles:
+                assert signer is not None
+                app = create_app(config.db, config.admin_token, signer.verifier,
+                                 settings_from_config(config))
+                tasks.add(asyncio.create_task(  # live, unsigned
+                    subscribe(app.state.web.live, config.broker,
+                              config.worker_client_id() + "-telemetry"), name="telemetry"))
+            else:
+                app = ops_app(ingest)
+            server = _Server(uvicorn.Config(app, host=config.http_host, port=config.http_port,
+                                            log_level="warning", lifespan="on"))
+            tasks.add(asyncio.create_task(server.serve(), name="http"))
+            log.info("serve: roles %s%s", ",".join(config.roles),
+                     f", share group {config.share_group}" if config.share_group else "")
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        await _run(tasks, stop, server, ingest, ready)
+
+
+async def _store(resources: contextlib.AsyncExitStack, db: str) -> SqliteStore:
+    """A connection of its own for one part, closed when ``serve`` ends."""
+    store = await open_store(db)
+    resources.push_async_callback(store.close)
+    return store
+
+
+async def _seal_pending(sealer: Sealer) -> None:
+    with contextlib.suppress(Exception):
+        await sealer.seal_all()
+
+
+def _remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(sig)
+
+
+async def _run(tasks: set[asyncio.Task[object]], stop: asyncio.Event, server: _Server,
+               ingest: Ingest | None, ready: asyncio.Event | None) -> None:
+    """Wait for a stop request or for a part to end (an error in one stops them all)."""
     stopper = asyncio.create_task(stop.wait(), name="stop")
+    waiting: set[asyncio.Task[object]] = {*tasks, stopper}  # type: ignore[arg-type]
     if ready is not None:
         async def announce() -> None:
             while not server.started:
                 await asyncio.sleep(0.02)
-            await ingest.connected.wait()
+            if ingest is not None:
+                await ingest.connected.wait()
             ready.set()
-        tasks.add(asyncio.create_task(announce(), name="ready"))
+        waiting.add(asyncio.create_task(announce(), name="ready"))
     try:
-        pending: set[asyncio.Task[object]] = {*tasks, stopper}  # type: ignore[arg-type]
         running = True
         while running:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task.get_name() == "ready":
                     continue
@@ -122,18 +295,7 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
                     raise task.exception()  # type: ignore[misc]
     finally:
         server.should_exit = True
-        for task in tasks:
-            if task.get_name() != "api":
+        for task in waiting:
+            if task.get_name() != "http":
                 task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        stopper.cancel()
-        with contextlib.suppress(Exception):
-            await sealer.seal_all()
-        ingest.close()
-        await ingest.store.close()
-        await webhooks.store.close()
-        await sealer.store.close()
-        await settlement.store.close()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(sig)
+        await asyncio.gather(*tasks, *waiting, return_exceptions=True)

@@ -125,6 +125,21 @@ async def running(coro_factory: Callable[[], object]) -> AsyncIterator[asyncio.T
             await task
 
 
+class AcceleratedClock:
+    """UTC seconds that run ``scale`` times faster than real time (agents', meters' and the
+    settlement's clock in accelerated tests)."""
+
+    def __init__(self, origin: float, scale: float) -> None:
+        self.origin, self.scale, self.began = origin, scale, time.monotonic()
+
+    def now(self) -> float:
+        return self.origin + (time.monotonic() - self.began) * self.scale
+
+    async def sleep_until(self, deadline: float) -> None:
+        while (remaining := deadline - self.now()) > 0:
+            await asyncio.sleep(remaining / self.scale)
+
+
 async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

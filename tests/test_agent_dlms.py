@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from agent_harness import FAST_BACKOFF, running, wait_until
+from agent_harness import FAST_BACKOFF, AcceleratedClock, running, wait_until
 from meterchain.agent.backfill import latest_capture
 from meterchain.agent.cli import write_private_key
 from meterchain.agent.config import AgentConfig, load_config
@@ -40,20 +40,6 @@ DEVICE = "gw-dlms-1"
 PERIOD = 900
 SCALE = 900.0  # emulated seconds per real second: one capture period a second
 HISTORY = 6  # profile entries the meter holds before the agent's first start
-
-
-class AcceleratedClock:
-    """UTC seconds that run ``scale`` times faster than real time (the agent's and the meter's)."""
-
-    def __init__(self, origin: float, scale: float) -> None:
-        self.origin, self.scale, self.began = origin, scale, time.monotonic()
-
-    def now(self) -> float:
-        return self.origin + (time.monotonic() - self.began) * self.scale
-
-    async def sleep_until(self, deadline: float) -> None:
-        while (remaining := deadline - self.now()) > 0:
-            await asyncio.sleep(remaining / self.scale)
 
 
 @dataclass

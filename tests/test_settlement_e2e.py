@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from agent_harness import FAST_BACKOFF
+from agent_harness import FAST_BACKOFF, AcceleratedClock
 from meterchain.agent.cli import write_private_key
 from meterchain.agent.config import load_config
 from meterchain.agent.service import Agent
@@ -54,21 +54,6 @@ BUSES = ((1, 2, 3, 4, 5), (6, 7, 8, 9, 10), (11, 12, 13, 14, 15), (16, 17, 18, 1
 SILENT_FROM, SILENT_TO = START + 10 * 3600 + 60, START + 11 * 3600 + 30 * 60 + 60
 ADMIN = "admin-token-for-the-e2e"
 PROGRESS = bool(os.environ.get("MC_E2E_PROGRESS"))
-
-
-class AcceleratedClock:
-    """UTC seconds running ``scale`` times faster than real time; shared by meters, agents and
-    the settlement runner."""
-
-    def __init__(self, origin: float, scale: float) -> None:
-        self.origin, self.scale, self.began = origin, scale, time.monotonic()
-
-    def now(self) -> float:
-        return self.origin + (time.monotonic() - self.began) * self.scale
-
-    async def sleep_until(self, deadline: float) -> None:
-        while (remaining := deadline - self.now()) > 0:
-            await asyncio.sleep(remaining / self.scale)
 
 
 @dataclass

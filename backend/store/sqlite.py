@@ -266,7 +266,8 @@ class SqliteStore:
             if acks:
                 await self._conn.executemany(
                     "INSERT INTO ack_state (device, upto, time) VALUES (?, ?, ?) "
-                    "ON CONFLICT (device) DO UPDATE SET upto = excluded.upto, time = excluded.time",
+                    "ON CONFLICT (device) DO UPDATE SET upto = max(upto, excluded.upto), "
+                    "time = excluded.time",
                     [(device, value, now) for device, value in acks.items()],
                 )
             return CommitResult(outcomes, conflicts)
