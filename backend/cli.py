@@ -15,7 +15,7 @@ from meterchain.backend import registry
 from meterchain.backend.audit import audit as run_audit
 from meterchain.backend.cli_installer import token as installer_token
 from meterchain.backend.config import BackendConfig
-from meterchain.backend.store import open_store
+from meterchain.backend.store import is_postgres, open_store
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.note import NoteSigner, NoteVerifier
 
@@ -148,7 +148,7 @@ def _verifier(value: str | None) -> NoteVerifier | None:
 
 
 def audit(
-    db: str = typer.Option(..., "--db", help="The backend's SQLite database."),
+    db: str = typer.Option(..., "--db", help="The backend's SQLite file or postgresql:// URL."),
     log_key: str | None = typer.Option(
         None, "--log-key", help="Log public key (or private key file) to check signatures."),
     rebuild: bool = typer.Option(
@@ -159,7 +159,7 @@ def audit(
 
     Reports only: nothing is repaired (a rebuild that writes would be its own command)."""
     verifier = _verifier(log_key)
-    if not Path(db).exists():
+    if not is_postgres(db) and not Path(db).exists():
         raise typer.BadParameter(f"no database at {db}")
 
     async def go():  # type: ignore[no-untyped-def]

@@ -1,14 +1,15 @@
-"""The one place for persistence: a small async interface, SQLite behind it today.
+"""The one place for persistence: a small async interface, SQLite or PostgreSQL behind it.
 
-Components depend on :class:`Store` (the methods below), not on SQLite, so a PostgreSQL
-implementation can slot in later; :func:`open_store` picks the implementation from the location.
+Components depend on :class:`Store` (the methods below), not on a database; :func:`open_store`
+picks the implementation from the location: a SQLite file (everything) or a PostgreSQL URL (the
+scale path: ingest, registry, sealer, proofs, tiles; docs/backend.md "PostgreSQL").
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from meterchain.backend.store.records import (
     AckState,
@@ -28,10 +29,13 @@ from meterchain.backend.store.records import (
 from meterchain.backend.store.sqlite import SqliteStore, StoreError
 from meterchain.contract.leaves import DeviceLeaf
 
+if TYPE_CHECKING:
+    from meterchain.backend.store.postgres import PostgresStore
+
 __all__ = [
     "AckState", "BatchRow", "CheckpointRow", "CommitResult", "KeyRow", "LeafRow", "Outcome",
     "ReadingRow", "RejectionRecord", "Seal", "SqliteStore", "StaleKeys", "Store", "StoreError",
-    "TreeState", "VerifiedReading", "open_store",
+    "TreeState", "VerifiedReading", "is_postgres", "open_store",
 ]
 
 
@@ -73,11 +77,22 @@ class Store(Protocol):
     async def batches(self, start: int, limit: int) -> list[BatchRow]: ...
 
 
-async def open_store(location: str | Path) -> SqliteStore:
-    """Open the store at ``location`` (a SQLite file path; ``sqlite:///path`` also works)."""
+async def open_store(location: str | Path) -> SqliteStore | PostgresStore:
+    """Open the store at ``location``: a SQLite file path (``sqlite:///path`` also works) or a
+    PostgreSQL URL (``postgresql://`` or ``postgres://``; needs the ``pg`` extra, asyncpg)."""
     text = str(location)
-    if text.startswith("postgres"):
-        raise StoreError("PostgreSQL is not supported yet; use a SQLite file path", location=text)
+    if is_postgres(text):
+        try:
+            from meterchain.backend.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise StoreError(f"PostgreSQL needs asyncpg ({exc}): pip install 'meterchain[pg]'",
+                             location=text.split("@")[-1]) from None
+        return await PostgresStore.open(text)
     if text.startswith("sqlite:///"):
         text = text[len("sqlite:///") :]
     return await SqliteStore.open(text)
+
+
+def is_postgres(location: str | Path) -> bool:
+    """True for a PostgreSQL URL (``postgresql://`` or ``postgres://``)."""
+    return str(location).startswith(("postgresql://", "postgres://"))
