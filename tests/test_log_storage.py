@@ -356,3 +356,27 @@ async def test_a_tile_is_one_direct_range_read(big_log: tuple[Path, list[bytes]]
     with pytest.raises(ProofError, match="audit --rebuild"):
         await reader.tile(16, 0, 2)  # the tree has one node at level 16
     await store.close()
+
+
+async def test_cached_groups_answer_again_and_for_older_sizes(big_log: tuple[Path, list[bytes]]
+                                                              ) -> None:
+    path, hashes = big_log
+    store = await open_store(path)
+    reader, rng = NodeReader(store), random.Random(9)
+    pairs = [(rng.randrange(SIZE), SIZE) for _ in range(20)]
+    for index, size in pairs:
+        plan = inclusion_plan(index, size)
+        assert plan.assemble(await reader.hashes(plan.node_ids, size)) == \
+            merkle.inclusion_proof(index, hashes)
+    reads = reader.reads
+    for index, size in pairs:  # warm: every group is cached
+        plan = inclusion_plan(index, size)
+        assert plan.assemble(await reader.hashes(plan.node_ids, size)) == \
+            merkle.inclusion_proof(index, hashes)
+    assert reader.reads == reads
+    for index, _ in pairs:  # older, smaller trees: narrower views of the cached full groups
+        size = index + 1 + rng.randrange(SIZE - index)
+        plan = consistency_plan(index + 1, size)
+        assert plan.assemble(await reader.hashes(plan.node_ids, size)) == \
+            merkle.consistency_proof(index + 1, hashes[:size])
+    await store.close()
