@@ -104,14 +104,15 @@ class AckTracker:
     devices: dict[str, _DeviceAck] = field(default_factory=dict)
 
     async def load(self, store: Store, devices: Iterable[str]) -> None:
-        for device in devices:
-            if device not in self.devices:
-                state: AckState = await store.ack_state(device)
-                loaded = _DeviceAck(
-                    state.upto, set(state.above), collections.deque(state.recent_rejections, 64)
-                )
-                loaded.advance()  # the stored upto is a lower bound (another worker's plan)
-                self.devices[device] = loaded
+        missing = [device for device in devices if device not in self.devices]
+        # Concurrently: the store's queries queue up instead of waiting for each other's answer.
+        states: list[AckState] = await asyncio.gather(*(store.ack_state(d) for d in missing))
+        for device, state in zip(missing, states):
+            loaded = _DeviceAck(
+                state.upto, set(state.above), collections.deque(state.recent_rejections, 64)
+            )
+            loaded.advance()  # the stored upto is a lower bound (another worker's plan)
+            self.devices[device] = loaded
 
     async def refresh(self, store: Store, devices: Iterable[str]) -> None:
         """Reload ``devices`` from the store: with several workers, what this one cached misses

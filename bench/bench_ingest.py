@@ -75,9 +75,10 @@ def make_messages(path: Path, n: int, devices: int) -> list[tuple[str, bytes]]:
     return gateways  # type: ignore[return-value]
 
 
-async def run(n: int, devices: int, workdir: Path) -> dict[str, float]:
+async def setup(n: int, devices: int, workdir: Path):  # type: ignore[no-untyped-def]
+    """A Mosquitto, ``n`` signed readings of ``devices`` gateways in ``frames.bin``, a database
+    with them enrolled, and a sealer on it (not running yet)."""
     from meterchain.backend.broker import find_mosquitto, start_mosquitto
-    from meterchain.backend.ingest import Ingest
     from meterchain.backend.log.sealer import Sealer
     from meterchain.backend.registry import enrol
     from meterchain.backend.store import open_store
@@ -95,6 +96,14 @@ async def run(n: int, devices: int, workdir: Path) -> dict[str, float]:
         await enrol(admin, gw.device, gw.public_key, int(time.time()))
     sealer = Sealer(await open_store(db), NoteSigner.generate("bench.example/log"),
                     interval=0.5, max_leaves=10_000)
+    return broker, frames, db, admin, sealer
+
+
+async def run(n: int, devices: int, workdir: Path) -> dict[str, float]:
+    from meterchain.backend.ingest import Ingest
+    from meterchain.backend.store import open_store
+
+    broker, frames, db, admin, sealer = await setup(n, devices, workdir)
     ingest = Ingest(await open_store(db), broker_url=broker.url, on_commit=sealer.notify)
     tasks = [asyncio.create_task(ingest.run()), asyncio.create_task(sealer.run())]
     await asyncio.wait_for(ingest.connected.wait(), 10)

@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = ROOT / "deploy" / "gateway"
 BACKEND = ROOT / "deploy" / "backend"
 UNITS = ("meterchain-agent.service", "meterchain-agent.path", "meterchain-firstboot.service")
+# The backend's: one unit, or (scale-out) the ingest worker template beside it with a drop-in.
+BACKEND_UNITS = ("meterchain-backend.service", "meterchain-ingest@.service",
+                 "meterchain-backend.service.d/scale-out.conf")
 
 
 def _run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -139,8 +142,10 @@ def _fake_root(tmp_path: Path) -> Path:
     shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
     unit_dir = root / "etc/systemd/system"
     unit_dir.mkdir(parents=True)
-    for source in [*(GATEWAY / u for u in UNITS), BACKEND / "meterchain-backend.service"]:
-        shutil.copy(source, unit_dir / source.name)
+    for source in [*(GATEWAY / u for u in UNITS), *(BACKEND / u for u in BACKEND_UNITS)]:
+        target = unit_dir / (source.relative_to(BACKEND) if BACKEND in source.parents else source.name)
+        target.parent.mkdir(exist_ok=True)
+        shutil.copy(source, target)
         for exec_path in re.findall(r"^Exec\w+=[-@:+!]*(/\S+)", source.read_text(), re.M):
             target = root / exec_path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +159,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     if analyze is None:
         pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
     root = _fake_root(tmp_path)
-    names = [*UNITS, "meterchain-backend.service"]
+    names = [*UNITS, "meterchain-backend.service", "meterchain-ingest@1.service"]
     done = _run([analyze, "verify", "--man=no", f"--root={root}", *(f"/etc/systemd/system/{n}" for n in names)])
     # verify prints unknown keys and bad values as warnings with exit code 0: treat any word
     # about our files as a failure.
@@ -168,7 +173,8 @@ def test_units_expose_little(tmp_path: Path) -> None:
     if analyze is None:
         pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
     root = _fake_root(tmp_path)
-    for name in ("meterchain-agent.service", "meterchain-backend.service"):
+    for name in ("meterchain-agent.service", "meterchain-backend.service",
+                 "meterchain-ingest@1.service"):
         done = _run([analyze, "security", "--offline=yes", "--threshold=30", "--no-pager",
                      f"--root={root}", f"/etc/systemd/system/{name}"])
         if "Unknown option" in done.stderr or "unrecognized option" in done.stderr:

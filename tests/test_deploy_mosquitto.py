@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from meterchain.backend.broker import find_mosquitto, free_port
+from meterchain.backend.ingest import subscriptions
 from meterchain.contract.ack import (
     ack_topic,
     ocmf_topic,
@@ -314,6 +315,35 @@ def test_a_device_writes_only_its_own_topics(broker: Broker, connect) -> None:
                         (ocmf_topic("gw-1"), b"own")}
     with pytest.raises(queue.Empty):  # the forged gw-2 reading never reached the backend
         backend.next_message(timeout=0.3)
+
+
+def test_backend_workers_share_readings_and_statuses_and_each_gets_every_ocmf(
+    broker: Broker, connect
+) -> None:
+    """The subscriptions of ``serve --share-group`` (backend/ingest.py) under this ACL: each
+    reading and status reaches one of two workers, every OCMF record both. A device that joins
+    the group reads nothing (docs/deploy.md, "Scale-out", says what its turns cost the group)."""
+    group = "ingest-test"
+    workers = [connect(BACKEND_USER), connect(BACKEND_USER)]
+    for worker in workers:
+        for topic_filter in subscriptions(group):
+            assert worker.subscribe(topic_filter) == [1], topic_filter
+    gw1 = connect("gw-1")
+    for n in range(4):
+        for topic in (readings_topic("gw-1"), status_topic("gw-1")):
+            assert gw1.publish(topic, b"%d" % n) in ACCEPTED
+    assert gw1.publish(ocmf_topic("gw-1"), b"record") in ACCEPTED
+    seen = [worker.drain() for worker in workers]
+    for topic in (readings_topic("gw-1"), status_topic("gw-1")):
+        first, second = ({payload for t, payload in got if t == topic} for got in seen)
+        assert first and second and not first & second and first | second == {b"0", b"1", b"2", b"3"}
+    assert all((ocmf_topic("gw-1"), b"record") in got for got in seen)
+
+    intruder = connect("gw-2")
+    assert intruder.subscribe(f"$share/{group}/meterchain/v1/+/readings") == [1]  # granted...
+    for n in range(4):
+        assert gw1.publish(readings_topic("gw-1"), b"%d" % n) in ACCEPTED
+    assert intruder.drain() == set()  # ...but the read ACL lets nothing through
 
 
 def test_a_device_reads_only_its_own_acks(broker: Broker, connect) -> None:
