@@ -44,8 +44,9 @@ class ServiceError(MeterchainError):
     check = "config"
 
 
-def load_or_create_log_key(path: str | Path, origin: str) -> NoteSigner:
-    """The log's Ed25519 note key; created (mode 0600) on first run. Its name is the origin."""
+def load_or_create_log_key(path: str | Path, origin: str, *, create: bool = True) -> NoteSigner:
+    """The log's Ed25519 note key; created (mode 0600) on first run. Its name is the origin.
+    Only the sealer may create it (``create``): an API alone must serve the sealer's key."""
     path = Path(path)
     if path.exists():
         try:
@@ -59,6 +60,12 @@ def load_or_create_log_key(path: str | Path, origin: str) -> NoteSigner:
                 path=str(path),
             )
         return signer
+    if not create:
+        raise ServiceError(
+            f"log key {path} does not exist; a process without the sealer role serves the "
+            "sealer's key: point log_key at the sealer's key file (the sealer creates it)",
+            path=str(path),
+        )
     signer = NoteSigner.generate(origin)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -186,7 +193,8 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
 
     async with contextlib.AsyncExitStack() as resources:
         resources.callback(_remove_signal_handlers, loop)
-        signer = (load_or_create_log_key(config.log_key, config.origin)
+        signer = (load_or_create_log_key(config.log_key, config.origin,
+                                         create="sealer" in roles)
                   if "sealer" in roles or ("api" in roles and not on_postgres) else None)
         tasks: set[asyncio.Task[object]] = set()
         try:  # a part that fails to start stops the ones already running

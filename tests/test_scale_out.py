@@ -424,6 +424,21 @@ async def test_a_second_sealer_refuses_to_start(tmp_path: Path) -> None:
     lock.release()
 
 
+async def test_only_the_sealer_creates_the_log_key(tmp_path: Path) -> None:
+    api = BackendConfig(db=str(tmp_path / "mc.db"), http_port=free_port(), roles="api",
+                        log_key=str(tmp_path / "log.key"), origin="scale.example/log")
+    with pytest.raises(ServiceError, match="does not exist"):
+        await serve(api)
+    assert not (tmp_path / "log.key").exists()
+    async with serving(BackendConfig(db=api.db, http_port=free_port(), roles="sealer",
+                                     log_key=api.log_key, origin=api.origin)):
+        pass
+    async with serving(api):  # now it serves the sealer's key
+        async with httpx.AsyncClient(timeout=5) as http:
+            key = await http.get(f"http://127.0.0.1:{api.http_port}/api/v1/log/public-key")
+    assert key.text.startswith("scale.example/log+")
+
+
 async def test_a_share_group_on_a_broker_without_mqtt5_fails_clearly(tmp_path: Path) -> None:
     embedded = await start_embedded(workdir=tmp_path / "amqtt")  # MQTT 3.1.1 only
     ingest = Ingest(await open_store(tmp_path / "mc.db"), broker_url=embedded.url,
