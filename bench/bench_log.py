@@ -2,11 +2,15 @@
 
 Run: .venv/bin/python bench/bench_log.py [--sizes 1000000,10000000] [--readings 100000]
        [--proofs 1000] [--cold 30] [--pymerkle-sizes 1000000] [--dir bench/results/log]
+       [--reuse] [--before REV]
 Builds each log through the real store code (leaves inserted as ingest does, sealed by the real
 Sealer in batches of 100k), then times proofs through the API's code path. "Cold" = a fresh
 process per sample, the database file's pages evicted from the OS cache first (posix_fadvise
-DONTNEED; no root needed). pymerkle 7 (GPL-3.0) runs in bench/.venv-pymerkle, created here on
-first use, on the same entry sizes; it is never imported by meterchain.
+DONTNEED; no root needed); each sample also counts its page reads and how long its threads
+waited for a CPU (a shared machine's share of the tail), and ``--before REV`` times the same
+samples with that git revision's NodeReader, interleaved, on the same files. pymerkle 7
+(GPL-3.0) runs in bench/.venv-pymerkle, created here on first use, on the same entry sizes; it
+is never imported by meterchain.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ import statistics
 import subprocess
 import sys
 import time
+import types
+from collections.abc import Callable
 from pathlib import Path
 
 from meterchain.backend.log.proofs import consistency_proof, inclusion_proof
 from meterchain.backend.log.sealer import Sealer
 from meterchain.backend.log.strata import STRIDE
-from meterchain.backend.log.tree import CompactRange
+from meterchain.backend.log.tree import CompactRange, consistency_plan, inclusion_plan
 from meterchain.backend.store import VerifiedReading, open_store
 from meterchain.contract import merkle
 from meterchain.contract.note import NoteSigner
@@ -136,34 +142,127 @@ async def warm_proofs(path: Path, count: int, seed: int) -> tuple[list[float], l
     return inclusion, consistency
 
 
-async def cold_sample(path: Path, seed: int) -> dict[str, float]:
-    """One fresh process: evict the file from the page cache, then time one proof of each kind."""
+def io_counters() -> tuple[int, int, float]:
+    """This process's (read syscalls, bytes read from the disk, seconds its threads waited for
+    a CPU) so far: /proc/self/io counts every thread, aiosqlite's too, and SQLite reads one page
+    per read syscall (no mmap); the wait is the run-queue delay of /proc/self/task/*/schedstat."""
+    waited = sum(int((task / "schedstat").read_text().split()[1])
+                 for task in Path("/proc/self/task").iterdir())
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["syscr"]), int(fields["read_bytes"]), waited / 1e9
+
+
+def reader_at(rev: str) -> type:
+    """The NodeReader of git revision ``rev`` (an earlier design, for side-by-side cold runs on
+    the same file): its backend/log/nodes.py and strata.py from git, run as private modules."""
+    def load(name: str, path: str, imports: str = "") -> types.ModuleType:
+        source = subprocess.run(["git", "-C", str(HERE.parent), "show", f"{rev}:{path}"],
+                                check=True, capture_output=True, text=True).stdout
+        if imports:
+            source = source.replace("from meterchain.backend.log.strata import", imports)
+        module = sys.modules[name] = types.ModuleType(name)  # dataclasses look modules up
+        exec(compile(source, f"{rev}:{path}", "exec"), module.__dict__)
+        return module
+
+    load("_before_strata", "backend/log/strata.py")
+    return load("_before_nodes", "backend/log/nodes.py", "from _before_strata import").NodeReader
+
+
+async def cold_sample(path: Path, seed: int, before: str | None = None) -> dict[str, float]:
+    """One fresh process: evict the file from the page cache, then time one proof of each kind,
+    counting the reads each one issued. With ``before`` (a git revision) the proofs come from
+    that revision's reader, checked afterwards against today's (the levels it reads, 0, 8, 16,
+    …, are stored in both layouts)."""
     rng = random.Random(seed)
     evict(path)
     store = await open_store(path)
     checkpoint = await store.latest_checkpoint()
     assert checkpoint is not None
     size = checkpoint.size
+    index, old = rng.randrange(size), rng.randint(1, size)
+    plans = inclusion_plan(index, size), consistency_plan(old, size)
+    reader = reader_at(before)(store) if before else None
+    proofs = []
+
+    async def prove(kind: int) -> None:
+        if reader is None:
+            proofs.append(await (inclusion_proof(store, index, size) if kind == 0
+                                 else consistency_proof(store, old, size)))
+        else:
+            proofs.append(plans[kind].assemble(await reader.hashes(plans[kind].node_ids, size)))
+
     evict(path)
+    own = -(io_counters()[0] - io_counters()[0])  # the read syscalls of io_counters itself
+    reads, disk, waited = io_counters()
     start = time.perf_counter()
-    await inclusion_proof(store, rng.randrange(size), size)
+    await prove(0)
     inclusion = time.perf_counter() - start
+    middle, middle_disk, middle_waited = io_counters()
     start = time.perf_counter()
-    await consistency_proof(store, rng.randint(1, size), size)
+    await prove(1)
     consistency = time.perf_counter() - start
+    end, end_disk, end_waited = io_counters()
+    if reader is not None:
+        assert proofs == [await inclusion_proof(store, index, size),
+                          await consistency_proof(store, old, size)]
     await store.close()
-    return {"inclusion": inclusion, "consistency": consistency}
+    return {"inclusion": inclusion, "consistency": consistency,
+            "inclusion_reads": middle - reads - own, "consistency_reads": end - middle - own,
+            "inclusion_disk_kib": (middle_disk - disk) / 1024,
+            "consistency_disk_kib": (end_disk - middle_disk) / 1024,
+            "inclusion_cpu_wait": middle_waited - waited,
+            "consistency_cpu_wait": end_waited - middle_waited}
 
 
-def cold_proofs(path: Path, count: int) -> tuple[list[float], list[float]]:
-    inclusion, consistency = [], []
+def cold_proofs(path: Path, count: int, before: str | None = None
+                ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """``count`` cold samples, each field of :func:`cold_sample` as a list; with ``before``, the
+    same samples (same seeds, interleaved, so both see the same load) from that revision too."""
+    now: dict[str, list[float]] = {}
+    then: dict[str, list[float]] = {}
     for seed in range(count):
-        out = subprocess.run([sys.executable, __file__, "--cold-sample", str(path), str(seed)],
-                             check=True, capture_output=True, text=True).stdout
-        sample = json.loads(out)
-        inclusion.append(sample["inclusion"])
-        consistency.append(sample["consistency"])
-    return inclusion, consistency
+        for samples, extra in ((now, []), (then, [before] if before else None)):
+            if extra is None:
+                continue
+            out = subprocess.run([sys.executable, __file__, "--cold-sample", str(path), str(seed),
+                                  *extra], check=True, capture_output=True, text=True).stdout
+            for name, value in json.loads(out).items():
+                samples.setdefault(name, []).append(value)
+    return now, then
+
+
+def cold_rows(row: Callable[[str, str], None], label: str, cold: dict[str, list[float]]) -> None:
+    """Table rows of one set of cold samples: times, page reads, the slowest sample's CPU wait."""
+    count = len(cold["inclusion"])
+    row(f"{label}: inclusion proof, cold ({count} fresh processes), ms p50 / p99 / max",
+        quantiles(cold["inclusion"]))
+    row(f"{label}: consistency proof, cold, ms p50 / p99 / max", quantiles(cold["consistency"]))
+    for kind in ("inclusion", "consistency"):
+        row(f"{label}: {kind} proof, cold: page reads (read syscalls) p50 / max; "
+            "KiB from disk p50 / max",
+            f"{spread(cold[f'{kind}_reads'])}; {spread(cold[f'{kind}_disk_kib'])}")
+        slowest = max(range(count), key=cold[kind].__getitem__)
+        row(f"{label}: {kind} proof, cold, slowest sample: ms, of which its threads "
+            "waited for a CPU (summed); page reads", f"{cold[kind][slowest] * 1000:.3f}, "
+            f"{cold[f'{kind}_cpu_wait'][slowest] * 1000:.3f}; {cold[f'{kind}_reads'][slowest]:.0f}")
+        own = [max(0.0, wall - wait)
+               for wall, wait in zip(cold[kind], cold[f"{kind}_cpu_wait"], strict=True)]
+        row(f"{label}: {kind} proof, cold, less the CPU waits (a loaded machine's share), "
+            "ms p50 / p99 / max", quantiles(own))
+
+
+def spread(values: list[float]) -> str:
+    """p50 / max of plain counts (pages, KiB)."""
+    return f"{statistics.median(values):.0f} / {max(values):.0f}"
+
+
+def strata_bytes(path: Path, size: int) -> str:
+    """``log_nodes`` (every stored level above the leaves) per leaf, by dbstat, and its levels."""
+    with sqlite3.connect(path) as db:
+        pages = db.execute("SELECT sum(pgsize) FROM dbstat WHERE name = 'log_nodes'").fetchone()[0]
+        levels = db.execute("SELECT group_concat(level) FROM (SELECT DISTINCT level FROM log_nodes "
+                            "ORDER BY level)").fetchone()[0]
+    return f"{(pages or 0) / size:.2f} B (levels {levels})"
 
 
 # ------------------------------------------------------------- bytes/reading
@@ -230,9 +329,11 @@ def pymerkle(python: Path, action: str, db: Path, number: int, seed: int) -> dic
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--cold-sample":
-        print(json.dumps(asyncio.run(cold_sample(Path(sys.argv[2]), int(sys.argv[3])))))
+    if len(sys.argv) in (4, 5) and sys.argv[1] == "--cold-sample":
+        print(json.dumps(asyncio.run(cold_sample(Path(sys.argv[2]), int(sys.argv[3]),
+                                                 *sys.argv[4:]))))
         return
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--readings", type=int, default=100_000)
@@ -241,6 +342,11 @@ def main() -> None:
     parser.add_argument("--pymerkle-sizes", default="1000000")
     parser.add_argument("--pymerkle-cold", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=HERE / "results" / "log")
+    parser.add_argument("--before", metavar="REV",
+                        help="also time cold proofs with the NodeReader of git revision REV, "
+                        "interleaved on the same files (e.g. ed26e76: 256-wide tiles)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure proofs on the logs an earlier run left in --dir (no rebuild)")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     rows = ["| what | figure |", "|---|---|"]
@@ -251,22 +357,24 @@ def main() -> None:
 
     for size in [int(s) for s in args.sizes.split(",") if s]:
         path = args.dir / f"log-{size}.db"
-        rates = asyncio.run(build_log(path, size, seed=size))
-        row(f"ours {size:,}: tree appends (hash + store nodes)", f"{rates['tree_per_s']:,.0f} leaves/s "
-            f"(hashing alone {rates['hash_per_s']:,.0f}/s)")
-        row(f"ours {size:,}: seal (read pending, hash, index leaves, nodes, sign, commit)",
-            f"{rates['seal_per_s']:,.0f} leaves/s")
-        row(f"ours {size:,}: leaf insert (ingest's share, for scale)",
-            f"{rates['leaf_insert_per_s']:,.0f} leaves/s")
+        if not (args.reuse and path.exists()):
+            rates = asyncio.run(build_log(path, size, seed=size))
+            row(f"ours {size:,}: tree appends (hash + store nodes)",
+                f"{rates['tree_per_s']:,.0f} leaves/s (hashing alone {rates['hash_per_s']:,.0f}/s)")
+            row(f"ours {size:,}: seal (read pending, hash, index leaves, nodes, sign, commit)",
+                f"{rates['seal_per_s']:,.0f} leaves/s")
+            row(f"ours {size:,}: leaf insert (ingest's share, for scale)",
+                f"{rates['leaf_insert_per_s']:,.0f} leaves/s")
         inclusion, consistency = asyncio.run(warm_proofs(path, args.proofs, seed=1))
         row(f"ours {size:,}: inclusion proof, warm, ms p50 / p99 / max", quantiles(inclusion))
         row(f"ours {size:,}: consistency proof, warm, ms p50 / p99 / max", quantiles(consistency))
-        inclusion, consistency = cold_proofs(path, args.cold)
-        row(f"ours {size:,}: inclusion proof, cold ({args.cold} fresh processes), ms p50 / p99 / max",
-            quantiles(inclusion))
-        row(f"ours {size:,}: consistency proof, cold, ms p50 / p99 / max", quantiles(consistency))
+        cold, before = cold_proofs(path, args.cold, args.before)
+        cold_rows(row, f"ours {size:,}", cold)
+        if before:
+            cold_rows(row, f"ours {size:,}, reader of {args.before} (256-wide tiles)", before)
         row(f"ours {size:,}: database bytes per leaf (leaves + strata + checkpoints)",
             f"{path.stat().st_size / size:.1f}")
+        row(f"ours {size:,}: stored levels above the leaves, bytes per leaf", strata_bytes(path, size))
 
     python = ensure_pymerkle() if args.pymerkle_sizes else None
     for size in [int(s) for s in args.pymerkle_sizes.split(",") if s]:
