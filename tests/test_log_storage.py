@@ -380,3 +380,63 @@ async def test_cached_groups_answer_again_and_for_older_sizes(big_log: tuple[Pat
         assert plan.assemble(await reader.hashes(plan.node_ids, size)) == \
             merkle.consistency_proof(index + 1, hashes[:size])
     await store.close()
+
+
+BACKFILL_CHILD = """
+import asyncio, sys
+from meterchain.backend.log.backfill import backfill_strata
+from meterchain.backend.store import open_store
+
+async def main():
+    store = await open_store(sys.argv[1])
+    print("ready", flush=True)
+    await backfill_strata(store, int(sys.argv[2]), chunk=1)  # one node per transaction
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_backfill_sigkilled_at_random_moments_resumes_whole(tmp_path: Path) -> None:
+    import contextlib
+    import signal
+    import sys
+
+    path = tmp_path / "mc.db"
+    await (await open_store(path)).close()
+    size = 40_000
+    hashes = add_leaves(path, size)
+    await seal_in_random_batches(path, seed=10, largest=15_000)
+    tree = CompactRange()
+    truth = {(level, index): value for level, index, value in tree.extend(hashes, STRIDE)}
+    _to_old_layout(path)
+    rng, midway = random.Random(11), 0
+    for _ in range(4):
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", BACKFILL_CHILD, str(path), str(size),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert child.stdout is not None
+        assert await child.stdout.readline() == b"ready\n"
+        await asyncio.sleep(rng.uniform(0.02, 0.25))
+        with contextlib.suppress(ProcessLookupError):  # a fast machine may have finished
+            child.send_signal(signal.SIGKILL)
+        await child.wait()
+        with sqlite3.connect(path) as db:
+            stored = {(level, index): value for level, index, value in db.execute(
+                "SELECT level, idx, hash FROM log_nodes")}
+            layout = db.execute("SELECT value FROM log_meta").fetchone()[0]
+        # Whatever committed is right, and each level is a prefix (whole chunks) of its nodes.
+        assert all(truth[key] == value for key, value in stored.items())
+        for level in (4, 12):
+            indices = sorted(i for lv, i in stored if lv == level)
+            assert indices == list(range(len(indices)))
+        assert layout in (LEGACY_STRIDE, STRIDE)
+        assert layout == LEGACY_STRIDE or len(stored) == len(truth)
+        midway += layout == LEGACY_STRIDE
+    assert midway  # at least one kill landed mid-way
+    store = await open_store(path)
+    await Sealer(store, SIGNER).start()  # finishes whatever the kills left
+    assert await store.strata_layout() == STRIDE
+    assert _levels(path) == {4: size >> 4, 8: size >> 8, 12: size >> 12}
+    assert (await audit(store, SIGNER.verifier)).ok
+    await store.close()
