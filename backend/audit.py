@@ -1,7 +1,8 @@
 """Re-verify everything the backend stored, trusting nothing but leaf data and the log key.
 
 Readings: parsed again, matched against their table row, signature checked with the key valid
-for their sequence (from the device leaves' own data, in log order). Leaves: hashes recomputed.
+for their sequence (from the device leaves' own data, in log order). Leaves: hashes recomputed
+over the unpacked data (backend/store/leafdata.py; a blob that does not unpack is named).
 Tree: rebuilt from the leaves in index order, streaming (O(log n) memory for the tree, one root
 kept per checkpoint); every stored node (levels 4, 8, 12, ...) compared, and every node the
 layout says is stored must be there (levels 8, 16, ... only, while an older log still waits for
@@ -14,13 +15,13 @@ compared with the rebuilt tree. Every mismatch is named; nothing stops at the fi
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from meterchain.backend.log.strata import STRIDE, is_stored
 from meterchain.backend.log.tree import CompactRange
 from meterchain.backend.store import SqliteStore
+from meterchain.backend.store.leafdata import LeafDataError, unpack_leaf_data
 from meterchain.contract.batch import GENESIS_PREV, BatchHeader, SignedBatchHeader
 from meterchain.contract.checkpoint import open_checkpoint
 from meterchain.contract.errors import MeterchainError
@@ -89,7 +90,7 @@ async def _device_leaves(store: SqliteStore, report: AuditReport) -> dict[str, l
         "WHERE l.kind = 'device' ORDER BY l.id"
     ):
         try:
-            leaf = parse_leaf(data)
+            leaf = parse_leaf(unpack_leaf_data(data, leaf_id))
             if not isinstance(leaf, DeviceLeaf):
                 raise MeterchainError("a 'device' leaf does not hold a device leaf")
         except MeterchainError as exc:
@@ -110,10 +111,10 @@ async def _readings(store: SqliteStore, device_leaves: dict[str, list[DeviceLeaf
     total = await store.count("readings")
     async for row in store.iter_rows(
         "SELECT r.device, r.seq, r.meter, r.start, r.\"end\", r.import_wh, r.export_wh, "
-        "r.reading_digest, r.leaf_id, l.data, l.kind FROM readings r "
+        "r.leaf_id, l.data, l.kind FROM readings r "
         "LEFT JOIN leaves l ON l.id = r.leaf_id ORDER BY r.leaf_id"
     ):
-        device, seq, meter, start, end, imp, exp, digest, leaf_id, data, kind = row
+        device, seq, meter, start, end, imp, exp, leaf_id, data, kind = row
         name = f"{device}#{seq}"
         report.readings += 1
         if report.readings % 1000 == 0:
@@ -122,14 +123,14 @@ async def _readings(store: SqliteStore, device_leaves: dict[str, list[DeviceLeaf
             report.findings.append(Finding("reading", name, f"its leaf #{leaf_id} is missing"))
             continue
         try:
-            signed: SignedReading = parse_message(data)
+            signed: SignedReading = parse_message(unpack_leaf_data(data, leaf_id))
         except MeterchainError as exc:
             report.findings.append(Finding("reading", name, f"stored message unreadable: {exc}"))
             continue
         r = signed.reading
         if (r.device, r.seq, r.meter, r.start, r.end, r.import_wh, r.export_wh) != (
             device, seq, meter, start, end, imp, exp
-        ) or hashlib.sha256(signed.reading_bytes).digest() != digest:
+        ):
             report.findings.append(Finding("reading", name,
                                            "table row differs from the signed message"))
         key = valid_key(device_leaves.get(r.device, []), r.device, r.seq)
@@ -185,7 +186,11 @@ async def _tree(store: SqliteStore, report: AuditReport, progress: Progress) -> 
                 report.findings.append(Finding("leaf", f"#{leaf_id}",
                                                "erased, but its data is still stored"))
         else:
-            computed = leaf_hash(data)
+            try:
+                computed = leaf_hash(unpack_leaf_data(data, leaf_id))
+            except LeafDataError as exc:
+                report.findings.append(Finding("leaf", f"#{leaf_id}", f"data unreadable: {exc}"))
+                computed = stored_hash  # named above; rebuild on, to check the rest
         if computed != stored_hash:
             report.findings.append(Finding("leaf", f"#{leaf_id}", "stored leaf hash differs from its data"))
         if index is None:

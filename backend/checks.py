@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meterchain.backend.store import RejectionRecord, VerifiedReading
+from meterchain.backend.store.leafdata import pack_leaf_data
 from meterchain.contract.ack import device_from_topic
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.leaves import DeviceLeaf, valid_key
@@ -117,6 +118,7 @@ def _check(
             import_wh=reading.import_wh,
             export_wh=reading.export_wh,
             message=payload,
+            stored=pack_leaf_data(payload),  # here: the verify threads run in parallel
             reading_digest=hashlib.sha256(signed.reading_bytes).digest(),
             leaf_hash=leaf_hash(payload),
             received_at=now,

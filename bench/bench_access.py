@@ -44,14 +44,14 @@ async def populate(path: str, devices: int, readings: int) -> None:
         leaves, rows = [], []
         for seq in range(1, readings + 1):
             leaf_id += 1
-            data = os.urandom(277)
+            data = b"\x82" + os.urandom(276)  # a message's first byte (stored raw)
             leaves.append((leaf_id, data, hashlib.sha256(data).digest(), leaf_id - 1))
             end = T0 + 900 * seq
-            rows.append((device, seq, meter, end - 900, end, 1000 * seq, 0,
-                         hashlib.sha256(data).digest(), leaf_id, 0))
+            rows.append((leaf_id, device, seq, meter, end - 900, end, 1000 * seq, 0))
         await db.executemany("INSERT INTO leaves (id, kind, data, leaf_hash, leaf_index, "
                              "received_at) VALUES (?, 'reading', ?, ?, ?, 0)", leaves)
-        await db.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        await db.executemany('INSERT INTO readings (leaf_id, device, seq, meter, start, "end", '
+                             "import_wh, export_wh) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
     await db.execute("COMMIT")
     await store.close()
 

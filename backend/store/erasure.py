@@ -1,9 +1,10 @@
 """Erasure of a household's data in the store (tables of migration 8), in ONE transaction.
 
 What goes: for every reading the household may see (its metering points within its occupancies,
-the same windows as ``PartyTables.readings``), the ``readings`` row (values, digest), the leaf's
-data (the signed message; the column becomes empty), the OCMF record and any conflicting message
-kept as evidence; the household's logins, sessions and one-time links; its API keys are revoked.
+the same windows as ``PartyTables.readings``), the ``readings`` row (its values), the leaf's
+data (the signed message, packed or not; the column becomes empty), the OCMF record and any
+conflicting message kept as evidence; the household's logins, sessions and one-time links; its
+API keys are revoked.
 What stays: every leaf hash and leaf index (so the tree, tiles, checkpoints and batch chain are
 untouched), and per erased reading its place ``(device, seq, meter, end, leaf)`` in
 ``erased_readings``, so a bundle request can say "erased" and ingest never stores it again.

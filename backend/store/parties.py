@@ -41,7 +41,7 @@ from meterchain.backend.parties import (
     token_hash,
 )
 from meterchain.backend.store.records import ReadingRow
-from meterchain.backend.store.sqlite import SqliteStore
+from meterchain.backend.store.sqlite import READING_COLUMNS, SqliteStore, reading_row
 from meterchain.contract.reading import MAX_SAFE_INT
 
 T = TypeVar("T")
@@ -50,10 +50,6 @@ OPEN_END = MAX_SAFE_INT + 1
 #: ``last_used`` is written at most once per key per this many seconds (reads stay cheap).
 LAST_USED_RESOLUTION = 60
 
-_READING_COLUMNS = (
-    'r.device, r.seq, r.meter, r.start, r."end", r.import_wh, r.export_wh, r.reading_digest, '
-    "r.leaf_id, l.leaf_index, l.data, r.received_at"
-)
 _WINDOWS = {
     KeyKind.ADMIN: "SELECT id, 0, :open FROM metering_points",
     KeyKind.UTILITY: "SELECT id, 0, :open FROM metering_points WHERE utility = :subject",
@@ -69,12 +65,14 @@ _WINDOWS = {
     ),
 }
 # A reading joined to its metering point (through the binding covering its end) and to a window.
+# Driven from the bindings (CROSS JOIN): each binding's readings are one range of the unique
+# (device, meter, end) index, the only way into readings by time.
 _VISIBLE_READINGS = (
     "WITH w(mp, wf, wt) AS ({windows}) "
-    f"SELECT DISTINCT {_READING_COLUMNS}, b.metering_point FROM readings r "
-    "JOIN leaves l ON l.id = r.leaf_id "
-    "JOIN meter_bindings b ON b.device = r.device AND b.meter = r.meter "
+    f"SELECT DISTINCT {READING_COLUMNS}, b.metering_point FROM meter_bindings b "
+    "CROSS JOIN readings r ON r.device = b.device AND r.meter = b.meter "
     ' AND r."end" >= b.valid_from AND r."end" < coalesce(b.valid_to, :open) '
+    "JOIN leaves l ON l.id = r.leaf_id "
     'JOIN w ON w.mp = b.metering_point AND r."end" >= w.wf AND r."end" < w.wt '
 )
 
@@ -458,13 +456,14 @@ class PartyTables:
         ends in [start, end), oldest first, each with its metering point."""
         if (device is None) == (point is None):
             raise ValueError("give exactly one of device and point")
-        where = "WHERE r.device = :device " if device is not None else "WHERE b.metering_point = :point "
+        where = ("WHERE b.device = :device " if device is not None
+                 else "WHERE b.metering_point = :point ")
         rows = await self._rows(
             _VISIBLE_READINGS.format(windows=_WINDOWS[principal.kind]) + where
             + 'AND r."end" >= :start AND r."end" < :end ORDER BY r."end", r.seq LIMIT :limit',
             {**_params(principal), "device": device, "point": point, "start": start, "end": end,
              "limit": limit})
-        return [(ReadingRow(*r[:-1]), str(r[-1])) for r in rows]
+        return [(reading_row(r), str(r[-1])) for r in rows]
 
     async def reading_point(self, principal: Principal, device: str, seq: int) -> str | None:
         """The metering point of reading (device, seq) if ``principal`` may see it, else None."""

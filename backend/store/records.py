@@ -30,7 +30,10 @@ class VerifiedReading:
     end: int
     import_wh: int
     export_wh: int
-    message: bytes
+    message: bytes  # as received: the leaf data, hashed over
+    #: ``message`` packed for storage (backend/store/leafdata.py), made in the verify threads.
+    stored: bytes
+    #: SHA-256 of the reading bytes: the same (device, seq) with these is a duplicate.
     reading_digest: bytes
     leaf_hash: bytes
     received_at: int
@@ -111,18 +114,17 @@ class ReadingRow:
     end: int
     import_wh: int
     export_wh: int
-    reading_digest: bytes
     leaf_id: int
     leaf_index: int | None
-    message: bytes
-    received_at: int
+    message: bytes  # the leaf data, unpacked
+    received_at: int  # the leaf's
 
 
 @dataclass(frozen=True, slots=True)
 class LeafRow:
     id: int
     kind: str
-    data: bytes
+    data: bytes  # unpacked
     leaf_hash: bytes
     leaf_index: int | None
 

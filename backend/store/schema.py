@@ -474,6 +474,32 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "INSERT INTO log_meta SELECT 'stride', "
         "CASE WHEN EXISTS (SELECT 1 FROM checkpoints) THEN 8 ELSE 4 END",
     ),
+    # 10: slimmer readings (issue 5: bytes per reading). The table becomes a rowid table keyed
+    # by its leaf (filled in arrival order, so its pages stay full, and no leaf_id index);
+    # reading_digest goes (dedupe unpacks the kept leaf's message on a (device, seq) hit),
+    # received_at goes (the leaf's own received_at is the same), readings_by_time goes (the
+    # unique (device, meter, end) index serves them, one range per meter). Leaf data
+    # written from now on is packed (backend/store/leafdata.py); older rows stay raw and read
+    # back unchanged, since SQL cannot compress them.
+    (
+        """CREATE TABLE readings_slim (
+            leaf_id INTEGER PRIMARY KEY REFERENCES leaves (id),
+            device TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            meter TEXT NOT NULL,
+            start INTEGER NOT NULL,
+            "end" INTEGER NOT NULL,
+            import_wh INTEGER NOT NULL,
+            export_wh INTEGER NOT NULL,
+            UNIQUE (device, seq),
+            UNIQUE (device, meter, "end")
+        )""",
+        'INSERT INTO readings_slim (leaf_id, device, seq, meter, start, "end", import_wh, '
+        'export_wh) SELECT leaf_id, device, seq, meter, start, "end", import_wh, export_wh '
+        "FROM readings ORDER BY leaf_id",
+        "DROP TABLE readings",
+        "ALTER TABLE readings_slim RENAME TO readings",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from meterchain.backend.parties import InvalidParty, PartyExists, UnknownParty, check_id, check_time
+from meterchain.backend.store.leafdata import pack_leaf_data, unpack_leaf_data
 from meterchain.backend.store.sqlite import SqliteStore
 from meterchain.contract.merkle import leaf_hash
 from meterchain.contract.reading import MAX_SAFE_INT
@@ -385,7 +386,7 @@ class SettlementTables:
             'ORDER BY r."end", b.valid_from', params)
         rows += await self._rows(
             _POINT_READINGS + 'AND r."end" > :end ORDER BY r."end", b.valid_from LIMIT 1', params)
-        return [StoredReading(*r) for r in rows]
+        return [StoredReading(*r[:9], unpack_leaf_data(r[9], r[7]), r[10]) for r in rows]
 
     async def readings_by_leaf_hash(self, hashes: Sequence[bytes]) -> list[tuple[str, int]]:
         """(device, seq) of the stored readings with these leaf hashes."""
@@ -461,9 +462,10 @@ class SettlementTables:
         return SettlementRow(*rows[0]) if rows else None
 
     async def leaf_data(self, leaf_id: int) -> tuple[bytes, bytes, int | None]:
+        """(leaf data unpacked, leaf hash, leaf index) of one leaf."""
         rows = await self._rows("SELECT data, leaf_hash, leaf_index FROM leaves WHERE id = ?",
                                 (leaf_id,))
-        return rows[0][0], rows[0][1], rows[0][2]
+        return unpack_leaf_data(rows[0][0], leaf_id), rows[0][1], rows[0][2]
 
     async def lines(self, community: str, start: int, end: int, member: str | None = None,
                     limit: int = 10_000) -> list[tuple[int, int, dict[str, int | None]]]:
@@ -499,7 +501,8 @@ class SettlementTables:
             for item in settled:
                 next_id += 1
                 row = item.row
-                leaves.append((next_id, item.leaf_data, leaf_hash(item.leaf_data), row.settled_at))
+                leaves.append((next_id, pack_leaf_data(item.leaf_data), leaf_hash(item.leaf_data),
+                               row.settled_at))
                 values = [getattr(row, name) for name in SettlementRow.__slots__][:-1]  # type: ignore[attr-defined]
                 values[6] = next_id
                 settlements.append(values)

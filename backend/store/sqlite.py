@@ -7,9 +7,12 @@ never block the writer in WAL mode; writers wait for each other up to ``busy_tim
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
@@ -29,19 +32,48 @@ from meterchain.backend.store.records import (
     TreeState,
     VerifiedReading,
 )
+from meterchain.backend.store.leafdata import pack_leaf_data, unpack_leaf_data
 from meterchain.backend.store.schema import MIGRATIONS, SCHEMA_VERSION
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.leaves import DeviceLeaf
 from meterchain.contract.merkle import leaf_hash
+from meterchain.contract.message import parse_message
+
+log = logging.getLogger(__name__)
 
 #: How many permanent rejections an ack repeats (newest last).
 RECENT_REJECTIONS = 64
-#: The digest ``_existing`` reports for an erased reading (its real digest is gone with it).
-ERASED = b""
-_READING_COLUMNS = (
-    "r.device, r.seq, r.meter, r.start, r.\"end\", r.import_wh, r.export_wh, r.reading_digest, "
-    "r.leaf_id, l.leaf_index, l.data, r.received_at"
+#: A reading's columns for :func:`reading_row` (``r`` = readings, ``l`` = its leaf).
+READING_COLUMNS = (
+    'r.device, r.seq, r.meter, r.start, r."end", r.import_wh, r.export_wh, r.leaf_id, '
+    "l.leaf_index, l.data, l.received_at"
 )
+
+#: A recursive CTE ``dm(meter)``: the meters of the device ``:device``, one seek each in the
+#: unique (device, meter, end) index (a loose index scan; the last row is NULL). Queries by
+#: device and time go through it: ``readings`` has no (device, end) index.
+DEVICE_METERS = (
+    "dm(meter) AS (SELECT min(meter) FROM readings WHERE device = :device UNION ALL "
+    "SELECT (SELECT min(meter) FROM readings WHERE device = :device AND meter > dm.meter) "
+    "FROM dm WHERE dm.meter IS NOT NULL)"
+)
+
+
+def reading_row(row: Sequence[object]) -> ReadingRow:
+    """A :class:`ReadingRow` from :data:`READING_COLUMNS`, its message unpacked."""
+    values = list(row[:11])
+    values[9] = unpack_leaf_data(values[9], values[7])  # type: ignore[arg-type]
+    return ReadingRow(*values)  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
+class _Kept:
+    """A stored reading a batch reading collides with; ``digest`` is filled in only when needed."""
+
+    leaf_id: int
+    seq: int
+    digest: bytes | None
+    erased: bool = False
 
 
 class StoreError(MeterchainError):
@@ -112,7 +144,8 @@ class SqliteStore:
             row = await cur.fetchone()
         return None if row is None else row[0]
 
-    async def _rows(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+    async def _rows(self, sql: str, params: Sequence[object] | Mapping[str, object] = ()
+                    ) -> list[sqlite3.Row]:
         async with self._conn.execute(sql, params) as cur:
             return list(await cur.fetchall())
 
@@ -163,7 +196,7 @@ class SqliteStore:
             )
             cur = await self._conn.execute(
                 "INSERT INTO leaves (kind, data, leaf_hash, received_at) VALUES ('device', ?, ?, ?)",
-                (data, leaf_hash(data), leaf.time),
+                (pack_leaf_data(data), leaf_hash(data), leaf.time),
             )
             await self._conn.execute(
                 "INSERT INTO device_keys VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -199,6 +232,7 @@ class SqliteStore:
             if await self.key_version() != key_version:
                 raise StaleKeys()
             existing = await self._existing(readings)
+            await self._kept_digests(readings, existing)
             next_id = int(
                 await self._scalar("SELECT seq FROM sqlite_sequence WHERE name = 'leaves'") or 0
             )
@@ -214,26 +248,26 @@ class SqliteStore:
                 kept = by_seq or by_slot
                 if kept is None:
                     next_id += 1
-                    leaf_rows.append((next_id, r.message, r.leaf_hash, r.received_at))
+                    leaf_rows.append((next_id, r.stored, r.leaf_hash, r.received_at))
                     reading_rows.append(
-                        (r.device, r.seq, r.meter, r.start, r.end, r.import_wh, r.export_wh,
-                         r.reading_digest, next_id, r.received_at)
+                        (next_id, r.device, r.seq, r.meter, r.start, r.end, r.import_wh,
+                         r.export_wh)
                     )
-                    entry = (r.reading_digest, next_id, r.seq)
+                    entry = _Kept(next_id, r.seq, r.reading_digest)
                     existing[("s", r.device, r.seq)] = entry
                     existing[("m", r.device, r.meter, r.end)] = entry
                     outcomes.append(Outcome.STORED)
-                elif (by_seq is not None and by_seq[0] == r.reading_digest) or kept[0] == ERASED:
+                elif (by_seq is not None and by_seq.digest == r.reading_digest) or kept.erased:
                     # An erased reading's place stays taken: a resend is never stored again.
                     outcomes.append(Outcome.DUPLICATE)
                 else:
                     outcomes.append(Outcome.CONFLICT)
-                    conflict_rows.append((r.device, r.seq, r.message, kept[1], r.received_at))
+                    conflict_rows.append((r.device, r.seq, r.message, kept.leaf_id, r.received_at))
                     what = (
                         f"sequence {r.seq} is already stored with other reading bytes"
                         if by_seq is not None
                         else f"meter {r.meter} interval ending {r.end} is already stored as "
-                        f"sequence {kept[2]}"
+                        f"sequence {kept.seq}"
                     )
                     conflicts.append(
                         RejectionRecord(r.device, r.seq, "conflict", what + "; the first is kept",
@@ -246,7 +280,9 @@ class SqliteStore:
                     leaf_rows,
                 )
                 await self._conn.executemany(
-                    "INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", reading_rows
+                    'INSERT INTO readings (leaf_id, device, seq, meter, start, "end", import_wh, '
+                    "export_wh) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    reading_rows,
                 )
             if conflict_rows:
                 await self._conn.executemany(
@@ -274,36 +310,56 @@ class SqliteStore:
 
         return await self._write(work)  # type: ignore[return-value]
 
-    async def _existing(
-        self, readings: Sequence[VerifiedReading]
-    ) -> dict[tuple[object, ...], tuple[bytes, int, int]]:
-        """Stored readings that share (device, seq) or (device, meter, end) with the batch."""
-        found: dict[tuple[object, ...], tuple[bytes, int, int]] = {}
+    async def _existing(self, readings: Sequence[VerifiedReading]
+                        ) -> dict[tuple[object, ...], _Kept]:
+        """Stored readings that share (device, seq) or (device, meter, end) with the batch.
+
+        Each batch key is looked up in a unique index (the CROSS JOIN keeps the VALUES list
+        outside: a row-value ``IN (VALUES ...)`` made SQLite scan the whole table)."""
+        found: dict[tuple[object, ...], _Kept] = {}
         for chunk_start in range(0, len(readings), 300):
             chunk = readings[chunk_start : chunk_start + 300]
-            by_seq = ",".join("(?,?)" for _ in chunk)
-            rows = await self._rows(
-                "SELECT device, seq, meter, \"end\", reading_digest, leaf_id FROM readings "
-                f"WHERE (device, seq) IN (VALUES {by_seq})",
-                [v for r in chunk for v in (r.device, r.seq)],
-            )
-            by_slot = ",".join("(?,?,?)" for _ in chunk)
-            rows += await self._rows(
-                "SELECT device, seq, meter, \"end\", reading_digest, leaf_id FROM readings "
-                f"WHERE (device, meter, \"end\") IN (VALUES {by_slot})",
-                [v for r in chunk for v in (r.device, r.meter, r.end)],
-            )
-            rows += await self._rows(
-                "SELECT device, seq, meter, \"end\", X'', leaf_id FROM erased_readings "
-                f"WHERE (device, seq) IN (VALUES {by_seq}) "
-                f"OR (device, meter, \"end\") IN (VALUES {by_slot})",
-                [v for r in chunk for v in (r.device, r.seq)]
-                + [v for r in chunk for v in (r.device, r.meter, r.end)],
-            )
-            for device, seq, meter, end, digest, leaf_id in rows:
-                found[("s", device, seq)] = (digest, leaf_id, seq)
-                found[("m", device, meter, end)] = (digest, leaf_id, seq)
+            pairs = ",".join("(?,?)" for _ in chunk)
+            triples = ",".join("(?,?,?)" for _ in chunk)
+            seqs = [v for r in chunk for v in (r.device, r.seq)]
+            slots = [v for r in chunk for v in (r.device, r.meter, r.end)]
+            parts = []
+            for table, erased in (("readings", 0), ("erased_readings", 1)):
+                columns = f'x.device, x.seq, x.meter, x."end", x.leaf_id, {erased}'
+                parts += [
+                    f"SELECT {columns} FROM (VALUES {pairs}) v CROSS JOIN {table} x "
+                    "ON x.device = v.column1 AND x.seq = v.column2",
+                    f"SELECT {columns} FROM (VALUES {triples}) v CROSS JOIN {table} x "
+                    'ON x.device = v.column1 AND x.meter = v.column2 AND x."end" = v.column3',
+                ]
+            rows = await self._rows(" UNION ALL ".join(parts), seqs + slots + seqs + slots)
+            for device, seq, meter, end, leaf_id, erased in rows:
+                kept = _Kept(leaf_id, seq, None, bool(erased))
+                found[("s", device, seq)] = kept
+                found[("m", device, meter, end)] = kept
         return found
+
+    async def _kept_digests(self, readings: Sequence[VerifiedReading],
+                            existing: dict[tuple[object, ...], _Kept]) -> None:
+        """Fill in the reading digest of each stored reading a batch reading shares (device, seq)
+        with, from its leaf's message (the rare resend path; the table keeps no digest). A
+        message that cannot be read keeps digest None: the resend then counts as a conflict."""
+        kept = {k.leaf_id: k for r in readings
+                if (k := existing.get(("s", r.device, r.seq))) is not None and not k.erased}
+        ids = sorted(kept)
+        for start in range(0, len(ids), 400):
+            chunk = ids[start : start + 400]
+            marks = ",".join("?" for _ in chunk)
+            for leaf_id, stored in await self._rows(
+                f"SELECT id, data FROM leaves WHERE id IN ({marks})", chunk
+            ):
+                try:
+                    reading_bytes = parse_message(unpack_leaf_data(stored, leaf_id)).reading_bytes
+                except MeterchainError as exc:
+                    log.error("event=stored_message_unreadable leaf_id=%d error=%s", leaf_id,
+                              exc.diagnostics())
+                    continue
+                kept[leaf_id].digest = hashlib.sha256(reading_bytes).digest()
 
     async def record_rejections(self, rejections: Iterable[RejectionRecord]) -> None:
         rows = [(x.device, x.seq, x.reason, x.detail[:500], int(x.permanent), x.time)
@@ -512,19 +568,30 @@ class SqliteStore:
 
     async def reading(self, device: str, seq: int) -> ReadingRow | None:
         rows = await self._rows(
-            f"SELECT {_READING_COLUMNS} FROM readings r JOIN leaves l ON l.id = r.leaf_id "
+            f"SELECT {READING_COLUMNS} FROM readings r JOIN leaves l ON l.id = r.leaf_id "
             "WHERE r.device = ? AND r.seq = ?",
             (device, seq),
         )
-        return ReadingRow(*rows[0]) if rows else None
+        return reading_row(rows[0]) if rows else None
 
     async def readings(self, device: str, start: int, end: int, limit: int) -> list[ReadingRow]:
-        """Readings of a device whose interval ends in [start, end), oldest first."""
-        return [ReadingRow(*r) for r in await self._rows(
-            f"SELECT {_READING_COLUMNS} FROM readings r JOIN leaves l ON l.id = r.leaf_id "
-            "WHERE r.device = ? AND r.\"end\" >= ? AND r.\"end\" < ? ORDER BY r.\"end\", r.seq LIMIT ?",
-            (device, start, end, limit),
-        )]
+        """Readings of a device whose interval ends in [start, end), oldest first (ties by seq).
+
+        One range scan of the unique (device, meter, end) index per meter of the device
+        (:data:`DEVICE_METERS`), at most ``limit`` rows each, merged here: a device has a few."""
+        rows: list[sqlite3.Row] = []
+        for (meter,) in await self._rows(
+            f"WITH RECURSIVE {DEVICE_METERS} SELECT meter FROM dm WHERE meter IS NOT NULL",
+            {"device": device},
+        ):
+            rows += await self._rows(
+                f"SELECT {READING_COLUMNS} FROM readings r JOIN leaves l ON l.id = r.leaf_id "
+                'WHERE r.device = ? AND r.meter = ? AND r."end" >= ? AND r."end" < ? '
+                'ORDER BY r."end" LIMIT ?',
+                (device, meter, start, end, limit),
+            )
+        rows.sort(key=lambda r: (r[4], r[1]))
+        return [reading_row(r) for r in rows[:limit]]
 
     async def reading_count(self, device: str | None = None) -> int:
         if device is None:
@@ -533,11 +600,12 @@ class SqliteStore:
 
     async def device_leaves(self, device: str) -> list[LeafRow]:
         """Every device leaf of ``device`` in log order, sealed or not."""
-        return [LeafRow(*r) for r in await self._rows(
+        rows = await self._rows(
             "SELECT l.id, l.kind, l.data, l.leaf_hash, l.leaf_index FROM device_keys k "
             "JOIN leaves l ON l.id = k.leaf_id WHERE k.device = ? ORDER BY l.id",
             (device,),
-        )]
+        )
+        return [LeafRow(r[0], r[1], unpack_leaf_data(r[2], r[0]), r[3], r[4]) for r in rows]
 
     async def batches(self, start: int, limit: int) -> list[BatchRow]:
         return [BatchRow(*r) for r in await self._rows(

@@ -14,19 +14,20 @@ from meterchain.backend.gateway_messages import AcceptedOcmf, AcceptedStatus
 from meterchain.backend.parties import Principal
 from meterchain.backend.store.parties import _WINDOWS, OPEN_END, _params
 from meterchain.backend.store.records import ReadingRow
-from meterchain.backend.store.sqlite import SqliteStore
-
-_READING_COLUMNS = (
-    'r.device, r.seq, r.meter, r.start, r."end", r.import_wh, r.export_wh, r.reading_digest, '
-    "r.leaf_id, l.leaf_index, l.data, r.received_at"
+from meterchain.backend.store.sqlite import (
+    DEVICE_METERS,
+    READING_COLUMNS,
+    SqliteStore,
+    reading_row,
 )
+
 # Sealed leaves in index order (CROSS JOIN keeps SQLite driving from the leaf_index range, so a
 # page costs its own rows, not a scan), each reading joined to the metering point whose meter
 # binding covers its end and to a window of the principal. Bindings of one meter never overlap,
 # nor do a principal's windows on one point, so a reading matches at most once.
 _VISIBLE = (
     "WITH w(mp, wf, wt) AS ({windows}) "
-    f"SELECT {_READING_COLUMNS}, b.metering_point FROM leaves l "
+    f"SELECT {READING_COLUMNS}, b.metering_point FROM leaves l "
     "CROSS JOIN readings r ON r.leaf_id = l.id "
     "JOIN meter_bindings b ON b.device = r.device AND b.meter = r.meter "
     ' AND r."end" >= b.valid_from AND r."end" < coalesce(b.valid_to, :open) '
@@ -34,7 +35,7 @@ _VISIBLE = (
 )
 # The admin also sees readings of meters bound to no metering point.
 _ADMIN_RANGE = (
-    f"SELECT {_READING_COLUMNS}, (SELECT b.metering_point FROM meter_bindings b "
+    f"SELECT {READING_COLUMNS}, (SELECT b.metering_point FROM meter_bindings b "
     "WHERE b.device = r.device AND b.meter = r.meter AND r.\"end\" >= b.valid_from "
     "AND r.\"end\" < coalesce(b.valid_to, :open)) FROM leaves l CROSS JOIN readings r "
     "ON r.leaf_id = l.id "
@@ -204,7 +205,7 @@ class UtilityTables:
         else:
             rows = await self._rows(_VISIBLE.format(windows=_WINDOWS[principal.kind])
                                     + "WHERE " + range_sql, params)
-        return [(ReadingRow(*r[:-1]), r[-1]) for r in rows]
+        return [(reading_row(r), r[-1]) for r in rows]
 
     # -------------------------------------------------------------------- fleet health
 
@@ -250,10 +251,12 @@ class UtilityTables:
         """Holes in each meter's stored readings of ``device`` ending after ``since``:
         (meter, from, to) where no reading covers [from, to), oldest first."""
         rows = await self._rows(
-            'SELECT meter, prev_end, start FROM (SELECT meter, start, "end", '
-            'lag("end") OVER (PARTITION BY meter ORDER BY "end") AS prev_end FROM readings '
-            'WHERE device = ? AND "end" >= ?) WHERE prev_end IS NOT NULL AND start > prev_end '
-            "ORDER BY prev_end LIMIT ?", (device, since, limit))
+            f"WITH RECURSIVE {DEVICE_METERS} "
+            'SELECT meter, prev_end, start FROM (SELECT r.meter, r.start, r."end", '
+            'lag(r."end") OVER (PARTITION BY r.meter ORDER BY r."end") AS prev_end FROM dm CROSS '
+            'JOIN readings r ON r.device = :device AND r.meter = dm.meter AND r."end" >= :since) '
+            "WHERE prev_end IS NOT NULL AND start > prev_end ORDER BY prev_end LIMIT :limit",
+            {"device": device, "since": since, "limit": limit})
         return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
 
     # ------------------------------------------------------------------------ webhooks
