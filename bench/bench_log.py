@@ -3,6 +3,7 @@
 Run: .venv/bin/python bench/bench_log.py [--sizes 1000000,10000000] [--readings 100000]
        [--proofs 1000] [--cold 30] [--pymerkle-sizes 1000000] [--dir bench/results/log]
        [--reuse] [--before REV]
+       [--bytes-only]
 Builds each log through the real store code (leaves inserted as ingest does, sealed by the real
 Sealer in batches of 100k), then times proofs through the API's code path. "Cold" = a fresh
 process per sample, the database file's pages evicted from the OS cache first (posix_fadvise
@@ -268,41 +269,69 @@ def strata_bytes(path: Path, size: int) -> str:
 # ------------------------------------------------------------- bytes/reading
 
 
-async def bytes_per_reading(path: Path, readings: int) -> tuple[float, list[tuple[str, float]]]:
-    """Real signed readings from 100 gateways through commit_batch and the sealer."""
+async def bytes_per_reading(path: Path, readings: int) -> dict[str, object]:
+    """Real signed readings from 100 gateways through commit_batch, each batch sealed after its
+    commit as the running sealer does: the database's bytes per reading, dbstat's share of each
+    table and index (and of free pages), and the leaf data packing (backend/store/leafdata.py)
+    on the same messages."""
     sys.path.insert(0, str(HERE.parent / "tests"))
     from backend_helpers import T0, Gateway  # the tests' agent-like signer
+    from meterchain.backend.provisioning import device_id_for
     from meterchain.backend.registry import enrol
+    from meterchain.backend.store.leafdata import pack_leaf_data, unpack_leaf_data
 
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         name.unlink(missing_ok=True)
     store = await open_store(path)
-    gateways = [Gateway(f"gw-{i:05d}", meter=f"SDM630-{i:05d}") for i in range(100)]
+    # Device ids as provisioning makes them ("gw-" + 12 hex digits, 15 characters).
+    gateways = [Gateway(device_id_for(f"installer-{i}"), meter=f"SDM630-{i:05d}")
+                for i in range(100)]
     for g in gateways:
         await enrol(store, g.device, g.public_key, T0)
+    sealer = Sealer(store, NoteSigner.generate("bench.example/log"), max_leaves=CHUNK)
     batch: list[VerifiedReading] = []
+    message_bytes = stored_bytes = 0
+    pack_seconds = unpack_seconds = 0.0
     for seq in range(1, readings // len(gateways) + 1):
         for g in gateways:
             signed = g.signed(seq)
             payload = signed.to_cbor()
+            start = time.perf_counter()
+            stored = pack_leaf_data(payload)  # ingest does this in its verify threads
+            middle = time.perf_counter()
+            unpack_leaf_data(stored)
+            unpack_seconds += time.perf_counter() - middle
+            pack_seconds += middle - start
+            message_bytes += len(payload)
+            stored_bytes += len(stored)
             batch.append(VerifiedReading(
                 g.device, seq, g.meter, T0 + 900 * seq - 900, T0 + 900 * seq, 1000 * seq, 7 * seq,
-                payload, hashlib.sha256(signed.reading_bytes).digest(), merkle.leaf_hash(payload),
-                T0 + 900 * seq))
+                payload, stored, hashlib.sha256(signed.reading_bytes).digest(),
+                merkle.leaf_hash(payload), T0 + 900 * seq))
         if len(batch) >= 5000:
             await store.commit_batch(batch, [], {}, await store.key_version())
+            await sealer.seal_all()
             batch = []
     if batch:
         await store.commit_batch(batch, [], {}, await store.key_version())
-    await Sealer(store, NoteSigner.generate("bench.example/log"), max_leaves=CHUNK).seal_all()
+    await sealer.seal_all()
     await store.close()
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         total = db.execute("PRAGMA page_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
         count = db.execute("SELECT count(*) FROM readings").fetchone()[0]
-        parts = [(name, size / count) for name, size in db.execute(
+        columns = {  # an index by its table and columns: "readings(device, seq)"
+            name: f"{table}({', '.join(c[2] for c in db.execute(f'PRAGMA index_info({name!r})'))})"
+            for name, table in db.execute("SELECT name, tbl_name FROM sqlite_schema "
+                                          "WHERE type = 'index'")}
+        parts = [(columns.get(name, name), size / count) for name, size in db.execute(
             "SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC LIMIT 8")]
-    return total / count, parts
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        parts.append(("free pages", free * total / db.execute("PRAGMA page_count").fetchone()[0]
+                      / count))
+    return {"per_reading": total / count, "parts": parts, "message": message_bytes / count,
+            "stored": stored_bytes / count, "pack_us": pack_seconds / count * 1e6,
+            "unpack_us": unpack_seconds / count * 1e6}
 
 
 # ---------------------------------------------------------------------- pymerkle
@@ -347,7 +376,11 @@ def main() -> None:
                         "interleaved on the same files (e.g. ed26e76: 256-wide tiles)")
     parser.add_argument("--reuse", action="store_true",
                         help="measure proofs on the logs an earlier run left in --dir (no rebuild)")
+    parser.add_argument("--bytes-only", action="store_true",
+                        help="only the bytes per reading (no log sizes, no pymerkle)")
     args = parser.parse_args()
+    if args.bytes_only:
+        args.sizes = args.pymerkle_sizes = ""
     args.dir.mkdir(parents=True, exist_ok=True)
     rows = ["| what | figure |", "|---|---|"]
 
@@ -402,10 +435,14 @@ def main() -> None:
         row(f"pymerkle {size:,}: database bytes per leaf", f"{built['bytes'] / size:.1f}")
 
     if args.readings:
-        per_reading, parts = asyncio.run(bytes_per_reading(args.dir / "readings.db", args.readings))
+        found = asyncio.run(bytes_per_reading(args.dir / "readings.db", args.readings))
         row(f"bytes per reading, {args.readings:,} real signed readings, everything",
-            f"{per_reading:.0f} B")
-        row("… of which (dbstat, B per reading)", ", ".join(f"{n} {b:.0f}" for n, b in parts))
+            f"{found['per_reading']:.1f} B")
+        row("… of which (dbstat, B per reading)",
+            ", ".join(f"{n} {b:.1f}" for n, b in found["parts"]))  # type: ignore[attr-defined]
+        row("leaf data: message → stored (packed), B per reading; pack / unpack µs",
+            f"{found['message']:.1f} → {found['stored']:.1f}; "
+            f"{found['pack_us']:.1f} / {found['unpack_us']:.1f}")
     (args.dir / "table.md").write_text("\n".join(rows) + "\n")
 
 
