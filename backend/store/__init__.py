@@ -84,8 +84,10 @@ async def open_store(location: str | Path) -> SqliteStore | PostgresStore:
     if is_postgres(text):
         try:
             from meterchain.backend.store.postgres import PostgresStore
-        except ImportError as exc:
-            raise StoreError(f"PostgreSQL needs asyncpg ({exc}): pip install 'meterchain[pg]'",
+        except ModuleNotFoundError as exc:
+            if exc.name != "asyncpg":
+                raise
+            raise StoreError("PostgreSQL needs asyncpg: pip install 'meterchain[pg]'",
                              location=text.split("@")[-1]) from None
         return await PostgresStore.open(text)
     if text.startswith("sqlite:///"):
