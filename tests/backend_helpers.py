@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from store_helpers import StoreFactory
+
 from meterchain.backend.ingest import Ingest
 from meterchain.backend.log.sealer import Sealer
 from meterchain.backend.registry import enrol
@@ -53,10 +55,11 @@ class Gateway:
         return self.topic, self.signed(seq, **kwargs).to_cbor()  # type: ignore[arg-type]
 
 
-async def backend(tmp_path: Path, *devices: Gateway, max_leaves: int = 1000,
+async def backend(where: Path | StoreFactory, *devices: Gateway, max_leaves: int = 1000,
                   log_key: NoteSigner | None = None) -> tuple[SqliteStore, Ingest, Sealer, SqliteStore]:
-    """A store with ``devices`` enrolled, an ingest and a sealer on their own connections."""
-    path = tmp_path / "mc.db"
+    """A store with ``devices`` enrolled, an ingest and a sealer on their own connections. The
+    store is ``where/mc.db``, or the factory's (either kind: conftest's ``store_factory``)."""
+    path = where.location if isinstance(where, StoreFactory) else where / "mc.db"
     admin = await open_store(path)
     for gateway in devices:
         await enrol(admin, gateway.device, gateway.public_key, int(time.time()))
@@ -69,10 +72,10 @@ async def backend(tmp_path: Path, *devices: Gateway, max_leaves: int = 1000,
 
 async def close(*parts: object) -> None:
     for part in parts:
-        if isinstance(part, SqliteStore):
-            await part.close()
-        elif isinstance(part, Ingest):
+        if isinstance(part, Ingest):
             part.close()
             await part.store.close()
         elif isinstance(part, Sealer):
             await part.store.close()
+        else:  # a store of either kind
+            await part.close()  # type: ignore[attr-defined]

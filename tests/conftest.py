@@ -84,3 +84,28 @@ def small_log() -> SmallLog:
     root = merkle.root_from_leaf_hashes([merkle.leaf_hash(leaf) for leaf in leaves])
     checkpoint = Checkpoint("log.meterchain.test", len(leaves), root).sign(log_key)
     return SmallLog(device, other, log_key, leaves, checkpoint)
+
+
+# --- a store of each kind: SQLite in tmp_path, PostgreSQL in a fresh schema (MC_PG_DSN) ----------
+
+from store_helpers import StoreFactory, postgres_location  # noqa: E402
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """The same test against SqliteStore and PostgresStore (skipped without MC_PG_DSN)."""
+    if request.param == "sqlite":
+        yield StoreFactory("sqlite", str(tmp_path / "mc.db"))
+        return
+    async with postgres_location() as location:
+        yield StoreFactory("postgres", location)
+
+
+@pytest.fixture
+async def any_store(store_factory: StoreFactory):  # type: ignore[no-untyped-def]
+    """One open store of each kind, closed after the test."""
+    store = await store_factory.open()
+    try:
+        yield store
+    finally:
+        await store.close()

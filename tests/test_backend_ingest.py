@@ -1,14 +1,15 @@
-"""Ingest checks and commits, one batch at a time (no broker): idempotency, rejections, acks."""
+"""Ingest checks and commits, one batch at a time (no broker): idempotency, rejections, acks;
+on SQLite and on PostgreSQL (``store_factory``)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from backend_helpers import Gateway, backend, close
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from store_helpers import StoreFactory
 
 from meterchain.backend.checks import check_message
 from meterchain.backend.ingest import REJECTIONS
@@ -21,9 +22,9 @@ def _count(reason: str) -> float:
     return REJECTIONS.labels(reason)._value.get()
 
 
-async def test_duplicate_is_dropped_and_conflict_recorded_first_kept(tmp_path: Path) -> None:
+async def test_duplicate_is_dropped_and_conflict_recorded_first_kept(store_factory: StoreFactory) -> None:
     gw = Gateway("gw-1")
-    admin, ingest, sealer, api = await backend(tmp_path, gw)
+    admin, ingest, sealer, api = await backend(store_factory, gw)
     first = gw.message(1)
     report = await ingest.process([first, gw.message(2)])
     assert report.stored == 2
@@ -42,18 +43,18 @@ async def test_duplicate_is_dropped_and_conflict_recorded_first_kept(tmp_path: P
     await close(admin, ingest, sealer, api)
 
 
-async def test_conflicting_pair_within_one_batch_keeps_the_first(tmp_path: Path) -> None:
+async def test_conflicting_pair_within_one_batch_keeps_the_first(store_factory: StoreFactory) -> None:
     gw = Gateway("gw-1")
-    admin, ingest, sealer, api = await backend(tmp_path, gw)
+    admin, ingest, sealer, api = await backend(store_factory, gw)
     report = await ingest.process([gw.message(1, import_wh=1), gw.message(1, import_wh=2)])
     assert (report.stored, report.conflicts) == (1, 1)
     assert (await api.reading("gw-1", 1)).import_wh == 1  # type: ignore[union-attr]
     await close(admin, ingest, sealer, api)
 
 
-async def test_wrong_key_and_other_devices_topic_are_rejected_and_counted(tmp_path: Path) -> None:
+async def test_wrong_key_and_other_devices_topic_are_rejected_and_counted(store_factory: StoreFactory) -> None:
     a, b = Gateway("gw-a"), Gateway("gw-b")
-    admin, ingest, sealer, api = await backend(tmp_path, a, b)
+    admin, ingest, sealer, api = await backend(store_factory, a, b)
     before = (_count("key-id"), _count("topic"))
     report = await ingest.process([
         (a.topic, a.signed(1, signer=b.signer).to_cbor()),  # a's reading, b's key
@@ -75,9 +76,9 @@ def _high_s(message: bytes) -> bytes:
     return cbor.encode([reading, encode_dss_signature(r, P256_ORDER - s)])
 
 
-async def test_malformed_payloads_are_rejected_without_stopping_ingest(tmp_path: Path) -> None:
+async def test_malformed_payloads_are_rejected_without_stopping_ingest(store_factory: StoreFactory) -> None:
     gw = Gateway("gw-1")
-    admin, ingest, sealer, api = await backend(tmp_path, gw)
+    admin, ingest, sealer, api = await backend(store_factory, gw)
     good = gw.message(1)[1]
     junk = [b"", b"not cbor at all", good[:-7], os.urandom(1 << 20), _high_s(good),
             cbor.encode([b"x", b"y"]), cbor.encode({"t": 1})]
@@ -88,9 +89,9 @@ async def test_malformed_payloads_are_rejected_without_stopping_ingest(tmp_path:
     await close(admin, ingest, sealer, api)
 
 
-async def test_permanently_rejected_reading_does_not_stall_the_stream(tmp_path: Path) -> None:
+async def test_permanently_rejected_reading_does_not_stall_the_stream(store_factory: StoreFactory) -> None:
     gw = Gateway("gw-1")
-    admin, ingest, sealer, api = await backend(tmp_path, gw)
+    admin, ingest, sealer, api = await backend(store_factory, gw)
     forged = gw.signed(2)
     bad = cbor.encode([forged.reading_bytes, gw.signed(3).signature])  # a valid-looking, wrong signature
     report = await ingest.process([gw.message(1), (gw.topic, bad), gw.message(3), gw.message(4)])
@@ -100,21 +101,21 @@ async def test_permanently_rejected_reading_does_not_stall_the_stream(tmp_path: 
     await close(admin, ingest, sealer, api)
 
 
-async def test_ack_upto_waits_for_gaps_and_survives_a_restart(tmp_path: Path) -> None:
+async def test_ack_upto_waits_for_gaps_and_survives_a_restart(store_factory: StoreFactory) -> None:
     gw = Gateway("gw-1")
-    admin, ingest, sealer, api = await backend(tmp_path, gw)
+    admin, ingest, sealer, api = await backend(store_factory, gw)
     report = await ingest.process([gw.message(1), gw.message(3), gw.message(4)])
     assert report.acks[0].upto == 1
     await close(ingest)
-    admin2, ingest2, sealer2, api2 = await backend(tmp_path)  # a restarted backend, same database
+    admin2, ingest2, sealer2, api2 = await backend(store_factory)  # a restarted backend, same database
     report = await ingest2.process([gw.message(2)])
     assert report.acks[0].upto == 4
     await close(admin, admin2, ingest2, sealer, sealer2, api, api2)
 
 
-async def test_revoked_and_unknown_devices(tmp_path: Path) -> None:
+async def test_revoked_and_unknown_devices(store_factory: StoreFactory) -> None:
     gw, stranger = Gateway("gw-1"), Gateway("gw-x")
-    admin, ingest, sealer, api = await backend(tmp_path, gw)
+    admin, ingest, sealer, api = await backend(store_factory, gw)
     await ingest.process([gw.message(1)])
     await revoke(admin, "gw-1", 1)  # from sequence 2 on
     report = await ingest.process([gw.message(2), stranger.message(1)])

@@ -1,4 +1,5 @@
-"""Sealing, proofs from stored nodes, bundles, crash safety, and audit naming tampered items."""
+"""Sealing, proofs from stored nodes, bundles, crash safety (on SQLite and PostgreSQL), and audit
+naming tampered items."""
 
 from __future__ import annotations
 
@@ -7,30 +8,31 @@ from pathlib import Path
 
 import pytest
 from backend_helpers import Gateway, backend, close
+from store_helpers import StoreFactory
 
 from meterchain.backend.audit import audit
 from meterchain.backend.log.proofs import ProofUnavailable, build_bundle, consistency_proof, inclusion_proof
 from meterchain.backend.log.sealer import Sealer
-from meterchain.backend.store import StoreError, open_store
+from meterchain.backend.store import StoreError
 from meterchain.contract import merkle
 from meterchain.contract.batch import SignedBatchHeader, verify_chain
 from meterchain.contract.bundle import verify_bundle
 from meterchain.contract.checkpoint import open_checkpoint
 
 
-async def _leaf_hashes(path: Path) -> list[bytes]:
-    with sqlite3.connect(path) as db:
-        return [r[0] for r in db.execute(
-            "SELECT leaf_hash FROM leaves WHERE leaf_index IS NOT NULL ORDER BY leaf_index")]
+async def _leaf_hashes(store) -> list[bytes]:  # type: ignore[no-untyped-def]
+    """The sealed leaf hashes in index order, by plain SQL (the same on SQLite and PostgreSQL)."""
+    return [r[0] async for r in store.iter_rows(
+        "SELECT leaf_hash FROM leaves WHERE leaf_index IS NOT NULL ORDER BY leaf_index")]
 
 
-async def test_sealed_proofs_from_storage_equal_reference_proofs(tmp_path: Path) -> None:
+async def test_sealed_proofs_from_storage_equal_reference_proofs(store_factory: StoreFactory) -> None:
     gw = Gateway("gw-1")
-    admin, ingest, sealer, api = await backend(tmp_path, gw, max_leaves=7)
+    admin, ingest, sealer, api = await backend(store_factory, gw, max_leaves=7)
     for start in range(1, 41, 10):  # batches of readings, sealed in uneven chunks of <= 7
         await ingest.process([gw.message(s) for s in range(start, start + 10)])
         await sealer.seal_all()
-    hashes = await _leaf_hashes(tmp_path / "mc.db")
+    hashes = await _leaf_hashes(api)
     assert len(hashes) == 41  # 40 readings + the enrolment leaf
     checkpoint = open_checkpoint((await api.latest_checkpoint()).note, sealer.signer.verifier)
     assert checkpoint.root == merkle.root_from_leaf_hashes(hashes)
@@ -44,9 +46,11 @@ async def test_sealed_proofs_from_storage_equal_reference_proofs(tmp_path: Path)
     await close(admin, ingest, sealer, api)
 
 
-async def test_bundle_from_storage_passes_verify_and_unsealed_is_refused(tmp_path: Path) -> None:
+async def test_bundle_from_storage_passes_verify_and_unsealed_is_refused(
+    store_factory: StoreFactory,
+) -> None:
     gw = Gateway("gw-1")
-    admin, ingest, sealer, api = await backend(tmp_path, gw)
+    admin, ingest, sealer, api = await backend(store_factory, gw)
     await ingest.process([gw.message(s) for s in range(1, 4)])
     with pytest.raises(ProofUnavailable) as not_sealed:
         await build_bundle(api, "gw-1", 2)
@@ -66,9 +70,11 @@ async def test_bundle_from_storage_passes_verify_and_unsealed_is_refused(tmp_pat
 
 
 @pytest.mark.parametrize("step", ["leaves", "nodes", "checkpoint", "batch"])
-async def test_a_crash_inside_a_seal_leaves_the_previous_log_intact(tmp_path: Path, step: str) -> None:
+async def test_a_crash_inside_a_seal_leaves_the_previous_log_intact(
+    store_factory: StoreFactory, step: str,
+) -> None:
     gw = Gateway("gw-1")
-    admin, ingest, sealer, api = await backend(tmp_path, gw)
+    admin, ingest, sealer, api = await backend(store_factory, gw)
     await ingest.process([gw.message(s) for s in range(1, 4)])
     await sealer.seal_all()
     before = await api.latest_checkpoint()
@@ -83,7 +89,7 @@ async def test_a_crash_inside_a_seal_leaves_the_previous_log_intact(tmp_path: Pa
     assert await api.latest_checkpoint() == before
     assert await api.pending_count() == 5
     # A fresh sealer (a restarted process) restores the edge and seals everything once.
-    restarted = Sealer(await open_store(tmp_path / "mc.db"), sealer.signer)
+    restarted = Sealer(await store_factory.open(), sealer.signer)
     assert await restarted.seal_all() == 5
     report = await audit(api, sealer.signer.verifier)
     assert report.ok, report.findings

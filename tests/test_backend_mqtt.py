@@ -1,18 +1,18 @@
-"""Ingest over a real broker: acks after commit, junk on the wire, a backend restart."""
+"""Ingest over a real broker: acks after commit, junk on the wire, a backend restart; into
+SQLite and into PostgreSQL (``store_factory``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from pathlib import Path
 
 import aiomqtt
 from backend_helpers import Gateway, backend, close
+from store_helpers import StoreFactory
 
 from meterchain.backend.broker import RunningBroker
 from meterchain.backend.config import parse_broker_url
 from meterchain.backend.ingest import Ingest
-from meterchain.backend.store import open_store
 from meterchain.contract.ack import Ack, ack_topic
 
 
@@ -43,10 +43,10 @@ async def _running(ingest: Ingest):  # type: ignore[no-untyped-def]
 
 
 async def test_readings_flow_acks_follow_commits_and_junk_does_not_stop_ingest(
-    tmp_path: Path, broker: RunningBroker
+    store_factory: StoreFactory, broker: RunningBroker
 ) -> None:
     gw = Gateway("gw-1")
-    admin, ingest, sealer, api = await backend(tmp_path, gw)
+    admin, ingest, sealer, api = await backend(store_factory, gw)
     ingest.broker_url = broker.url
     async with _running(ingest), _client(broker, "gw-1") as client:
         await client.subscribe(ack_topic("gw-1"), qos=1)
@@ -62,10 +62,10 @@ async def test_readings_flow_acks_follow_commits_and_junk_does_not_stop_ingest(
 
 
 async def test_backend_restart_keeps_everything_receives_the_backlog_and_re_acks(
-    tmp_path: Path, broker: RunningBroker
+    store_factory: StoreFactory, broker: RunningBroker
 ) -> None:
     gw = Gateway("gw-1")
-    admin, ingest, sealer, api = await backend(tmp_path, gw)
+    admin, ingest, sealer, api = await backend(store_factory, gw)
     ingest.broker_url = broker.url
     async with _client(broker, "gw-1") as client:
         async with _running(ingest):
@@ -79,7 +79,7 @@ async def test_backend_restart_keeps_everything_receives_the_backlog_and_re_acks
         for seq in range(6, 11):
             await client.publish(*gw.message(seq), qos=1)
         await client.publish(*gw.message(3), qos=1)  # a replay of something already stored
-        restarted = Ingest(await open_store(tmp_path / "mc.db"), broker_url=broker.url)
+        restarted = Ingest(await store_factory.open(), broker_url=broker.url)
         async with _running(restarted):
             assert (await _wait_ack(client, 10)).upto == 10
         assert await api.reading_count("gw-1") == 10

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from backend_helpers import Gateway, backend, close
+from store_helpers import StoreFactory
 
 from meterchain.backend.registry import RegistryError, enrol, parse_public_key, revoke, rotate
 from meterchain.backend.store import StoreError, open_store
@@ -38,9 +39,9 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         await open_store(tmp_path / "a.db")
 
 
-async def test_enrol_rotate_revoke_append_device_leaves(tmp_path: Path) -> None:
+async def test_enrol_rotate_revoke_append_device_leaves(store_factory: StoreFactory) -> None:
     gw, new = Gateway("gw-1"), Gateway("gw-1")
-    store = await open_store(tmp_path / "a.db")
+    store = await store_factory.open()
     leaf = await enrol(store, "gw-1", gw.public_key, 100)
     assert (leaf.event, leaf.valid_from) == (DeviceEvent.ENROL, 1)
     with pytest.raises(RegistryError, match="already enrolled"):
@@ -63,9 +64,11 @@ async def test_enrol_rotate_revoke_append_device_leaves(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_a_key_change_never_reaches_back_before_committed_readings(tmp_path: Path) -> None:
+async def test_a_key_change_never_reaches_back_before_committed_readings(
+    store_factory: StoreFactory,
+) -> None:
     gw = Gateway("gw-1")
-    admin, ingest, sealer, api = await backend(tmp_path, gw)
+    admin, ingest, sealer, api = await backend(store_factory, gw)
     await ingest.process([gw.message(s) for s in range(1, 6)])
     with pytest.raises(RegistryError, match="highest committed sequence 5"):
         await rotate(admin, "gw-1", Gateway("gw-1").public_key, 1, valid_from=3)
