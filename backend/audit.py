@@ -172,7 +172,6 @@ async def _tree(store: SqliteStore, report: AuditReport, progress: Progress) -> 
                 report.findings.append(Finding("node", f"({level}, {index})", "missing"))
         expected.clear()
 
-
     async for leaf_id, data, stored_hash, index, erased in store.iter_rows(
         "SELECT l.id, l.data, l.leaf_hash, l.leaf_index, e.leaf_id IS NOT NULL FROM leaves l "
         "LEFT JOIN erased_readings e ON e.leaf_id = l.id "

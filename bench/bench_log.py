@@ -362,7 +362,6 @@ def main() -> None:
         print(json.dumps(asyncio.run(cold_sample(Path(sys.argv[2]), int(sys.argv[3]),
                                                  *sys.argv[4:]))))
         return
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--readings", type=int, default=100_000)
