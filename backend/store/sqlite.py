@@ -12,11 +12,11 @@ import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
 
+from meterchain.backend.store.dedupe import Place, PlaceKey, plan_batch
 from meterchain.backend.store.records import (
     AckState,
     BatchRow,
@@ -24,7 +24,6 @@ from meterchain.backend.store.records import (
     CommitResult,
     KeyRow,
     LeafRow,
-    Outcome,
     ReadingRow,
     RejectionRecord,
     Seal,
@@ -64,16 +63,6 @@ def reading_row(row: Sequence[object]) -> ReadingRow:
     values = list(row[:11])
     values[9] = unpack_leaf_data(values[9], values[7])  # type: ignore[arg-type]
     return ReadingRow(*values)  # type: ignore[arg-type]
-
-
-@dataclass(slots=True)
-class _Kept:
-    """A stored reading a batch reading collides with; ``digest`` is filled in only when needed."""
-
-    leaf_id: int
-    seq: int
-    digest: bytes | None
-    erased: bool = False
 
 
 class StoreError(MeterchainError):
@@ -237,53 +226,25 @@ class SqliteStore:
                 await self._scalar("SELECT seq FROM sqlite_sequence WHERE name = 'leaves'") or 0
             )
             next_id = max(next_id, int(await self._scalar("SELECT max(id) FROM leaves") or 0))
-            outcomes: list[Outcome] = []
-            leaf_rows: list[tuple[object, ...]] = []
-            reading_rows: list[tuple[object, ...]] = []
-            conflict_rows: list[tuple[object, ...]] = []
-            conflicts: list[RejectionRecord] = []
-            for r in readings:
-                by_seq = existing.get(("s", r.device, r.seq))
-                by_slot = existing.get(("m", r.device, r.meter, r.end))
-                kept = by_seq or by_slot
-                if kept is None:
-                    next_id += 1
-                    leaf_rows.append((next_id, r.stored, r.leaf_hash, r.received_at))
-                    reading_rows.append(
-                        (next_id, r.device, r.seq, r.meter, r.start, r.end, r.import_wh,
-                         r.export_wh)
-                    )
-                    entry = _Kept(next_id, r.seq, r.reading_digest)
-                    existing[("s", r.device, r.seq)] = entry
-                    existing[("m", r.device, r.meter, r.end)] = entry
-                    outcomes.append(Outcome.STORED)
-                elif (by_seq is not None and by_seq.digest == r.reading_digest) or kept.erased:
-                    # An erased reading's place stays taken: a resend is never stored again.
-                    outcomes.append(Outcome.DUPLICATE)
-                else:
-                    outcomes.append(Outcome.CONFLICT)
-                    conflict_rows.append((r.device, r.seq, r.message, kept.leaf_id, r.received_at))
-                    what = (
-                        f"sequence {r.seq} is already stored with other reading bytes"
-                        if by_seq is not None
-                        else f"meter {r.meter} interval ending {r.end} is already stored as "
-                        f"sequence {kept.seq}"
-                    )
-                    conflicts.append(
-                        RejectionRecord(r.device, r.seq, "conflict", what + "; the first is kept",
-                                        True, r.received_at)
-                    )
-            if leaf_rows:
+            plan = plan_batch(readings, existing)
+            fresh_ids = list(range(next_id + 1, next_id + 1 + len(plan.fresh)))
+            if plan.fresh:
                 await self._conn.executemany(
                     "INSERT INTO leaves (id, kind, data, leaf_hash, received_at) "
                     "VALUES (?, 'reading', ?, ?, ?)",
-                    leaf_rows,
+                    [(i, r.stored, r.leaf_hash, r.received_at)
+                     for i, r in zip(fresh_ids, plan.fresh, strict=True)],
                 )
                 await self._conn.executemany(
                     'INSERT INTO readings (leaf_id, device, seq, meter, start, "end", import_wh, '
                     "export_wh) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    reading_rows,
+                    [(i, r.device, r.seq, r.meter, r.start, r.end, r.import_wh, r.export_wh)
+                     for i, r in zip(fresh_ids, plan.fresh, strict=True)],
                 )
+            # A conflict with a reading earlier in this batch names it by -(its position).
+            conflict_rows = [(r.device, r.seq, r.message, kept if kept > 0 else fresh_ids[-kept],
+                              r.received_at) for r, kept in plan.conflicting]
+            conflicts = plan.conflicts
             if conflict_rows:
                 await self._conn.executemany(
                     "INSERT INTO conflicts (device, seq, message, kept_leaf_id, time) "
@@ -306,17 +267,17 @@ class SqliteStore:
                     "time = excluded.time",
                     [(device, value, now) for device, value in acks.items()],
                 )
-            return CommitResult(outcomes, conflicts)
+            return CommitResult(plan.outcomes, conflicts)
 
         return await self._write(work)  # type: ignore[return-value]
 
     async def _existing(self, readings: Sequence[VerifiedReading]
-                        ) -> dict[tuple[object, ...], _Kept]:
+                        ) -> dict[PlaceKey, Place]:
         """Stored readings that share (device, seq) or (device, meter, end) with the batch.
 
         Each batch key is looked up in a unique index (the CROSS JOIN keeps the VALUES list
         outside: a row-value ``IN (VALUES ...)`` made SQLite scan the whole table)."""
-        found: dict[tuple[object, ...], _Kept] = {}
+        found: dict[PlaceKey, Place] = {}
         for chunk_start in range(0, len(readings), 300):
             chunk = readings[chunk_start : chunk_start + 300]
             pairs = ",".join("(?,?)" for _ in chunk)
@@ -334,13 +295,13 @@ class SqliteStore:
                 ]
             rows = await self._rows(" UNION ALL ".join(parts), seqs + slots + seqs + slots)
             for device, seq, meter, end, leaf_id, erased in rows:
-                kept = _Kept(leaf_id, seq, None, bool(erased))
+                kept = Place(leaf_id, seq, bool(erased))
                 found[("s", device, seq)] = kept
                 found[("m", device, meter, end)] = kept
         return found
 
     async def _kept_digests(self, readings: Sequence[VerifiedReading],
-                            existing: dict[tuple[object, ...], _Kept]) -> None:
+                            existing: dict[PlaceKey, Place]) -> None:
         """Fill in the reading digest of each stored reading a batch reading shares (device, seq)
         with, from its leaf's message (the rare resend path; the table keeps no digest). A
         message that cannot be read keeps digest None: the resend then counts as a conflict."""
