@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from meterchain.backend.parties import KeyKind, Principal, UnknownParty, check_id
 from meterchain.backend.store.parties import _WINDOWS, OPEN_END
-from meterchain.backend.store.sqlite import SqliteStore
+from meterchain.backend.store.tables import SqliteTables
 
 #: (first, last) leaf index ranges, both inclusive.
 Ranges = tuple[tuple[int, int], ...]
@@ -88,29 +88,14 @@ def _record(row: sqlite3.Row) -> ErasureRecord:
     return ErasureRecord(row[0], row[1], row[2], row[3], row[4], ranges, row[6], row[7])
 
 
-class ErasureTables:
+class ErasureTables(SqliteTables):
     """Erasure queries over one store's connection (use the writer's for :meth:`erase`)."""
-
-    def __init__(self, store: SqliteStore) -> None:
-        self._db = store.connection
-
-    async def _rows(self, sql: str, params: Sequence[object] | dict[str, object] = ()
-                    ) -> list[sqlite3.Row]:
-        async with self._db.execute(sql, params) as cur:
-            return list(await cur.fetchall())
 
     async def erase(self, household: str, requested_by: str, now: int) -> ErasureRecord | None:
         """Erase the household's data now; None if there was nothing left to erase (erasing
         twice changes nothing and records nothing the second time)."""
         check_id(household, "household")
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            record = await self._erase(household, requested_by[:200], now)
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
-        await self._db.execute("COMMIT")
-        return record
+        return await self._transaction(lambda: self._erase(household, requested_by[:200], now))
 
     async def _erase(self, household: str, requested_by: str, now: int) -> ErasureRecord | None:
         if not await self._rows("SELECT 1 FROM households WHERE id = ?", (household,)):

@@ -11,8 +11,7 @@ Every reading route goes through :meth:`PartyTables.readings` or :meth:`PartyTab
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from collections.abc import Sequence
 
 from meterchain.backend.parties import (
     ApiKey,
@@ -41,10 +40,10 @@ from meterchain.backend.parties import (
     token_hash,
 )
 from meterchain.backend.store.records import ReadingRow
-from meterchain.backend.store.sqlite import READING_COLUMNS, SqliteStore, reading_row
+from meterchain.backend.store.sqlite import READING_COLUMNS, reading_row
+from meterchain.backend.store.tables import SqliteTables
 from meterchain.contract.reading import MAX_SAFE_INT
 
-T = TypeVar("T")
 #: Stands for an open end (``valid_to`` NULL) in comparisons: later than any reading's ``end``.
 OPEN_END = MAX_SAFE_INT + 1
 #: ``last_used`` is written at most once per key per this many seconds (reads stay cheap).
@@ -77,33 +76,8 @@ _VISIBLE_READINGS = (
 )
 
 
-class PartyTables:
+class PartyTables(SqliteTables):
     """Queries over one store's connection; every write is one short IMMEDIATE transaction."""
-
-    def __init__(self, store: SqliteStore) -> None:
-        self._db = store.connection
-
-    # ------------------------------------------------------------------ helpers
-
-    async def _rows(self, sql: str, params: Sequence[object] | dict[str, object] = ()
-                    ) -> list[sqlite3.Row]:
-        async with self._db.execute(sql, params) as cur:
-            return list(await cur.fetchall())
-
-    async def _one(self, sql: str, params: Sequence[object] | dict[str, object] = ()
-                   ) -> sqlite3.Row | None:
-        rows = await self._rows(sql, params)
-        return rows[0] if rows else None
-
-    async def _transaction(self, work: Callable[[], Awaitable[T]]) -> T:
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            result = await work()
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
-        await self._db.execute("COMMIT")
-        return result
 
     async def _insert_new(self, table: str, what: str, ident: str, values: tuple[object, ...]) -> None:
         if await self._one(f"SELECT 1 FROM {table} WHERE id = ?", (ident,)):

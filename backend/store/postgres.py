@@ -29,7 +29,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import asyncpg
-
+from meterchain.backend.store.dedupe import Place, PlaceKey, place_keys, plan_batch
+from meterchain.backend.store.leafdata import pack_leaf_data, unpack_leaf_data
 from meterchain.backend.store.records import (
     AckState,
     BatchRow,
@@ -44,8 +45,6 @@ from meterchain.backend.store.records import (
     TreeState,
     VerifiedReading,
 )
-from meterchain.backend.store.dedupe import Place, PlaceKey, place_keys, plan_batch
-from meterchain.backend.store.leafdata import pack_leaf_data, unpack_leaf_data
 from meterchain.backend.store.sqlite import (
     READING_COLUMNS,
     RECENT_REJECTIONS,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from meterchain.backend.store.sqlite import SqliteStore
+from meterchain.backend.store.tables import SqliteTables
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,23 +42,14 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-class ProvisioningTables:
+class ProvisioningTables(SqliteTables):
     """Queries over one store's connection; writes are single short transactions."""
 
-    def __init__(self, store: SqliteStore) -> None:
-        self._db = store.connection
-
     async def add_token(self, row: TokenRow) -> None:
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            await self._db.execute(
-                "INSERT INTO installer_tokens VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)",
-                (row.token_hash, row.scope_kind, row.scope_id, row.note, row.created, row.expires),
-            )
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
-        await self._db.execute("COMMIT")
+        await self._transaction(lambda: self._db.execute(
+            "INSERT INTO installer_tokens VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)",
+            (row.token_hash, row.scope_kind, row.scope_id, row.note, row.created, row.expires),
+        ))
 
     async def scope_exists(self, kind: str, ident: str) -> bool:
         """Whether the utility or community is registered (parties, migration 3)."""

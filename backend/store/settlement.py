@@ -10,17 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from meterchain.backend.parties import InvalidParty, PartyExists, UnknownParty, check_id, check_time
 from meterchain.backend.store.leafdata import pack_leaf_data, unpack_leaf_data
-from meterchain.backend.store.sqlite import SqliteStore
+from meterchain.backend.store.tables import SqliteTables
 from meterchain.contract.merkle import leaf_hash
 from meterchain.contract.reading import MAX_SAFE_INT
 
-T = TypeVar("T")
 OPEN_END = MAX_SAFE_INT + 1
 
 
@@ -189,26 +187,8 @@ _POINT_READINGS = (
     "JOIN leaves l ON l.id = r.leaf_id WHERE b.metering_point = :point ")
 
 
-class SettlementTables:
+class SettlementTables(SqliteTables):
     """Queries of netting and settlement over one store's connection."""
-
-    def __init__(self, store: SqliteStore) -> None:
-        self._db = store.connection
-
-    async def _rows(self, sql: str, params: Sequence[object] | dict[str, object] = ()
-                    ) -> list[sqlite3.Row]:
-        async with self._db.execute(sql, params) as cur:
-            return list(await cur.fetchall())
-
-    async def _transaction(self, work: Callable[[], Awaitable[T]]) -> T:
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            result = await work()
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
-        await self._db.execute("COMMIT")
-        return result
 
     async def _require_community(self, community: str) -> None:
         if not await self._rows("SELECT 1 FROM communities WHERE id = ?", (community,)):

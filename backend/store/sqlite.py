@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import aiosqlite
-
 from meterchain.backend.store.dedupe import Place, PlaceKey, plan_batch
+from meterchain.backend.store.leafdata import pack_leaf_data, unpack_leaf_data
 from meterchain.backend.store.records import (
     AckState,
     BatchRow,
@@ -31,7 +31,6 @@ from meterchain.backend.store.records import (
     TreeState,
     VerifiedReading,
 )
-from meterchain.backend.store.leafdata import pack_leaf_data, unpack_leaf_data
 from meterchain.backend.store.schema import MIGRATIONS, SCHEMA_VERSION
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.leaves import DeviceLeaf

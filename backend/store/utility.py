@@ -6,7 +6,6 @@ same windows as every other reading route (``store/parties.py``).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,9 +16,9 @@ from meterchain.backend.store.records import ReadingRow
 from meterchain.backend.store.sqlite import (
     DEVICE_METERS,
     READING_COLUMNS,
-    SqliteStore,
     reading_row,
 )
+from meterchain.backend.store.tables import SqliteTables
 
 # Sealed leaves in index order (CROSS JOIN keeps SQLite driving from the leaf_index range, so a
 # page costs its own rows, not a scan), each reading joined to the metering point whose meter
@@ -108,15 +107,7 @@ _DELIVERY_COLUMNS = ("id, webhook, idempotency_key, event, payload, state, attem
                      "last_error, created, finished")
 
 
-class UtilityTables:
-    def __init__(self, store: SqliteStore) -> None:
-        self._db = store.connection
-
-    async def _rows(self, sql: str, params: Sequence[object] | dict[str, object] = ()
-                    ) -> list[sqlite3.Row]:
-        async with self._db.execute(sql, params) as cur:
-            return list(await cur.fetchall())
-
+class UtilityTables(SqliteTables):
     async def _begin(self) -> None:
         await self._db.execute("BEGIN IMMEDIATE")
 

@@ -5,12 +5,9 @@ IMMEDIATE transaction, so a link can be redeemed once even by two concurrent req
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
-from meterchain.backend.store.sqlite import SqliteStore
+from meterchain.backend.store.tables import SqliteTables
 from meterchain.backend.web.accounts import (
     INVITE_SECONDS,
     RESET_SECONDS,
@@ -22,7 +19,6 @@ from meterchain.backend.web.accounts import (
     secret_hash,
 )
 
-T = TypeVar("T")
 DEFAULT_TIMEZONE = "Europe/Berlin"
 
 
@@ -41,25 +37,8 @@ class Link:
     expires: int
 
 
-class WebTables:
+class WebTables(SqliteTables):
     """Queries of the dashboard over one store's connection."""
-
-    def __init__(self, store: SqliteStore) -> None:
-        self._db = store.connection
-
-    async def _rows(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
-        async with self._db.execute(sql, params) as cur:
-            return list(await cur.fetchall())
-
-    async def _transaction(self, work: Callable[[], Awaitable[T]]) -> T:
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            result = await work()
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
-        await self._db.execute("COMMIT")
-        return result
 
     # ------------------------------------------------------------------ logins
 
