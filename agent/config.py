@@ -206,9 +206,10 @@ def parse_config(raw: dict[str, Any], file: Path) -> AgentConfig:
     from meterchain.agent.dlms_config import check_dlms_ports
 
     check_dlms_ports(meters, file)
-    slots = [(m.port, m.modbus_id) for m in meters]
+    # Modbus ids only: DLMS meters have none (check_dlms_ports told apart those of one line).
+    slots = [(m.port, m.modbus_id) if m.dlms is None else None for m in meters]
     for index, slot in enumerate(slots):
-        if slot in slots[:index]:
+        if slot is not None and slot in slots[:index]:
             raise ConfigError(
                 f"{file}: meters[{index}].modbus_id: id {slot[1]} on {slot[0]} is used twice",
                 file=str(file),

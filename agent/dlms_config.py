@@ -131,15 +131,34 @@ def _password(table: _Table, raw: dict[str, Any]) -> str | None:
 
 
 def check_dlms_ports(meters: tuple[MeterConfig, ...], file: Path) -> None:
-    """A DLMS meter has its port to itself (one client per line: no multi-drop buses yet)."""
+    """DLMS meters may share a port (a multi-drop line) with each other, never with Modbus
+    meters; on one line they answer at one speed and each at its own HDLC address."""
     for index, meter in enumerate(meters):
         if meter.dlms is None:
             continue
-        others = [m for i, m in enumerate(meters) if i != index and m.port == meter.port]
-        if others:
-            raise ConfigError(
-                f"{file}: meters[{index}].port: {meter.port} is also used by meter"
-                f" {others[0].name!r}; a DLMS meter needs a port of its own",
-                file=str(file),
-                key=f"meters[{index}].port",
-            )
+        key = f"meters[{index}]."
+        for other_index, other in enumerate(meters):
+            if other_index == index or other.port != meter.port:
+                continue
+            if other.dlms is None:
+                raise _port_error(file, key + "port", f"{meter.port} is also used by Modbus meter"
+                                  f" {other.name!r}; a line carries one protocol")
+            if other_index > index:
+                continue  # the later meter of the pair is the one named in the error
+            if other.baudrate != meter.baudrate:
+                raise _port_error(file, key + "baudrate", f"{meter.baudrate} differs from the"
+                                  f" {other.baudrate} of meter {other.name!r} on {meter.port};"
+                                  " meters on one line answer at one speed")
+            if _hdlc(other.dlms) == _hdlc(meter.dlms):
+                raise _port_error(file, key + "physical_address", f"meter {other.name!r} on"
+                                  f" {meter.port} has the same HDLC address; give each meter on"
+                                  " the line its own physical_address")
+
+
+def _hdlc(settings: DlmsSettings) -> tuple[int, int | None]:
+    """The server's HDLC address (upper, lower): what a meter on the line answers to."""
+    return settings.server_address, settings.physical_address
+
+
+def _port_error(file: Path, key: str, why: str) -> ConfigError:
+    return ConfigError(f"{file}: {key}: {why}", file=str(file), key=key)

@@ -167,8 +167,8 @@ async def _scan_line(
 ) -> tuple[ScanReport | None, DlmsScanReport | None]:
     """Modbus first (when asked), then DLMS, on one port; a port that cannot be used stops both.
 
-    Both: DLMS only when no Modbus meter answered (one line, one protocol: the agent reads a
-    DLMS meter only on a port of its own, so one found there could not be proposed anyway).
+    Both: DLMS only when no Modbus meter answered (one line, one protocol: the agent reads DLMS
+    meters only on a line without Modbus meters, so one found there could not be proposed).
     """
     from meterchain.agent.scan import SerialPortError, scan_port
     from meterchain.agent.scan_dlms import scan_dlms_port
@@ -189,7 +189,7 @@ async def _scan_line(
 def _scan_summary(
     modbus: ScanReport | None, dlms: DlmsScanReport | None, dlms_skipped: bool
 ) -> tuple[Proposal, list[str], list[str]]:
-    """The proposal (Modbus meters keep their bus; DLMS meters need a port of their own), the
+    """The proposal (Modbus meters keep their bus; DLMS meters need a line without them), the
     report's lines, and what to check when the line is silent."""
     from meterchain.agent.scan import Proposal, empty_bus_causes, propose_meters
     from meterchain.agent.scan_dlms import empty_line_causes, propose_dlms_meters
@@ -214,8 +214,8 @@ def _scan_summary(
         lines += [f"trouble: DLMS {line}" for line in dlms.garbled + dlms.errors]
         causes += [c for c in empty_line_causes(dlms, wiring=modbus is None) if c not in causes]
     elif modbus is not None and modbus.found and dlms_skipped:
-        lines.append("Modbus meters answered: DLMS not scanned on this port (the agent reads a "
-                     "DLMS meter only on a port of its own; --protocol dlms scans it anyway)")
+        lines.append("Modbus meters answered: DLMS not scanned on this port (a line carries one "
+                     "protocol; --protocol dlms scans it anyway)")
     lines += [f"advice: {line}" for line in proposal.advice]
     return proposal, lines, causes
 

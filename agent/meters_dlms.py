@@ -19,6 +19,7 @@ meter's extra entry at power-up or a clock change) and repeated timestamps are s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -178,19 +179,24 @@ def _column(entry: ProfileEntry, obis: Obis) -> RegisterValue | None:
 
 
 class DlmsMeterSource:
-    """One DLMS meter on its own serial port; a session per cycle (connect, read, release).
+    """One DLMS meter on a serial port; a session per cycle (connect, read, release).
 
     A session per cycle costs a few frames but survives the meter's inactivity timeout and any
-    half-open association after a fault: every cycle starts from a clean link.
+    half-open association after a fault: every cycle starts from a clean link. Meters of one
+    multi-drop line share ``port_lock``: a session holds it from opening the port to closing it
+    (SNRM … DISC), so the master talks to one meter at a time, as RS-485 requires.
     """
 
-    def __init__(self, config: MeterConfig, clock: Clock) -> None:
+    def __init__(
+        self, config: MeterConfig, clock: Clock, port_lock: asyncio.Lock | None = None
+    ) -> None:
         if config.dlms is None:
             raise ValueError(f"meter {config.name!r} is not a DLMS meter")
         self.name = config.name
         self.config = config
         self.settings: DlmsSettings = config.dlms
         self.clock = clock
+        self.port_lock = port_lock if port_lock is not None else asyncio.Lock()
         self.profile_obis = Obis.parse(self.settings.profile_obis)
         self._serial: str | None = config.serial
         self._layout: ProfileLayout | None = None
@@ -214,16 +220,20 @@ class DlmsMeterSource:
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[DlmsSession]:
-        """Connected and associated for the block; released and closed after, whatever happens."""
-        client = self._client()
-        try:
-            await client.connect()
-            yield DlmsSession(self, client)
-        except BaseException:
-            self._layout = None  # re-read the layout after any failure (a meter may be replaced)
-            raise
-        finally:
-            await client.close()
+        """Connected and associated for the block; released and closed after, whatever happens.
+
+        The port's lock is held throughout: another meter on the line waits for the DISC.
+        """
+        async with self.port_lock:
+            client = self._client()
+            try:
+                await client.connect()
+                yield DlmsSession(self, client)
+            except BaseException:
+                self._layout = None  # re-read the layout after any failure (meter replaced?)
+                raise
+            finally:
+                await client.close()
 
     def close(self) -> None:
         """Nothing stays open between sessions."""
@@ -299,5 +309,11 @@ class DlmsSession:
 
 
 def dlms_sources(meters: Sequence[MeterConfig], clock: Clock) -> list[DlmsMeterSource]:
-    """One source per configured DLMS meter (the others are Modbus: see meters.py)."""
-    return [DlmsMeterSource(meter, clock) for meter in meters if meter.dlms is not None]
+    """One source per configured DLMS meter (the others are Modbus: see meters.py); the meters
+    of one port share one lock, so their sessions take turns on the line."""
+    locks: dict[str, asyncio.Lock] = {}
+    return [
+        DlmsMeterSource(meter, clock, locks.setdefault(meter.port, asyncio.Lock()))
+        for meter in meters
+        if meter.dlms is not None
+    ]

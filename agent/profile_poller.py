@@ -66,7 +66,8 @@ def settle_delay(interval: int) -> float:
 
 
 class ProfilePoller:
-    """Signs one profile meter's intervals; one per meter, each on its own port and task."""
+    """Signs one profile meter's intervals; one per meter and task (the meters of one port take
+    turns through the source's port lock)."""
 
     def __init__(
         self,

@@ -289,18 +289,24 @@ def _wh(value, obis: Obis) -> int | None:  # type: ignore[no-untyped-def]
 
 def propose_dlms_meters(found: Sequence[FoundDlmsMeter],
                         taken_ports: frozenset[str] = frozenset()) -> Proposal:
-    """The config's DLMS meters: one per port (the agent has no multi-drop DLMS yet)."""
+    """The config's DLMS meters: every meter of a line at the speed most of them answer at
+    (the agent reads a multi-drop line at one speed, one meter at a time)."""
     meters: list[dict[str, object]] = []
     advice: list[str] = []
     for port in sorted({m.port for m in found}):
         on_port = sorted((m for m in found if m.port == port),
                          key=lambda m: (m.server_address, m.physical_address or 0))
-        for index, meter in enumerate(on_port):
+        speeds = [m.baudrate for m in on_port]
+        speed = max(speeds, key=speeds.count)  # ties: the lowest address's
+        for meter in on_port:
             label = f"DLMS meter {meter.identity} (HDLC {meter.address}, {meter.baudrate} baud)"
-            if port in taken_ports or index > 0:
-                held = "the Modbus meters" if port in taken_ports else on_port[0].identity
-                advice.append(f"{label} shares {port} with {held}: the agent reads a DLMS meter "
-                              "only on a port of its own; wire it to another adapter")
+            if port in taken_ports:
+                advice.append(f"{label} shares {port} with the Modbus meters: a line carries one "
+                              "protocol; wire it to another adapter")
+                continue
+            if meter.baudrate != speed:
+                advice.append(f"{label} is on {port} with meters at {speed} baud: the agent reads "
+                              f"a line at one speed; set the meter to {speed} baud")
                 continue
             meters.append(_dlms_table(meter))
             advice.extend(_meter_advice(label, meter))

@@ -316,17 +316,31 @@ def test_bad_dlms_keys_name_the_key(tmp_path: Path, keys: dict[str, object], bad
     assert caught.value.context["key"] == bad_key
 
 
-def test_a_dlms_meter_needs_its_port_to_itself(tmp_path: Path) -> None:
-    modbus = {
-        "name": "pv",
-        "model": "sdm120",
-        "port": "/dev/ttyUSB1",
-        "baudrate": 9600,
-        "modbus_id": 1,
-    }
-    with pytest.raises(ConfigError) as caught:
-        parse_config({**BASE, "meters": [modbus, dlms_meter()]}, tmp_path / "agent.toml")
-    assert caught.value.context["key"] == "meters[1].port"
+def test_dlms_meters_share_a_line_at_one_speed_and_distinct_addresses(tmp_path: Path) -> None:
+    file = tmp_path / "agent.toml"
+    a = dlms_meter(name="a", physical_address=17)
+    b = dlms_meter(name="b", physical_address=20)
+    config = parse_config({**BASE, "meters": [a, b]}, file)
+    assert [(m.port, m.dlms.physical_address) for m in config.meters if m.dlms] == [
+        ("/dev/ttyUSB1", 17), ("/dev/ttyUSB1", 20)]
+    modbus = {"name": "pv", "model": "sdm120", "port": "/dev/ttyUSB1", "baudrate": 9600,
+              "modbus_id": 1}
+    for meters, key, why in [
+        ([a, dlms_meter(name="b", physical_address=17)], "meters[1].physical_address",
+         "same HDLC address"),
+        ([a, dlms_meter(name="b")], None, None),  # 1/17 and the 1-byte address 1 differ
+        ([dlms_meter(name="a"), dlms_meter(name="b")], "meters[1].physical_address",
+         "same HDLC address"),
+        ([a, {**b, "baudrate": 19200}], "meters[1].baudrate", "answer at one speed"),
+        ([modbus, a], "meters[1].port", "Modbus meter 'pv'"),
+        ([a, modbus], "meters[0].port", "Modbus meter 'pv'"),
+    ]:
+        if key is None:
+            assert len(parse_config({**BASE, "meters": meters}, file).meters) == 2
+            continue
+        with pytest.raises(ConfigError, match=why) as caught:
+            parse_config({**BASE, "meters": meters}, file)
+        assert caught.value.context["key"] == key
 
 
 def test_the_dlms_example_in_the_docs_parses(tmp_path: Path) -> None:

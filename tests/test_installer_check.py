@@ -22,7 +22,15 @@ from meterchain.backend.config import BackendConfig
 from meterchain.backend.provisioning import Scope, issue_token
 from meterchain.backend.service import serve
 from meterchain.backend.store import open_store
-from meterchain.bridge.dlms import LOAD_PROFILE_OBIS, DlmsMeterEmulator, EmulatedDlmsMeter
+from meterchain.bridge.dlms import (
+    LOAD_PROFILE_OBIS,
+    BusMeter,
+    DlmsBusEmulator,
+    DlmsMeterEmulator,
+    EmulatedDlmsMeter,
+    HdlcAddress,
+)
+from meterchain.bridge.dlms.emulator import default_settings
 from meterchain.bridge.modbus.emulator import ModbusMeterEmulator
 from meterchain.contract.reading import ClockSync
 from meterchain.contract.signing import generate_private_key_pem, load_signer
@@ -184,3 +192,21 @@ async def test_every_dlms_failure_names_its_cause_and_fix(tmp_path: Path) -> Non
         assert "the object does not exist (check profile_obis)" in await meter_fix()
     report, _ = await _check(_dlms_config(tmp_path, str(tmp_path / "ttyNONE")), None, 1)
     assert report.steps[1].fix.startswith("wrong port, or no permission")
+
+
+@pytest.mark.timeout(60)
+async def test_check_reads_every_dlms_meter_of_a_multi_drop_line(tmp_path: Path) -> None:
+    start = int(time.time()) // PERIOD * PERIOD - 3 * PERIOD
+    line = [BusMeter(EmulatedDlmsMeter(serial_number=serial, start=start),
+                     default_settings(address=HdlcAddress(1, lower)), 9600)
+            for serial, lower in (("MC20261717", 17), ("MC20262020", 20))]
+    async with DlmsBusEmulator(line) as bus:
+        assert bus.path is not None
+        second = (f'[[meters]]\nname = "second"\nmodel = "dlms"\nport = "{bus.path}"\n'
+                  "baudrate = 9600\ntimeout_seconds = 0.2\nphysical_address = 20\n")
+        settings = _dlms_config(tmp_path, bus.path, f"physical_address = 17\n\n{second}")
+        report, text = await _check(settings, None, 1)
+    assert [(m["name"], m["ok"], m.get("serial")) for m in report.meters] == [
+        ("main", True, "MC20261717"), ("second", True, "MC20262020")], text
+    assert "[ok] meter main: serial MC20261717" in text
+    assert "[ok] meter second: serial MC20262020" in text

@@ -88,14 +88,16 @@ async def test_two_meters_on_one_line_each_at_its_own_address(tmp_path: Path) ->
     assert meter.clock_drift_seconds is not None and abs(meter.clock_drift_seconds) < 3
     assert not meter.clock_drifted
     proposal = propose_dlms_meters(report.found)
-    # The agent reads one DLMS meter per port: the lowest address is proposed, the others advised.
-    assert [m["physical_address"] for m in proposal.meters] == [17]
-    assert sum("a port of its own" in line for line in proposal.advice) == 3
-    assert _loads(tmp_path, proposal.meters) == ["dlms-1-17"]
-    config = load_config(tmp_path / "agent.toml").meters[0]
-    assert config.dlms is not None and config.baudrate == 9600
-    assert (config.dlms.client_address, config.dlms.server_address,
-            config.dlms.physical_address) == (16, 1, 17)
+    # Multi-drop: every meter at the line's speed is proposed; the one at 2400 baud is advised.
+    assert [m["physical_address"] for m in proposal.meters] == [17, 20, 23]
+    assert [line for line in proposal.advice if "one speed" in line] == [(
+        f"DLMS meter MC20262400 (HDLC 1/18, 2400 baud) is on {report.port} with meters at 9600 "
+        "baud: the agent reads a line at one speed; set the meter to 9600 baud")]
+    assert _loads(tmp_path, proposal.meters) == ["dlms-1-17", "dlms-1-20", "dlms-1-23"]
+    configs = load_config(tmp_path / "agent.toml").meters
+    assert {c.port for c in configs} == {report.port} and {c.baudrate for c in configs} == {9600}
+    assert [(c.dlms.client_address, c.dlms.server_address, c.dlms.physical_address)
+            for c in configs if c.dlms is not None] == [(16, 1, 17), (16, 1, 20), (16, 1, 23)]
     alone = propose_dlms_meters([m for m in report.found if m.serial is None])
     assert alone.meters[0]["serial"] == "MCENOSERIAL" and "logical device name" in alone.advice[0]
     assert _loads(tmp_path, alone.meters) == ["dlms-1-23"]
