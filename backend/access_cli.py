@@ -22,7 +22,7 @@ from meterchain.backend.parties import (
     key_kind,
     point_kind,
 )
-from meterchain.backend.store import open_store
+from meterchain.backend.store import using_store
 from meterchain.backend.store.parties import PartyTables
 from meterchain.contract.errors import MeterchainError
 
@@ -53,15 +53,8 @@ def utc_seconds(text: str, what: str = "time") -> int:
 
 
 def _run(action: Callable[[PartyTables], Awaitable[T]], db: str) -> T:
-    async def go() -> T:
-        store = await open_store(db)
-        try:
-            return await action(PartyTables(store))
-        finally:
-            await store.close()
-
     try:
-        return asyncio.run(go())
+        return asyncio.run(using_store(db, lambda store: action(PartyTables(store))))
     except MeterchainError as exc:
         err.print(f"[red]error[/red] {escape(exc.diagnostics())}")
         raise typer.Exit(1) from None

@@ -15,7 +15,7 @@ from meterchain.backend import registry
 from meterchain.backend.audit import audit as run_audit
 from meterchain.backend.cli_installer import token as installer_token
 from meterchain.backend.config import BackendConfig
-from meterchain.backend.store import is_postgres, open_store
+from meterchain.backend.store import is_postgres, using_store
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.note import NoteSigner, NoteVerifier
 
@@ -66,14 +66,6 @@ def serve(
         raise _fail(exc) from None
 
 
-async def _with_store(db: str, action):  # type: ignore[no-untyped-def]
-    store = await open_store(db)
-    try:
-        return await action(store)
-    finally:
-        await store.close()
-
-
 def _print_leaf(leaf) -> None:  # type: ignore[no-untyped-def]
     console.print(
         f"{leaf.event.value} {leaf.device}: key {leaf.key_id.hex()[:16]}… valid from sequence "
@@ -90,7 +82,7 @@ def enrol(
     """Enrol a device straight into the database."""
     try:
         key = public_key.read_bytes()
-        leaf = asyncio.run(_with_store(db, lambda s: registry.enrol(s, device, key, int(time.time()))))
+        leaf = asyncio.run(using_store(db, lambda s: registry.enrol(s, device, key, int(time.time()))))
     except OSError as exc:
         raise typer.BadParameter(f"cannot read {public_key}: {exc.strerror}") from None
     except MeterchainError as exc:
@@ -108,7 +100,7 @@ def rotate(
     """Rotate a device's key (default: valid after its last committed reading)."""
     try:
         key = public_key.read_bytes()
-        leaf = asyncio.run(_with_store(
+        leaf = asyncio.run(using_store(
             db, lambda s: registry.rotate(s, device, key, int(time.time()), valid_from)))
     except OSError as exc:
         raise typer.BadParameter(f"cannot read {public_key}: {exc.strerror}") from None
@@ -125,7 +117,7 @@ def revoke(
 ) -> None:
     """Revoke a device's key (default: from after its last committed reading)."""
     try:
-        leaf = asyncio.run(_with_store(
+        leaf = asyncio.run(using_store(
             db, lambda s: registry.revoke(s, device, int(time.time()), valid_from)))
     except MeterchainError as exc:
         raise _fail(exc) from None
@@ -172,7 +164,7 @@ def audit(
                     tasks[phase] = bar.add_task(phase, total=total)
                 bar.update(tasks[phase], completed=done, total=total)
 
-            return await _with_store(
+            return await using_store(
                 db, lambda s: run_audit(s, verifier, progress, log_only=rebuild))
 
     report = asyncio.run(go())

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from meterchain.backend.api_provisioning import provision_command, qr_svg
 from meterchain.backend.provisioning import DEFAULT_TOKEN_TTL, ProvisioningError, Scope, issue_token
-from meterchain.backend.store import open_store
+from meterchain.backend.store import using_store
 
 
 def token(
@@ -24,16 +24,9 @@ def token(
 ) -> None:
     """Issue a one-time installer token (shown once; the backend keeps only its hash)."""
 
-    async def issue():  # type: ignore[no-untyped-def]
-        store = await open_store(db)
-        try:
-            return await issue_token(store, Scope.parse(scope), int(time.time()), ttl=ttl,
-                                     note=note)
-        finally:
-            await store.close()
-
     try:
-        issued = asyncio.run(issue())
+        issued = asyncio.run(using_store(db, lambda store: issue_token(
+            store, Scope.parse(scope), int(time.time()), ttl=ttl, note=note)))
     except ProvisioningError as exc:
         typer.echo(f"error: {exc} ({exc.hint})", err=True)
         raise typer.Exit(1) from None

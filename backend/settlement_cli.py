@@ -22,7 +22,7 @@ from meterchain.backend.settlement import (
     terms_at,
 )
 from meterchain.backend.settlement_verify import verify_settlement
-from meterchain.backend.store import SqliteStore, open_store
+from meterchain.backend.store import SqliteStore, using_store
 from meterchain.backend.store.settlement import SettlementTables, Terms
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.note import NoteVerifier
@@ -39,15 +39,8 @@ CSV_FILE = typer.Option(..., "--csv", help="Rows start,price (UTC s or ISO 8601)
 
 
 def _run(db: str, action: Callable[[SqliteStore], Awaitable[T]]) -> T:
-    async def main() -> T:
-        store = await open_store(db)
-        try:
-            return await action(store)
-        finally:
-            await store.close()
-
     try:
-        return asyncio.run(main())
+        return asyncio.run(using_store(db, action))
     except MeterchainError as exc:
         err.print(f"error {exc.diagnostics()}")
         raise typer.Exit(1) from None

@@ -7,9 +7,9 @@ scale path: ingest, registry, sealer, proofs, tiles; docs/backend.md "PostgreSQL
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from meterchain.backend.store.records import (
     AckState,
@@ -35,8 +35,11 @@ if TYPE_CHECKING:
 __all__ = [
     "AckState", "BatchRow", "CheckpointRow", "CommitResult", "KeyRow", "LeafRow", "Outcome",
     "ReadingRow", "RejectionRecord", "Seal", "SqliteStore", "StaleKeys", "Store", "StoreError",
-    "TreeState", "VerifiedReading", "is_postgres", "open_store",
+    "TreeState", "VerifiedReading", "is_postgres", "open_store", "using_store",
 ]
+
+
+T = TypeVar("T")
 
 
 class Store(Protocol):
@@ -93,6 +96,16 @@ async def open_store(location: str | Path) -> SqliteStore | PostgresStore:
     if text.startswith("sqlite:///"):
         text = text[len("sqlite:///") :]
     return await SqliteStore.open(text)
+
+
+async def using_store(location: str | Path, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Open the store at ``location``, run ``action`` on it and close it, whatever happens
+    (the one-shot commands of the CLI)."""
+    store = await open_store(location)
+    try:
+        return await action(store)
+    finally:
+        await store.close()
 
 
 def is_postgres(location: str | Path) -> bool:

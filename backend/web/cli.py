@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import typer
 from rich.console import Console
 
-from meterchain.backend.store import open_store
+from meterchain.backend.store import SqliteStore, using_store
 from meterchain.backend.store.web import WebTables
 from meterchain.backend.web.accounts import AccountError
 
@@ -26,15 +26,8 @@ BASE = typer.Option("http://127.0.0.1:8080", "--base-url",
 
 
 def _run(action: Callable[[WebTables], Awaitable[T]], db: str) -> T:
-    async def go() -> T:
-        store = await open_store(db)
-        try:
-            return await action(WebTables(store))
-        finally:
-            await store.close()
-
     try:
-        return asyncio.run(go())
+        return asyncio.run(using_store(db, lambda store: action(WebTables(store))))
     except AccountError as exc:
         Console(stderr=True).print(f"error: {exc}")
         raise typer.Exit(1) from None
@@ -81,18 +74,14 @@ def erase(household: str = typer.Argument(..., metavar="HOUSEHOLD"), db: str = D
     from meterchain.backend.parties import PartyError
     from meterchain.backend.store.erasure import ErasureRecord, ErasureTables
 
-    async def go() -> tuple[int, ErasureRecord | None]:
-        store = await open_store(db)
-        try:
-            if not confirm:
-                return await ErasureTables(store).erasable(household), None
-            return 0, await erase_household(store, household, f"operator:{by}"[:200],
-                                            int(time.time()))
-        finally:
-            await store.close()
+    async def go(store: SqliteStore) -> tuple[int, ErasureRecord | None]:
+        if not confirm:
+            return await ErasureTables(store).erasable(household), None
+        return 0, await erase_household(store, household, f"operator:{by}"[:200],
+                                        int(time.time()))
 
     try:
-        count, record = asyncio.run(go())
+        count, record = asyncio.run(using_store(db, go))
     except PartyError as exc:
         Console(stderr=True).print(f"error: {exc}")
         raise typer.Exit(1) from None
