@@ -22,15 +22,12 @@ from meterchain.agent.config import MeterConfig
 from meterchain.agent.meters_dlms import IntervalValues, MeterStatus, ProfileLayout, dlms_sources
 from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.outbox import CycleEntry, Outbox
-from meterchain.agent.scheduler import next_boundary
+from meterchain.agent.scheduler import energy_reading, next_boundary
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.message import sign_reading
 from meterchain.contract.reading import (
-    EXPORT_OBIS,
-    IMPORT_OBIS,
     ClockSync,
     Reading,
-    Register,
     StatusFlag,
 )
 from meterchain.contract.signing import Signer, key_id
@@ -219,20 +216,8 @@ class ProfilePoller:
         clock = ClockSync.DRIFTED if values.clock_doubtful else status.clock.sync
         flags = StatusFlag.BACKFILLED if is_backfill(values.end, now, period) else 0
         try:
-            return Reading(
-                device=self.device,
-                key_id=self.key_id,
-                seq=1,
-                meter=status.serial,
-                start=values.end - period,
-                end=values.end,
-                registers={
-                    IMPORT_OBIS: Register(values.import_wh, "Wh"),
-                    EXPORT_OBIS: Register(values.export_wh, "Wh"),
-                },
-                clock=clock,
-                status=flags,
-            )
+            return energy_reading(self.device, self.key_id, status.serial, values.end - period,
+                                  values.end, values.import_wh, values.export_wh, clock, flags)
         except MeterchainError as exc:
             self.metrics.meter_read_errors.labels(meter=self.source.name, kind="invalid").inc()
             log.warning(

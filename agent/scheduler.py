@@ -25,6 +25,18 @@ from meterchain.contract.signing import Signer, key_id
 log = logging.getLogger(__name__)
 
 
+def energy_reading(device: str, kid: bytes, meter: str, start: int, end: int, import_wh: int,
+                   export_wh: int, clock: ClockSync, status: int = 0) -> Reading:
+    """What a gateway signs for one interval of one meter: its import and export registers in
+    Wh, with seq 1 until the outbox allocates the real one. Raises on values the contract
+    refuses."""
+    return Reading(
+        device=device, key_id=kid, seq=1, meter=meter, start=start, end=end,
+        registers={IMPORT_OBIS: Register(import_wh, "Wh"), EXPORT_OBIS: Register(export_wh, "Wh")},
+        clock=clock, status=status,
+    )
+
+
 def next_boundary(now: float, interval: int) -> int:
     """The first interval end strictly after ``now`` (UTC-aligned)."""
     return (int(now) // interval + 1) * interval
@@ -128,20 +140,8 @@ class Poller:
     ) -> Reading | None:
         """The reading with seq 1, validated now: a meter's bad values fail this meter only."""
         try:
-            return Reading(
-                device=self.device,
-                key_id=self.key_id,
-                seq=1,
-                meter=snapshot.serial,
-                start=start,
-                end=end,
-                registers={
-                    IMPORT_OBIS: Register(snapshot.import_wh, "Wh"),
-                    EXPORT_OBIS: Register(snapshot.export_wh, "Wh"),
-                },
-                clock=sync,
-                status=status,
-            )
+            return energy_reading(self.device, self.key_id, snapshot.serial, start, end,
+                                  snapshot.import_wh, snapshot.export_wh, sync, status)
         except MeterchainError as exc:
             self.metrics.meter_read_errors.labels(meter=source.name, kind="invalid").inc()
             log.warning(
