@@ -43,6 +43,13 @@ class ApiError(Exception):
         self.status, self.error, self.detail, self.hint = status, error, detail, hint
 
 
+def not_visible(what: str, hint: str = "check the id; GET /api/v1/metering-points lists what "
+                "this key may see") -> ApiError:
+    """The 404 for what does not exist and for what this key may not see alike: a caller out of
+    scope must not learn that it exists (docs/privacy.md)."""
+    return ApiError(404, "not-found", f"no {what} visible to this key", hint)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 

@@ -65,7 +65,7 @@ def reading_out(row: ReadingRow) -> ReadingOut:
 
 def readings_router(state: "ApiState", auth: Auth) -> APIRouter:
     """Reading data: by device, by metering point, and proof bundles; all behind ``auth``."""
-    from meterchain.backend.api import ApiError
+    from meterchain.backend.api import ApiError, not_visible
 
     router = APIRouter(prefix="/api/v1", tags=["readings"])
     Reader = Annotated[Principal, Depends(auth.require_reader)]
@@ -74,16 +74,12 @@ def readings_router(state: "ApiState", auth: Auth) -> APIRouter:
         assert state.reader is not None
         return state.reader
 
-    def not_found(what: str) -> ApiError:
-        return ApiError(404, "not-found", f"no {what} visible to this key",
-                        "check the id; GET /api/v1/metering-points lists what this key may see")
-
     async def gone_or_not_found(who: Principal, device: str, seq: int, what: str,
                                 point: str | None = None) -> ApiError:
         """410 for a reading the caller could see before its household erased it, else 404."""
         erased = await ErasureTables(store()).erased_reading(who, device, seq)
         if erased is None or (point is not None and erased.metering_point != point):
-            return not_found(what)
+            return not_visible(what)
         return ApiError(410, "erased", erased_detail(erased),
                         "the household's data was erased; a bundle it downloaded before still "
                         "verifies offline (meterchain verify)")
@@ -105,7 +101,7 @@ def readings_router(state: "ApiState", auth: Auth) -> APIRouter:
             return [reading_out(r) for r in await store().readings(device, start, end, limit)]
         tables = PartyTables(store())
         if not await tables.device_visible(who, device):
-            raise not_found(f"device {device}")
+            raise not_visible(f"device {device}")
         rows = await tables.readings(who, device=device, start=start, end=end, limit=limit)
         return [reading_out(row) for row, _ in rows]
 
@@ -131,7 +127,7 @@ def readings_router(state: "ApiState", auth: Auth) -> APIRouter:
         [start, end), oldest first; for a household only within its occupancy."""
         tables = PartyTables(store())
         if not await tables.point_visible(who, point):
-            raise not_found(f"metering point {point}")
+            raise not_visible(f"metering point {point}")
         rows = await tables.readings(who, point=point, start=start, end=end, limit=limit)
         return [PointReadingOut(device=row.device, **reading_out(row).model_dump()) for row, _ in rows]
 

@@ -195,7 +195,7 @@ def _bill(b: BillRow) -> BillOut:
 
 def settlement_router(state: "ApiState", auth: Auth) -> APIRouter:
     """Routes under /api/v1/communities/{community}/…, each scoped to the caller."""
-    from meterchain.backend.api import ApiError
+    from meterchain.backend.api import ApiError, not_visible
 
     router = APIRouter(prefix="/api/v1/communities/{community}", tags=["settlement"])
     admin = [Depends(auth.require_admin)]
@@ -206,8 +206,7 @@ def settlement_router(state: "ApiState", auth: Auth) -> APIRouter:
         return SettlementTables(state.reader)
 
     def not_found(what: str) -> ApiError:
-        return ApiError(404, "not-found", f"no {what} visible to this key",
-                        "check the id, or ask the operator for a key that covers it")
+        return not_visible(what, "check the id, or ask the operator for a key that covers it")
 
     async def community_visible(who: Principal, community: str) -> None:
         """Admin: all; utility: its communities; auditor: its grant's communities."""

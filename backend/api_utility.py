@@ -173,7 +173,7 @@ def _delivery_out(d: Delivery) -> DeliveryOut:
 
 def utility_router(state: "ApiState", auth: Auth) -> APIRouter:
     """Signed batches, OCMF, fleet health and webhooks, all behind ``auth.principal``."""
-    from meterchain.backend.api import ApiError
+    from meterchain.backend.api import ApiError, not_visible
 
     router = APIRouter(tags=["utilities"])
     Caller = Annotated[Principal, Depends(auth.principal)]
@@ -181,10 +181,6 @@ def utility_router(state: "ApiState", auth: Auth) -> APIRouter:
     def store() -> SqliteStore:
         assert state.reader is not None
         return state.reader
-
-    def not_found(what: str) -> ApiError:
-        return ApiError(404, "not-found", f"no {what} visible to this key",
-                        "check the id; GET /api/v1/metering-points lists what this key may see")
 
     # ------------------------------------------------------------------ signed batches
 
@@ -231,7 +227,7 @@ def utility_router(state: "ApiState", auth: Auth) -> APIRouter:
         """The OCMF records of a metering point's readings, verbatim (a gateway signature, not a
         calibration-law meter signature: docs/format.md §12), oldest first."""
         if not await PartyTables(store()).point_visible(who, point):
-            raise not_found(f"metering point {point}")
+            raise not_visible(f"metering point {point}")
         return ocmf_out(await UtilityTables(store()).ocmf_records(
             who, point=point, start=start, end=end, limit=limit))
 
@@ -240,7 +236,7 @@ def utility_router(state: "ApiState", auth: Auth) -> APIRouter:
                           limit: Limit = 1000) -> list[OcmfOut]:
         """A gateway's OCMF records, verbatim; a scoped key sees those of its metering points."""
         if not who.is_admin and not await PartyTables(store()).device_visible(who, device):
-            raise not_found(f"device {device}")
+            raise not_visible(f"device {device}")
         return ocmf_out(await UtilityTables(store()).ocmf_records(
             who, device=device, start=start, end=end, limit=limit))
 
@@ -313,7 +309,7 @@ def utility_router(state: "ApiState", auth: Auth) -> APIRouter:
         hook = await UtilityTables(store()).webhook(ident)
         if hook is None or (not who.is_admin and (who.kind is not KeyKind.UTILITY
                                                   or hook.utility != who.id)):
-            raise not_found(f"webhook {ident}")
+            raise not_visible(f"webhook {ident}")
         return hook
 
     @router.post("/api/v1/webhooks", status_code=201, response_model=NewWebhookOut)
