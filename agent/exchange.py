@@ -4,7 +4,7 @@ The agent remembers each configured meter's last serial (``<outbox>.serials.json
 the outbox). When a meter (by its config name, i.e. its place on the bus) answers with another
 serial, the first reading of the new meter carries ``StatusFlag.METER_EXCHANGED`` and the change
 is logged. Its registers start again near zero; consumers close the old meter at its last
-reading and continue from this one (backend/netting/exchange.py), so an exchange is never read
+reading and continue from this one (backend/settlement/netting/exchange.py), so an exchange is never read
 as negative consumption.
 
 The file is written after the cycle's outbox commit. A crash between the two flags the next

@@ -8,16 +8,15 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-from meterchain.backend import registry
-from meterchain.backend.audit import audit as run_audit
-from meterchain.backend.cli_installer import token as installer_token
 from meterchain.backend.config import BackendConfig
+from meterchain.backend.devices import registry
+from meterchain.backend.log.audit import audit as run_audit
+from meterchain.backend.provisioning.cli import token as installer_token
 from meterchain.backend.store import is_postgres, using_store
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.note import NoteSigner, NoteVerifier
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 app = typer.Typer(help="The backend: ingest, log, API, device enrolment.", no_args_is_help=True)
 console = Console(highlight=False)

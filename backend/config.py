@@ -86,12 +86,12 @@ class BackendConfig:
     seal_max_leaves: int = 10_000
     batch_size: int = 1000
     verify_threads: int = 2
-    settle_every: float = 5.0  # seconds between settlement passes (backend/settlement.py)
+    settle_every: float = 5.0  # seconds between settlement passes (backend/settlement/runner.py)
     # Scale-out (docs/backend.md, "Scale-out"): the parts this process runs, and the MQTT 5 share
     # group its ingest subscribes in ("" = plain subscriptions, one ingest per broker).
     roles: tuple[str, ...] = ROLES
     share_group: str = ""
-    # Commissioning (backend/provisioning.py, docs/installer-guide.md):
+    # Commissioning (backend/provisioning/tokens.py, docs/installer-guide.md):
     gateway_broker_url: str = ""  # the broker as gateways reach it; empty: no provisioning
     mosquitto_passwd_file: str = ""  # keep each device's login line in this password file
     broker_reload_command: str = ""  # run after that file changed, e.g. "systemctl reload mosquitto"

@@ -23,19 +23,20 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from meterchain.backend.api import create_app
+from meterchain.backend.api.app import create_app
+from meterchain.backend.api.errors import ApiError
+from meterchain.backend.api.state import ApiState
 from meterchain.backend.config import BackendConfig
-from meterchain.backend.ingest import Ingest
+from meterchain.backend.ingest.worker import Ingest
 from meterchain.backend.log.sealer import Sealer
-from meterchain.backend.provisioning import settings_from_config
-from meterchain.backend.settlement import SettlementRunner
+from meterchain.backend.provisioning.tokens import settings_from_config
+from meterchain.backend.settlement.runner import SettlementRunner
 from meterchain.backend.store import SqliteStore, is_postgres, open_store
-from meterchain.backend.webhooks import WebhookWorker
+from meterchain.backend.utility.webhooks import WebhookWorker
 from meterchain.backend.web.live import subscribe
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.note import NoteSigner
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,7 @@ def log_app(db: str, ingest: Ingest | None) -> FastAPI:
     """The api role on PostgreSQL: the public tlog-tiles routes (``/checkpoint``, ``/tile/…``,
     ``/batch/…``: what mirrors and monitors read) beside ``/metrics`` and ``/healthz``. Every
     other route reads tables that only the SQLite store has (docs/backend.md, "PostgreSQL")."""
-    from meterchain.backend.api import ApiError, ApiState
-    from meterchain.backend.api_log import log_router
+    from meterchain.backend.log.routes import log_router
 
     state = ApiState(db, "", None)  # type: ignore[arg-type]  # no admin token, no note key
 

@@ -15,9 +15,9 @@ import statistics
 import tempfile
 import time
 
-from meterchain.backend.parties import KeyKind, PointKind, Principal, Scope
+from meterchain.backend.access.model import KeyKind, PointKind, Principal, Scope
+from meterchain.backend.access.tables import PartyTables
 from meterchain.backend.store import open_store
-from meterchain.backend.store.parties import PartyTables
 
 T0 = 1_700_000_100 - 1_700_000_100 % 900
 DAY = 96

@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-
 from meterchain.contract import merkle, signing
 from meterchain.contract.message import parse_message, sign_reading
 from meterchain.contract.reading import EXPORT_OBIS, IMPORT_OBIS, Reading, Register

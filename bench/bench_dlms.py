@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 
 import serial
-
 from meterchain.bridge.dlms.apdu import (
     AttributeDescriptor,
     GetResponseNormal,

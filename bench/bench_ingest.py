@@ -61,8 +61,8 @@ print(f"{start} {time.time()}", flush=True); c.loop_stop(); c.disconnect()
 
 
 def make_messages(path: Path, n: int, devices: int) -> list[tuple[str, bytes]]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from backend_helpers import Gateway  # the test helper that signs contract readings
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: tests.support
+    from tests.support.backend import Gateway  # the test helper that signs contract readings
 
     gateways = [Gateway(f"gw-{d:03d}") for d in range(devices)]
     frames = []
@@ -79,8 +79,8 @@ async def setup(n: int, devices: int, workdir: Path):  # type: ignore[no-untyped
     """A Mosquitto, ``n`` signed readings of ``devices`` gateways in ``frames.bin``, a database
     with them enrolled, and a sealer on it (not running yet)."""
     from meterchain.backend.broker import find_mosquitto, start_mosquitto
+    from meterchain.backend.devices.registry import enrol
     from meterchain.backend.log.sealer import Sealer
-    from meterchain.backend.registry import enrol
     from meterchain.backend.store import open_store
     from meterchain.contract.note import NoteSigner
 
@@ -100,7 +100,7 @@ async def setup(n: int, devices: int, workdir: Path):  # type: ignore[no-untyped
 
 
 async def run(n: int, devices: int, workdir: Path) -> dict[str, float]:
-    from meterchain.backend.ingest import Ingest
+    from meterchain.backend.ingest.worker import Ingest
     from meterchain.backend.store import open_store
 
     broker, frames, db, admin, sealer = await setup(n, devices, workdir)

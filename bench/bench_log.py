@@ -274,11 +274,12 @@ async def bytes_per_reading(path: Path, readings: int) -> dict[str, object]:
     commit as the running sealer does: the database's bytes per reading, dbstat's share of each
     table and index (and of free pages), and the leaf data packing (backend/store/leafdata.py)
     on the same messages."""
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from backend_helpers import T0, Gateway  # the tests' agent-like signer
-    from meterchain.backend.provisioning import device_id_for
-    from meterchain.backend.registry import enrol
+    sys.path.insert(0, str(HERE.parent))  # the repo root: tests.support
+    from meterchain.backend.devices.registry import enrol
+    from meterchain.backend.provisioning.tokens import device_id_for
     from meterchain.backend.store.leafdata import pack_leaf_data, unpack_leaf_data
+
+    from tests.support.backend import T0, Gateway  # the tests' agent-like signer
 
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         name.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from meterchain.backend.netting import (
+from meterchain.backend.settlement.netting import (
     BillBuilder,
     Community,
     Fees,
@@ -31,8 +31,8 @@ from meterchain.backend.netting import (
     clear_call_auction,
     settle_interval,
 )
-from meterchain.backend.netting.prorata import split_prorata
-from meterchain.backend.netting.rounding import tie_key
+from meterchain.backend.settlement.netting.prorata import split_prorata
+from meterchain.backend.settlement.netting.rounding import tie_key
 
 HERE = Path(__file__).resolve().parent
 PYMARKET_VENV = HERE / ".venv-pymarket"

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 
+from bench_contract import print_ratios, rate, sample_readings  # bench/ is the script's folder
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-
 from meterchain.contract import signing
 from meterchain.contract.message import parse_message, sign_reading
 from meterchain.contract.ocmf import build_ocmf, parse_ocmf, sign_ocmf, verify_ocmf
-
-from bench_contract import print_ratios, rate, sample_readings  # bench/ is the script's folder
 
 
 def main() -> None:

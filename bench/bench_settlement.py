@@ -17,12 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests.support
 
-from settlement_helpers import COMMUNITY, T0, close_site, open_site  # noqa: E402
+from meterchain.backend.settlement.netting import settle_interval  # noqa: E402
+from meterchain.backend.settlement.runner import rebuild  # noqa: E402
 
-from meterchain.backend.netting import settle_interval  # noqa: E402
-from meterchain.backend.settlement import rebuild  # noqa: E402
+from tests.support.settlement import COMMUNITY, T0, close_site, open_site  # noqa: E402
 
 
 async def main(members: int, intervals: int) -> None:

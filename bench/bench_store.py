@@ -22,16 +22,16 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: tests.support
 
-from backend_helpers import Gateway  # noqa: E402  the test helper that signs contract readings
-
-from meterchain.backend.checks import check_batch  # noqa: E402
+from meterchain.backend.devices.registry import enrol  # noqa: E402
+from meterchain.backend.ingest.checks import check_batch  # noqa: E402
 from meterchain.backend.log.sealer import Sealer  # noqa: E402
-from meterchain.backend.registry import enrol  # noqa: E402
 from meterchain.backend.store import VerifiedReading, open_store  # noqa: E402
 from meterchain.contract.leaves import DeviceEvent, DeviceLeaf  # noqa: E402
 from meterchain.contract.note import NoteSigner  # noqa: E402
+
+from tests.support.backend import Gateway  # noqa: E402  the test helper that signs contract readings
 
 NOW = int(time.time())
 

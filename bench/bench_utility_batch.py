@@ -15,14 +15,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from meterchain.backend.ingest import Ingest
+from meterchain.backend.access.model import KeyKind, PointKind, Principal, Scope
+from meterchain.backend.access.tables import PartyTables
+from meterchain.backend.devices.registry import enrol
+from meterchain.backend.ingest.worker import Ingest
 from meterchain.backend.log.proofs import build_bundle
 from meterchain.backend.log.sealer import Sealer
-from meterchain.backend.parties import KeyKind, PointKind, Principal, Scope
-from meterchain.backend.registry import enrol
 from meterchain.backend.store import open_store
-from meterchain.backend.store.parties import PartyTables
-from meterchain.backend.utility_batch import build_batch
+from meterchain.backend.utility.batches import build_batch
 from meterchain.contract.ack import readings_topic
 from meterchain.contract.message import sign_reading
 from meterchain.contract.note import NoteSigner

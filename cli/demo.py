@@ -25,7 +25,7 @@ from rich.console import Console
 
 from meterchain.agent.config import load_config
 from meterchain.agent.service import Agent
-from meterchain.backend import registry
+from meterchain.backend.devices import registry
 from meterchain.backend.broker import RunningBroker, free_port, start_broker
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.service import serve
@@ -106,9 +106,9 @@ async def _households(db: str, devices: list[str], logins_file: Path) -> dict[st
     gateway's meter serial from time 0, occupied by household-i, with a login household-i (set
     through the real invitation link). Re-running keeps what exists; passwords live in
     ``logins_file`` (mode 0600). Returns username -> password."""
-    from meterchain.backend.parties import BindingOverlap, PartyExists, PointKind
-    from meterchain.backend.store.parties import PartyTables
-    from meterchain.backend.store.web import WebTables
+    from meterchain.backend.access.model import BindingOverlap, PartyExists, PointKind
+    from meterchain.backend.access.tables import PartyTables
+    from meterchain.backend.web.tables import WebTables
     from meterchain.backend.web import accounts
 
     passwords = _read_logins(logins_file)

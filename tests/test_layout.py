@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ast
 import tomllib
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import REPO_ROOT
+
+ROOT = REPO_ROOT
 FOLDERS = {
     "meterchain.contract": "contract",
     "meterchain.agent": "agent",

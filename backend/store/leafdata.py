@@ -39,7 +39,7 @@ WBITS_V1 = -10
 
 #: Version 1's preset dictionary. NEVER change it: every stored version-1 leaf needs exactly these
 #: bytes to unpack (tests pin its SHA-256); a better dictionary is a new version with a new tag.
-#: Common CBOR of each leaf kind (contract/reading.py, contract/leaves.py, backend/settlement.py),
+#: Common CBOR of each leaf kind (contract/reading.py, contract/leaves.py, backend/settlement/runner.py),
 #: random fields left out, least used first: DEFLATE reaches the end of a dictionary cheapest.
 DICT_V1 = b"".join((
     # settlement leaf: {"t", "digest", "interval": [start, 900], "revision", "community",

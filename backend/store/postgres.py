@@ -57,8 +57,8 @@ from meterchain.contract.merkle import leaf_hash
 from meterchain.contract.message import parse_message
 
 if TYPE_CHECKING:
-    from meterchain.backend.gateway_messages import AcceptedOcmf, AcceptedStatus
-    from meterchain.backend.store.utility import SideCommit
+    from meterchain.backend.ingest.gateway_messages import AcceptedOcmf, AcceptedStatus
+    from meterchain.backend.utility.tables import SideCommit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -632,7 +632,7 @@ class PostgresStore:
                           statuses: Sequence[AcceptedStatus]) -> SideCommit:
         """Keep verified OCMF records verbatim (first bytes win, whoever commits first) and the
         newest status per gateway, in one transaction (as ``UtilityTables.commit_side``)."""
-        from meterchain.backend.store.utility import SideCommit
+        from meterchain.backend.utility.tables import SideCommit
 
         async def work(conn: asyncpg.Connection) -> SideCommit:
             stored = duplicates = 0

@@ -293,7 +293,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             timezone TEXT NOT NULL
         )""",
     ),
-    # 7: netting and settlement (backend/settlement.py, docs/netting.md "Operations"). A
+    # 7: netting and settlement (backend/settlement/runner.py, docs/netting.md "Operations"). A
     # community's terms are versioned by valid_from; dynamic prices are [start, end) rows; listings
     # are versioned like bindings. Each settled interval revision keeps the exact input it was
     # settled from (CBOR) beside its digest and its settlement leaf; revision 0 stores member lines,
@@ -436,7 +436,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX netting_bills_by_member ON netting_bills (member, period_start)",
     ),
-    # 8: erasure of a household's data (backend/erasure.py, docs/privacy.md). An erasure record
+    # 8: erasure of a household's data (backend/erasure/rules.py, docs/privacy.md). An erasure record
     # keeps who, when, how many leaves and their leaf index ranges, never values. An erased
     # reading keeps only what names its place: (device, seq, meter, end) and its leaf; its row in
     # `readings` goes and its leaf's data becomes empty, while leaf_hash and leaf_index stay.

@@ -13,10 +13,9 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from meterchain.contract.errors import MeterchainError
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
-
-from meterchain.contract.errors import MeterchainError
 
 #: A session ends this long after sign-in, whatever happens ...
 SESSION_SECONDS = 7 * 86_400

@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING, Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Depends, Path, Request
+from meterchain.backend.access.auth import build_auth
+from meterchain.backend.access.model import ID_PATTERN
+from meterchain.backend.api.errors import ApiError
+from meterchain.backend.api.state import ApiState
+from meterchain.backend.web.accounts import USERNAME_PATTERN, AccountError
+from meterchain.backend.web.tables import WebTables
 from pydantic import BaseModel, ConfigDict, Field
 
-from meterchain.backend.auth import build_auth
-from meterchain.backend.parties import ID_PATTERN
-from meterchain.backend.store.web import WebTables
-from meterchain.backend.web.accounts import USERNAME_PATTERN, AccountError
-
 if TYPE_CHECKING:
-    from meterchain.backend.api import ApiState
     from meterchain.backend.web.app import WebContext
 
 Household = Annotated[str, Path(pattern=ID_PATTERN, description="Household id")]
@@ -42,7 +42,6 @@ class TimezoneIn(BaseModel):
 
 
 def router(ctx: WebContext, state: ApiState) -> APIRouter:
-    from meterchain.backend.api import ApiError
 
     auth = build_auth(state)
     r = APIRouter(prefix="/api/v1/households", tags=["household access"],

@@ -12,23 +12,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-
-from meterchain.backend.parties import KeyKind, Principal, Scope
+from meterchain.backend.access.model import KeyKind, Principal, Scope
+from meterchain.backend.api.state import ApiState
 from meterchain.backend.store.sqlite import SqliteStore
-from meterchain.backend.store.web import Session, WebTables
 from meterchain.backend.web import accounts
 from meterchain.backend.web.live import LiveTelemetry
 from meterchain.backend.web.settlements import NoSettlements, Settlements
-
-if TYPE_CHECKING:
-    from meterchain.backend.api import ApiState
+from meterchain.backend.web.tables import Session, WebTables
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "mc_session"

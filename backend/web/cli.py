@@ -10,11 +10,10 @@ from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
-from rich.console import Console
-
 from meterchain.backend.store import SqliteStore, using_store
-from meterchain.backend.store.web import WebTables
 from meterchain.backend.web.accounts import AccountError
+from meterchain.backend.web.tables import WebTables
+from rich.console import Console
 
 T = TypeVar("T")
 app = typer.Typer(help="Household dashboard access: invitation and reset links, time zones, erasure.",
@@ -70,9 +69,9 @@ def erase(household: str = typer.Argument(..., metavar="HOUSEHOLD"), db: str = D
           by: str = typer.Option("cli", "--by", help="Who asked, for the erasure record.")) -> None:
     """Erase the household's data: readings' values and signed messages (their leaf hashes stay
     in the log), logins, sessions, links; its API keys are revoked. An erasure record is kept."""
-    from meterchain.backend.erasure import erase_household, utc_day
-    from meterchain.backend.parties import PartyError
-    from meterchain.backend.store.erasure import ErasureRecord, ErasureTables
+    from meterchain.backend.access.model import PartyError
+    from meterchain.backend.erasure.rules import erase_household, utc_day
+    from meterchain.backend.erasure.tables import ErasureRecord, ErasureTables
 
     async def go(store: SqliteStore) -> tuple[int, ErasureRecord | None]:
         if not confirm:

@@ -1,7 +1,7 @@
 """Erasure routes: the admin's (``/api/v1/households/<id>/erasure``) and the household's own
 "My data" page (export, then erase after a confirmation step with its password).
 
-Both call :func:`meterchain.backend.erasure.erase_household` on the writer connection behind the
+Both call :func:`meterchain.backend.erasure.rules.erase_household` on the writer connection behind the
 API's write lock. A household that erases its data loses its login with it: the page that
 confirms the erasure is the last one its session sees.
 """
@@ -13,17 +13,17 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.responses import HTMLResponse, Response
+from meterchain.backend.access.auth import build_auth
+from meterchain.backend.access.model import ID_PATTERN, Principal, UnknownParty
+from meterchain.backend.api.errors import ApiError
+from meterchain.backend.api.state import ApiState
+from meterchain.backend.erasure.rules import erase_household, utc_day
+from meterchain.backend.erasure.tables import ErasureRecord, ErasureTables
+from meterchain.backend.web import accounts
+from meterchain.backend.web.tables import WebTables
 from pydantic import BaseModel, ConfigDict, Field
 
-from meterchain.backend.auth import build_auth
-from meterchain.backend.erasure import erase_household, utc_day
-from meterchain.backend.parties import ID_PATTERN, Principal, UnknownParty
-from meterchain.backend.store.erasure import ErasureRecord, ErasureTables
-from meterchain.backend.store.web import WebTables
-from meterchain.backend.web import accounts
-
 if TYPE_CHECKING:
-    from meterchain.backend.api import ApiState
     from meterchain.backend.web.app import WebContext
 
 Household = Annotated[str, Path(pattern=ID_PATTERN, description="Household id")]
@@ -74,7 +74,6 @@ async def _erase(ctx: "WebContext", household: str, requested_by: str) -> Erasur
 
 
 def _admin_router(ctx: "WebContext", state: "ApiState") -> APIRouter:
-    from meterchain.backend.api import ApiError
 
     auth = build_auth(state)
     r = APIRouter(prefix="/api/v1/households", tags=["household access"])

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import aiomqtt
-
 from meterchain.backend.config import parse_broker_url
 from meterchain.contract.ack import TOPIC_PREFIX, device_from_topic
 from meterchain.contract.errors import MeterchainError

@@ -24,18 +24,23 @@ from fastapi.responses import (
     RedirectResponse,
     Response,
 )
-
-from meterchain.backend.erasure import utc_day
+from meterchain.backend.access.model import (
+    DEVICE_PATTERN,
+    ID_PATTERN,
+    MeterBinding,
+    MeteringPoint,
+    PointKind,
+    Principal,
+)
+from meterchain.backend.access.tables import OPEN_END, PartyTables
+from meterchain.backend.erasure.rules import utc_day
+from meterchain.backend.erasure.tables import ErasureTables
 from meterchain.backend.log.proofs import ProofUnavailable, build_bundle
-from meterchain.backend.parties import DEVICE_PATTERN, ID_PATTERN, MeterBinding, MeteringPoint
-from meterchain.backend.parties import PointKind, Principal
-from meterchain.backend.store.parties import OPEN_END, PartyTables
-from meterchain.backend.store.erasure import ErasureTables
 from meterchain.backend.store.records import ReadingRow
-from meterchain.backend.store.web import WebTables
 from meterchain.backend.web import series
 from meterchain.backend.web.charts import ChartSpec, bar_chart, kwh
 from meterchain.backend.web.settlements import LINE_LABELS, community_share, trades_of
+from meterchain.backend.web.tables import WebTables
 from meterchain.contract.bundle import BundleError, verify_bundle
 
 if TYPE_CHECKING:

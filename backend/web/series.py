@@ -17,15 +17,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from meterchain.backend.netting import calendar
-from meterchain.backend.netting.energy import (
+from meterchain.backend.settlement.netting import calendar
+from meterchain.backend.settlement.netting.energy import (
     MeterTrack,
     RegisterReading,
     advance,
     start_track,
 )
-from meterchain.backend.netting.errors import NettingError
-from meterchain.backend.netting.model import Quality
+from meterchain.backend.settlement.netting.errors import NettingError
+from meterchain.backend.settlement.netting.model import Quality
 from meterchain.backend.store.records import ReadingRow
 
 INTERVAL_SECONDS = 900

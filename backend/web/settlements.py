@@ -1,6 +1,6 @@
 """What the bill, trades and community pages read: settled intervals and bills, behind one protocol.
 
-The netting engine (``backend/netting``) is pure; storing its results is another part's job. The
+The netting engine (``backend/settlement/netting``) is pure; storing its results is another part's job. The
 pages depend only on :class:`Settlements`, so they fill in the day a stored implementation is
 handed to :func:`meterchain.backend.web.app.mount_web`; until then :class:`NoSettlements` gives
 every page its empty state. A household's member id in the engine is its household id.
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from meterchain.backend.netting import Bill, BillBuilder, Community, IntervalResult
+from meterchain.backend.settlement.netting import Bill, BillBuilder, Community, IntervalResult
 
 #: How each bill line is named on the page and in the CSV.
 LINE_LABELS = {

@@ -1,4 +1,4 @@
-"""The pages' view of what the settlement runner stored (backend/settlement.py).
+"""The pages' view of what the settlement runner stored (backend/settlement/runner.py).
 
 In the netting engine a member is a metering point; a household's bill and trades are those of
 the metering point it held in the period. Results are rebuilt from each stored revision's own
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from meterchain.backend.netting import Bill, IntervalResult
-from meterchain.backend.settlement import bills_from, rebuild, terms_at
+from meterchain.backend.access.tables import PartyTables
+from meterchain.backend.settlement.netting import Bill, IntervalResult
+from meterchain.backend.settlement.runner import bills_from, rebuild, terms_at
+from meterchain.backend.settlement.tables import SettlementTables
 from meterchain.backend.store import SqliteStore
-from meterchain.backend.store.parties import PartyTables
-from meterchain.backend.store.settlement import SettlementTables
 
 
 class StoredSettlements:

@@ -1,0 +1,80 @@
+"""The backend's HTTP API (FastAPI; OpenAPI at /docs), assembled from each concept's routes.
+
+Every integer is bounded to [0, 2^53 − 1]; every error body says what was wrong and what to do
+(``errors.py``). Who is calling is resolved once (``backend/access/auth.py``: the admin token or a
+scoped API key); every route that returns reading data is scoped in
+``backend/access/readings_routes.py``.
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse, Response
+from meterchain.backend.access.auth import build_auth
+from meterchain.backend.access.readings_routes import readings_router
+from meterchain.backend.access.routes import access_router
+from meterchain.backend.api.errors import ApiError, install_error_handlers, not_visible
+from meterchain.backend.api.state import ApiState
+from meterchain.backend.devices.routes import devices_router
+from meterchain.backend.log.routes import log_api_router, log_router
+from meterchain.backend.provisioning.routes import provisioning_router
+from meterchain.backend.provisioning.tokens import ProvisioningSettings
+from meterchain.backend.settlement.routes import settlement_router
+from meterchain.backend.store import open_store
+from meterchain.backend.utility.routes import install_utilities
+from meterchain.backend.web.app import mount_web
+from meterchain.backend.web.stored_settlements import StoredSettlements
+from meterchain.contract.note import NoteVerifier
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = ["ApiError", "ApiState", "create_app", "not_visible"]
+
+
+def create_app(db: str, admin_token: str, log_verifier: NoteVerifier,
+               provisioning: ProvisioningSettings | None = None) -> FastAPI:
+    """The API over the database at ``db``; ``admin_token`` is the root principal's token."""
+    state = ApiState(db, admin_token, log_verifier)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.reader, state.writer = await open_store(db), await open_store(db)
+        try:
+            yield
+        finally:
+            await state.reader.close()
+            await state.writer.close()
+
+    app = FastAPI(
+        title="meterchain backend",
+        version="1",
+        description="Verifiable smart-meter readings: ingest, transparency log, proofs.",
+        lifespan=lifespan,
+    )
+    app.state.api = state
+
+    auth = build_auth(state)  # bearer token -> Principal: the admin token or a scoped API key
+    require_admin = auth.require_admin
+    app.include_router(readings_router(state, auth))
+    app.include_router(access_router(state, auth))
+    app.include_router(log_router(state))
+    app.include_router(log_api_router(state))
+    app.include_router(devices_router(state, require_admin))
+    app.include_router(settlement_router(state, auth))  # netting: terms, intervals, lines, bills
+    install_utilities(app, state, auth)  # batches, OCMF, fleet, webhooks; request limits
+    app.include_router(provisioning_router(state, require_admin, provisioning or ProvisioningSettings()))
+    # the household dashboard: pages, sign-in, live telemetry, and the stored settlements
+    mount_web(app, state, StoredSettlements(lambda: state.reader))
+
+    install_error_handlers(app)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, object]:
+        checkpoint = await state.read().latest_checkpoint()
+        return {"ok": True, "tree_size": checkpoint.size if checkpoint else 0}
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,23 @@
+"""What every router of the API shares: the store connections and the log's verifier."""
+
+from __future__ import annotations
+
+import asyncio
+
+from meterchain.backend.store import SqliteStore
+from meterchain.contract.note import NoteVerifier
+
+
+class ApiState:
+    """Connections the API owns: one for reads, one (behind a lock) for enrolment writes."""
+
+    def __init__(self, db: str, admin_token: str, verifier: NoteVerifier) -> None:
+        self.db, self.admin_token, self.verifier = db, admin_token, verifier
+        self.reader: SqliteStore | None = None
+        self.writer: SqliteStore | None = None
+        self.write_lock = asyncio.Lock()
+
+    def read(self) -> SqliteStore:
+        """The reader connection (open while the app's lifespan runs)."""
+        assert self.reader is not None
+        return self.reader

@@ -1,0 +1,1 @@
+"""Device enrolment, key rotation and revocation, each a device leaf in the log."""

@@ -1,0 +1,1 @@
+"""MQTT ingest: subscribe, check each message (cheapest first), commit in batches, then ack."""

@@ -1,0 +1,504 @@
+"""MQTT ingest: subscribe to every device's readings, check, commit in batches, then ack.
+
+Three tasks joined by bounded queues, so receiving, verifying and committing overlap:
+receive (drain whatever the client has queued, up to a batch) → check (cheap checks, then ECDSA
+in worker threads) → commit (one transaction per batch) → publish each touched device's ack,
+retained, QoS 1. A reading is acknowledged only after the transaction that stores it committed.
+aiomqtt does not reconnect by itself: :meth:`Ingest.run` reconnects with backoff and jitter, on a
+persistent session so the broker queues readings while the backend is away.
+
+With a share group (docs/backend.md, "Scale-out") several ingest workers split the readings
+through the MQTT 5 shared subscription ``$share/<group>/meterchain/v1/+/readings``; each worker
+then recomputes a touched device's ack from the store after its commit, since another worker may
+have committed that device's other seqs meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+from meterchain.backend.config import BrokerAddress, ConfigError, parse_broker_url
+from meterchain.backend.devices.registry import KeyRegistry
+from meterchain.backend.ingest.checks import Checked, check_batch
+from meterchain.backend.ingest.gateway_messages import (
+    AcceptedOcmf,
+    AcceptedStatus,
+    Refused,
+    SideResult,
+    check_side_batch,
+    split_messages,
+)
+from meterchain.backend.store import (
+    AckState,
+    Outcome,
+    RejectionRecord,
+    SqliteStore,
+    StaleKeys,
+    Store,
+)
+from meterchain.backend.utility.tables import UtilityTables
+from meterchain.contract.ack import TOPIC_PREFIX, Ack, Rejection, ack_topic
+from prometheus_client import Counter, Histogram
+
+log = logging.getLogger(__name__)
+
+READINGS_FILTER = f"{TOPIC_PREFIX}/+/readings"
+#: OCMF records and status messages (backend/ingest/gateway_messages.py), stored before readings are acked.
+SIDE_FILTERS = (f"{TOPIC_PREFIX}/+/ocmf", f"{TOPIC_PREFIX}/+/status")
+#: CONNACK codes of a broker that does not speak MQTT 5 (3.1.1 "unacceptable protocol version",
+#: MQTT 5 "unsupported protocol version").
+_UNSUPPORTED_PROTOCOL = {1, 0x84}
+#: aiomqtt warns about every pending call over 10; a busy ingest has hundreds by design.
+_QUIET_MQTT_LOG = logging.getLogger("meterchain.backend.ingest.worker.mqtt")
+_QUIET_MQTT_LOG.setLevel(logging.ERROR)
+REJECTIONS = Counter(
+    "meterchain_ingest_rejections", "Messages rejected by ingest, by reason", ["reason"]
+)
+OUTCOMES = Counter(
+    "meterchain_ingest_readings", "Verified readings by commit outcome", ["outcome"]
+)
+BATCH_SECONDS = Histogram("meterchain_ingest_commit_seconds", "Time to commit one batch")
+SIDE_MESSAGES = Counter(
+    "meterchain_ingest_side_messages", "OCMF and status messages by outcome", ["kind", "outcome"]
+)
+
+
+def subscriptions(share_group: str = "") -> tuple[str, ...]:
+    """The filters ingest subscribes to. With a share group, readings and statuses are shared
+    (each message reaches one worker); OCMF records stay a plain subscription, so the worker that
+    acks a reading has itself received (and stored) the record the agent published before it."""
+    if not share_group:
+        return (READINGS_FILTER, *SIDE_FILTERS)
+    shared = f"$share/{share_group}/"
+    ocmf, status = SIDE_FILTERS
+    return (shared + READINGS_FILTER, ocmf, shared + status)
+
+
+@dataclass
+class _DeviceAck:
+    upto: int
+    above: set[int]
+    recent: collections.deque[tuple[int, str, str]]
+
+    def advance(self) -> None:
+        """Move ``upto`` over the done seqs just above it."""
+        while self.upto + 1 in self.above:
+            self.upto += 1
+        self.above = {s for s in self.above if s > self.upto}
+
+
+@dataclass
+class AckTracker:
+    """Per device: the highest contiguous done sequence, what is done above it, and the recent
+    rejections for good. Loaded from the store the first time a device is seen."""
+
+    devices: dict[str, _DeviceAck] = field(default_factory=dict)
+
+    async def load(self, store: Store, devices: Iterable[str]) -> None:
+        missing = [device for device in devices if device not in self.devices]
+        # Concurrently: the store's queries queue up instead of waiting for each other's answer.
+        states: list[AckState] = await asyncio.gather(*(store.ack_state(d) for d in missing))
+        for device, state in zip(missing, states):
+            loaded = _DeviceAck(
+                state.upto, set(state.above), collections.deque(state.recent_rejections, 64)
+            )
+            loaded.advance()  # the stored upto is a lower bound (another worker's plan)
+            self.devices[device] = loaded
+
+    async def refresh(self, store: Store, devices: Iterable[str]) -> None:
+        """Reload ``devices`` from the store: with several workers, what this one cached misses
+        the seqs and rejections the others committed. Everything read is committed."""
+        for device in devices:
+            self.devices.pop(device, None)
+        await self.load(store, devices)
+
+    def plan(self, done: dict[str, set[int]]) -> dict[str, int]:
+        """The ``upto`` each device would have once ``done`` is committed (nothing changes)."""
+        result = {}
+        for device, seqs in done.items():
+            state = self.devices[device]
+            upto = state.upto
+            while upto + 1 in seqs or upto + 1 in state.above:
+                upto += 1
+            result[device] = upto
+        return result
+
+    def apply(self, done: dict[str, set[int]], uptos: dict[str, int],
+              rejected: Sequence[RejectionRecord]) -> None:
+        for device, seqs in done.items():
+            state = self.devices[device]
+            state.upto = uptos[device]
+            state.above = {s for s in state.above | seqs if s > state.upto}
+        for r in rejected:
+            if r.permanent and r.device is not None and r.seq is not None:
+                self.devices[r.device].recent.append((r.seq, r.reason, r.detail[:200]))
+
+    def ack(self, device: str, now: int) -> Ack:
+        state = self.devices[device]
+        return Ack(
+            device,
+            state.upto,
+            tuple(Rejection(s, reason, detail) for s, reason, detail in state.recent),
+            now,
+        )
+
+
+@dataclass
+class BatchReport:
+    """What one batch did (tests and the bench read it)."""
+
+    stored: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    acks: list[Ack] = field(default_factory=list)
+
+
+class Ingest:
+    """Checks and commits readings; :meth:`process` is one batch, :meth:`run` the MQTT loop."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        broker_url: str | None = None,
+        client_id: str = "meterchain-backend",
+        batch_size: int = 1000,
+        verify_threads: int = 2,
+        on_commit: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        share_group: str = "",
+        timeout: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.broker_url = broker_url
+        self.client_id = client_id
+        self.share_group = share_group
+        self.timeout = timeout
+        self.batch_size = batch_size
+        self.verify_threads = max(1, verify_threads)
+        self.on_commit = on_commit
+        self.clock = clock
+        self.registry = KeyRegistry()
+        self.acks = AckTracker()
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.connected = asyncio.Event()
+        self.connected_once = False
+        self._pool = ThreadPoolExecutor(self.verify_threads, thread_name_prefix="mc-verify")
+        self._ack_tasks: set[asyncio.Task[None]] = set()
+        self._latest_ack: dict[str, Ack] = {}
+
+    # ---------------------------------------------------------------- batches
+
+    async def check(self, messages: Sequence[tuple[str, bytes]]) -> tuple[list[Checked], int]:
+        """Check a batch in worker threads; returns the results and the key version used."""
+        await self.registry.refresh(self.store)
+        version, leaves, now = self.registry.version, self.registry.snapshot(), int(self.clock())
+        loop = asyncio.get_running_loop()
+        if len(messages) < 64 or self.verify_threads == 1:
+            results = await loop.run_in_executor(self._pool, check_batch, messages, leaves, now)
+            return results, version
+        step = -(-len(messages) // self.verify_threads)
+        chunks = [messages[i : i + step] for i in range(0, len(messages), step)]
+        parts = await asyncio.gather(
+            *(loop.run_in_executor(self._pool, check_batch, c, leaves, now) for c in chunks)
+        )
+        return [r for part in parts for r in part], version
+
+    async def commit(
+        self, messages: Sequence[tuple[str, bytes]], checked: list[Checked], version: int
+    ) -> BatchReport:
+        """Commit a checked batch (re-checking it if keys changed meanwhile); return the acks."""
+        while True:
+            try:
+                return await self._commit(checked, version)
+            except StaleKeys:
+                checked, version = await self.check(messages)
+
+    async def _commit(self, checked: list[Checked], version: int) -> BatchReport:
+        readings = [c.reading for c in checked if c.reading is not None]
+        rejections = [c.rejection for c in checked if c.rejection is not None]
+        done: dict[str, set[int]] = {}
+        for r in readings:
+            done.setdefault(r.device, set()).add(r.seq)
+        for x in rejections:
+            if x.permanent and x.device is not None and x.seq is not None:
+                done.setdefault(x.device, set()).add(x.seq)
+        await self.acks.load(self.store, done)
+        uptos = self.acks.plan(done)
+        started = time.perf_counter()
+        result = await self.store.commit_batch(readings, rejections, uptos, version)
+        BATCH_SECONDS.observe(time.perf_counter() - started)
+        self.acks.apply(done, uptos, [*rejections, *result.conflicts])
+        if self.share_group:  # after the commit: see every seq committed until now, ours included
+            await self.acks.refresh(self.store, done)
+
+        report = BatchReport()
+        for outcome in result.outcomes:
+            OUTCOMES.labels(outcome.value).inc()
+            self.stats[outcome.value] += 1
+        report.stored = result.outcomes.count(Outcome.STORED)
+        report.duplicates = result.outcomes.count(Outcome.DUPLICATE)
+        report.conflicts = result.outcomes.count(Outcome.CONFLICT)
+        for x in [*rejections, *result.conflicts]:
+            REJECTIONS.labels(x.reason).inc()
+            self.stats[f"rejected:{x.reason}"] += 1
+            report.rejected[x.reason] = report.rejected.get(x.reason, 0) + 1
+            log.warning(
+                "reading rejected reason=%s permanent=%s device=%s seq=%s detail=%s",
+                x.reason, x.permanent, x.device, x.seq, x.detail[:200],
+            )
+        now = int(self.clock())
+        report.acks = [self.acks.ack(device, now) for device in sorted(done)]
+        if report.stored and self.on_commit is not None:
+            self.on_commit(report.stored)
+        return report
+
+    async def process(self, messages: Sequence[tuple[str, bytes]]) -> BatchReport:
+        """Check and commit one batch (no MQTT): the acks to publish are in the report.
+
+        OCMF and status messages in the batch are stored first (before any ack)."""
+        readings, side = split_messages(messages)
+        await self.commit_side(await self.check_side(side))
+        checked, version = await self.check(readings)
+        return await self.commit(readings, checked, version)
+
+    async def check_side(self, messages: Sequence[tuple[str, bytes]]) -> list[SideResult]:
+        """Check OCMF and status messages in a worker thread (OCMF verification is ECDSA)."""
+        if not messages:
+            return []
+        await self.registry.refresh(self.store)
+        leaves, now = self.registry.snapshot(), int(self.clock())
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, check_side_batch, messages, leaves, now)
+
+    async def commit_side(self, results: Sequence[SideResult]) -> None:
+        """Keep accepted OCMF records and statuses; count and log the refused ones."""
+        if not results:
+            return
+        ocmf = [r for r in results if isinstance(r, AcceptedOcmf)]
+        statuses = [r for r in results if isinstance(r, AcceptedStatus)]
+        for r in results:
+            if isinstance(r, Refused):
+                SIDE_MESSAGES.labels(r.kind, r.reason).inc()
+                self.stats[f"{r.kind}:{r.reason}"] += 1
+                log.warning("%s message refused reason=%s device=%s detail=%s",
+                            r.kind, r.reason, r.device, r.detail[:200])
+        if not ocmf and not statuses:
+            return
+        # SQLite keeps them in the utility tables; PostgresStore (the scale path) in its own.
+        side = UtilityTables(self.store) if isinstance(self.store, SqliteStore) else self.store
+        result = await side.commit_side(ocmf, statuses)  # type: ignore[attr-defined]
+        for outcome, count in (("stored", result.ocmf_stored),
+                               ("duplicate", result.ocmf_duplicates),
+                               ("conflict", len(result.ocmf_conflicts))):
+            SIDE_MESSAGES.labels("ocmf", outcome).inc(count)
+            self.stats[f"ocmf:{outcome}"] += count
+        SIDE_MESSAGES.labels("status", "stored").inc(result.statuses)
+        self.stats["status:stored"] += result.statuses
+        for device, seq in result.ocmf_conflicts:
+            log.warning("ocmf record conflict device=%s seq=%d: other bytes are stored already; "
+                        "the first record is kept", device, seq)
+
+    # ------------------------------------------------------------------- MQTT
+
+    async def run(self, *, min_backoff: float = 0.2, max_backoff: float = 30.0) -> None:
+        """Stay subscribed forever: reconnect with exponential backoff and full jitter."""
+        if self.broker_url is None:
+            raise ValueError("Ingest.run needs a broker_url")
+        address = parse_broker_url(self.broker_url)
+        backoff = min_backoff
+        while True:
+            try:
+                await self._session(address)
+            except ConfigError:
+                raise  # a broker that cannot serve this configuration: retrying will not help
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                if self.share_group and not self.connected_once:
+                    await self._refuse_without_mqtt5(address, exc)
+                delay = random.uniform(0, backoff)
+                log.warning("ingest: broker connection lost (%s); retrying in %.2f s", exc, delay)
+                await asyncio.sleep(delay)
+                backoff = min(max_backoff, backoff * 2)
+                continue
+            except Exception:  # a store failure costs the batch in flight (never acked), not the loop
+                self.connected.clear()
+                log.exception("ingest: batch failed; reconnecting")
+                await asyncio.sleep(random.uniform(0, backoff))
+                backoff = min(max_backoff, backoff * 2)
+                continue
+            backoff = min_backoff
+
+    async def _session(self, address) -> None:  # type: ignore[no-untyped-def]
+        queues: list[asyncio.Queue[aiomqtt.Message]] = []
+
+        class _Inbox(asyncio.Queue):  # type: ignore[type-arg]
+            """aiomqtt's incoming queue, kept so a whole batch can be drained at once."""
+
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+                queues.append(self)
+
+        if self.share_group:
+            # MQTT 5 (shared subscriptions) without a session that outlives the connection:
+            # Mosquitto keeps handing a disconnected member's share of the messages to its
+            # stored session, so a dead worker would sit on them; without one, the group
+            # shares among the connected workers only, and what was in flight at a dead worker
+            # (never acked) is resent by the agents (docs/backend.md, "Scale-out").
+            session: dict[str, object] = {"protocol": aiomqtt.ProtocolVersion.V5,
+                                          "clean_start": True}
+            self.acks.devices.clear()  # others committed while we were away
+        else:
+            session = {"clean_session": False}
+        client = aiomqtt.Client(
+            address.host,
+            address.port,
+            username=address.username,
+            password=address.password,
+            identifier=self.client_id,
+            queue_type=_Inbox,
+            max_inflight_messages=1000,
+            keepalive=30,
+            logger=_QUIET_MQTT_LOG,
+            timeout=self.timeout,
+            **session,  # type: ignore[arg-type]
+        )
+        self._latest_ack.clear()
+        async with client:
+            self.connected_once = True
+            for topic_filter in subscriptions(self.share_group):
+                granted = await client.subscribe(topic_filter, qos=1)
+                _check_granted(topic_filter, granted)
+            self.connected.set()
+            log.info("ingest: subscribed to %s", ", ".join(subscriptions(self.share_group)))
+            await self._republish_acks(client)
+            await self._pipeline(client, queues[0])
+
+    async def _refuse_without_mqtt5(self, address: BrokerAddress, exc: aiomqtt.MqttError) -> None:
+        """A share group needs MQTT 5: raise :class:`ConfigError` if the broker refused the MQTT 5
+        CONNECT, or ignored it (amqtt 0.12 never answers one) yet answers MQTT 3.1.1."""
+        code = getattr(getattr(exc, "rc", None), "value", getattr(exc, "rc", None))
+        refused = isinstance(exc, MqttConnectError) and code in _UNSUPPORTED_PROTOCOL
+        if not refused and "timed out" in str(exc):
+            probe = aiomqtt.Client(address.host, address.port, username=address.username,
+                                   password=address.password, timeout=self.timeout,
+                                   identifier=f"{self.client_id}-probe", logger=_QUIET_MQTT_LOG)
+            try:
+                async with probe:
+                    refused = True  # it speaks 3.1.1, and did not answer MQTT 5
+            except aiomqtt.MqttError:
+                return  # not answering at all: an outage, retried as usual
+        if refused:
+            raise ConfigError(
+                f"share_group {self.share_group!r} needs an MQTT 5 broker (shared subscriptions), "
+                f"but the broker at {address.host}:{address.port} speaks only MQTT 3.1.1; use "
+                "Mosquitto 2 (or another MQTT 5 broker), or unset share_group to run one ingest",
+                share_group=self.share_group, broker=f"{address.host}:{address.port}",
+            )
+
+    async def _republish_acks(self, client: aiomqtt.Client) -> None:
+        """After a (re)start, every known device gets its current ack again."""
+        devices = await self.store.acked_devices()
+        await self.acks.load(self.store, devices)
+        now = int(self.clock())
+        for device in devices:
+            self._publish_ack(client, self.acks.ack(device, now))
+
+    async def _pipeline(self, client: aiomqtt.Client, inbox: asyncio.Queue[aiomqtt.Message]) -> None:
+        checked_q: asyncio.Queue[
+            tuple[list[tuple[str, bytes]], list[Checked], int, list[SideResult]]
+        ] = asyncio.Queue(2)
+        raw_q: asyncio.Queue[list[tuple[str, bytes]]] = asyncio.Queue(2)
+
+        async def receive() -> None:
+            messages = aiter(client.messages)
+            while True:
+                first = await anext(messages)  # raises MqttError when the connection drops
+                batch = [first]
+                while len(batch) < self.batch_size and not inbox.empty():
+                    batch.append(inbox.get_nowait())
+                await raw_q.put([(m.topic.value, _payload(m.payload)) for m in batch])
+
+        async def check() -> None:
+            while True:
+                readings, side = split_messages(await raw_q.get())
+                side_results = await self.check_side(side)
+                checked, version = await self.check(readings) if readings else ([], 0)
+                await checked_q.put((readings, checked, version, side_results))
+
+        async def commit() -> None:
+            while True:
+                batch, checked, version, side_results = await checked_q.get()
+                # OCMF records and statuses first: a reading is acked only after its record,
+                # published before it, is stored.
+                await self.commit_side(side_results)
+                if not batch:
+                    continue
+                report = await self.commit(batch, checked, version)
+                for ack in report.acks:
+                    self._publish_ack(client, ack)
+
+        tasks = [asyncio.create_task(t()) for t in (receive, check, commit)]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _publish_ack(self, client: aiomqtt.Client, ack: Ack) -> None:
+        """Publish the newest ack per device; while one is in flight, newer ones coalesce."""
+        in_flight = ack.device in self._latest_ack
+        self._latest_ack[ack.device] = ack
+        if in_flight:
+            return
+
+        async def publish(device: str) -> None:
+            try:
+                while (latest := self._latest_ack.get(device)) is not None:
+                    await client.publish(ack_topic(device), latest.to_cbor(), qos=1, retain=True)
+                    if self._latest_ack.get(device) is latest:
+                        del self._latest_ack[device]
+            except aiomqtt.MqttError as exc:  # the next (re)connect publishes every ack again
+                self._latest_ack.pop(device, None)
+                log.info("ingest: ack for %s not published (%s)", device, exc)
+
+        task = asyncio.create_task(publish(ack.device))
+        self._ack_tasks.add(task)
+        task.add_done_callback(self._ack_tasks.discard)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _check_granted(topic_filter: str, granted: object) -> None:
+    """Raise :class:`ConfigError` if the broker refused a subscription (a code ≥ 0x80, e.g.
+    0x87 not authorized or 0x9E shared subscriptions not supported)."""
+    for code in granted if isinstance(granted, (list, tuple)) else ():
+        value = int(getattr(code, "value", code))
+        if value >= 0x80:
+            raise ConfigError(
+                f"the broker refused the subscription {topic_filter!r}: {code} (0x{value:02x}); "
+                "check its ACL for the backend's user and that it allows shared subscriptions",
+                topic_filter=topic_filter, code=value,
+            )
+
+
+def _payload(payload: object) -> bytes:
+    if isinstance(payload, (bytes, bytearray)):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode()
+    return b"" if payload is None else str(payload).encode()

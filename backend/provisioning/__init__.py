@@ -1,0 +1,1 @@
+"""Commissioning gateways: one-time installer tokens, provisioning, and their routes and CLI."""

@@ -1,0 +1,2 @@
+"""Netting and settlement: the pure engine (``netting``), the runner, verification, routes, CLI
+and tables."""

@@ -1,0 +1,1 @@
+"""What utilities consume: signed batches, OCMF exports, webhooks and fleet health."""

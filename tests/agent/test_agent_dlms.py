@@ -1,0 +1,218 @@
+"""DLMS emulator → agent → broker → real backend ingest, in accelerated time (1 s = 15 minutes).
+
+The emulated meter and the agent share one injected clock, so an interval lasts about a second
+and a gateway outage of several intervals takes seconds. Every test ends with the same check:
+the backend holds every interval of the meter's load profile exactly once, with the registers the
+meter's profile holds, and the intervals read after an outage are flagged BACKFILLED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from meterchain.agent.cli import write_private_key
+from meterchain.agent.config import load_config
+from meterchain.agent.service import Agent
+from meterchain.backend.broker import RunningBroker
+from meterchain.backend.devices.registry import enrol
+from meterchain.backend.ingest.worker import Ingest
+from meterchain.backend.store import open_store
+from meterchain.contract.reading import ClockSync, Reading, StatusFlag
+from meterchain.contract.signing import generate_private_key_pem, load_signer
+
+from tests.support.agent import running, wait_until
+from tests.support.dlms_site import Site, site
+
+pytestmark = pytest.mark.timeout(120)
+
+DEVICE = "gw-dlms-1"
+PERIOD = 900
+SCALE = 900.0  # emulated seconds per real second: one capture period a second
+HISTORY = 6  # profile entries the meter holds before the agent's first start
+
+
+def agent_config(tmp_path: Path, port: str, broker_url: str, extra: str = "") -> tuple[Path, bytes]:
+    pem = generate_private_key_pem()
+    write_private_key(tmp_path / "device.key", pem, force=False)
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        f"""
+device_id = "{DEVICE}"
+key_path = "device.key"
+backend_url = "http://127.0.0.1:8000"
+interval_seconds = 900
+ack_timeout_seconds = 2
+outbox_path = "outbox.sqlite"
+
+[broker]
+url = "{broker_url}"
+
+[[meters]]
+name = "main"
+model = "dlms"
+port = "{port}"
+baudrate = 9600
+client_address = 1
+server_address = 1
+password = "12345678"
+{extra}
+"""
+    )
+    return path, load_signer(pem).public_key_der
+
+
+async def caught_up(site_: Site, agent: Agent, timeout: float = 20) -> int:
+    """Wait until the newest interval is signed and the backend has acked everything."""
+
+    async def done() -> bool:
+        return await site_.progress(agent) >= site_.latest()
+
+    deadline = time.monotonic() + timeout
+    while not await done():
+        assert time.monotonic() < deadline, "the agent did not catch up with the meter"
+        await asyncio.sleep(0.05)
+    signed = int(agent.metrics.readings_signed._value.get())
+    await wait_until(
+        lambda: agent.metrics.readings_acked._value.get() >= signed, timeout, "the backend's acks"
+    )
+    return await site_.progress(agent)
+
+
+def assert_every_interval_once(site_: Site, readings: list[Reading], upto: int) -> None:
+    """Each capture from the meter's first entry to ``upto`` stored once, as the profile holds it."""
+    meter = site_.meter
+    ends = [r.end for r in readings]
+    assert len(ends) == len(set(ends)), "an interval was stored twice"
+    expected = list(range(meter.start, upto + 1, PERIOD))
+    assert sorted(ends) == expected
+    assert [r.seq for r in readings] == list(range(1, len(readings) + 1))
+    for reading in readings:
+        index = (reading.end - meter.start) // PERIOD
+        stamp, cumulative, _ = meter.profile_row(index)
+        assert (reading.start, reading.end) == (stamp - PERIOD, stamp)
+        assert (reading.import_wh, reading.export_wh) == (cumulative, 0)
+        assert reading.meter == meter.serial_number
+
+
+async def test_a_gateway_outage_is_backfilled_and_every_interval_is_stored_once(
+    tmp_path: Path, broker: RunningBroker
+) -> None:
+    async with site(tmp_path, broker) as s:
+        first = s.agent()
+        async with running(first.run):
+            before = await caught_up(s, first)
+            await asyncio.sleep(1.5)  # at least one interval read live
+            before = await caught_up(s, first)
+        outage_from = before
+        await asyncio.sleep(5)  # gateway down for about five intervals
+        second = s.agent()
+        async with running(second.run):
+            await wait_until(lambda: s.latest() >= outage_from + 4 * PERIOD, 10, "the outage")
+            after = await caught_up(s, second)
+            await asyncio.sleep(1.2)
+            after = await caught_up(s, second)
+        readings = await s.stored()
+        assert_every_interval_once(s, readings, after)
+        flags = {r.end: bool(r.status & StatusFlag.BACKFILLED) for r in readings}
+        # At the first start the newest entry is the live one; those before it are history.
+        history = range(s.meter.start, s.meter.start + (HISTORY - 1) * PERIOD, PERIOD)
+        assert all(flags[end] for end in history), "history read at first start is backfilled"
+        assert not flags[s.meter.start + (HISTORY - 1) * PERIOD]
+        gap = [end for end in flags if outage_from < end < outage_from + 4 * PERIOD]
+        assert len(gap) == 3 and all(flags[end] for end in gap)
+        assert not all(flags.values()), "some intervals were read live"
+        assert {r.clock for r in readings} == {ClockSync.SYNCED}
+        # Seqs follow signing order: the backfilled gap comes after what was signed before it.
+        by_end = sorted(readings, key=lambda r: r.end)
+        assert [r.seq for r in by_end] == sorted(r.seq for r in by_end)
+
+
+async def test_a_faulty_meter_never_crashes_the_agent_and_is_backfilled_when_it_answers(
+    tmp_path: Path, broker: RunningBroker
+) -> None:
+    async with site(tmp_path, broker) as s:
+        agent = s.agent()
+        errors = agent.metrics.meter_read_errors
+        async with running(agent.run) as task:
+            await caught_up(s, agent)
+            s.meter.faults.silent = True
+            await asyncio.sleep(2.5)
+            s.meter.faults.silent = False
+            s.meter.faults.corrupt_crc = True
+            await asyncio.sleep(2.5)
+            s.meter.faults.corrupt_crc = False
+            assert not task.done()
+            failed = errors.labels(meter="main", kind="RetriesExhausted")._value.get()
+            assert failed >= 3
+            healed = await caught_up(s, agent)
+            # A meter clock ten minutes fast: readings flagged DRIFTED, boundaries still UTC.
+            drift_from = healed
+            s.meter.faults.clock_offset_minutes = 10
+            await wait_until(lambda: s.latest() >= drift_from + 2 * PERIOD, 10, "drifted cycles")
+            drifted_upto = await caught_up(s, agent)
+            s.meter.faults.clock_offset_minutes = 0
+            assert not task.done()
+        readings = await s.stored()
+        assert_every_interval_once(s, readings, drifted_upto)
+        clocks = {r.end: r.clock for r in readings}
+        assert all(clocks[end] is ClockSync.DRIFTED for end in clocks if end > drift_from)
+        assert all(clocks[end] is ClockSync.SYNCED for end in clocks if end <= healed - 2 * PERIOD)
+        backfilled = [r.end for r in readings if r.status & StatusFlag.BACKFILLED]
+        assert len([e for e in backfilled if e > s.meter.start + HISTORY * PERIOD]) >= 3
+
+
+async def test_meterchain_emulate_dlms_and_an_agent_with_nothing_but_config(
+    tmp_path: Path, broker: RunningBroker
+) -> None:
+    """The CLI emulator prints its pty; the agent, built from the config file alone, backfills."""
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "meterchain"),
+        *("emulate", "dlms", "--days", "1"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        port = (await process.stdout.readline()).decode().strip()
+        assert port.startswith("/dev/")
+        config_path, spki = agent_config(tmp_path, port, broker.url, "backfill_days = 2\n")
+        store_path = tmp_path / "backend.db"
+        admin = await open_store(store_path)
+        ingest = Ingest(await open_store(store_path), broker_url=broker.url)
+        try:
+            await enrol(admin, DEVICE, spki, int(time.time()))
+            agent = Agent(load_config(config_path))
+            async with running(ingest.run), running(agent.run):
+                await wait_until(
+                    lambda: agent.metrics.readings_signed._value.get() >= 97, 60, "a day of profile"
+                )
+                signed = int(agent.metrics.readings_signed._value.get())
+                await wait_until(
+                    lambda: agent.metrics.readings_acked._value.get() >= signed, 30, "acks"
+                )
+            ends = []
+            for seq in range(1, signed + 1):
+                row = await admin.reading(DEVICE, seq)
+                assert row is not None
+                ends.append(row.end)
+            assert len(set(ends)) == len(ends) == signed
+            assert ends == sorted(ends) and {b - a for a, b in itertools.pairwise(ends)} == {PERIOD}
+        finally:
+            ingest.close()
+            await ingest.store.close()
+            await admin.close()
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()

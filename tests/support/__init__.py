@@ -1,0 +1,1 @@
+"""Helpers the tests and bench/ share: backends, gateways, scenarios, strategies, paths."""
