@@ -19,7 +19,6 @@ import random
 from collections.abc import Sequence
 
 import aiomqtt
-
 from meterchain.agent.clock import Clock
 from meterchain.agent.config import BrokerConfig
 from meterchain.agent.meters import MeterSnapshot, MeterSource

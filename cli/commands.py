@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 from meterchain.agent import cli as agent_cli
+from meterchain.backend import cli as backend_cli
 from meterchain.backend.access import cli as access_cli
 from meterchain.backend.settlement import cli as settlement_cli
-from meterchain.backend import cli as backend_cli
 from meterchain.backend.web import cli as households_cli
 from meterchain.bridge import cli as bridge_cli
 from meterchain.cli import demo, utility_cmd, verify_cmd

@@ -21,18 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
-from rich.console import Console
-
 from meterchain.agent.config import load_config
 from meterchain.agent.service import Agent
-from meterchain.backend.devices import registry
 from meterchain.backend.broker import RunningBroker, free_port, start_broker
 from meterchain.backend.config import BackendConfig
+from meterchain.backend.devices import registry
 from meterchain.backend.service import serve
 from meterchain.backend.store import open_store
 from meterchain.bridge.modbus import LoadProfile, ModbusMeterEmulator, accelerated_clock
 from meterchain.contract import signing
 from meterchain.contract.note import NoteSigner
+from rich.console import Console
 
 console = Console(highlight=False, soft_wrap=True)
 log = logging.getLogger(__name__)
@@ -108,8 +107,8 @@ async def _households(db: str, devices: list[str], logins_file: Path) -> dict[st
     ``logins_file`` (mode 0600). Returns username -> password."""
     from meterchain.backend.access.model import BindingOverlap, PartyExists, PointKind
     from meterchain.backend.access.tables import PartyTables
-    from meterchain.backend.web.tables import WebTables
     from meterchain.backend.web import accounts
+    from meterchain.backend.web.tables import WebTables
 
     passwords = _read_logins(logins_file)
     store = await open_store(db)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-
 from meterchain.cli import commands
 
 app = typer.Typer(

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
-
 from meterchain.contract.bundle import CHECKS, BundleError, verify_bundle
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.note import NoteVerifier
+from rich.console import Console
 
 console = Console(highlight=False)
 

@@ -9,8 +9,8 @@ An auditor walks the chain from the first header to the latest with :func:`verif
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from meterchain.contract import cbor
 from meterchain.contract.errors import EncodingError, FieldError, MeterchainError

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from meterchain.contract import cbor
 from meterchain.contract.checkpoint import Checkpoint, open_checkpoint
-from meterchain.contract.errors import EncodingError, KeyValidityError, MeterchainError, ProofError
+from meterchain.contract.errors import EncodingError, MeterchainError, ProofError
 from meterchain.contract.leaves import DeviceLeaf, parse_leaf, valid_key
 from meterchain.contract.merkle import HASH_SIZE, leaf_hash, verify_inclusion
 from meterchain.contract.message import SignedReading, parse_message

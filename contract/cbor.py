@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import cbor2
-
 from meterchain.contract.errors import EncodingError
 
 MAX_DEPTH = 8

@@ -13,8 +13,8 @@ The first byte tells them apart: 0x82 (array of two) is a reading; a map's ``t``
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from meterchain.contract import cbor
 from meterchain.contract.errors import EncodingError, FieldError

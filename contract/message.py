@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass
 
 from meterchain.contract import cbor
-from meterchain.contract.errors import EncodingError
+from meterchain.contract.errors import EncodingError, KeyValidityError
 from meterchain.contract.reading import MAX_READING_SIZE, Reading
 from meterchain.contract.signing import (
     MAX_SIGNATURE_SIZE,
@@ -21,7 +21,6 @@ from meterchain.contract.signing import (
     parse_signature,
     verify_signature,
 )
-from meterchain.contract.errors import KeyValidityError
 
 #: Array header (1) + bstr header (3) + reading + bstr header (2) + signature.
 MAX_MESSAGE_SIZE = 1 + 3 + MAX_READING_SIZE + 2 + MAX_SIGNATURE_SIZE

@@ -8,10 +8,11 @@ form of the device key (an OCMF record, say) can be mistaken for a reading.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from meterchain.contract import cbor
 from meterchain.contract.errors import EncodingError, FieldError

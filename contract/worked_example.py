@@ -13,7 +13,6 @@ import hashlib
 from dataclasses import dataclass
 
 import cbor2
-
 from meterchain.contract import merkle, signing
 from meterchain.contract.bundle import Bundle, LoggedLeaf
 from meterchain.contract.checkpoint import Checkpoint

@@ -7,7 +7,6 @@ import signal
 from enum import StrEnum
 
 import typer
-
 from meterchain.bridge.dlms.emulator import (
     BusMeter,
     DlmsBusEmulator,

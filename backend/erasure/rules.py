@@ -22,7 +22,7 @@ __all__ = ["ErasedReading", "ErasureRecord", "erase_household", "erased_detail",
 
 def utc_day(ts: int) -> str:
     """A UTC date as YYYY-MM-DD (the erasure record's day, the same for every reader)."""
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d")
 
 
 def erased_detail(erased: ErasedReading) -> str:

@@ -26,12 +26,6 @@ import tty
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pymodbus import FramerType
-from pymodbus.constants import ExcCodes
-from pymodbus.exceptions import NoSuchIdException
-from pymodbus.server import ModbusSerialServer
-from pymodbus.simulator import DataType, SimData, SimDevice
-
 from meterchain.bridge.modbus.registers import (
     RegisterMap,
     Table,
@@ -40,6 +34,11 @@ from meterchain.bridge.modbus.registers import (
 )
 from meterchain.bridge.modbus.simulation import LoadProfile, MeterFaults, MeterState
 from meterchain.bridge.ptyline import pty_speed, set_pty_speed
+from pymodbus import FramerType
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import NoSuchIdException
+from pymodbus.server import ModbusSerialServer
+from pymodbus.simulator import DataType, SimData, SimDevice
 
 Clock = Callable[[], float]
 _FUNCTION_TABLES = {3: Table.HOLDING, 4: Table.INPUT}

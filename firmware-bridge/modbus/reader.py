@@ -10,18 +10,11 @@ decreases on the meter never decreases here.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-
-from pymodbus import FramerType
-from pymodbus.client import AsyncModbusSerialClient
-from pymodbus.constants import ExcCodes
-from pymodbus.exceptions import ModbusException
-from pymodbus.pdu import ExceptionResponse
 
 from meterchain.bridge.errors import BridgeError
 from meterchain.bridge.modbus.errors import MeterProtocolError, MeterTimeout
@@ -36,6 +29,11 @@ from meterchain.bridge.modbus.registers import (
     identify_model,
     register_map_for,
 )
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import ModbusException
+from pymodbus.pdu import ExceptionResponse
 
 Clock = Callable[[], float]
 
@@ -170,7 +168,7 @@ class ModbusMeterReader:
         context = self._context(device_id) | {"table": str(table), "address": hex(address)}
         try:
             response = await read(address, count=count, device_id=device_id)
-        except (ModbusException, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ModbusException) as exc:
             if self._received:
                 raise MeterProtocolError(
                     "answer with bad CRC or garbled frame", received=self._received.hex(),

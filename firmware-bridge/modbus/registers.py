@@ -21,9 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from pymodbus.client.mixin import ModbusClientMixin
-
 from meterchain.bridge.modbus.errors import RegisterMapError
+from pymodbus.client.mixin import ModbusClientMixin
 
 DATATYPE = ModbusClientMixin.DATATYPE
 WORD_ORDER = "big"

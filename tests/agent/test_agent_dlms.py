@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-from meterchain.agent.cli import write_private_key
 from meterchain.agent.config import load_config
 from meterchain.agent.service import Agent
 from meterchain.backend.broker import RunningBroker
@@ -25,47 +24,11 @@ from meterchain.backend.devices.registry import enrol
 from meterchain.backend.ingest.worker import Ingest
 from meterchain.backend.store import open_store
 from meterchain.contract.reading import ClockSync, Reading, StatusFlag
-from meterchain.contract.signing import generate_private_key_pem, load_signer
 
 from tests.support.agent import running, wait_until
-from tests.support.dlms_site import Site, site
+from tests.support.dlms_site import DEVICE, HISTORY, PERIOD, Site, agent_config, site
 
 pytestmark = pytest.mark.timeout(120)
-
-DEVICE = "gw-dlms-1"
-PERIOD = 900
-SCALE = 900.0  # emulated seconds per real second: one capture period a second
-HISTORY = 6  # profile entries the meter holds before the agent's first start
-
-
-def agent_config(tmp_path: Path, port: str, broker_url: str, extra: str = "") -> tuple[Path, bytes]:
-    pem = generate_private_key_pem()
-    write_private_key(tmp_path / "device.key", pem, force=False)
-    path = tmp_path / "agent.toml"
-    path.write_text(
-        f"""
-device_id = "{DEVICE}"
-key_path = "device.key"
-backend_url = "http://127.0.0.1:8000"
-interval_seconds = 900
-ack_timeout_seconds = 2
-outbox_path = "outbox.sqlite"
-
-[broker]
-url = "{broker_url}"
-
-[[meters]]
-name = "main"
-model = "dlms"
-port = "{port}"
-baudrate = 9600
-client_address = 1
-server_address = 1
-password = "12345678"
-{extra}
-"""
-    )
-    return path, load_signer(pem).public_key_der
 
 
 async def caught_up(site_: Site, agent: Agent, timeout: float = 20) -> int:

@@ -357,7 +357,7 @@ def test_pyocmf_parses_and_verifies_our_record() -> None:
     ours = parse_ocmf(text).payload.readings
     assert len(payload.RD) == len(ours) == 3
     for their, our in zip(payload.RD, ours, strict=True):
-        assert their.RV * 1000 == our.value_wh
+        assert our.value_wh == their.RV * 1000
         assert str(their.RI) == our.obis and str(their.RU) == "kWh"
         assert int(their.TM.timestamp.timestamp()) == r.end
         assert str(their.TM.status) == "I" and str(their.ST) == "E" and their.EF == "E"

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastapi.routing import APIRoute
 from meterchain.backend.access.model import KeyKind, PointKind
 from meterchain.backend.access.tables import PartyTables
 

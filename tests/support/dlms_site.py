@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meterchain.agent.backfill import latest_capture
+from meterchain.agent.cli import write_private_key
 from meterchain.agent.config import AgentConfig, load_config
 from meterchain.agent.service import Agent
 from meterchain.backend.broker import RunningBroker
@@ -18,6 +19,7 @@ from meterchain.backend.store import SqliteStore, open_store
 from meterchain.bridge.dlms import DlmsMeterEmulator, EmulatedDlmsMeter
 from meterchain.contract.message import parse_message
 from meterchain.contract.reading import ClockSync, Reading
+from meterchain.contract.signing import generate_private_key_pem, load_signer
 
 from tests.support.agent import FAST_BACKOFF, AcceleratedClock, running
 
@@ -81,3 +83,45 @@ async def site(tmp_path: Path, broker: RunningBroker) -> AsyncIterator[Site]:
         await ingest.store.close()
         await admin.close()
         await emulator.stop()
+
+
+DEVICE = "gw-dlms-1"
+
+
+PERIOD = 900
+
+
+SCALE = 900.0  # emulated seconds per real second: one capture period a second
+
+
+HISTORY = 6  # profile entries the meter holds before the agent's first start
+
+
+def agent_config(tmp_path: Path, port: str, broker_url: str, extra: str = "") -> tuple[Path, bytes]:
+    pem = generate_private_key_pem()
+    write_private_key(tmp_path / "device.key", pem, force=False)
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        f"""
+device_id = "{DEVICE}"
+key_path = "device.key"
+backend_url = "http://127.0.0.1:8000"
+interval_seconds = 900
+ack_timeout_seconds = 2
+outbox_path = "outbox.sqlite"
+
+[broker]
+url = "{broker_url}"
+
+[[meters]]
+name = "main"
+model = "dlms"
+port = "{port}"
+baudrate = 9600
+client_address = 1
+server_address = 1
+password = "12345678"
+{extra}
+"""
+    )
+    return path, load_signer(pem).public_key_der

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fastapi.testclient import TestClient
 
 
 def root(hashes: list[bytes]) -> bytes:
@@ -12,7 +14,7 @@ def root(hashes: list[bytes]) -> bytes:
     if len(hashes) == 1:
         return hashes[0]
     k = 1 << ((len(hashes) - 1).bit_length() - 1)
-    return _h(b"\x01" + root(hashes[:k]) + root(hashes[k:]))
+    return h(b"\x01" + root(hashes[:k]) + root(hashes[k:]))
 
 
 def open_checkpoint(note: str, vkey: str) -> tuple[str, int, bytes]:
@@ -40,9 +42,27 @@ def fetch_level(http: TestClient, level: int, size: int) -> list[bytes]:
     data = b""
     for index in range((count + 255) // 256):
         width = min(256, count - 256 * index)
-        answer = http.get("/" + _tile_path(level, index, width))
+        answer = http.get("/" + tile_path(level, index, width))
         assert answer.status_code == 200, answer.text
         assert answer.headers["cache-control"] == IMMUTABLE
         assert len(answer.content) == 32 * width
         data += answer.content
     return [data[i : i + 32] for i in range(0, len(data), 32)]
+
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def h(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def tile_path(level: int, index: int, width: int) -> str:
+    digits = []
+    while True:
+        digits.append(f"{index % 1000:03d}")
+        index //= 1000
+        if not index:
+            break
+    groups = "/".join(["x" + g for g in reversed(digits[1:])] + [digits[0]])
+    return f"tile/{level}/{groups}" + ("" if width == 256 else f".p/{width}")

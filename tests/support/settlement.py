@@ -118,3 +118,10 @@ async def readings_at(site: Site, end: int, *, skip: tuple[str, ...] = (), scale
             imp, exp = FLOW[point]
             messages.append(await site.step(device, meter, end, imp * scale, exp * scale))
     await site.send(*messages)
+
+
+MEMBERS = (("mp-1", "gw-a", "M1"), ("mp-2", "gw-a", "M2"), ("mp-3", "gw-b", "M3"))
+
+
+#: Wh per interval: (import, export) of each member; mp-2 is a PV prosumer.
+FLOW = {"mp-1": (400, 0), "mp-2": (30, 600), "mp-3": (250, 0)}

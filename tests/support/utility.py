@@ -14,9 +14,11 @@ import uvicorn
 from meterchain.backend.access.model import KeyKind, PointKind
 from meterchain.backend.access.tables import PartyTables
 from meterchain.backend.broker import free_port
+from meterchain.contract.ack import ocmf_topic
 from meterchain.contract.note import NoteSigner
+from meterchain.contract.ocmf import build_ocmf, sign_ocmf
 
-from tests.support.backend import Gateway, backend, close
+from tests.support.backend import T0, Gateway, backend, close
 
 ADMIN = "admin-token-utility-tests"
 
@@ -81,3 +83,16 @@ def serving(app: object) -> Iterator[int]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def round_of_messages(world: World, k: int) -> list[tuple[str, bytes]]:
+    """Interval k: gw-a reads M-1 (u1's mp-1) and M-2 (u2's mp-2), gw-b reads M-3 (u2's mp-3);
+    each reading goes with its OCMF record, published before it as the agent does."""
+    out = []
+    for gw, meter in ((world.gw_a, "M-1"), (world.gw_a, "M-2"), (world.gw_b, "M-3")):
+        world.seq[gw.device] += 1
+        signed = gw.signed(world.seq[gw.device], meter=meter, end=T0 + 900 * k)
+        payload = build_ocmf(signed.reading, gateway_id="meterchain-agent", gateway_version="0.1.0")
+        out.append((ocmf_topic(gw.device), sign_ocmf(payload, gw.signer).encode()))
+        out.append((gw.topic, signed.to_cbor()))
+    return out

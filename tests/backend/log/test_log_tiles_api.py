@@ -4,7 +4,6 @@ real app and rebuilds the signed root, from the leaf tiles and from the upper ti
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 
@@ -12,31 +11,14 @@ from meterchain.backend.api.app import create_app
 from meterchain.contract.batch import SignedBatchHeader, verify_chain
 
 from tests.support.backend import Gateway, backend, close
-from tests.support.log import fetch_level, open_checkpoint, root
+from tests.support.log import IMMUTABLE, fetch_level, h, open_checkpoint, root
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-IMMUTABLE = "public, max-age=31536000, immutable"
-
 
 # ----------------------------------------------------------- the independent client
-
-
-def _h(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
-
-
-def _tile_path(level: int, index: int, width: int) -> str:
-    digits = []
-    while True:
-        digits.append(f"{index % 1000:03d}")
-        index //= 1000
-        if not index:
-            break
-    groups = "/".join(["x" + g for g in reversed(digits[1:])] + [digits[0]])
-    return f"tile/{level}/{groups}" + ("" if width == 256 else f".p/{width}")
 
 
 def _root_from_upper_tiles(levels: dict[int, list[bytes]], size: int) -> bytes:
@@ -48,10 +30,10 @@ def _root_from_upper_tiles(levels: dict[int, list[bytes]], size: int) -> bytes:
             nodes = levels[base // 8][start >> base : (start >> base) + (1 << (height - base))]
             peaks.append(root(nodes))  # a perfect subtree: MTH is the plain fold
             start += 1 << height
-    root = peaks[-1]
+    top = peaks[-1]
     for peak in reversed(peaks[:-1]):
-        root = _h(b"\x01" + peak + root)
-    return root
+        top = h(b"\x01" + peak + top)
+    return top
 
 
 # ----------------------------------------------------------------------- the test

@@ -20,9 +20,6 @@ from tests.support.settlement import (
 )
 
 pytestmark = pytest.mark.timeout(60)
-MEMBERS = (("mp-1", "gw-a", "M1"), ("mp-2", "gw-a", "M2"), ("mp-3", "gw-b", "M3"))
-#: Wh per interval: (import, export) of each member; mp-2 is a PV prosumer.
-FLOW = {"mp-1": (400, 0), "mp-2": (30, 600), "mp-3": (250, 0)}
 
 
 async def test_complete_intervals_settle_at_once_and_their_leaves_enter_the_log(tmp_path: Path) -> None:

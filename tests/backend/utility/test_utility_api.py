@@ -24,25 +24,12 @@ from meterchain.contract.status import GatewayStatus, MeterHealth
 
 from tests.support.access import all_routes
 from tests.support.backend import T0, backend, close
-from tests.support.utility import ADMIN, World, make_world
+from tests.support.utility import ADMIN, World, make_world, round_of_messages
 from tests.support.utility_client import Invalid, verify_batch
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
-
-
-def round_of_messages(world: World, k: int) -> list[tuple[str, bytes]]:
-    """Interval k: gw-a reads M-1 (u1's mp-1) and M-2 (u2's mp-2), gw-b reads M-3 (u2's mp-3);
-    each reading goes with its OCMF record, published before it as the agent does."""
-    out = []
-    for gw, meter in ((world.gw_a, "M-1"), (world.gw_a, "M-2"), (world.gw_b, "M-3")):
-        world.seq[gw.device] += 1
-        signed = gw.signed(world.seq[gw.device], meter=meter, end=T0 + 900 * k)
-        payload = build_ocmf(signed.reading, gateway_id="meterchain-agent", gateway_version="0.1.0")
-        out.append((ocmf_topic(gw.device), sign_ocmf(payload, gw.signer).encode()))
-        out.append((gw.topic, signed.to_cbor()))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +195,7 @@ def test_exported_ocmf_records_are_verbatim_scoped_and_verify_with_pyocmf(
         theirs = pyocmf.OCMF.from_string(r["record"], strict=True)
         assert theirs.verify_signature(world.gw_a.public_key.hex()) is True
         assert theirs.verify_signature(world.gw_b.public_key.hex()) is False
-        assert (theirs.payload.GS, theirs.payload.MS, theirs.payload.PG) == ("gw-a", "M-1", f"F{r['seq']}")
+        assert ("gw-a", "M-1", f"F{r['seq']}") == (theirs.payload.GS, theirs.payload.MS, theirs.payload.PG)
     assert http.get("/api/v1/metering-points/mp-1/ocmf", headers=world.auth("u2")).status_code == 404
     household = http.get("/api/v1/devices/gw-a/ocmf", headers=world.auth("h1")).json()
     assert {r["meter"] for r in household} == {"M-1"}
