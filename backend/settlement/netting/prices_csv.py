@@ -78,7 +78,12 @@ def parse_price_csv(text: str, *, unit: str = "EUR/MWh", resolution_seconds: int
     first = next((ln for ln in text.splitlines() if ln.strip()), "")
     delimiter = ";" if ";" in first else ","
     rows: dict[int, int] = {}
-    for line, row in enumerate(csv.reader(io.StringIO(text), delimiter=delimiter), start=1):
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    try:
+        numbered = list(enumerate(reader, start=1))
+    except csv.Error as exc:  # e.g. a bare carriage return inside a row
+        raise PriceDataError("unreadable CSV", line=reader.line_num, reason=str(exc)) from None
+    for line, row in numbered:
         if not row or all(not cell.strip() for cell in row):
             continue
         if len(row) != 2:

@@ -61,6 +61,8 @@ def test_semicolon_csv_with_decimal_comma_in_cent() -> None:
     ("0,1,2\n", 1, "two columns"),
     ("0,99999999\n", 1, "outside"),
     ("yesterday,1\n", 1, "timestamp"),
+    ("a\rb", 1, "unreadable CSV"),
+    ("0,1\n900,2\rx\n", 2, "unreadable CSV"),
 ])
 def test_bad_price_rows_name_their_line(text: str, line: int, match: str) -> None:
     with pytest.raises(PriceDataError, match=match) as err:

@@ -148,6 +148,14 @@ def test_terms_and_prices_are_admin_only_and_validated(http: TestClient, world: 
     assert again.status_code == 409
 
 
+def test_an_unreadable_price_csv_is_a_400_naming_the_problem(http: TestClient) -> None:
+    answer = http.post(f"/api/v1/communities/{COMMUNITY}/prices",
+                       json={"kind": "feed_in", "csv": "a\rb"},
+                       headers={"Authorization": f"Bearer {ADMIN}"})
+    assert answer.status_code == 400, answer.text
+    assert "unreadable CSV" in answer.json()["detail"]
+
+
 def test_a_household_posts_the_listing_of_its_own_member(http: TestClient, world: World) -> None:
     path = f"/api/v1/communities/{COMMUNITY}/listings"
     auth = {"Authorization": f"Bearer {world.tokens['h-1']}"}
