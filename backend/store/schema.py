@@ -500,6 +500,59 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP TABLE readings",
         "ALTER TABLE readings_slim RENAME TO readings",
     ),
+    # 11: households trade from their dashboard (docs/households.md "Market, conditions, wallet").
+    # The wallet is postings only, never a stored balance: the settlement runner posts each
+    # settled revision's money lines (members: to the household occupying the metering point at
+    # the interval's start, else to the point's own account) and its rounding lines (to the
+    # community's account) in the same transaction as the revision; issued bills post their
+    # monthly fee and VAT (a new bill version posts the change); the operator posts payments and
+    # refunds. amount: + a credit to the holder, - a debit. Ratings are advisory (no netting code
+    # reads them): one per rater, rated household and local month; the salt keys the
+    # pseudonymous partner handles a rater sees (backend/settlement/ratings.py).
+    (
+        """CREATE TABLE wallet_postings (
+            id INTEGER PRIMARY KEY,
+            holder_kind TEXT NOT NULL CHECK (holder_kind IN ('household', 'community', 'point')),
+            holder TEXT NOT NULL,
+            community TEXT NOT NULL,
+            member TEXT,
+            source TEXT NOT NULL CHECK (source IN ('interval', 'delta', 'rounding', 'bill',
+                                                   'payment', 'refund')),
+            line TEXT NOT NULL,
+            interval_start INTEGER,
+            revision INTEGER,
+            digest BLOB,
+            energy_wh INTEGER,
+            amount INTEGER NOT NULL,
+            reference TEXT,
+            recorded_by TEXT,
+            time INTEGER NOT NULL
+        )""",
+        "CREATE INDEX wallet_postings_by_holder ON wallet_postings (holder_kind, holder, "
+        "interval_start)",
+        "CREATE INDEX wallet_postings_by_interval ON wallet_postings (community, interval_start)",
+        """CREATE TABLE market_ratings (
+            rater TEXT NOT NULL REFERENCES households (id),
+            rated TEXT NOT NULL REFERENCES households (id),
+            month TEXT NOT NULL,
+            stars INTEGER NOT NULL CHECK (stars BETWEEN 1 AND 5),
+            comment TEXT,
+            created INTEGER NOT NULL,
+            updated INTEGER NOT NULL,
+            PRIMARY KEY (rater, rated, month)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX market_ratings_by_rated ON market_ratings (rated, month)",
+        """CREATE TABLE market_profiles (
+            household TEXT PRIMARY KEY REFERENCES households (id),
+            display_name TEXT,
+            show_name INTEGER NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE market_salt (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            salt BLOB NOT NULL
+        )""",
+        "INSERT INTO market_salt VALUES (1, randomblob(32))",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
