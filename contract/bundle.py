@@ -23,13 +23,20 @@ import re
 from dataclasses import dataclass, field
 
 from meterchain.contract import cbor
-from meterchain.contract.checkpoint import Checkpoint, open_checkpoint
-from meterchain.contract.errors import EncodingError, MeterchainError, ProofError
-from meterchain.contract.leaves import DeviceLeaf, parse_leaf, valid_key
-from meterchain.contract.merkle import HASH_SIZE, leaf_hash, verify_inclusion
+from meterchain.contract.checkpoint import Checkpoint
+from meterchain.contract.errors import EncodingError, MeterchainError
+from meterchain.contract.leaves import DeviceLeaf, parse_leaf
+from meterchain.contract.merkle import HASH_SIZE
 from meterchain.contract.message import SignedReading, parse_message
 from meterchain.contract.note import NoteVerifier, strict_b64decode
-from meterchain.contract.signing import key_id, parse_signature, verify_signature
+from meterchain.contract.policy import (
+    BUNDLE_CHECKS,
+    Evidence,
+    LoggedLeaf,
+    Statement,
+    VerificationError,
+    bundle_policy,
+)
 
 TLOG_PROOF_HEADER = "c2sp.org/tlog-proof@v1"
 BUNDLE_EXTRA_TYPE = "meterchain/bundle/v1"
@@ -38,26 +45,9 @@ MAX_PROOF_HASHES = 64
 MAX_KEY_ENTRIES = 64
 _INDEX_RE = re.compile(r"0|[1-9][0-9]{0,19}")
 
-#: The checks ``verify`` runs, in order; the first that fails is named.
-CHECKS = (
-    "encoding",
-    "checkpoint",
-    "device-inclusion",
-    "key-validity",
-    "key-id",
-    "low-s",
-    "signature",
-    "inclusion",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class LoggedLeaf:
-    """Leaf data with its index in the log and its inclusion proof to the bundle's checkpoint."""
-
-    data: bytes
-    index: int
-    proof: tuple[bytes, ...]
+#: The checks ``verify`` runs, in order; the first that fails is named (after the encoding,
+#: those of the verification policy, contract/policy.py).
+CHECKS = ("encoding", *BUNDLE_CHECKS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +132,7 @@ class Verified:
     passed: list[str] = field(default_factory=list)
 
 
-class BundleError(MeterchainError):
+class BundleError(VerificationError):
     """A bundle check failed; ``check`` names it (one of :data:`CHECKS`)."""
 
 
@@ -174,60 +164,22 @@ def verify_bundle(text: str | bytes, log_key: NoteVerifier) -> Verified:
         raise fail(check, exc) from None
     passed.append("encoding")
 
-    try:
-        checkpoint = open_checkpoint(bundle.checkpoint, log_key)
-    except MeterchainError as exc:
-        raise fail("checkpoint", exc) from None
-    passed.append("checkpoint")
-
-    try:
-        for entry in bundle.device_leaves:
-            verify_inclusion(
-                entry.index, checkpoint.size, leaf_hash(entry.data), list(entry.proof), checkpoint.root
-            )
-    except ProofError as exc:
-        raise fail("device-inclusion", f"device leaf at {entry.index}: {exc}") from None
-    passed.append("device-inclusion")
-
-    reading = signed.reading
     # Log order decides between leaves with the same valid-from: sort by leaf index first.
     ordered = [leaf for _, leaf in sorted(zip((e.index for e in bundle.device_leaves), device_leaves))]
-    key = valid_key(ordered, reading.device, reading.seq)
-    if key is None:
-        raise fail(
-            "key-validity",
-            f"no key of device {reading.device} is valid for sequence {reading.seq}",
-        )
-    passed.append("key-validity")
-
-    if key_id(key.public_key_der) != reading.key_id:
-        raise fail("key-id", "the reading's key id is not the id of the key valid for its sequence")
-    passed.append("key-id")
-
+    evidence = Evidence(
+        Statement.of_reading(signed),
+        device_leaves=ordered,
+        leaf=bundle.reading,
+        logged_device_leaves=bundle.device_leaves,
+        checkpoint_note=bundle.checkpoint,
+        passed=passed,
+    )
     try:
-        parse_signature(signed.signature)
-    except MeterchainError as exc:
-        raise fail("low-s", exc) from None
-    passed.append("low-s")
-
-    try:
-        verify_signature(key.public_key_der, signed.reading_bytes, signed.signature)
-    except MeterchainError as exc:
-        raise fail("signature", exc) from None
-    passed.append("signature")
-
-    try:
-        verify_inclusion(
-            bundle.reading.index,
-            checkpoint.size,
-            leaf_hash(bundle.reading.data),
-            list(bundle.reading.proof),
-            checkpoint.root,
-        )
-    except ProofError as exc:
-        raise fail("inclusion", exc) from None
-    passed.append("inclusion")
-    return Verified(signed, bundle.reading.index, checkpoint, key, passed)
+        bundle_policy(log_key).verify(evidence)
+    except VerificationError as exc:
+        raise fail(exc.check, exc) from None
+    assert evidence.checkpoint is not None and evidence.key is not None  # the policy set them
+    return Verified(signed, bundle.reading.index, evidence.checkpoint, evidence.key, passed)
 
 
 def _b64(text: str, what: str) -> bytes:

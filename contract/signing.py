@@ -121,6 +121,14 @@ def load_public_key(public_key_der: bytes) -> ec.EllipticCurvePublicKey:
 def verify_signature(public_key_der: bytes, data: bytes, signature: bytes) -> None:
     """Verify a device signature over ``data``; raise :class:`SignatureError` naming the check."""
     parse_signature(signature)
+    ecdsa_verify(public_key_der, data, signature)
+
+
+def ecdsa_verify(public_key_der: bytes, data: bytes, signature: bytes) -> None:
+    """The bare ECDSA P-256/SHA-256 check, without the encoding checks of
+    :func:`parse_signature`: the verification policy (contract/policy.py) runs those as its own
+    named check first, so ingest does not parse every signature twice."""
+    _need_cryptography()
     key = load_public_key(public_key_der)
     try:
         key.verify(signature, data, ec.ECDSA(hashes.SHA256()))

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import cbor2
 from meterchain.contract import merkle, signing
-from meterchain.contract.bundle import Bundle, LoggedLeaf
+from meterchain.contract.bundle import Bundle
 from meterchain.contract.checkpoint import Checkpoint
 from meterchain.contract.leaves import DeviceEvent, DeviceLeaf
 from meterchain.contract.message import sign_reading
 from meterchain.contract.note import NoteSigner
+from meterchain.contract.policy import LoggedLeaf
 from meterchain.contract.reading import EXPORT_OBIS, IMPORT_OBIS, Reading, Register
 
 EXAMPLE_ORIGIN = "example.meterchain.org/log"
