@@ -12,17 +12,14 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 from meterchain.backend.store import RejectionRecord, VerifiedReading
 from meterchain.backend.store.leafdata import pack_leaf_data
 from meterchain.contract.ack import device_from_topic
 from meterchain.contract.errors import MeterchainError
-from meterchain.contract.leaves import DeviceLeaf, valid_key
+from meterchain.contract.leaves import DeviceLeaf
 from meterchain.contract.merkle import leaf_hash
 from meterchain.contract.message import MAX_MESSAGE_SIZE, parse_message
-from meterchain.contract.signing import load_public_key
+from meterchain.contract.policy import SIGNED_BY_DEVICE, Evidence, Statement, VerificationError
 
 #: Reason codes; permanent ones are rejected for good and reported in the device's ack.
 REASONS = {
@@ -37,8 +34,6 @@ REASONS = {
     "conflict": True,
     "internal": False,
 }
-
-_ECDSA = ec.ECDSA(hashes.SHA256())
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,27 +81,10 @@ def _check(
     if not device_leaves:
         return _reject("unknown-device", f"device {reading.device} is not enrolled", now,
                        reading.device, reading.seq)
-    key = valid_key(device_leaves, reading.device, reading.seq)
-    if key is None:
-        return _reject(
-            "key-validity",
-            f"no key of device {reading.device} is valid for sequence {reading.seq} "
-            "(before enrolment or after revocation)",
-            now, reading.device, reading.seq,
-        )
-    if key.key_id != reading.key_id:
-        return _reject(
-            "key-id",
-            f"reading names key {reading.key_id.hex()[:16]}, but the key valid for sequence "
-            f"{reading.seq} is {key.key_id.hex()[:16]}",
-            now, reading.device, reading.seq,
-        )
-    try:
-        # load_public_key caches parsed keys (an LRU in the contract).
-        load_public_key(key.public_key_der).verify(signed.signature, signed.reading_bytes, _ECDSA)
-    except InvalidSignature:
-        return _reject("signature", "signature does not verify with the device key", now,
-                       reading.device, reading.seq)
+    try:  # key-validity, key-id, low-s, signature: the contract's policy (contract/policy.py)
+        SIGNED_BY_DEVICE.verify(Evidence(Statement.of_reading(signed), device_leaves))
+    except VerificationError as exc:
+        return _reject(exc.check, str(exc), now, reading.device, reading.seq)
     return Checked(
         reading=VerifiedReading(
             device=reading.device,

@@ -287,8 +287,11 @@ def _energy_money(energy: dict[str, np.ndarray], money: dict[str, np.ndarray], i
 
 
 def new_settlement(result: IntervalResult, settled: SettledInput, reason: str, now: int,
-                   delta: IntervalDelta | None) -> NewSettlement:
-    """The rows of one revision: member lines for revision 0, delta lines for later ones."""
+                   delta: IntervalDelta | None, previous: IntervalResult | None = None
+                   ) -> NewSettlement:
+    """The rows of one revision: member lines for revision 0, delta lines for later ones (with
+    ``previous``, the revision it supersedes: the community's rounding lines change by the
+    difference)."""
     columns = result.columns
     if delta is None:
         quality = columns.energy["quality"]
@@ -310,7 +313,9 @@ def new_settlement(result: IntervalResult, settled: SettledInput, reason: str, n
         totals.co2_avoided_g,
         json.dumps([[t.name, t.price, t.volume_wh, [list(p) for p in t.pairs]]
                     for t in result.tiers]))
-    return NewSettlement(row, settlement_leaf(result), lines, result.seller_mix())
+    before = {b.kind: b.rounding for b in previous.balances} if previous is not None else {}
+    rounding = [(b.kind, b.rounding - before.get(b.kind, 0)) for b in result.balances]
+    return NewSettlement(row, settlement_leaf(result), lines, result.seller_mix(), rounding)
 
 
 # --------------------------------------------------------------------------------- bills
@@ -544,7 +549,7 @@ class SettlementRunner:
         settled = SettledInput(old_input.terms, old_input.retail, old_input.feed_in, interval,
                                old_input.listings)
         result, delta = resettle(old_result, settled.community(), interval, settled.listings)
-        return new_settlement(result, settled, "late-reading", now, delta)
+        return new_settlement(result, settled, "late-reading", now, delta, old_result)
 
     async def _input(self, community: str, terms: Terms, start: int,
                      interval: IntervalInput) -> SettledInput:

@@ -20,6 +20,7 @@ from meterchain.backend.access.model import (
     check_id,
     check_time,
 )
+from meterchain.backend.settlement.wallet import post_bills, post_settlements
 from meterchain.backend.store.leafdata import pack_leaf_data, unpack_leaf_data
 from meterchain.backend.store.tables import SqliteTables
 from meterchain.contract.merkle import leaf_hash
@@ -137,6 +138,7 @@ class NewSettlement:
     leaf_data: bytes
     lines: Sequence[tuple[object, ...]]  # LINE_COLUMNS values
     origin: Sequence[tuple[str, int]]  # (seller, export Wh)
+    rounding: Sequence[tuple[str, int]] = ()  # (money kind, the community's rounding line)
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,6 +509,7 @@ class SettlementTables(SqliteTables):
                     lines)
                 await self._db.executemany(
                     "INSERT INTO settlement_origin VALUES (?, ?, ?, ?, ?)", origin)
+                await post_settlements(self._db, community, settled)  # the wallets
             await self._db.executemany(
                 "INSERT OR IGNORE INTO settlement_exclusions (community, member, device, seq, "
                 "reason, detail, time) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -572,6 +575,7 @@ class SettlementTables(SqliteTables):
 
     async def add_bills(self, bills: Sequence[BillRow]) -> None:
         async def work() -> None:
+            await post_bills(self._db, bills)  # monthly fee and VAT into the wallets
             await self._db.executemany(
                 "INSERT INTO netting_bills VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(b.community, b.member, b.period_start, b.version, b.period_end, b.issued,
