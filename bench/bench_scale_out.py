@@ -67,7 +67,7 @@ async def _healthy(port: int) -> dict[str, object] | None:
 
 async def run(label: str, workers: int, group: str, n: int, devices: int,
               workdir: Path) -> dict[str, object]:
-    from meterchain.backend.broker import free_port
+    from meterchain.mqtt.broker import free_port
 
     workdir.mkdir(parents=True)
     broker, frames, db, admin, sealer = await setup(n, devices, workdir)
@@ -121,7 +121,7 @@ async def run(label: str, workers: int, group: str, n: int, devices: int,
 
 async def receive_only(group: str, n: int, devices: int, workdir: Path) -> int:
     """A bare subscriber's rate over the same kind of backlog (paused while it is published)."""
-    from meterchain.backend.broker import find_mosquitto, start_mosquitto
+    from meterchain.mqtt.broker import find_mosquitto, start_mosquitto
 
     workdir.mkdir(parents=True)
     broker = await start_mosquitto(find_mosquitto() or "mosquitto", workdir=workdir / "broker")

@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -52,7 +53,8 @@ class RunningBroker:
     port: int
     username: str | None = None
     password: str | None = None
-    _stop: object = field(default=None, repr=False)
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)  # Mosquitto's
+    _stop: Callable[[], Awaitable[None]] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -65,7 +67,7 @@ class RunningBroker:
         stop = self._stop
         self._stop = None
         if stop is not None:
-            await stop()  # type: ignore[operator]
+            await stop()
 
 
 async def _wait_for_port(host: str, port: int, timeout: float) -> None:
@@ -127,13 +129,13 @@ async def start_mosquitto(binary: str, *, port: int | None = None, workdir: Path
 
     broker = RunningBroker("mosquitto", "127.0.0.1", port)
     broker._stop = stop
-    broker.process = proc  # type: ignore[attr-defined]  # tests kill it to simulate an outage
+    broker.process = proc  # tests kill it to simulate an outage
     return broker
 
 
 async def start_embedded(*, port: int | None = None, workdir: Path | None = None) -> RunningBroker:
     """Start the pure-Python amqtt broker in this event loop, bound to 127.0.0.1."""
-    from amqtt.broker import Broker
+    from amqtt.broker import Broker  # type: ignore[import-untyped]
     from pwdlib import PasswordHash  # amqtt's own password hashing dependency
     from pwdlib.hashers.argon2 import Argon2Hasher
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from meterchain.backend.broker import RunningBroker, start_broker
+from meterchain.mqtt.broker import RunningBroker, start_broker
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ FOLDERS = {
     "meterchain.backend": "backend",
     "meterchain.bridge": "firmware-bridge",
     "meterchain.cli": "cli",
+    "meterchain.mqtt": "mqtt",
 }
 
 
@@ -46,12 +47,13 @@ def _imports(folder: str) -> set[str]:
 
 
 def test_import_graph_flows_one_way() -> None:
-    # contract <- agent, backend; bridge <- agent; nothing imports the cli.
+    # contract, mqtt <- agent, backend; bridge <- agent; nothing imports the cli.
     rules = {
         "contract": ("meterchain.agent", "meterchain.backend", "meterchain.bridge", "meterchain.cli"),
         "firmware-bridge": ("meterchain.agent", "meterchain.backend", "meterchain.contract", "meterchain.cli"),
         "agent": ("meterchain.backend", "meterchain.cli"),
         "backend": ("meterchain.agent", "meterchain.bridge", "meterchain.cli"),
+        "mqtt": ("meterchain.agent", "meterchain.backend", "meterchain.bridge", "meterchain.cli"),
     }
     for folder, forbidden in rules.items():
         bad = {m for m in _imports(folder) if m.startswith(forbidden)}

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from meterchain.agent.config import load_config
 from meterchain.agent.service import Agent
-from meterchain.backend.broker import RunningBroker
+from meterchain.mqtt.broker import RunningBroker
 from meterchain.backend.devices.registry import enrol
 from meterchain.backend.ingest.worker import Ingest
 from meterchain.backend.store import open_store

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 from meterchain.agent.config import ConfigError, TlsConfig, load_config
-from meterchain.backend.broker import RunningBroker, find_mosquitto, free_port
+from meterchain.mqtt.broker import RunningBroker, find_mosquitto, free_port
 
 from tests.support.agent import (
     DEVICE,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from meterchain.agent.outbox import Outbox
-from meterchain.backend.broker import RunningBroker, find_mosquitto, start_mosquitto
+from meterchain.mqtt.broker import RunningBroker, find_mosquitto, start_mosquitto
 
 from tests.support.agent import (
     DEVICE,

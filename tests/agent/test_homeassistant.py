@@ -38,7 +38,7 @@ from meterchain.agent.homeassistant import (
     validate_update,
 )
 from meterchain.agent.publisher import Backoff
-from meterchain.backend.broker import RunningBroker, find_mosquitto, free_port, start_mosquitto
+from meterchain.mqtt.broker import RunningBroker, find_mosquitto, free_port, start_mosquitto
 
 from tests.support.paths import TESTS_ROOT
 

@@ -15,7 +15,7 @@ import uvicorn
 from meterchain.agent.config import load_config
 from meterchain.agent.scan import probe_timeout, propose_meters, scan_port
 from meterchain.backend.api.app import create_app
-from meterchain.backend.broker import free_port
+from meterchain.mqtt.broker import free_port
 from meterchain.backend.ingest.worker import Ingest
 from meterchain.backend.provisioning.tokens import ProvisioningSettings, Scope, issue_token
 from meterchain.backend.store import open_store

@@ -17,7 +17,7 @@ from meterchain.agent.cli import write_private_key
 from meterchain.agent.config import AgentConfig, load_config
 from meterchain.agent.provision import FileKeyStore, provision
 from meterchain.agent.service import load_device_key
-from meterchain.backend.broker import RunningBroker, free_port
+from meterchain.mqtt.broker import RunningBroker, free_port
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.provisioning.tokens import Scope, issue_token
 from meterchain.backend.service import serve

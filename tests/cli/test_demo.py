@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from meterchain.backend.broker import free_port
+from meterchain.mqtt.broker import free_port
 from meterchain.backend.store import open_store
 
 METERCHAIN = [sys.executable, "-m", "meterchain.cli.main"]

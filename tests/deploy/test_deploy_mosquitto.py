@@ -23,7 +23,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from meterchain.backend.broker import find_mosquitto, free_port
+from meterchain.mqtt.broker import find_mosquitto, free_port
 from meterchain.backend.ingest.worker import subscriptions
 from meterchain.contract.ack import (
     ack_topic,

@@ -17,7 +17,7 @@ from meterchain.agent.systemd import (
     socket_address,
     watchdog_interval,
 )
-from meterchain.backend.broker import RunningBroker
+from meterchain.mqtt.broker import RunningBroker
 from meterchain.bridge.dlms.serial_client import SerialTransport
 
 from tests.support.agent import running, wait_until

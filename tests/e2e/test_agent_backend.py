@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from meterchain.agent.outbox import Outbox
-from meterchain.backend.broker import RunningBroker, find_mosquitto, free_port
+from meterchain.mqtt.broker import RunningBroker, find_mosquitto, free_port
 from meterchain.backend.devices.registry import enrol
 from meterchain.backend.ingest.worker import Ingest
 from meterchain.backend.store import open_store

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from meterchain.backend.broker import RunningBroker, free_port
+from meterchain.mqtt.broker import RunningBroker, free_port
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.devices.registry import enrol
 from meterchain.backend.service import serve

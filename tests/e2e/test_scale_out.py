@@ -27,7 +27,7 @@ from meterchain.agent.cli import write_private_key
 from meterchain.agent.config import load_config
 from meterchain.agent.outbox import Outbox
 from meterchain.agent.service import Agent
-from meterchain.backend.broker import RunningBroker, free_port, start_embedded
+from meterchain.mqtt.broker import RunningBroker, free_port, start_embedded
 from meterchain.backend.config import BackendConfig, ConfigError
 from meterchain.backend.devices.registry import enrol
 from meterchain.backend.ingest.worker import AckTracker, Ingest, subscriptions

@@ -26,7 +26,7 @@ from meterchain.agent.config import load_config
 from meterchain.agent.service import Agent
 from meterchain.backend.access.model import PointKind
 from meterchain.backend.access.tables import PartyTables
-from meterchain.backend.broker import RunningBroker, free_port
+from meterchain.mqtt.broker import RunningBroker, free_port
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.devices.registry import enrol
 from meterchain.backend.service import serve

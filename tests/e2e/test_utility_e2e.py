@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from meterchain.backend.api.app import create_app
-from meterchain.backend.broker import RunningBroker
+from meterchain.mqtt.broker import RunningBroker
 from meterchain.backend.devices.registry import enrol
 from meterchain.backend.ingest.worker import Ingest
 from meterchain.backend.store import open_store

@@ -6,7 +6,7 @@ from urllib.parse import urlparse
 
 import aiomqtt
 import pytest
-from meterchain.backend.broker import RunningBroker, start_embedded
+from meterchain.mqtt.broker import RunningBroker, start_embedded
 
 
 def _client(url: str, **kwargs: object) -> aiomqtt.Client:

@@ -12,7 +12,7 @@ from meterchain.agent.backfill import latest_capture
 from meterchain.agent.cli import write_private_key
 from meterchain.agent.config import AgentConfig, load_config
 from meterchain.agent.service import Agent
-from meterchain.backend.broker import RunningBroker
+from meterchain.mqtt.broker import RunningBroker
 from meterchain.backend.devices.registry import enrol
 from meterchain.backend.ingest.worker import Ingest
 from meterchain.backend.store import SqliteStore, open_store

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
-from meterchain.backend.broker import RunningBroker
+from meterchain.mqtt.broker import RunningBroker
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.service import serve
 

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 
 import aiomqtt
-from meterchain.backend.broker import RunningBroker
+from meterchain.mqtt.broker import RunningBroker
 from meterchain.backend.config import parse_broker_url
 from meterchain.backend.ingest.worker import Ingest
 from meterchain.contract.ack import Ack, ack_topic

@@ -14,7 +14,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from meterchain.backend.api.app import create_app
-from meterchain.backend.broker import find_mosquitto, free_port
+from meterchain.mqtt.broker import find_mosquitto, free_port
 from meterchain.backend.provisioning.tokens import (
     ProvisioningError,
     ProvisioningSettings,

@@ -451,7 +451,7 @@ async def test_the_scale_path_runs_end_to_end_on_postgres(tmp_path: Path, broker
 
     import aiomqtt
     import httpx
-    from meterchain.backend.broker import free_port
+    from meterchain.mqtt.broker import free_port
     from meterchain.backend.config import BackendConfig
     from meterchain.backend.service import serve
     from meterchain.contract.ack import Ack, ack_topic

@@ -21,7 +21,7 @@ import aiomqtt
 import pytest
 import uvicorn
 from meterchain.backend.api.app import create_app
-from meterchain.backend.broker import free_port
+from meterchain.mqtt.broker import free_port
 from meterchain.backend.config import parse_broker_url
 from meterchain.backend.web.live import subscribe
 from meterchain.contract.ack import telemetry_topic
