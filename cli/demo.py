@@ -23,7 +23,7 @@ from pathlib import Path
 import typer
 from meterchain.agent.config import load_config
 from meterchain.agent.service import Agent
-from meterchain.backend.broker import RunningBroker, free_port, start_broker
+from meterchain.mqtt.broker import RunningBroker, free_port, start_broker
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.devices import registry
 from meterchain.backend.service import serve
