@@ -157,6 +157,11 @@ class PartyTables(SqliteTables):
     async def households(self) -> list[Household]:
         return [Household(*r) for r in await self._rows("SELECT * FROM households ORDER BY id")]
 
+    async def household(self, ident: str) -> Household | None:
+        row = await self._one("SELECT id, community, name, created FROM households WHERE id = ?",
+                              (ident,))
+        return None if row is None else Household(*row)
+
     # ----------------------------------------------------------------- bindings
 
     async def bind_meter(self, point: str, device: str, meter: str, valid_from: int,

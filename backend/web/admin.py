@@ -7,7 +7,7 @@ points themselves are created with the parties API (``/api/v1/...`` of ``api_acc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -16,11 +16,9 @@ from meterchain.backend.access.model import ID_PATTERN
 from meterchain.backend.api.errors import ApiError
 from meterchain.backend.api.state import ApiState
 from meterchain.backend.web.accounts import USERNAME_PATTERN, AccountError
+from meterchain.backend.web.context import WebContext
 from meterchain.backend.web.tables import WebTables
 from pydantic import BaseModel, ConfigDict, Field
-
-if TYPE_CHECKING:
-    from meterchain.backend.web.app import WebContext
 
 Household = Annotated[str, Path(pattern=ID_PATTERN, description="Household id")]
 Username = Annotated[str, Path(pattern=USERNAME_PATTERN, description="Login user name")]
@@ -50,7 +48,7 @@ def router(ctx: WebContext, state: ApiState) -> APIRouter:
     async def link(request: Request, kind: str, household: str, username: str | None) -> LinkOut:
         try:
             token, made = await ctx.write(
-                lambda t: t.create_link(kind, household, username, ctx.now()))  # type: ignore[misc]
+                lambda t: t.create_link(kind, household, username, ctx.now()))
         except AccountError as exc:
             raise ApiError(404, "not-found", str(exc),
                            "create the household first (parties API), or check the user name") from None

@@ -9,7 +9,7 @@ confirms the erasure is the last one its session sees.
 # No `from __future__ import annotations`: FastAPI must resolve the local Annotated aliases.
 
 import asyncio
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.responses import HTMLResponse, Response
@@ -20,11 +20,9 @@ from meterchain.backend.api.state import ApiState
 from meterchain.backend.erasure.rules import erase_household, utc_day
 from meterchain.backend.erasure.tables import ErasureRecord, ErasureTables
 from meterchain.backend.web import accounts
+from meterchain.backend.web.context import SESSION_COOKIE, WebContext, read_form
 from meterchain.backend.web.tables import WebTables
 from pydantic import BaseModel, ConfigDict, Field
-
-if TYPE_CHECKING:
-    from meterchain.backend.web.app import WebContext
 
 Household = Annotated[str, Path(pattern=ID_PATTERN, description="Household id")]
 #: What the household types on the confirmation step (besides its password).
@@ -60,20 +58,20 @@ def _actor(who: Principal) -> str:
     return f"admin:{who.key_id or 'root'}"
 
 
-def install(app: FastAPI, ctx: "WebContext", state: "ApiState") -> None:
+def install(app: FastAPI, ctx: WebContext, state: ApiState) -> None:
     """Add the admin erasure API and the household's "My data" pages to ``app``."""
     app.include_router(_admin_router(ctx, state))
     app.include_router(_page_router(ctx))
 
 
-async def _erase(ctx: "WebContext", household: str, requested_by: str) -> ErasureRecord | None:
+async def _erase(ctx: WebContext, household: str, requested_by: str) -> ErasureRecord | None:
     assert ctx.api.writer is not None
     async with ctx.api.write_lock:
         return await erase_household(ctx.api.writer, household, requested_by, ctx.now(),
                                      live=ctx.live)
 
 
-def _admin_router(ctx: "WebContext", state: "ApiState") -> APIRouter:
+def _admin_router(ctx: WebContext, state: ApiState) -> APIRouter:
 
     auth = build_auth(state)
     r = APIRouter(prefix="/api/v1/households", tags=["household access"])
@@ -105,9 +103,7 @@ def _admin_router(ctx: "WebContext", state: "ApiState") -> APIRouter:
     return r
 
 
-def _page_router(ctx: "WebContext") -> APIRouter:
-    from meterchain.backend.web.app import SESSION_COOKIE, read_form
-
+def _page_router(ctx: WebContext) -> APIRouter:
     r = APIRouter(prefix="/households/{household}", include_in_schema=False)
 
     async def page(request: Request, household: str, status: int = 200, **values: object

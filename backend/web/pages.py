@@ -12,8 +12,8 @@ import csv
 import datetime as dt
 import io
 import json
+import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
@@ -39,12 +39,10 @@ from meterchain.backend.log.proofs import ProofUnavailable, build_bundle
 from meterchain.backend.store.records import ReadingRow
 from meterchain.backend.web import series
 from meterchain.backend.web.charts import ChartSpec, bar_chart, kwh
+from meterchain.backend.web.context import PageError, WebContext
 from meterchain.backend.web.settlements import LINE_LABELS, community_share, trades_of
 from meterchain.backend.web.tables import WebTables
 from meterchain.contract.bundle import BundleError, verify_bundle
-
-if TYPE_CHECKING:
-    from meterchain.backend.web.app import WebContext
 
 #: A meter whose newest reading is older than this is reported as silent.
 SILENT_AFTER = 2 * series.INTERVAL_SECONDS + 300
@@ -77,24 +75,17 @@ def euros(micro: int) -> str:
 
 
 def _check_id(value: str, pattern: str = ID_PATTERN) -> str:
-    import re
-
-    from meterchain.backend.web.app import PageError
-
     if not re.fullmatch(pattern, value):
         raise PageError(404, "There is no such page.")
     return value
 
 
 def router(ctx: WebContext) -> APIRouter:
-    from meterchain.backend.web.app import PageError
-
     r = APIRouter(prefix="/households/{household}", include_in_schema=False)
 
     async def household_row(household: str) -> tuple[str, str]:
-        rows = await ctx.store.connection.execute_fetchall(
-            "SELECT name, community FROM households WHERE id = ?", (household,))
-        return (str(rows[0][0]), str(rows[0][1])) if rows else (household, "")
+        found = await PartyTables(ctx.store).household(household)
+        return (found.name, found.community) if found else (household, "")
 
     async def points_of(who: Principal, start: int, end: int) -> list[PointView]:
         tables = PartyTables(ctx.store)
