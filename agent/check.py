@@ -40,7 +40,7 @@ from meterchain.agent.meters_dlms import (
 from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.outbox import Outbox
 from meterchain.agent.profile_poller import dlms_pollers
-from meterchain.agent.publisher import Backoff, Publisher
+from meterchain.agent.publisher import Publisher
 from meterchain.agent.scheduler import Poller
 from meterchain.bridge.dlms import HdlcAddress
 from meterchain.bridge.dlms.errors import (
@@ -61,6 +61,7 @@ from meterchain.contract.message import parse_message
 from meterchain.contract.note import NoteVerifier
 from meterchain.contract.reading import ClockSync
 from meterchain.contract.signing import key_id
+from meterchain.mqtt import Backoff
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.reading import (
@@ -20,6 +20,7 @@ from meterchain.contract.reading import (
     MAX_INTERVAL_SECONDS,
     METER_SERIAL_RE,
 )
+from meterchain.mqtt import BrokerUrl, BrokerUrlError, TlsFiles
 
 if TYPE_CHECKING:
     from meterchain.agent.dlms_config import DlmsSettings
@@ -38,29 +39,17 @@ class ConfigError(MeterchainError):
 
 
 @dataclass(frozen=True, slots=True)
-class TlsConfig:
-    """TLS to the broker (``mqtts://``): the CA to trust, and a client certificate if the
-    broker identifies devices by certificate (``use_identity_as_username``)."""
-
-    ca_file: Path | None = None  # None: the system's trusted CAs
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class BrokerConfig:
-    host: str
-    port: int
-    username: str | None
-    password: str | None
+    """The broker (its URL with the login and TLS files: meterchain.mqtt) and how to publish."""
+
+    address: BrokerUrl
     max_inflight: int = DEFAULT_MAX_INFLIGHT
     batch_size: int = DEFAULT_BATCH_SIZE
-    tls: TlsConfig | None = None
 
     @property
     def url(self) -> str:
         """The broker without credentials (safe to log)."""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+        return str(self.address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,11 +237,9 @@ def _parse_homeassistant(top: _Table, raw: dict[str, Any], file: Path) -> HomeAs
         if details:
             raise top.error("homeassistant_url", "set it to turn on the [homeassistant] section")
         return None
-    from meterchain.agent.homeassistant import BrokerAddress, HomeAssistantError
-
     try:
-        BrokerAddress.parse(url)
-    except HomeAssistantError as exc:
+        BrokerUrl.parse(url)
+    except BrokerUrlError as exc:
         raise top.error("homeassistant_url", str(exc)) from None
     table = _Table(details, file, "homeassistant.", {"discovery_prefix", "guard_path"})
     return HomeAssistantConfig(
@@ -270,38 +257,18 @@ def _parse_broker(raw: dict[str, Any], file: Path) -> BrokerConfig:
         {"url", "username", "password", "max_inflight", "batch_size", "ca_file", "cert_file", "key_file"},
     )
     url = table.get("url", str)
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise table.error(
-            "url", f"must look like mqtt://[user:pass@]host:port or mqtts://…, got {url!r}"
-        )
+    tls = TlsFiles(*(table.path(key, None) if key in raw else None
+                     for key in ("ca_file", "cert_file", "key_file")))
     try:
-        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-    except ValueError:
-        raise table.error("url", f"bad port in {url!r}") from None
-    tls = None
-    if parts.scheme == "mqtts":
-        tls = TlsConfig(
-            ca_file=table.path("ca_file", None) if "ca_file" in raw else None,
-            cert_file=table.path("cert_file", None) if "cert_file" in raw else None,
-            key_file=table.path("key_file", None) if "key_file" in raw else None,
-        )
-        if (tls.cert_file is None) != (tls.key_file is None):
-            raise table.error("cert_file", "a client certificate needs both cert_file and key_file")
-    elif {"ca_file", "cert_file", "key_file"} & set(raw):
-        raise table.error("url", "TLS files are set but the URL is mqtt://; use mqtts://")
-    username = table.get("username", str, unquote(parts.username) if parts.username else None)
-    password = table.get("password", str, unquote(parts.password) if parts.password else None)
-    if password is not None and username is None:
-        raise table.error("password", "a password needs a username")
+        address = BrokerUrl.parse(url, tls=tls)
+        address = address.with_login(table.get("username", str, address.username),
+                                     table.get("password", str, address.password))
+    except BrokerUrlError as exc:
+        raise table.error(exc.field, str(exc)) from None
     return BrokerConfig(
-        host=parts.hostname,
-        port=port,
-        username=username,
-        password=password,
+        address,
         max_inflight=table.integer("max_inflight", 1, 10_000, DEFAULT_MAX_INFLIGHT),
         batch_size=table.integer("batch_size", 1, 100_000, DEFAULT_BATCH_SIZE),
-        tls=tls,
     )
 
 

@@ -23,8 +23,8 @@ Topics (``<p>`` = discovery prefix, default ``homeassistant``; ids only ``[a-zA-
   ``offline`` as the MQTT last will and on a clean stop.
 
 The pure part (topics, payloads, the guard's decisions) is plain functions over values; the
-:class:`HomeAssistantPublisher` is a thin aiomqtt shell that never blocks or raises into the
-agent: :meth:`HomeAssistantPublisher.update` only stores the newest state per meter and wakes
+:class:`HomeAssistantPublisher` is a thin shell on meterchain.mqtt that never blocks or raises
+into the agent: :meth:`HomeAssistantPublisher.update` only stores the newest state per meter and wakes
 the publishing task, which reconnects with backoff and counts and logs every failure.
 """
 
@@ -42,11 +42,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
-import aiomqtt
-from meterchain.agent.publisher import Backoff
 from meterchain.contract.errors import MeterchainError
+from meterchain.mqtt import (
+    Backoff,
+    BrokerUrl,
+    BrokerUrlError,
+    Connection,
+    Failure,
+    MqttError,
+    Protocol,
+    Will,
+    redact,
+    stay_connected,
+)
 
 log = logging.getLogger(__name__)
 
@@ -478,43 +487,6 @@ class MonotonicGuard:
 # --- the MQTT shell ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    host: str
-    port: int
-    username: str | None
-    password: str | None
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        """``mqtt://[user[:password]@]host[:port]`` (port 1883 by default)."""
-        parts = urlsplit(url)
-        try:
-            port = parts.port or 1883
-        except ValueError:
-            raise HomeAssistantError(
-                f"bad port in broker URL {_redacted(url)!r}", url=_redacted(url)
-            ) from None
-        if parts.scheme != "mqtt" or not parts.hostname:
-            raise HomeAssistantError(
-                f"broker URL must look like mqtt://[user:pass@]host[:port], got {_redacted(url)!r}",
-                url=_redacted(url),
-            )
-        return cls(
-            parts.hostname,
-            port,
-            unquote(parts.username) if parts.username else None,
-            unquote(parts.password) if parts.password else None,
-        )
-
-
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
-
-
 @dataclass
 class HomeAssistantStats:
     """Counters of the publisher (the agent may mirror them into its metrics)."""
@@ -553,8 +525,11 @@ class HomeAssistantPublisher:
         connect_timeout: float = 5.0,
         publish_timeout: float = 10.0,
     ) -> None:
-        self.broker = BrokerAddress.parse(broker_url)
-        self.broker_url = _redacted(broker_url)
+        try:
+            self.broker = BrokerUrl.parse(broker_url)
+        except BrokerUrlError as exc:
+            raise HomeAssistantError(str(exc), url=redact(broker_url)) from None
+        self.broker_url = str(self.broker)
         self.topics = Topics(gateway_id, discovery_prefix)
         self.guard = guard
         self.backoff = backoff or Backoff()
@@ -588,47 +563,31 @@ class HomeAssistantPublisher:
 
     async def run(self) -> None:
         """Connect, publish, reconnect with backoff after every failure, until cancelled."""
-        attempt = 0
-        while True:
-            self.connected.clear()
-            try:
-                async with self._client() as client:
-                    attempt = 0
-                    await self._session(client)
-            except Exception as exc:
-                self.stats.connection_failures += 1
-                delay = self.backoff.delay(attempt, self.rng)
-                attempt += 1
-                log.warning(
-                    "event=ha_broker_unavailable broker=%s error=%r retry_in=%.2f attempt=%d",
-                    self.broker_url,
-                    str(exc),
-                    delay,
-                    attempt,
-                    exc_info=not isinstance(exc, aiomqtt.MqttError),
-                )
-                await asyncio.sleep(delay)
-
-    def _client(self) -> aiomqtt.Client:
-        return aiomqtt.Client(
-            self.broker.host,
-            self.broker.port,
-            username=self.broker.username,
-            password=self.broker.password,
-            identifier=f"meterchain-ha-{self.topics.gateway_identifier}",
+        await stay_connected(
+            self.broker,
+            self._session,
+            name="homeassistant",
+            backoff=self.backoff,
+            rng=self.rng,
+            on_failure=self._lost,
+            retry_unexpected=True,  # never raise into the agent
+            log_to=log,
+            client_id=f"meterchain-ha-{self.topics.gateway_identifier}",
             # Home Assistant's own default is 3.1.1, so every broker it works with speaks it.
-            protocol=aiomqtt.ProtocolVersion.V311,
-            will=aiomqtt.Will(
-                self.topics.availability, PAYLOAD_NOT_AVAILABLE.encode(), qos=1, retain=True
-            ),
+            protocols=(Protocol.V311,),
+            will=Will(self.topics.availability, PAYLOAD_NOT_AVAILABLE.encode(), qos=1, retain=True),
             timeout=self.connect_timeout,
             logger=logging.getLogger("meterchain.agent.homeassistant.mqtt"),
         )
 
-    async def _publish(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+    def _lost(self, failure: Failure) -> None:
+        self.connected.clear()
+        self.stats.connection_failures += 1
+
+    async def _publish(self, client: Connection, topic: str, payload: bytes) -> None:
         await client.publish(topic, payload, qos=1, retain=True, timeout=self.publish_timeout)
 
-    async def _session(self, client: aiomqtt.Client) -> None:
+    async def _session(self, client: Connection) -> None:
         try:
             await self._publish(client, self.topics.availability, PAYLOAD_AVAILABLE.encode())
             self.stats.connects += 1
@@ -644,7 +603,7 @@ class HomeAssistantPublisher:
                 await self._wake.wait()
         except asyncio.CancelledError:
             # A clean DISCONNECT does not fire the will: say "offline" ourselves, briefly.
-            with contextlib.suppress(aiomqtt.MqttError, TimeoutError, asyncio.CancelledError):
+            with contextlib.suppress(MqttError, TimeoutError, asyncio.CancelledError):
                 await client.publish(
                     self.topics.availability,
                     PAYLOAD_NOT_AVAILABLE.encode(),
@@ -656,7 +615,7 @@ class HomeAssistantPublisher:
 
     async def _announce(
         self,
-        client: aiomqtt.Client,
+        client: Connection,
         announced: dict[str, tuple[MeterDevice, tuple[SensorKind, ...]]],
     ) -> None:
         """Retained discovery for every meter not yet announced in this session (or changed)."""
@@ -679,7 +638,7 @@ class HomeAssistantPublisher:
                 "event=ha_discovery meter=%s serial=%s sensors=%d", meter, device.serial, len(kinds)
             )
 
-    async def _publish_states(self, client: aiomqtt.Client) -> None:
+    async def _publish_states(self, client: Connection) -> None:
         """Admit every pending state, save the guard once (one fsync per poll), then publish."""
         batch, self._pending = self._pending, {}
         if not batch:
@@ -710,7 +669,7 @@ class HomeAssistantPublisher:
         for meter, (pending, state) in admitted.items():
             try:
                 await self._publish(client, self.topics.state(pending.device), state_payload(state))
-            except aiomqtt.MqttError:
+            except MqttError:
                 self._requeue(batch)
                 raise
             del batch[meter]

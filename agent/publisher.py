@@ -1,13 +1,14 @@
 """The MQTT side of the agent: publish the outbox, apply the backend's acks, reconnect forever.
 
-A thin asyncio shell over aiomqtt 2.x (which does not reconnect by itself). One session:
+Its connection comes from the MQTT shell (meterchain.mqtt, docs/mqtt.md), which reconnects
+with backoff and chooses the protocol. One session:
 
-1. connect, MQTT 5 first and MQTT 3.1.1 if the broker does not speak 5 (amqtt); the choice is
-   remembered for later reconnects;
+1. connect, MQTT 5 first and MQTT 3.1.1 if the broker does not speak 5 (amqtt), asked again on
+   every connect;
 2. subscribe to ``meterchain/v1/<device>/ack`` with QoS 1; the ack is retained, so the latest
    one arrives at once and the outbox forgets what the backend committed while we were away;
 3. publish due readings with QoS 1 in batches, up to ``max_inflight`` PUBACKs outstanding
-   (aiomqtt's publish awaits its PUBACK, so one at a time would be round-trip-bound).
+   (a QoS 1 publish awaits its PUBACK, so one at a time would be round-trip-bound).
 
 A PUBACK only means the broker took the message. The reading stays in the outbox until the
 backend's ack covers it and is published again ``ack_timeout`` seconds after each send. Under
@@ -24,91 +25,16 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
-import aiomqtt
-import paho.mqtt.client as mqtt
-from aiomqtt.exceptions import MqttConnectError
 from meterchain.agent.clock import Clock
-from meterchain.agent.config import BrokerConfig, TlsConfig
+from meterchain.agent.config import BrokerConfig
 from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.outbox import Outbox, OutboxReading
 from meterchain.contract.ack import Ack, ack_topic, ocmf_topic, readings_topic, status_topic
 from meterchain.contract.errors import MeterchainError
-from paho.mqtt.reasoncodes import ReasonCode
+from meterchain.mqtt import Backoff, Connection, Failure, Protocol, stay_connected
 
 log = logging.getLogger(__name__)
-
-#: CONNACK codes a broker answers when it does not speak the protocol version we asked for.
-_UNSUPPORTED_PROTOCOL = {1, 0x84}
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with "equal jitter": half the cap fixed, half random.
-
-    Never zero, so a failing broker is not hammered; random, so a thousand gateways that lost
-    the same broker do not all come back in the same second.
-    """
-
-    initial: float = 0.5
-    maximum: float = 60.0
-    factor: float = 2.0
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        cap = min(self.maximum, self.initial * self.factor ** min(attempt, 64))
-        return cap / 2 + rng.uniform(0, cap / 2)
-
-
-def tls_parameters(tls: TlsConfig | None) -> aiomqtt.TLSParameters | None:
-    """aiomqtt's TLS settings for an ``mqtts://`` broker (None for plain MQTT)."""
-    if tls is None:
-        return None
-    return aiomqtt.TLSParameters(
-        ca_certs=str(tls.ca_file) if tls.ca_file else None,
-        certfile=str(tls.cert_file) if tls.cert_file else None,
-        keyfile=str(tls.key_file) if tls.key_file else None,
-    )
-
-
-class _ReasonCodeClient(aiomqtt.Client):
-    """aiomqtt 2.x drops the PUBACK reason code; this keeps it per packet id.
-
-    ``publish_checked`` is aiomqtt's publish (same private bookkeeping, pinned by
-    ``aiomqtt>=2.5,<3``) returning the MQTT 5 failure reason code, or None on success.
-    """
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._refused: dict[int, ReasonCode] = {}
-
-    def _on_publish(self, client, userdata, mid, reason_code, properties):  # type: ignore[no-untyped-def]
-        if getattr(reason_code, "is_failure", False):
-            self._refused[mid] = reason_code
-        super()._on_publish(client, userdata, mid, reason_code, properties)
-
-    async def publish_checked(
-        self, topic: str, payload: bytes, *, timeout: float
-    ) -> ReasonCode | None:
-        info = self._client.publish(topic, payload, qos=1)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-        if not info.is_published():
-            confirmation = asyncio.Event()
-            with self._pending_call(info.mid, confirmation, self._pending_publishes):
-                await self._wait_for(confirmation.wait(), timeout=timeout)
-        return self._refused.pop(info.mid, None)
-
-
-def _mqtt_error(exc: BaseException) -> aiomqtt.MqttError:
-    """The MQTT error inside a task group's failure; anything else is a bug and re-raised."""
-    if isinstance(exc, aiomqtt.MqttError):
-        return exc
-    if isinstance(exc, ExceptionGroup):
-        mqtt_errors, rest = exc.split(aiomqtt.MqttError)
-        if rest is None and mqtt_errors is not None:
-            return _mqtt_error(mqtt_errors.exceptions[0])
-    raise exc
 
 
 class Publisher:
@@ -123,7 +49,7 @@ class Publisher:
         clock: Clock,
         metrics: AgentMetrics,
         ack_timeout: int,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff | None = None,
         rng: random.Random | None = None,
         connect_timeout: float = 5.0,
         publish_timeout: float = 15.0,
@@ -136,12 +62,12 @@ class Publisher:
         self.clock = clock
         self.metrics = metrics
         self.ack_timeout = ack_timeout
-        self.backoff = backoff
+        self.backoff = backoff or Backoff()
         self.rng = rng or random.Random()
         self.connect_timeout = connect_timeout
         self.publish_timeout = publish_timeout
         self.newest_reserve = max(1, broker.batch_size // 10)
-        self.protocol = aiomqtt.ProtocolVersion.V5
+        self.protocol = Protocol.V5  # of the current (or last) connection
         self.connected = asyncio.Event()
         self._wake = asyncio.Event()
         self.topic = readings_topic(device)
@@ -156,55 +82,29 @@ class Publisher:
 
     async def run(self) -> None:
         """Connect, publish, and reconnect with backoff after every failure, forever."""
-        attempt = 0
-        while True:
-            self.connected.clear()
-            try:
-                async with self._client(self.protocol) as client:
-                    attempt = 0
-                    await self._session(client)
-            except (aiomqtt.MqttError, ExceptionGroup) as exc:
-                error = _mqtt_error(exc)
-                if self._should_fall_back(error):
-                    log.info("event=mqtt5_unsupported broker=%s fallback=3.1.1", self.broker.url)
-                    self.protocol = aiomqtt.ProtocolVersion.V311
-                    continue
-                self.metrics.broker_failures.inc()
-                delay = self.backoff.delay(attempt, self.rng)
-                attempt += 1
-                log.warning(
-                    "event=broker_unavailable broker=%s error=%r retry_in=%.2f attempt=%d",
-                    self.broker.url,
-                    str(error),
-                    delay,
-                    attempt,
-                )
-                await self.clock.sleep_until(self.clock.now() + delay)
-
-    def _should_fall_back(self, exc: aiomqtt.MqttError) -> bool:
-        """A broker that refused or ignored an MQTT 5 CONNECT (before any session began)."""
-        if self.protocol != aiomqtt.ProtocolVersion.V5 or self.connected.is_set():
-            return False
-        if isinstance(exc, MqttConnectError):
-            code = getattr(exc.rc, "value", exc.rc)
-            return code in _UNSUPPORTED_PROTOCOL
-        return "timed out" in str(exc)  # amqtt 0.12 never answers an MQTT 5 CONNECT
-
-    def _client(self, protocol: aiomqtt.ProtocolVersion) -> _ReasonCodeClient:
-        return _ReasonCodeClient(
-            self.broker.host,
-            self.broker.port,
-            username=self.broker.username,
-            password=self.broker.password,
-            identifier=f"meterchain-agent-{self.device}",
-            protocol=protocol,
+        await stay_connected(
+            self.broker.address,
+            self._session,
+            name=f"agent {self.device}",
+            backoff=self.backoff,
+            rng=self.rng,
+            sleep=self._sleep,
+            on_failure=self._lost,
+            client_id=f"meterchain-agent-{self.device}",
             timeout=self.connect_timeout,
-            max_inflight_messages=self.broker.max_inflight,
+            max_inflight=self.broker.max_inflight,
             logger=logging.getLogger("meterchain.agent.mqtt"),
-            tls_params=tls_parameters(self.broker.tls),
         )
 
-    async def _session(self, client: _ReasonCodeClient) -> None:
+    def _lost(self, failure: Failure) -> None:
+        self.connected.clear()
+        self.metrics.broker_failures.inc()
+
+    async def _sleep(self, seconds: float) -> None:
+        await self.clock.sleep_until(self.clock.now() + seconds)
+
+    async def _session(self, client: Connection) -> None:
+        self.protocol = client.protocol
         await client.subscribe(ack_topic(self.device), qos=1, timeout=self.publish_timeout)
         self.connected.set()
         self.metrics.broker_connects.labels(protocol=self.protocol.name).inc()
@@ -220,13 +120,9 @@ class Publisher:
             if self.status is not None:
                 group.create_task(self._report_status(client))
 
-    async def _receive_acks(self, client: _ReasonCodeClient) -> None:
-        async for message in client.messages:
-            payload = message.payload
-            if not isinstance(payload, (bytes, bytearray)):
-                log.warning("event=ack_invalid topic=%s detail=not-bytes", message.topic)
-                continue
-            await self.handle_ack(bytes(payload))
+    async def _receive_acks(self, client: Connection) -> None:
+        async for message in client.messages():
+            await self.handle_ack(message.payload)
 
     async def handle_ack(self, payload: bytes) -> None:
         """Apply one ack message; a malformed or foreign ack is logged and ignored."""
@@ -260,7 +156,7 @@ class Publisher:
             len(result.quarantined),
         )
 
-    async def _report_status(self, client: _ReasonCodeClient) -> None:
+    async def _report_status(self, client: Connection) -> None:
         """Publish the gateway's status now and then every ``status_interval`` seconds."""
         assert self.status is not None
         while True:
@@ -269,7 +165,7 @@ class Publisher:
                                  timeout=self.publish_timeout)
             await self.clock.sleep_until(self.clock.now() + self.status_interval)
 
-    async def _send(self, client: _ReasonCodeClient) -> None:
+    async def _send(self, client: Connection) -> None:
         while True:
             self._wake.clear()  # before the query: a wake during it is not lost
             batch = await self.outbox.pending(
@@ -283,7 +179,7 @@ class Publisher:
             else:
                 await self._wait_for_work()
 
-    async def _publish_batch(self, client: _ReasonCodeClient, batch: list[OutboxReading]) -> None:
+    async def _publish_batch(self, client: Connection, batch: list[OutboxReading]) -> None:
         limit = asyncio.Semaphore(self.broker.max_inflight)
         answered: list[int] = []
 
@@ -292,7 +188,7 @@ class Publisher:
                 if reading.ocmf is not None:
                     # Before its reading: the backend stores it before it acks the reading, so
                     # an acked reading never leaves its OCMF record behind (docs/agent.md).
-                    ocmf_refused = await client.publish_checked(
+                    ocmf_refused = await client.publish(
                         self.ocmf_topic, reading.ocmf.encode("ascii"), timeout=self.publish_timeout
                     )
                     if ocmf_refused is not None:  # e.g. a broker ACL without the ocmf topic
@@ -304,7 +200,7 @@ class Publisher:
                             str(ocmf_refused),
                             self.ocmf_topic,
                         )
-                refused = await client.publish_checked(
+                refused = await client.publish(
                     self.topic, reading.message, timeout=self.publish_timeout
                 )
             answered.append(reading.seq)  # refused ones too: retried after the ack timeout

@@ -23,13 +23,14 @@ from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.ocmf import OcmfCompanion
 from meterchain.agent.outbox import Outbox
 from meterchain.agent.profile_poller import ProfilePoller, dlms_pollers
-from meterchain.agent.publisher import Backoff, Publisher
+from meterchain.agent.publisher import Publisher
 from meterchain.agent.scheduler import Poller
 from meterchain.agent.status import StatusReporter
 from meterchain.agent.systemd import Notifier, run_watchdog
 from meterchain.agent.telemetry import TelemetryPublisher
 from meterchain.contract.reading import ClockSync
 from meterchain.contract.signing import Signer, key_id, load_signer
+from meterchain.mqtt import Backoff
 
 log = logging.getLogger(__name__)
 

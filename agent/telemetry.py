@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Sequence
 
-import aiomqtt
 from meterchain.agent.clock import Clock
 from meterchain.agent.config import BrokerConfig
 from meterchain.agent.meters import MeterSnapshot, MeterSource
-from meterchain.agent.publisher import tls_parameters
 from meterchain.contract.ack import telemetry_topic
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.telemetry import Telemetry
+from meterchain.mqtt import Backoff, Connection, Protocol, stay_connected
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +42,15 @@ class TelemetryPublisher:
     """Reads the meters every ``every`` seconds and publishes their fresh samples."""
 
     def __init__(self, *, device: str, broker: BrokerConfig, sources: Sequence[MeterSource],
-                 every: float, clock: Clock, read_timeout: float = 3.0) -> None:
+                 every: float, clock: Clock, read_timeout: float = 3.0,
+                 backoff: Backoff | None = None) -> None:
         self.device = device
         self.broker = broker
         self.sources = list(sources)
         self.every = every
         self.clock = clock
         self.read_timeout = read_timeout
+        self.backoff = backoff or Backoff()
         self._fresh: dict[str, Telemetry] = {}  # source name -> sample of its latest read
         self.published = 0
 
@@ -78,26 +78,19 @@ class TelemetryPublisher:
 
     async def run(self) -> None:
         """Publish forever; reconnect with backoff when the broker goes away."""
-        attempt = 0
-        rng = random.Random()
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    self.broker.host, self.broker.port, username=self.broker.username,
-                    password=self.broker.password,
-                    identifier=f"meterchain-agent-{self.device}-telemetry",
-                    tls_params=tls_parameters(self.broker.tls),
-                    logger=logging.getLogger("meterchain.agent.mqtt.telemetry"),
-                ) as client:
-                    attempt = 0
-                    await self._loop(client)
-            except aiomqtt.MqttError as exc:
-                delay = min(60.0, 0.5 * 2 ** min(attempt, 7)) * (0.5 + rng.random() / 2)
-                attempt += 1
-                log.info("event=telemetry_disconnected error=%r retry_in=%.1f", str(exc), delay)
-                await asyncio.sleep(delay)
+        await stay_connected(
+            self.broker.address,
+            self._loop,
+            name=f"telemetry {self.device}",
+            backoff=self.backoff,
+            log_to=log,
+            level=logging.INFO,  # the signed readings' own connection warns already
+            client_id=f"meterchain-agent-{self.device}-telemetry",
+            protocols=(Protocol.V311,),  # QoS 0 samples: nothing MQTT 5 adds
+            logger=logging.getLogger("meterchain.agent.mqtt.telemetry"),
+        )
 
-    async def _loop(self, client: aiomqtt.Client) -> None:
+    async def _loop(self, client: Connection) -> None:
         topic = telemetry_topic(self.device)
         while True:
             started = self.clock.now()

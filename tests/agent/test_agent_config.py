@@ -24,14 +24,15 @@ def test_the_documented_example_parses(tmp_path: Path) -> None:
     assert config.key_path == tmp_path / "device.key"
     assert config.outbox_path == tmp_path / "state" / "outbox.sqlite"
     assert (config.interval_seconds, config.ack_timeout_seconds) == (300, 90)
-    broker = config.broker
+    broker = config.broker.address
     assert (broker.host, broker.port, broker.username, broker.password) == (
         "broker.example",
         8883,
         "gw-0001",
         "s3cret",
     )
-    assert broker.url == "mqtt://broker.example:8883"  # no password in logs
+    assert config.broker.url == "mqtt://broker.example:8883"  # no password in logs
+    assert "s3cret" not in repr(config.broker)
     assert [m.name for m in config.meters] == ["house", "heat-pump"]
     assert config.meters[1].serial == "SDM120-77" and config.meters[1].timeout_seconds == 0.5
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from meterchain.agent.config import load_config
 from meterchain.agent.service import Agent
-from meterchain.mqtt.broker import RunningBroker
 from meterchain.backend.devices.registry import enrol
 from meterchain.backend.ingest.worker import Ingest
 from meterchain.backend.store import open_store
 from meterchain.contract.reading import ClockSync, Reading, StatusFlag
+from meterchain.mqtt.broker import RunningBroker
 
 from tests.support.agent import running, wait_until
 from tests.support.dlms_site import DEVICE, HISTORY, PERIOD, Site, agent_config, site

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from meterchain.agent.config import ConfigError, TlsConfig, load_config
+from meterchain.agent.config import ConfigError, load_config
+from meterchain.mqtt import TlsFiles
 from meterchain.mqtt.broker import RunningBroker, find_mosquitto, free_port
 
 from tests.support.agent import (
@@ -117,10 +118,10 @@ def test_mqtts_urls_take_tls_settings(gateway: Gateway) -> None:
     text = path.read_text()
     ca = path.parent / "ca.crt"
     ca.write_text("placeholder")
-    path.write_text(text.replace('url = "mqtt://', 'ca_file = "ca.crt"\nurl = "mqtts://').replace(":" + str(gateway.config.broker.port), ""))
+    path.write_text(text.replace('url = "mqtt://', 'ca_file = "ca.crt"\nurl = "mqtts://').replace(":" + str(gateway.config.broker.address.port), ""))
     config = load_config(path)
-    assert config.broker.tls == TlsConfig(ca_file=ca)
-    assert config.broker.port == 8883 and config.broker.url.startswith("mqtts://")
+    assert config.broker.address.tls == TlsFiles(ca_file=ca)
+    assert config.broker.address.port == 8883 and config.broker.url.startswith("mqtts://")
     path.write_text(text.replace('url = "mqtt://', 'ca_file = "ca.crt"\nurl = "mqtt://'))
     with pytest.raises(ConfigError, match="mqtts"):
         load_config(path)
@@ -157,12 +158,12 @@ async def test_agent_publishes_over_tls(gateway: Gateway, tmp_path: Path) -> Non
                     await asyncio.sleep(0.05)
         path = _config_text(gateway)
         text = path.read_text().replace(
-            f'url = "mqtt://127.0.0.1:{gateway.config.broker.port}"',
+            f'url = "mqtt://127.0.0.1:{gateway.config.broker.address.port}"',
             f'url = "mqtts://localhost:{tls}"\nca_file = "{tmp_path / "ca.crt"}"',
         )
         path.write_text(text)
         gw = _with(gateway, broker=load_config(path).broker)
-        assert gw.config.broker.tls is not None
+        assert gw.config.broker.address.tls is not None
         backend = VerifyingBackend(f"mqtt://127.0.0.1:{plain}", {DEVICE: gw.spki})
         async with running(backend.run), running(gw.agent().run):
             await wait_until(lambda: backend.upto(DEVICE) >= 2, 30, "readings over TLS")

@@ -13,8 +13,8 @@ from meterchain.agent.clock import SystemClock
 from meterchain.agent.config import BrokerConfig, ConfigError, load_config
 from meterchain.agent.meters import MeterSnapshot
 from meterchain.agent.telemetry import TelemetryPublisher, sample_of
-from meterchain.backend.config import parse_broker_url
 from meterchain.backend.web.live import LiveTelemetry, subscribe
+from meterchain.mqtt import BrokerUrl
 
 from tests.support.agent_config import EXAMPLE, write
 
@@ -51,12 +51,10 @@ def test_out_of_bounds_values_are_dropped_not_sent() -> None:
 
 
 async def test_publisher_to_backend_view_through_a_broker(broker) -> None:  # type: ignore[no-untyped-def]
-    address = parse_broker_url(broker.url)
     house = ScriptedMeter("house", "SDM-H", [500, 750, 1250])
     silent = ScriptedMeter("heat-pump", "SDM-HP", [None])
     publisher = TelemetryPublisher(
-        device="gw-1", broker=BrokerConfig(address.host, address.port, address.username,
-                                           address.password),
+        device="gw-1", broker=BrokerConfig(BrokerUrl.parse(broker.url)),
         sources=[house, silent], every=0.2, clock=SystemClock())
     live = LiveTelemetry()
     listener = asyncio.create_task(subscribe(live, broker.url, "backend-telemetry"))

@@ -37,7 +37,7 @@ from meterchain.agent.homeassistant import (
     unique_id,
     validate_update,
 )
-from meterchain.agent.publisher import Backoff
+from meterchain.mqtt import Backoff
 from meterchain.mqtt.broker import RunningBroker, find_mosquitto, free_port, start_mosquitto
 
 from tests.support.paths import TESTS_ROOT

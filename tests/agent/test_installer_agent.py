@@ -15,7 +15,6 @@ import uvicorn
 from meterchain.agent.config import load_config
 from meterchain.agent.scan import probe_timeout, propose_meters, scan_port
 from meterchain.backend.api.app import create_app
-from meterchain.mqtt.broker import free_port
 from meterchain.backend.ingest.worker import Ingest
 from meterchain.backend.provisioning.tokens import ProvisioningSettings, Scope, issue_token
 from meterchain.backend.store import open_store
@@ -26,6 +25,7 @@ from meterchain.contract.message import sign_reading
 from meterchain.contract.note import NoteSigner
 from meterchain.contract.reading import EXPORT_OBIS, IMPORT_OBIS, Reading, Register
 from meterchain.contract.signing import key_id, load_signer
+from meterchain.mqtt.broker import free_port
 from typer.testing import CliRunner
 
 from tests.support.cli import run
@@ -155,7 +155,7 @@ def test_provision_command_against_a_running_backend(running_backend, tmp_path: 
     assert config.stat().st_mode & 0o777 == 0o600
     assert (gateway / "device-key.pem").stat().st_mode & 0o777 == 0o600
     loaded = load_config(config)
-    assert loaded.meters[0].modbus_id == 3 and loaded.broker.username == loaded.device_id
+    assert loaded.meters[0].modbus_id == 3 and loaded.broker.address.username == loaded.device_id
     record = json.loads((gateway / "provisioned.json").read_text())
     assert record["log_public_key"] == str(log_key.verifier) and record["scope"] == "utility:swx"
     assert _accepted(db, config, 1) == {"stored": 1}

@@ -17,7 +17,6 @@ from meterchain.agent.cli import write_private_key
 from meterchain.agent.config import AgentConfig, load_config
 from meterchain.agent.provision import FileKeyStore, provision
 from meterchain.agent.service import load_device_key
-from meterchain.mqtt.broker import RunningBroker, free_port
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.provisioning.tokens import Scope, issue_token
 from meterchain.backend.service import serve
@@ -34,6 +33,7 @@ from meterchain.bridge.dlms.emulator import default_settings
 from meterchain.bridge.modbus.emulator import ModbusMeterEmulator
 from meterchain.contract.reading import ClockSync
 from meterchain.contract.signing import generate_private_key_pem
+from meterchain.mqtt.broker import RunningBroker, free_port
 
 from tests.support.provisioning import register_scopes
 

@@ -19,13 +19,13 @@ from urllib.parse import unquote, urlsplit
 import aiomqtt
 from meterchain.agent.cli import write_private_key
 from meterchain.agent.config import AgentConfig, load_config
-from meterchain.agent.publisher import Backoff
 from meterchain.agent.service import Agent
 from meterchain.bridge.modbus.emulator import EmulatedMeter, ModbusBusEmulator
 from meterchain.contract.ack import Ack, Rejection, ack_topic, device_from_topic
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.message import Identity, SignedReading, compare, parse_message
 from meterchain.contract.signing import generate_private_key_pem, load_signer
+from meterchain.mqtt import Backoff
 
 DEVICE = "gw-test-1"
 FAST_BACKOFF = Backoff(initial=0.1, maximum=0.5)
