@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
-_USERINFO = re.compile(r"(?<=//)[^/@?#]*@")
 
 
 class BrokerUrlError(ValueError):
@@ -21,8 +19,16 @@ class BrokerUrlError(ValueError):
 
 
 def redact(url: str) -> str:
-    """``url`` without its user info (``mqtt://***@host``): safe for logs and error messages."""
-    return _USERINFO.sub("***@", url)
+    """``url`` without its user info (``mqtt://***@host``): safe for logs and error messages.
+
+    Everything before the last ``@`` is user info: a password typed without percent-encoding
+    may hold ``/``, ``?``, ``#`` or ``@``, and none of it may show.
+    """
+    if "@" not in url:
+        return url
+    login, _, rest = url.rpartition("@")
+    scheme, sep, _ = login.partition("://")
+    return f"{scheme}{sep}***@{rest}" if sep else f"***@{rest}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +77,14 @@ class BrokerUrl:
         """
         shown = redact(url)
         usage = "must look like mqtt://[user:pass@]host[:port] or mqtts://…"
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            raise BrokerUrlError(f"broker URL {shown!r} {usage}") from None
         if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
             raise BrokerUrlError(f"broker URL {shown!r} {usage}")
         try:
-            port = parts.port or DEFAULT_PORTS[parts.scheme]
+            port = DEFAULT_PORTS[parts.scheme] if parts.port is None else parts.port
         except ValueError:
             raise BrokerUrlError(f"broker URL {shown!r} has a bad port") from None
         if parts.scheme == "mqtts":
