@@ -18,13 +18,13 @@ flight at a time, as DLMS clients do.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from meterchain.bridge.dlms.apdu import (
     CLIENT_CONFORMANCE,
     Aare,
     AccessSelection,
-    ApduError,
     AssociationResult,
     AttributeDescriptor,
     ConfirmedServiceError,
@@ -47,6 +47,7 @@ from meterchain.bridge.dlms.apdu import (
 from meterchain.bridge.dlms.axdr import decode_data_exact
 from meterchain.bridge.dlms.errors import (
     AddressError,
+    ApduError,
     AssociationError,
     DlmsError,
     DlmsTimeoutError,
@@ -212,7 +213,7 @@ class ClientConnection:
         self._send_apdu(_Op.GET, encode_apdu(request))
 
     def get_with_list(
-        self, items: list[tuple[AttributeDescriptor, AccessSelection | None]]
+        self, items: Sequence[tuple[AttributeDescriptor, AccessSelection | None]]
     ) -> None:
         """Queue GET-Request-With-List; ``GetCompleted`` carries one result per item."""
         self._require(ClientState.ASSOCIATED, "get with list")
@@ -357,14 +358,14 @@ class ClientConnection:
                 self._finish()
                 self.state = ClientState.DISCONNECTED
                 return LinkClosed()
-            op = self._op
+            operation = self._op.value
             self._abort()
-            raise LinkError("meter answered DM: it is in disconnected mode", operation=op.value)
+            raise LinkError("meter answered DM: it is in disconnected mode", operation=operation)
         if kind is FrameType.FRMR:
-            op = self._op
+            operation = self._op.value
             self._abort()
             raise LinkError(
-                "meter rejected our frame (FRMR)", operation=op.value, info=frame.info.hex()
+                "meter rejected our frame (FRMR)", operation=operation, info=frame.info.hex()
             )
         if kind is FrameType.RR and self._tx_segments and frame.control.recv_seq == self._vs:
             chunk = self._tx_segments.pop(0)
@@ -527,8 +528,7 @@ class ClientConnection:
             self._finish()
             raise ApduError("block transfer too large", bytes=self._block_bytes)
         if not resp.last_block:
-            op = self._op or _Op.GET
-            self._send_apdu(op, encode_apdu(GetRequestNext(self._invoke_byte, resp.block_number)))
+            self._send_apdu(self._op or _Op.GET, encode_apdu(GetRequestNext(self._invoke_byte, resp.block_number)))
             return None
         raw = b"".join(self._blocks)
         op = self._op

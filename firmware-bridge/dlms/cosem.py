@@ -157,9 +157,10 @@ class RegisterValue:
         ``in_units_of(0)`` of an energy register in Wh is whole Wh; ``in_units_of(-3)`` is mWh.
         """
         shift = self.scaler - exponent
+        factor: int = 10 ** abs(shift)  # int ** int is typed Any: it is a float for a negative exponent
         if shift >= 0:
-            return self.value * 10**shift
-        quotient, remainder = divmod(self.value, 10**-shift)
+            return self.value * factor
+        quotient, remainder = divmod(self.value, factor)
         if remainder:
             raise CosemValueError(
                 "value is not a whole number of the requested unit",

@@ -42,7 +42,7 @@ def _make_crc_table() -> tuple[int, ...]:
 _CRC_TABLE = _make_crc_table()
 
 
-def crc16_x25(data: bytes | memoryview) -> int:
+def crc16_x25(data: bytes | bytearray | memoryview) -> int:
     """CRC-16/X.25 (reflected poly 0x1021, init and xorout 0xFFFF), as used for HCS and FCS."""
     crc = 0xFFFF
     table = _CRC_TABLE

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -279,7 +280,7 @@ class DlmsMeterClient:
                     return event
 
     async def get_many(
-        self, requests: list[tuple[AttributeDescriptor, AccessSelection | None]]
+        self, requests: Sequence[tuple[AttributeDescriptor, AccessSelection | None]]
     ) -> tuple[GetResult, ...]:
         """GET several attributes: one GET-With-List if the meter supports it, else one by one."""
         if self.connection.state is not ClientState.ASSOCIATED:
@@ -290,7 +291,7 @@ class DlmsMeterClient:
             return done.results
         results: list[GetResult] = []
         for descriptor, access in requests:
-            done = await self._exchange(lambda d=descriptor, a=access: conn.get(d, a), GetCompleted)
+            done = await self._exchange(functools.partial(conn.get, descriptor, access), GetCompleted)
             results.extend(done.results)
         return tuple(results)
 

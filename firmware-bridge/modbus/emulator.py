@@ -39,6 +39,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusSerialServer
 from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.transport import ModbusProtocol
 
 Clock = Callable[[], float]
 _FUNCTION_TABLES = {3: Table.HOLDING, 4: Table.INPUT}
@@ -141,7 +142,7 @@ class _PtyMasterTransport(asyncio.Transport):
     """The master side of the pty as an asyncio transport for the pymodbus request handler."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, master_fd: int, protocol: asyncio.Protocol,
+        self, loop: asyncio.AbstractEventLoop, master_fd: int, protocol: ModbusProtocol,
         shape_answer: Callable[[bytes], tuple[bytes, float]],
     ) -> None:
         super().__init__()
@@ -253,7 +254,7 @@ class ModbusBusEmulator:
         if self._transport is not None:
             self._transport.close()
         if self._server is not None:
-            await self._server.shutdown()
+            await self._server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus leaves it unannotated
         for fd in (self._master_fd, self._slave_fd):
             if fd is not None:
                 with contextlib.suppress(OSError):

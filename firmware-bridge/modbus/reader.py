@@ -179,7 +179,7 @@ class ModbusMeterReader:
             ) from exc
         if isinstance(response, ExceptionResponse) or response.isError():
             code = getattr(response, "exception_code", None)
-            name = ExcCodes(code).name if code in ExcCodes._value2member_map_ else str(code)
+            name = ExcCodes(code).name if isinstance(code, int) and code in ExcCodes._value2member_map_ else str(code)
             raise MeterProtocolError(
                 f"meter answered exception {code} ({name})", exception_code=code, **context
             )

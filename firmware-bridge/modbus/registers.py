@@ -20,12 +20,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from itertools import pairwise
+from typing import Final
 
 from meterchain.bridge.modbus.errors import RegisterMapError
 from pymodbus.client.mixin import ModbusClientMixin
 
 DATATYPE = ModbusClientMixin.DATATYPE
-WORD_ORDER = "big"
+WORD_ORDER: Final = "big"
 
 # The agent's one block read: 0x0000..0x004B holds voltages, currents, powers, frequency and the
 # import/export energy registers of both models (76 registers, within the 125-register limit).
@@ -108,7 +110,7 @@ class RegisterMap:
             by_name[reg.name] = reg
         for table in Table:
             ordered = sorted((r for r in self.registers if r.table == table), key=lambda r: r.address)
-            for before, after in zip(ordered, ordered[1:]):
+            for before, after in pairwise(ordered):
                 if after.address < before.end:
                     raise RegisterMapError(
                         "overlapping registers", model=self.model, first=before.name,
