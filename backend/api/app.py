@@ -20,6 +20,7 @@ from meterchain.backend.devices.routes import devices_router
 from meterchain.backend.log.routes import log_api_router, log_router
 from meterchain.backend.provisioning.routes import provisioning_router
 from meterchain.backend.provisioning.tokens import ProvisioningSettings
+from meterchain.backend.settlement.household_routes import household_router
 from meterchain.backend.settlement.routes import settlement_router
 from meterchain.backend.store import open_store
 from meterchain.backend.utility.routes import install_utilities
@@ -61,6 +62,7 @@ def create_app(db: str, admin_token: str, log_verifier: NoteVerifier,
     app.include_router(log_api_router(state))
     app.include_router(devices_router(state, require_admin))
     app.include_router(settlement_router(state, auth))  # netting: terms, intervals, lines, bills
+    app.include_router(household_router(state, auth))  # wallet, market, conditions, ratings
     install_utilities(app, state, auth)  # batches, OCMF, fleet, webhooks; request limits
     app.include_router(provisioning_router(state, require_admin, provisioning or ProvisioningSettings()))
     # the household dashboard: pages, sign-in, live telemetry, and the stored settlements

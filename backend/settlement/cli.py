@@ -259,3 +259,51 @@ def intervals(
 
     for line in _run(db, action) or ["nothing settled in that range"]:
         console.print(line)
+
+
+@app.command()
+def payment(
+    db: str = DB,
+    household: str = typer.Option(..., "--household"),
+    amount: int = typer.Option(..., "--amount", help="µ€, positive (10 € = 10000000)."),
+    kind: str = typer.Option("payment", "--kind", help="payment (the household paid in, a "
+                             "credit) or refund (paid out to it, a debit)."),
+    reference: str | None = typer.Option(None, "--reference", help="e.g. the bank reference."),
+) -> None:
+    """Record a household's payment or refund as a posting in its wallet."""
+    from meterchain.backend.settlement.wallet import WalletTables
+
+    async def action(store: SqliteStore) -> tuple[object, int]:
+        wallet = WalletTables(store)
+        posting = await wallet.record_payment(household, kind, amount, reference, "cli",
+                                              int(time.time()))
+        return posting, await wallet.balance("household", household)
+
+    posting, balance = _run(db, action)
+    console.print(f"posted {kind} {_euros(posting.amount)} as posting {posting.id}; "  # type: ignore[attr-defined]
+                  f"balance of {household} now {_euros(balance)}")
+
+
+@app.command()
+def wallet(
+    db: str = DB,
+    household: str = typer.Option(..., "--household"),
+    last: int = typer.Option(20, "--last", help="How many of the newest postings to show."),
+) -> None:
+    """A household's balance (the sum of its postings) and its newest postings."""
+    from meterchain.backend.settlement.wallet import WalletTables
+
+    async def action(store: SqliteStore) -> list[str]:
+        wallet = WalletTables(store)
+        postings = await wallet.postings("household", household)
+        out = [f"{household}: balance {_euros(sum(p.amount for p in postings))} from "
+               f"{len(postings)} postings"]
+        for p in postings[-last:]:
+            when = p.interval_start if p.interval_start is not None else p.time
+            digest = f" {p.digest.hex()[:16]}…" if p.digest and p.source != "bill" else ""
+            out.append(f"  {dt.datetime.fromtimestamp(when, dt.UTC):%Y-%m-%d %H:%MZ} "
+                       f"{p.source:<8} {p.line:<20} {_euros(p.amount):>12}{digest}")
+        return out
+
+    for line in _run(db, action):
+        console.print(line)

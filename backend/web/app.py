@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from meterchain.backend.api.state import ApiState
-from meterchain.backend.web import accounts, admin, erasure, pages
+from meterchain.backend.web import accounts, admin, erasure, market, pages, wallet
 from meterchain.backend.web.context import (
     SESSION_COOKIE,
     PageError,
@@ -47,6 +47,8 @@ def mount_web(app: FastAPI, state: ApiState, settlements: Settlements | None = N
         return RedirectResponse("/login", status_code=303)
 
     app.include_router(_sign_in_router(ctx))
+    app.include_router(market.router(ctx))  # before pages: its catch-all /{kind}/{key}
+    app.include_router(wallet.router(ctx))
     app.include_router(pages.router(ctx))
     app.include_router(admin.router(ctx, state))
     erasure.install(app, ctx, state)  # "My data" (export, erase) and the admin erasure API

@@ -1,0 +1,211 @@
+"""The households' trading API for apps (household keys), under /api/v1/households/{household}/:
+wallet and statements, payments (admin), the community's market, trading conditions per metering
+point with a preview, and ratings of trading partners.
+
+Every route decides first who may act: the household's own key (subject == household) or the
+admin; anyone else gets the 404 an unknown household gets (docs/privacy.md). Routes naming a
+metering point also check that the household occupies it (now, for writes). What a household
+sees of others is aggregated only (``backend/settlement/market.py``).
+"""
+
+# No `from __future__ import annotations`: FastAPI must resolve the local Annotated aliases.
+
+import re
+import time
+from dataclasses import asdict
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import Response
+from meterchain.backend.access.auth import Auth
+from meterchain.backend.access.model import ID_PATTERN, KeyKind, PartyError, Principal
+from meterchain.backend.access.tables import PartyTables
+from meterchain.backend.api.errors import ApiError, not_visible
+from meterchain.backend.api.state import ApiState
+from meterchain.backend.settlement import household as money
+from meterchain.backend.settlement.market import market_view
+from meterchain.backend.settlement.wallet import MAX_PAYMENT, WalletError, WalletTables, posting_json
+from meterchain.contract.reading import MAX_SAFE_INT
+from pydantic import BaseModel, ConfigDict, Field
+
+HouseholdId = Annotated[str, Path(pattern=ID_PATTERN, description="Household id")]
+TimeQuery = Annotated[int, Query(ge=0, le=MAX_SAFE_INT)]
+MONTH = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class PostingOut(BaseModel):
+    id: int
+    source: str = Field(description="interval, delta, rounding, bill, payment or refund")
+    line: str = Field(description="money kind, monthly_fee, vat, payment or refund")
+    member: str | None = Field(description="the metering point of a settlement line")
+    interval_start: int | None
+    revision: int | None = Field(description="settlement revision, or bill version")
+    digest: str | None = Field(description="hex settlement digest (bills: the bill's basis)")
+    leaf_index: int | None = Field(description="the settlement leaf's index in the log")
+    energy_wh: int | None
+    amount: int = Field(description="µ€: + a credit to the household, − a debit")
+    reference: str | None
+    time: int
+
+
+class ProvisionalOut(BaseModel):
+    amount: int = Field(description="µ€, an estimate that is never posted")
+    intervals: int
+    import_wh: int
+    export_wh: int
+    missing: int
+    open_months: int
+    since: int | None
+
+
+class WalletOut(BaseModel):
+    household: str
+    community: str
+    balance: int = Field(description="µ€: the sum of every posting")
+    provisional: ProvisionalOut
+    postings: list[PostingOut]
+
+
+class PaymentIn(_Strict):
+    kind: Annotated[str, Field(pattern="^(payment|refund)$")] = "payment"
+    amount: Annotated[int, Field(ge=1, le=MAX_PAYMENT, description="µ€, positive")]
+    reference: Annotated[str, Field(max_length=200)] | None = None
+
+
+class TierOut(BaseModel):
+    name: str
+    price: int = Field(description="µ€/kWh")
+    volume_wh: int
+    buyers: int = Field(description="matched buyers (pro-rata: importing members)")
+    sellers: int = Field(description="matched sellers (pro-rata: exporting members)")
+
+
+class MarketIntervalOut(BaseModel):
+    start: int
+    revision: int
+    mode: str
+    retail: int
+    feed_in: int
+    importing: int
+    exporting: int
+    local_wh: int
+    tiers: list[TierOut]
+    digest: str
+
+
+class MarketDayOut(BaseModel):
+    day: str = Field(description="local date")
+    start: int
+    local_wh: int
+    mean_price: int | None = Field(description="volume-weighted local price, µ€/kWh")
+    low: int | None
+    high: int | None
+    retail: int
+    feed_in: int
+    intervals: int
+
+
+class MarketOut(BaseModel):
+    community: str
+    market: str | None = Field(description="prorata or auction; null without terms")
+    band: list[int] | None = Field(description="[p_f, p_g] in force now, µ€/kWh")
+    dynamic: bool
+    recent: list[MarketIntervalOut]
+    history: list[MarketDayOut]
+    curve: list[list[object]] = Field(description="[kind, start, end, price]: grid prices "
+                                      "today and tomorrow (dynamic tariffs)")
+
+
+def _now(request: Request) -> int:
+    """The households' clock: the dashboard's (``WebContext.clock``), so an app and the pages
+    price the same open intervals; the system clock without a dashboard."""
+    web = getattr(request.app.state, "web", None)
+    return int(web.clock()) if web is not None else int(time.time())
+
+
+def household_router(state: ApiState, auth: Auth) -> APIRouter:
+    router = APIRouter(prefix="/api/v1/households/{household}", tags=["households' trading"])
+    Caller = Annotated[Principal, Depends(auth.require_reader)]
+    admin = [Depends(auth.require_admin)]
+
+    async def may_act(who: Principal, household: str) -> None:
+        """The household's own key or the admin; else the 404 of an unknown household."""
+        found = await PartyTables(state.read()).household(household)
+        if found is None or not (who.is_admin or (who.kind is KeyKind.HOUSEHOLD
+                                                  and who.id == household)):
+            raise not_visible(f"household {household}", "use the household's own key")
+
+    @router.get("/wallet", response_model=WalletOut)
+    async def wallet(request: Request, household: HouseholdId, who: Caller, start: TimeQuery = 0,
+                     end: TimeQuery = MAX_SAFE_INT,
+                     limit: Annotated[int, Query(ge=1, le=10_000)] = 500) -> WalletOut:
+        """Balance (Σ postings), the provisional estimate, and the newest postings in [start, end)."""
+        await may_act(who, household)
+        view = await money.wallet_view(state.read(), household, _now(request), start, end,
+                                       limit)
+        p = view.provisional
+        return WalletOut(household=household, community=view.community, balance=view.balance,
+                         provisional=ProvisionalOut(
+                             amount=p.amount, intervals=p.intervals, import_wh=p.import_wh,
+                             export_wh=p.export_wh, missing=p.missing,
+                             open_months=p.open_months, since=p.since),
+                         postings=[PostingOut(**posting_json(x)) for x in view.postings])  # type: ignore[arg-type]
+
+    @router.get("/wallet/statement", response_class=Response,
+                responses={200: {"content": {"text/csv": {}}}})
+    async def statement(household: HouseholdId, who: Caller,
+                        month: Annotated[str, Query(pattern=MONTH)]) -> Response:
+        """A month's statement (household's time zone) as CSV: every posting with its settlement
+        digest, log leaf index, running balance and the ``settle --verify`` command."""
+        await may_act(who, household)
+        store = state.read()
+        zone = await money.household_timezone(store, household)
+        start, end = money.month_bounds(month, zone)
+        postings = await WalletTables(store).postings("household", household, start, end)
+        text = money.statement_csv(await money.household_community(store, household) or "",
+                                   postings, zone,
+                                   await money.opening_balance(store, household, start))
+        return Response(text, media_type="text/csv", headers={
+            "Content-Disposition": f'attachment; filename="{household}-statement-{month}.csv"'})
+
+    @router.post("/wallet/payments", status_code=201, response_model=PostingOut,
+                 dependencies=admin)
+    async def payment(request: Request, household: HouseholdId, body: PaymentIn, who: Caller
+                      ) -> PostingOut:
+        """Record a payment the household made (a credit) or a refund paid to it (a debit)."""
+        assert state.writer is not None
+        if body.reference is not None and not re.fullmatch(r"[^\x00-\x1f\x7f]*", body.reference):
+            raise ApiError(400, "invalid", "reference has control characters", "plain text only")
+        try:
+            async with state.write_lock:
+                posting = await WalletTables(state.writer).record_payment(
+                    household, body.kind, body.amount, body.reference, who.key_id or "admin",
+                    _now(request))
+        except PartyError as exc:
+            raise not_visible(f"household {household}") from exc
+        except WalletError as exc:
+            raise ApiError(400, exc.check, exc.diagnostics(), "amount in µ€, 1 … 10^12") from None
+        return PostingOut(**posting_json(posting))  # type: ignore[arg-type]
+
+    @router.get("/market", response_model=MarketOut)
+    async def market(request: Request, household: HouseholdId, who: Caller) -> MarketOut:
+        """The household's community market: aggregates only (prices, volumes, counts)."""
+        await may_act(who, household)
+        store = state.read()
+        community = await money.household_community(store, household) or ""
+        view = await market_view(store, community, _now(request),
+                                 await money.household_timezone(store, household))
+        return MarketOut(
+            community=community, market=view.terms.market if view.terms else None,
+            band=list(view.band) if view.band else None, dynamic=view.dynamic,
+            recent=[MarketIntervalOut(**{**asdict(iv), "tiers": [TierOut(**asdict(t))
+                                                                for t in iv.tiers]})
+                    for iv in view.recent],
+            history=[MarketDayOut(**asdict(d)) for d in view.history],
+            curve=[list(c) for c in view.curve])
+
+    return router
