@@ -10,6 +10,7 @@ sees of others is aggregated only (``backend/settlement/market.py``).
 
 # No `from __future__ import annotations`: FastAPI must resolve the local Annotated aliases.
 
+import asyncio
 import re
 import time
 from dataclasses import asdict
@@ -23,12 +24,22 @@ from meterchain.backend.access.tables import PartyTables
 from meterchain.backend.api.errors import ApiError, not_visible
 from meterchain.backend.api.state import ApiState
 from meterchain.backend.settlement import household as money
+from meterchain.backend.settlement.conditions import (
+    Conditions,
+    ConditionsState,
+    ConditionsTables,
+    conditions_state,
+    preview_rows,
+    run_preview,
+)
 from meterchain.backend.settlement.market import market_view
+from meterchain.backend.settlement.netting import NettingError
 from meterchain.backend.settlement.wallet import MAX_PAYMENT, WalletError, WalletTables, posting_json
 from meterchain.contract.reading import MAX_SAFE_INT
 from pydantic import BaseModel, ConfigDict, Field
 
 HouseholdId = Annotated[str, Path(pattern=ID_PATTERN, description="Household id")]
+PointId = Annotated[str, Path(pattern=ID_PATTERN, description="Metering point id")]
 TimeQuery = Annotated[int, Query(ge=0, le=MAX_SAFE_INT)]
 MONTH = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
 
@@ -120,6 +131,60 @@ class MarketOut(BaseModel):
                                       "today and tomorrow (dynamic tariffs)")
 
 
+Price = Annotated[int, Field(ge=-10_000_000, le=10_000_000, description="µ€/kWh")]
+
+
+class ConditionsIn(_Strict):
+    sell_ask: Price | None = Field(default=None, description="null: sell at any price ≥ p_f")
+    buy_limit: Price | None = Field(default=None, description="null: buy at any price ≤ p_g")
+    green_source: bool = False
+    green_only: bool = False
+    partner_group: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
+
+    def conditions(self) -> Conditions:
+        return Conditions(self.sell_ask, self.buy_limit, self.green_source, self.green_only,
+                          self.partner_group)
+
+
+class ConditionsOut(BaseModel):
+    member: str
+    market: str = Field(description="prorata (listings have no effect) or auction")
+    in_force: ConditionsIn
+    pending_from: int | None = Field(description="a saved change not in force yet starts here")
+    pending: ConditionsIn | None
+    effective_from: int = Field(description="a change saved now governs intervals from here")
+    band: list[int] | None = Field(description="[p_f, p_g] now, µ€/kWh")
+
+
+class SavedOut(BaseModel):
+    member: str
+    valid_from: int = Field(description="the first interval these conditions govern")
+    conditions: ConditionsIn
+
+
+class PreviewOut(BaseModel):
+    start: int
+    end: int
+    intervals: int
+    export_wh: int
+    import_wh: int
+    sold_local_wh: int
+    sold_local: int = Field(description="µ€ received for it")
+    feed_in_value: int = Field(description="µ€ the whole export earns at p_f")
+    bought_local_wh: int
+    bought_local: int
+    grid_value: int
+    settled_sold_local_wh: int
+    settled_sold_local: int
+    settled_bought_local_wh: int
+    settled_bought_local: int
+
+
+def _conditions_in(c: Conditions) -> ConditionsIn:
+    return ConditionsIn(sell_ask=c.sell_ask, buy_limit=c.buy_limit, green_source=c.green_source,
+                        green_only=c.green_only, partner_group=c.partner_group)
+
+
 def _now(request: Request) -> int:
     """The households' clock: the dashboard's (``WebContext.clock``), so an app and the pages
     price the same open intervals; the system clock without a dashboard."""
@@ -190,6 +255,75 @@ def household_router(state: ApiState, auth: Auth) -> APIRouter:
         except WalletError as exc:
             raise ApiError(400, exc.check, exc.diagnostics(), "amount in µ€, 1 … 10^12") from None
         return PostingOut(**posting_json(posting))  # type: ignore[arg-type]
+
+    async def occupied_point(household: str, point: str, now: int) -> str:
+        """The household's community if it occupies ``point`` now; else the 404 of an unknown
+        point (a household acts only for what it occupies)."""
+        parties = PartyTables(state.read())
+        found = await parties.metering_point(point)
+        home = await parties.household(household)
+        if found is None or home is None or found.community != home.community or not any(
+                o.household == household and o.valid_from <= now
+                and (o.valid_to is None or now < o.valid_to)
+                for o in await parties.occupancies(point)):
+            raise not_visible(f"metering point {point} of household {household}",
+                              "use a metering point the household occupies now")
+        return home.community
+
+    @router.get("/points/{point}/conditions", response_model=ConditionsOut)
+    async def get_conditions(request: Request, household: HouseholdId, point: PointId,
+                             who: Caller) -> ConditionsOut:
+        """The trading conditions in force, a pending change, and when a change takes effect."""
+        await may_act(who, household)
+        now = _now(request)
+        community = await occupied_point(household, point, now)
+        st = await _state(community, point, now)
+        view = await market_view(state.read(), community, now, "UTC", recent=0, days=1)
+        return ConditionsOut(
+            member=point, market=st.market, in_force=_conditions_in(st.in_force),
+            pending_from=st.pending.valid_from if st.pending else None,
+            pending=_conditions_in(Conditions.of(st.pending)) if st.pending else None,
+            effective_from=st.effective_from, band=list(view.band) if view.band else None)
+
+    @router.put("/points/{point}/conditions", response_model=SavedOut)
+    async def put_conditions(request: Request, household: HouseholdId, point: PointId,
+                             body: ConditionsIn, who: Caller) -> SavedOut:
+        """Save conditions; they govern intervals from ``valid_from`` (never a settled one)."""
+        await may_act(who, household)
+        now = _now(request)
+        community = await occupied_point(household, point, now)
+        st = await _state(community, point, now)
+        assert state.writer is not None
+        try:
+            body.conditions().listing(point)
+            async with state.write_lock:
+                saved = await ConditionsTables(state.writer).replace_pending(
+                    community, point, st.effective_from, body.conditions(), now)
+        except (NettingError, PartyError) as exc:
+            raise ApiError(400, exc.check, exc.diagnostics(), "fix the conditions") from None
+        return SavedOut(member=point, valid_from=saved.valid_from, conditions=body)
+
+    @router.post("/points/{point}/conditions/preview", response_model=PreviewOut)
+    async def preview(request: Request, household: HouseholdId, point: PointId,
+                      body: ConditionsIn, who: Caller) -> PreviewOut:
+        """Last week's settled intervals re-run with these conditions; nothing is stored."""
+        await may_act(who, household)
+        now = _now(request)
+        community = await occupied_point(household, point, now)
+        start, end, rows = await preview_rows(state.read(), community, now)
+        try:
+            body.conditions().listing(point)
+            result = await asyncio.to_thread(run_preview, rows, point, body.conditions(), start,
+                                             end)
+        except NettingError as exc:
+            raise ApiError(400, exc.check, exc.diagnostics(), "fix the conditions") from None
+        return PreviewOut(**asdict(result))
+
+    async def _state(community: str, point: str, now: int) -> ConditionsState:
+        try:
+            return await conditions_state(state.read(), community, point, now)
+        except PartyError as exc:
+            raise not_visible(f"netting terms of {community}") from exc
 
     @router.get("/market", response_model=MarketOut)
     async def market(request: Request, household: HouseholdId, who: Caller) -> MarketOut:

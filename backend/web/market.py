@@ -7,15 +7,27 @@ only, and of the others only what ``backend/settlement/market.py`` aggregates.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
+from meterchain.backend.access.model import UnknownParty
 from meterchain.backend.access.tables import PartyTables
+from meterchain.backend.settlement.conditions import (
+    Conditions,
+    ConditionsError,
+    ConditionsTables,
+    conditions_state,
+    parse_price,
+    preview_rows,
+    run_preview,
+)
 from meterchain.backend.settlement.market import market_view
+from meterchain.backend.settlement.netting import NettingError
 from meterchain.backend.web.charts import kwh
-from meterchain.backend.web.context import PageError, WebContext
+from meterchain.backend.web.context import PageError, WebContext, read_form
 from meterchain.backend.web.market_charts import eur_kwh, grid_curve, price_history
 from meterchain.backend.web.pages import _fmt, euros
 from meterchain.backend.web.tables import WebTables
@@ -51,4 +63,77 @@ def router(ctx: WebContext) -> APIRouter:
                           username=session.username, view=view, history=history, curve=curve,
                           eur_kwh=eur_kwh, kwh=kwh, euros=euros, fmt_time=_fmt(zone))
 
+    async def my_points(household: str, community: str) -> list[str]:
+        """The household's metering points in its community, occupied now."""
+        now, parties = ctx.now(), PartyTables(ctx.store)
+        points = []
+        for occ in await parties.occupancies():
+            if occ.household == household and occ.valid_from <= now and (
+                    occ.valid_to is None or now < occ.valid_to):
+                point = await parties.metering_point(occ.metering_point)
+                if point is not None and point.community == community:
+                    points.append(point.id)
+        return sorted(set(points))
+
+    async def conditions_page(request: Request, household: str, status: int = 200,
+                              **values: object) -> HTMLResponse:
+        session, _ = await ctx.household(request, household)
+        name, community = await household_of(household)
+        zone = await WebTables(ctx.store).timezone(household)
+        now = ctx.now()
+        states = []
+        for point in await my_points(household, community):
+            try:
+                states.append(await conditions_state(ctx.store, community, point, now))
+            except UnknownParty:
+                continue  # no terms yet
+        view = await market_view(ctx.store, community, now, zone, recent=0, days=1)
+        return ctx.render(request, "conditions.html", status, household=household,
+                          household_name=name, username=session.username, states=states,
+                          band=view.band, eur_kwh=eur_kwh, kwh=kwh, euros=euros,
+                          fmt_time=_fmt(zone), price_text=_price_text, **values)
+
+    @r.get("/conditions", response_class=HTMLResponse)
+    async def conditions(request: Request, household: str) -> HTMLResponse:
+        return await conditions_page(request, household)
+
+    @r.post("/conditions", response_class=HTMLResponse)
+    async def save_conditions(request: Request, household: str) -> HTMLResponse:
+        await ctx.household(request, household)
+        _, community = await household_of(household)
+        form = await read_form(request)
+        point = form.get("point", "")
+        if point not in await my_points(household, community):
+            raise PageError(404, "There is no such page.")
+        entered = {k: form.get(k, "") for k in ("sell_ask", "buy_limit", "partner_group")}
+        try:
+            chosen = Conditions(parse_price(entered["sell_ask"], "The sell ask"),
+                                parse_price(entered["buy_limit"], "The buy limit"),
+                                form.get("green_source") == "on", form.get("green_only") == "on",
+                                entered["partner_group"].strip() or None)
+            chosen.listing(point)
+        except (ConditionsError, NettingError) as exc:
+            return await conditions_page(request, household, 400, error=str(exc), point=point,
+                                         entered=entered)
+        now = ctx.now()
+        if form.get("action") == "save":
+            state = await conditions_state(ctx.store, community, point, now)
+            assert ctx.api.writer is not None
+            async with ctx.api.write_lock:
+                saved = await ConditionsTables(ctx.api.writer).replace_pending(
+                    community, point, state.effective_from, chosen, now)
+            return await conditions_page(request, household, point=point, saved=saved)
+        start, end, rows = await preview_rows(ctx.store, community, now)
+        preview = await asyncio.to_thread(run_preview, rows, point, chosen, start, end)
+        return await conditions_page(request, household, point=point, entered=entered,
+                                     chosen=chosen, preview=preview)
+
     return r
+
+
+def _price_text(micro: int | None) -> str:
+    """µ€/kWh as the form shows it (€/kWh, up to six decimals, no trailing zeros)."""
+    if micro is None:
+        return ""
+    whole, fraction = divmod(abs(micro), 1_000_000)
+    return ("-" if micro < 0 else "") + f"{whole}.{fraction:06d}".rstrip("0").rstrip(".")

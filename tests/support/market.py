@@ -132,3 +132,26 @@ async def close_market(market: Market) -> None:
     from tests.support.settlement import close_site
 
     await close_site(market.site)
+
+
+async def reopen_market(market: Market) -> Market:
+    """The same community with fresh store connections (after ``close_market``), keeping the
+    gateways' keys, sequence numbers and registers so readings continue where they stopped."""
+    site, path = market.site, market.site.path
+    sealer = Sealer(await open_store(path), site.log_key, max_leaves=100_000)
+    await sealer.start()
+    market.site = Site(path, await open_store(path), Ingest(await open_store(path)), sealer,
+                       SettlementRunner(await open_store(path), clock=lambda: NOW), site.log_key,
+                       site.signers, site.seqs, site.registers)
+    return market
+
+
+async def next_settlement(market: Market, intervals: int, now: int) -> None:
+    """``intervals`` more quarter hours of readings after NOW, then one settlement pass at ``now``."""
+    await reopen_market(market)
+    try:
+        await send_until(market, NOW + 900, NOW + 900 * intervals)
+        await market.site.runner.settle_community(COMMUNITY, now)
+        await market.site.sealer.seal_all()
+    finally:
+        await close_market(market)

@@ -19,7 +19,7 @@ from meterchain.backend.settlement.tables import SettlementTables, Terms
 from meterchain.backend.store import open_store
 from meterchain.backend.web.market_charts import grid_curve
 
-from tests.support.market import COMMUNITY, NOW, PASSWORD, ZONE, Market, build_market, close_market
+from tests.support.market import NOW, PASSWORD, ZONE, Market, build_market, close_market
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
