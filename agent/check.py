@@ -30,8 +30,6 @@ from meterchain.agent.config import AgentConfig
 from meterchain.agent.exchange import MeterSerials
 from meterchain.agent.meters import MeterSource, modbus_sources
 from meterchain.agent.meters_dlms import (
-    EXPORT_REGISTER,
-    IMPORT_REGISTER,
     DlmsMeterSource,
     DlmsProfileError,
     dlms_sources,
@@ -52,6 +50,7 @@ from meterchain.bridge.dlms.errors import (
     PortError,
     RetriesExhausted,
 )
+from meterchain.bridge.dlms.obis import ACTIVE_EXPORT_OBIS, ACTIVE_IMPORT_OBIS
 from meterchain.bridge.modbus.errors import MeterProtocolError, MeterTimeout
 from meterchain.bridge.modbus.reader import SerialPortError
 from meterchain.contract import merkle
@@ -208,12 +207,12 @@ async def _check_dlms_meters(report: CheckReport, sources: list[DlmsMeterSource]
         try:
             async with source.session() as session:
                 status = await session.status(sync)
-                import_wh = whole_wh(await session.client.read_register(IMPORT_REGISTER),
-                                     IMPORT_REGISTER, 0)
+                import_wh = whole_wh(await session.client.read_register(ACTIVE_IMPORT_OBIS),
+                                     ACTIVE_IMPORT_OBIS, 0)
                 export_wh = 0  # status() proved it 0 when the profile does not capture it
                 if status.layout.has_export:
-                    export_wh = whole_wh(await session.client.read_register(EXPORT_REGISTER),
-                                         EXPORT_REGISTER, 0)
+                    export_wh = whole_wh(await session.client.read_register(ACTIVE_EXPORT_OBIS),
+                                         ACTIVE_EXPORT_OBIS, 0)
         except Exception as exc:  # noqa: BLE001 - every failure is reported, none stops the check
             detail = exc.diagnostics() if hasattr(exc, "diagnostics") else repr(exc)
             report.add(f"meter {source.name}", False, detail, dlms_failure_fix(exc, source))

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from meterchain.agent.config import BAUDRATES, ConfigError, MeterConfig, _Table
-from meterchain.bridge.dlms.cosem import LOAD_PROFILE_OBIS, Obis
 from meterchain.bridge.dlms.errors import DlmsError
+from meterchain.bridge.dlms.obis import LOAD_PROFILE_OBIS, Obis
 from meterchain.contract.reading import METER_SERIAL_RE
 
 DLMS_KEYS = {

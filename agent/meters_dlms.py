@@ -31,6 +31,7 @@ from meterchain.agent.config import MeterConfig
 from meterchain.agent.dlms_config import DlmsSettings
 from meterchain.bridge.dlms import DlmsMeterClient, HdlcAddress, Obis, ProfileEntry
 from meterchain.bridge.dlms.cosem import (
+    UNIT_WH,
     ClassId,
     ClockStatus,
     QuantityKind,
@@ -39,14 +40,12 @@ from meterchain.bridge.dlms.cosem import (
     quantity_kind,
 )
 from meterchain.bridge.dlms.errors import CosemValueError, DataAccessError
+from meterchain.bridge.dlms.obis import ACTIVE_EXPORT_OBIS, ACTIVE_IMPORT_OBIS
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.reading import MAX_INTERVAL_SECONDS, METER_SERIAL_RE, ClockSync
 
 log = logging.getLogger(__name__)
 
-IMPORT_REGISTER = Obis(1, 0, 1, 8, 0, 255)
-EXPORT_REGISTER = Obis(1, 0, 2, 8, 0, 255)
-UNIT_WH = 30  # DLMS unit enum: active energy, Wh
 _DOUBTFUL = ClockStatus.INVALID_VALUE | ClockStatus.DOUBTFUL_VALUE
 
 
@@ -92,7 +91,7 @@ def check_layout(captures: Sequence[tuple[Obis, QuantityKind]], period: int) -> 
             capture_period=period,
         )
     kinds = {obis: kind for obis, kind in captures}
-    if kinds.get(IMPORT_REGISTER) is not QuantityKind.CUMULATIVE:
+    if kinds.get(ACTIVE_IMPORT_OBIS) is not QuantityKind.CUMULATIVE:
         interval_only = [str(o) for o, k in captures if k is QuantityKind.INTERVAL]
         raise DlmsProfileError(
             "the load profile does not capture the cumulative import register 1-0:1.8.0.255"
@@ -103,7 +102,7 @@ def check_layout(captures: Sequence[tuple[Obis, QuantityKind]], period: int) -> 
             ),
             captures=[str(o) for o, _ in captures],
         )
-    return ProfileLayout(period, kinds.get(EXPORT_REGISTER) is QuantityKind.CUMULATIVE)
+    return ProfileLayout(period, kinds.get(ACTIVE_EXPORT_OBIS) is QuantityKind.CUMULATIVE)
 
 
 async def read_profile_layout(client: DlmsMeterClient, obis: Obis) -> ProfileLayout:
@@ -157,9 +156,9 @@ def profile_intervals(
             skipped.append((stamp, "timestamp repeated"))
             continue
         try:
-            import_wh = whole_wh(_column(entry, IMPORT_REGISTER), IMPORT_REGISTER, stamp)
+            import_wh = whole_wh(_column(entry, ACTIVE_IMPORT_OBIS), ACTIVE_IMPORT_OBIS, stamp)
             export_wh = (
-                whole_wh(_column(entry, EXPORT_REGISTER), EXPORT_REGISTER, stamp)
+                whole_wh(_column(entry, ACTIVE_EXPORT_OBIS), ACTIVE_EXPORT_OBIS, stamp)
                 if layout.has_export
                 else 0
             )
@@ -280,13 +279,13 @@ class DlmsSession:
     async def _prove_no_export(self) -> None:
         """Export is not in the profile: only a live 2.8.0 of 0 proves every past one was 0."""
         try:
-            live = await self.client.read_register(EXPORT_REGISTER)
+            live = await self.client.read_register(ACTIVE_EXPORT_OBIS)
         except DataAccessError as exc:
             raise DlmsProfileError(
                 "the profile captures no export register and the meter has no 1-0:2.8.0.255",
                 meter=self.source.name,
             ) from exc
-        if whole_wh(live, EXPORT_REGISTER, 0) != 0:
+        if whole_wh(live, ACTIVE_EXPORT_OBIS, 0) != 0:
             raise DlmsProfileError(
                 "the meter has exported energy but its profile does not capture 1-0:2.8.0.255;"
                 " add it to the profile's capture objects",

@@ -25,8 +25,6 @@ from dataclasses import asdict, dataclass, field
 from meterchain.agent.backfill import check_clock
 from meterchain.agent.dlms_config import DEFAULT_CLOCK_DRIFT_THRESHOLD_SECONDS
 from meterchain.agent.meters_dlms import (
-    EXPORT_REGISTER,
-    IMPORT_REGISTER,
     DlmsProfileError,
     read_profile_layout,
     whole_wh,
@@ -43,13 +41,13 @@ from meterchain.bridge.dlms.errors import (
     PortError,
     RetriesExhausted,
 )
+from meterchain.bridge.dlms.obis import ACTIVE_EXPORT_OBIS, ACTIVE_IMPORT_OBIS, LOGICAL_DEVICE_NAME_OBIS
 from meterchain.bridge.dlms.serial_client import SerialTransport
 from meterchain.contract.reading import METER_SERIAL_RE, ClockSync
 
 DEFAULT_DLMS_BAUDRATES = (9600, 2400, 4800, 19200)
 DEFAULT_HDLC_ADDRESSES = "1,1/16-31"  # point-to-point logical 1; multi-drop stations 16-31
 PUBLIC_CLIENT = 16
-LOGICAL_DEVICE_NAME = Obis(0, 0, 42, 0, 0, 255)
 MAX_ADDRESSES = 1024  # a scan stays bounded whatever --hdlc says
 _PROBE_WIRE_CHARS = 2 * 36  # SNRM with link parameters and its UA, 4-byte addresses
 _RESERVED_LOWER = {0x7E, 0x7F, 0x3FFE, 0x3FFF}  # calling / all-station (broadcast) addresses
@@ -254,7 +252,7 @@ async def _optional(read, *args):  # type: ignore[no-untyped-def]
 async def _read_meter(client: DlmsMeterClient, port: str, baudrate: int, address: HdlcAddress,
                       clock: Callable[[], float]) -> FoundDlmsMeter:
     serial = await _optional(client.read_serial)
-    name = await _optional(client.read_serial, LOGICAL_DEVICE_NAME)
+    name = await _optional(client.read_serial, LOGICAL_DEVICE_NAME_OBIS)
     asked = clock()
     meter_clock = await _optional(client.read_clock)
     answered = clock()
@@ -264,8 +262,8 @@ async def _read_meter(client: DlmsMeterClient, port: str, baudrate: int, address
                             threshold=DEFAULT_CLOCK_DRIFT_THRESHOLD_SECONDS,
                             gateway=ClockSync.SYNCED, meter_trustworthy=meter_clock.trustworthy)
         drift, drifted = round(check.drift, 1) or 0.0, check.drifted  # no -0.0
-    import_wh = _wh(await _optional(client.read_register, IMPORT_REGISTER), IMPORT_REGISTER)
-    export_wh = _wh(await _optional(client.read_register, EXPORT_REGISTER), EXPORT_REGISTER)
+    import_wh = _wh(await _optional(client.read_register, ACTIVE_IMPORT_OBIS), ACTIVE_IMPORT_OBIS)
+    export_wh = _wh(await _optional(client.read_register, ACTIVE_EXPORT_OBIS), ACTIVE_EXPORT_OBIS)
     period, profile = None, "ok"
     try:
         layout = await read_profile_layout(client, LOAD_PROFILE_OBIS)

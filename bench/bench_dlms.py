@@ -25,9 +25,9 @@ from meterchain.bridge.dlms.apdu import (
     encode_apdu,
 )
 from meterchain.bridge.dlms.axdr import decode_data, encode_data
-from meterchain.bridge.dlms.cosem import ClassId, Obis, decode_profile_buffer
+from meterchain.bridge.dlms.cosem import ClassId, decode_profile_buffer
 from meterchain.bridge.dlms.emulator import (
-    IMPORT_ENERGY,
+    ACTIVE_IMPORT_OBIS,
     DlmsMeterEmulator,
     EmulatedDlmsMeter,
 )
@@ -42,6 +42,7 @@ from meterchain.bridge.dlms.hdlc import (
     encode_frame,
     strip_llc,
 )
+from meterchain.bridge.dlms.obis import Obis
 
 START = 1_767_225_600
 NOW = START + 2 * 86400
@@ -87,7 +88,8 @@ def decode_small(frame: bytes) -> object:
 def bench_codec(seconds: float) -> None:
     small, segment = frames_for_bench()
     print(f"decode_frame + APDU, GET response ({len(small)} B): {rate(lambda: decode_small(small), seconds):,.0f}/s")
-    print(f"decode_frame, segment with 128-byte info ({len(segment)} B): {rate(lambda: decode_frame(segment), seconds):,.0f}/s")
+    segment_rate = rate(lambda: decode_frame(segment), seconds)
+    print(f"decode_frame, segment with 128-byte info ({len(segment)} B): {segment_rate:,.0f}/s")
     stream = small * 100
 
     def read_stream() -> None:
@@ -101,7 +103,7 @@ def bench_codec(seconds: float) -> None:
     descriptor = AttributeDescriptor(ClassId.PROFILE_GENERIC, Obis.parse("1-0:99.1.0.255"), 2)
     buffer = meter.get(descriptor, None, START + 96 * 900 - 1)  # one day: 96 entries
     raw = encode_data(buffer)  # type: ignore[arg-type]
-    scalers = {IMPORT_ENERGY: (0, 30), Obis.parse("1-0:1.29.0.255"): (0, 30)}
+    scalers = {ACTIVE_IMPORT_OBIS: (0, 30), Obis.parse("1-0:1.29.0.255"): (0, 30)}
 
     def ours() -> None:
         value, _ = decode_data(raw)
@@ -130,10 +132,10 @@ async def bench_ours_over_pty(gets: int) -> float:
     async with DlmsMeterEmulator(EmulatedDlmsMeter(start=START), clock=lambda: NOW) as emulator:
         assert emulator.path is not None
         async with DlmsMeterClient(emulator.path, 9600, timeout=2.0) as meter:
-            await meter.get(ClassId.REGISTER, IMPORT_ENERGY, 2)
+            await meter.get(ClassId.REGISTER, ACTIVE_IMPORT_OBIS, 2)
             began = time.perf_counter()
             for _ in range(gets):
-                await meter.get(ClassId.REGISTER, IMPORT_ENERGY, 2)
+                await meter.get(ClassId.REGISTER, ACTIVE_IMPORT_OBIS, 2)
             return gets / (time.perf_counter() - began)
 
 

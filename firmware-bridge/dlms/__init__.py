@@ -6,10 +6,8 @@ re-exported here; the modules below hold the layers (hdlc, axdr, apdu, cosem, cl
 """
 
 from meterchain.bridge.dlms.cosem import (
-    LOAD_PROFILE_OBIS,
     ClassId,
     MeterClock,
-    Obis,
     ProfileEntry,
     ProfileValue,
     QuantityKind,
@@ -30,6 +28,7 @@ from meterchain.bridge.dlms.errors import (
     RetriesExhausted,
 )
 from meterchain.bridge.dlms.hdlc import HdlcAddress
+from meterchain.bridge.dlms.obis import LOAD_PROFILE_OBIS, Obis
 from meterchain.bridge.dlms.serial_client import DlmsMeterClient, ExtendedRegisterReading
 
 __all__ = [

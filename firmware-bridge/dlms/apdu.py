@@ -17,8 +17,8 @@ import struct
 from dataclasses import dataclass, field
 
 from meterchain.bridge.dlms.axdr import Data, decode_data, decode_length, encode_data, encode_length
-from meterchain.bridge.dlms.cosem import Obis
 from meterchain.bridge.dlms.errors import ApduError, AxdrError, CosemValueError
+from meterchain.bridge.dlms.obis import Obis
 
 # Application context names 2.16.756.5.8.1.x and mechanism names 2.16.756.5.8.2.x (BER-encoded).
 CONTEXT_LN = bytes.fromhex("60857405080101")

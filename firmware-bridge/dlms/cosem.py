@@ -1,4 +1,4 @@
-"""COSEM objects a gateway reads: OBIS codes, classes, scaler-unit (exact), clock, load profiles.
+"""COSEM objects a gateway reads: classes, scaler-unit (exact), clock, load profiles.
 
 Numbers stay integers: a register value is ``value × 10**scaler`` in ``unit``, kept as the raw
 integer and its exponent; ``RegisterValue.exact()`` is a ``Fraction`` and ``in_units_of()`` gives
@@ -12,65 +12,13 @@ from __future__ import annotations
 
 import calendar
 import enum
-import re
 import time
 from dataclasses import dataclass
 from fractions import Fraction
 
 from meterchain.bridge.dlms.axdr import Data, DateTime, Tag
 from meterchain.bridge.dlms.errors import AxdrError, CosemValueError
-
-# ---------------------------------------------------------------------------------------------
-# OBIS
-
-_OBIS_TEXT = re.compile(
-    r"^(\d+)-(\d+):(\d+)\.(\d+)\.(\d+)(?:\.(\d+))?$|^(\d+)\.(\d+)\.(\d+)\.(\d+)\.(\d+)\.(\d+)$"
-)
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Obis:
-    """A 6-group OBIS code (logical name), e.g. ``Obis.parse("1-0:1.8.0.255")``."""
-
-    a: int
-    b: int
-    c: int
-    d: int
-    e: int
-    f: int = 255
-
-    def __post_init__(self) -> None:
-        for group in (self.a, self.b, self.c, self.d, self.e, self.f):
-            if not 0 <= group <= 255:
-                raise CosemValueError(
-                    "OBIS group out of 0..255",
-                    obis=(self.a, self.b, self.c, self.d, self.e, self.f),
-                )
-
-    @classmethod
-    def parse(cls, text: str) -> Obis:
-        """Parse ``A-B:C.D.E.F`` (F defaults to 255) or ``A.B.C.D.E.F``."""
-        match = _OBIS_TEXT.match(text.strip())
-        if not match:
-            raise CosemValueError("not an OBIS code", text=text)
-        groups = [int(g) for g in match.groups() if g is not None]
-        return cls(*groups)
-
-    @classmethod
-    def decode(cls, raw: bytes) -> Obis:
-        if len(raw) != 6:
-            raise CosemValueError("a logical name is 6 bytes", raw=bytes(raw).hex())
-        return cls(*raw)
-
-    def encode(self) -> bytes:
-        return bytes((self.a, self.b, self.c, self.d, self.e, self.f))
-
-    def __str__(self) -> str:
-        return f"{self.a}-{self.b}:{self.c}.{self.d}.{self.e}.{self.f}"
-
-
-def as_obis(code: Obis | str) -> Obis:
-    return code if isinstance(code, Obis) else Obis.parse(code)
+from meterchain.bridge.dlms.obis import Obis, as_obis
 
 
 class ClassId(enum.IntEnum):
@@ -81,13 +29,6 @@ class ClassId(enum.IntEnum):
     PROFILE_GENERIC = 7
     CLOCK = 8
     ASSOCIATION_LN = 15
-
-
-# Well-known logical names a gateway uses.
-CLOCK_OBIS = Obis(0, 0, 1, 0, 0, 255)
-SERIAL_NUMBER_OBIS = Obis(0, 0, 96, 1, 0, 255)
-LOAD_PROFILE_OBIS = Obis(1, 0, 99, 1, 0, 255)
-ACTIVE_IMPORT_OBIS = Obis(1, 0, 1, 8, 0, 255)
 
 
 # Units (DLMS UA 1000-1 "Blue Book", enum of class 3's scaler_unit): the ones meters use most.
@@ -132,7 +73,7 @@ UNITS: dict[int, str] = {
     254: "other",
     255: "count",
 }
-UNIT_NONE = 255
+UNIT_W, UNIT_WH, UNIT_V, UNIT_NONE = 27, 30, 35, 255
 
 
 # ---------------------------------------------------------------------------------------------

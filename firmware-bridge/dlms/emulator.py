@@ -29,12 +29,11 @@ from meterchain.bridge.dlms.apdu import (
 )
 from meterchain.bridge.dlms.axdr import Data, Tag
 from meterchain.bridge.dlms.cosem import (
-    CLOCK_OBIS,
-    LOAD_PROFILE_OBIS,
-    SERIAL_NUMBER_OBIS,
+    UNIT_V,
+    UNIT_W,
+    UNIT_WH,
     CaptureObject,
     ClassId,
-    Obis,
     capture_objects_from_data,
     datetime_from_data,
     datetime_from_utc,
@@ -43,21 +42,25 @@ from meterchain.bridge.dlms.cosem import (
 )
 from meterchain.bridge.dlms.errors import AxdrError, CosemValueError, HdlcError
 from meterchain.bridge.dlms.hdlc import HdlcAddress, decode_frame, encode_frame
+from meterchain.bridge.dlms.obis import (
+    ACTIVE_EXPORT_OBIS,
+    ACTIVE_IMPORT_OBIS,
+    ACTIVE_POWER_OBIS,
+    CLOCK_OBIS,
+    INTERVAL_IMPORT_OBIS,
+    LOAD_PROFILE_OBIS,
+    LOGICAL_DEVICE_NAME_OBIS,
+    MAX_DEMAND_OBIS,
+    SERIAL_NUMBER_OBIS,
+    VOLTAGE_L1_OBIS,
+    Obis,
+)
 from meterchain.bridge.dlms.security import Authentication, LowestLevelSecurity, LowLevelSecurity
 from meterchain.bridge.dlms.server import ServerConnection, ServerSettings
 from meterchain.bridge.ptyline import LINE_SPEEDS, pty_speed, set_pty_speed
 
 Clock = Callable[[], float]
 
-IMPORT_ENERGY = Obis(1, 0, 1, 8, 0, 255)
-EXPORT_ENERGY = Obis(1, 0, 2, 8, 0, 255)
-INTERVAL_IMPORT = Obis(1, 0, 1, 29, 0, 255)
-ACTIVE_POWER = Obis(1, 0, 1, 7, 0, 255)
-VOLTAGE_L1 = Obis(1, 0, 32, 7, 0, 255)
-MAX_DEMAND = Obis(1, 0, 1, 6, 0, 255)
-LOGICAL_DEVICE_NAME = Obis(0, 0, 42, 0, 0, 255)
-
-_UNIT_WH, _UNIT_W, _UNIT_V = 30, 27, 35
 
 
 @dataclass
@@ -114,8 +117,8 @@ class EmulatedDlmsMeter:
         self.faults = faults or EmulatorFaults()
         self.capture_objects = (
             CaptureObject(ClassId.CLOCK, CLOCK_OBIS, 2),
-            CaptureObject(ClassId.REGISTER, IMPORT_ENERGY, 2),
-            CaptureObject(ClassId.REGISTER, INTERVAL_IMPORT, 2),
+            CaptureObject(ClassId.REGISTER, ACTIVE_IMPORT_OBIS, 2),
+            CaptureObject(ClassId.REGISTER, INTERVAL_IMPORT_OBIS, 2),
         )
         self._cumulative = [base_import_wh]  # import Wh at the end of interval k-1, prefix sums
 
@@ -255,15 +258,15 @@ class EmulatedDlmsMeter:
             return Data.octets(obis.encode())
         meter_now = self.meter_time(now)
         registers = {
-            IMPORT_ENERGY: (Data(Tag.UINT32, self.import_wh(meter_now)), 0, _UNIT_WH),
-            EXPORT_ENERGY: (Data(Tag.UINT32, 0), 0, _UNIT_WH),
-            INTERVAL_IMPORT: (
+            ACTIVE_IMPORT_OBIS: (Data(Tag.UINT32, self.import_wh(meter_now)), 0, UNIT_WH),
+            ACTIVE_EXPORT_OBIS: (Data(Tag.UINT32, 0), 0, UNIT_WH),
+            INTERVAL_IMPORT_OBIS: (
                 Data(Tag.UINT32, self.profile_row(max(self.profile_range(now)[1], 0))[2]),
                 0,
-                _UNIT_WH,
+                UNIT_WH,
             ),
-            ACTIVE_POWER: (Data(Tag.INT32, self.power_w(meter_now)), 0, _UNIT_W),
-            VOLTAGE_L1: (Data(Tag.UINT16, 2301), -1, _UNIT_V),
+            ACTIVE_POWER_OBIS: (Data(Tag.INT32, self.power_w(meter_now)), 0, UNIT_W),
+            VOLTAGE_L1_OBIS: (Data(Tag.UINT16, 2301), -1, UNIT_V),
         }
         expected = self._class_of(obis)
         if expected is None:
@@ -276,11 +279,11 @@ class EmulatedDlmsMeter:
                 return value
             if attribute == 3:
                 return scaler_unit_to_data(scaler, unit)
-        elif obis == MAX_DEMAND and access is None:
+        elif obis == MAX_DEMAND_OBIS and access is None:
             peak_time = self.start + 18 * 3600
             answers = {
                 2: Data(Tag.UINT32, 18_400),
-                3: scaler_unit_to_data(-1, _UNIT_W),
+                3: scaler_unit_to_data(-1, UNIT_W),
                 4: Data(Tag.UINT8, 0),
                 5: Data.octets(datetime_from_utc(peak_time, self.deviation, 0).encode()),
             }
@@ -296,7 +299,7 @@ class EmulatedDlmsMeter:
                 return answers[attribute]
         elif obis == SERIAL_NUMBER_OBIS and attribute == 2 and access is None:
             return Data.octets(self.serial_number.encode("ascii"))
-        elif obis == LOGICAL_DEVICE_NAME and attribute == 2 and access is None:
+        elif obis == LOGICAL_DEVICE_NAME_OBIS and attribute == 2 and access is None:
             return Data.octets(self.logical_device_name.encode("ascii"))
         elif obis == LOAD_PROFILE_OBIS:
             if attribute == 2:
@@ -317,13 +320,13 @@ class EmulatedDlmsMeter:
         )
 
     def _class_of(self, obis: Obis) -> int | None:
-        if obis in (IMPORT_ENERGY, EXPORT_ENERGY, INTERVAL_IMPORT, ACTIVE_POWER, VOLTAGE_L1):
+        if obis in (ACTIVE_IMPORT_OBIS, ACTIVE_EXPORT_OBIS, INTERVAL_IMPORT_OBIS, ACTIVE_POWER_OBIS, VOLTAGE_L1_OBIS):
             return ClassId.REGISTER
         return {
-            MAX_DEMAND: ClassId.EXTENDED_REGISTER,
+            MAX_DEMAND_OBIS: ClassId.EXTENDED_REGISTER,
             CLOCK_OBIS: ClassId.CLOCK,
             SERIAL_NUMBER_OBIS: ClassId.DATA,
-            LOGICAL_DEVICE_NAME: ClassId.DATA,
+            LOGICAL_DEVICE_NAME_OBIS: ClassId.DATA,
             LOAD_PROFILE_OBIS: ClassId.PROFILE_GENERIC,
         }.get(obis)
 

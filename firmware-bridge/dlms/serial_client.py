@@ -41,16 +41,11 @@ from meterchain.bridge.dlms.client import (
     ReleaseCompleted,
 )
 from meterchain.bridge.dlms.cosem import (
-    CLOCK_OBIS,
-    LOAD_PROFILE_OBIS,
-    SERIAL_NUMBER_OBIS,
     CaptureObject,
     ClassId,
     MeterClock,
-    Obis,
     ProfileEntry,
     RegisterValue,
-    as_obis,
     capture_objects_from_data,
     datetime_from_data,
     datetime_from_utc,
@@ -70,6 +65,7 @@ from meterchain.bridge.dlms.errors import (
     PortError,
 )
 from meterchain.bridge.dlms.hdlc import HdlcAddress
+from meterchain.bridge.dlms.obis import CLOCK_OBIS, LOAD_PROFILE_OBIS, SERIAL_NUMBER_OBIS, Obis, as_obis
 from meterchain.bridge.dlms.security import Authentication, LowestLevelSecurity, LowLevelSecurity
 
 E = TypeVar("E", bound=Event)

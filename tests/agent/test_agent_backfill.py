@@ -10,8 +10,6 @@ from hypothesis import strategies as st
 from meterchain.agent.backfill import check_clock, is_backfill, latest_capture, plan_fetch
 from meterchain.agent.config import ConfigError, load_config, parse_config
 from meterchain.agent.meters_dlms import (
-    EXPORT_REGISTER,
-    IMPORT_REGISTER,
     DlmsProfileError,
     ProfileLayout,
     check_layout,
@@ -21,12 +19,12 @@ from meterchain.bridge.dlms.axdr import Data, Tag
 from meterchain.bridge.dlms.cosem import (
     CaptureObject,
     ClassId,
-    Obis,
     ProfileEntry,
     ProfileValue,
     QuantityKind,
     RegisterValue,
 )
+from meterchain.bridge.dlms.obis import ACTIVE_EXPORT_OBIS, ACTIVE_IMPORT_OBIS, Obis
 from meterchain.contract.reading import ClockSync
 
 from tests.support.paths import REPO_ROOT
@@ -185,8 +183,8 @@ def test_an_unsynchronised_gateway_cannot_judge_and_a_doubtful_meter_is_drifted(
 # -- profile entries → interval values ----------------------------------------------------------
 
 CLOCK = CaptureObject(ClassId.CLOCK, Obis(0, 0, 1, 0, 0, 255), 2)
-IMPORT = CaptureObject(ClassId.REGISTER, IMPORT_REGISTER, 2)
-EXPORT = CaptureObject(ClassId.REGISTER, EXPORT_REGISTER, 2)
+IMPORT = CaptureObject(ClassId.REGISTER, ACTIVE_IMPORT_OBIS, 2)
+EXPORT = CaptureObject(ClassId.REGISTER, ACTIVE_EXPORT_OBIS, 2)
 WH, KWH_SCALER = 30, 3
 
 
@@ -246,8 +244,8 @@ def test_a_profile_of_interval_values_only_is_refused_with_its_columns() -> None
     with pytest.raises(DlmsProfileError, match="interval values only") as caught:
         check_layout(interval_only, P)
     assert caught.value.context["captures"] == ["1-0:1.29.0.255"]
-    assert check_layout([(IMPORT_REGISTER, QuantityKind.CUMULATIVE)], P) == ProfileLayout(P, False)
-    both = [(IMPORT_REGISTER, QuantityKind.CUMULATIVE), (EXPORT_REGISTER, QuantityKind.CUMULATIVE)]
+    assert check_layout([(ACTIVE_IMPORT_OBIS, QuantityKind.CUMULATIVE)], P) == ProfileLayout(P, False)
+    both = [(ACTIVE_IMPORT_OBIS, QuantityKind.CUMULATIVE), (ACTIVE_EXPORT_OBIS, QuantityKind.CUMULATIVE)]
     assert check_layout(both, P).has_export
     with pytest.raises(DlmsProfileError, match="divide a day"):
         check_layout(both, 7 * 60 + 1)

@@ -24,8 +24,8 @@ from meterchain.bridge.dlms import (
     EmulatedDlmsMeter,
     HdlcAddress,
 )
-from meterchain.bridge.dlms.cosem import SERIAL_NUMBER_OBIS
 from meterchain.bridge.dlms.emulator import default_settings
+from meterchain.bridge.dlms.obis import SERIAL_NUMBER_OBIS
 from meterchain.bridge.modbus.emulator import EmulatedMeter, ModbusBusEmulator
 
 from tests.support.cli import run as _run

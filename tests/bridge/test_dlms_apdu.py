@@ -27,8 +27,8 @@ from meterchain.bridge.dlms.apdu import (
     encode_apdu,
 )
 from meterchain.bridge.dlms.axdr import Data, Tag
-from meterchain.bridge.dlms.cosem import Obis
 from meterchain.bridge.dlms.errors import DlmsError
+from meterchain.bridge.dlms.obis import Obis
 
 from tests.support.dlms_strategies import get_apdus
 

@@ -30,11 +30,8 @@ from meterchain.bridge.dlms.client import (
     ReleaseCompleted,
 )
 from meterchain.bridge.dlms.cosem import (
-    CLOCK_OBIS,
-    LOAD_PROFILE_OBIS,
     CaptureObject,
     ClassId,
-    Obis,
     datetime_from_utc,
     entry_descriptor,
     range_descriptor,
@@ -66,6 +63,7 @@ from meterchain.bridge.dlms.hdlc import (
     decode_frame,
     encode_frame,
 )
+from meterchain.bridge.dlms.obis import CLOCK_OBIS, LOAD_PROFILE_OBIS, Obis
 from meterchain.bridge.dlms.security import LowLevelSecurity
 from meterchain.bridge.dlms.server import ServerConnection, ServerSettings
 

@@ -9,11 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from meterchain.bridge.dlms.axdr import Data, DateTime, Tag
 from meterchain.bridge.dlms.cosem import (
-    CLOCK_OBIS,
     CaptureObject,
     ClassId,
     MeterClock,
-    Obis,
     QuantityKind,
     RegisterValue,
     capture_objects_from_data,
@@ -26,6 +24,7 @@ from meterchain.bridge.dlms.cosem import (
     scaler_unit_from_data,
 )
 from meterchain.bridge.dlms.errors import CosemValueError
+from meterchain.bridge.dlms.obis import CLOCK_OBIS, Obis
 
 IMPORT = Obis.parse("1-0:1.8.0.255")
 INTERVAL = Obis.parse("1-0:1.29.0.255")

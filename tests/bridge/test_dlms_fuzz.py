@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from meterchain.bridge.dlms.apdu import AccessSelection, AttributeDescriptor, encode_apdu
 from meterchain.bridge.dlms.client import ClientConnection, ClientSettings
-from meterchain.bridge.dlms.cosem import LOAD_PROFILE_OBIS, ClassId, Obis
+from meterchain.bridge.dlms.cosem import ClassId
 from meterchain.bridge.dlms.emulator import EmulatedDlmsMeter, default_settings
 from meterchain.bridge.dlms.errors import DlmsError
 from meterchain.bridge.dlms.hdlc import (
@@ -19,6 +19,7 @@ from meterchain.bridge.dlms.hdlc import (
     HdlcFrame,
     encode_frame,
 )
+from meterchain.bridge.dlms.obis import LOAD_PROFILE_OBIS, Obis
 from meterchain.bridge.dlms.server import ServerConnection
 
 from tests.support.dlms_strategies import data_values, get_apdus

@@ -41,23 +41,21 @@ from meterchain.bridge.dlms.apdu import (  # noqa: E402
 from meterchain.bridge.dlms.axdr import Data, DateTime, Tag, decode_data_exact, encode_data  # noqa: E402
 from meterchain.bridge.dlms.client import ClientConnection, ClientSettings  # noqa: E402
 from meterchain.bridge.dlms.cosem import (  # noqa: E402
-    CLOCK_OBIS,
-    LOAD_PROFILE_OBIS,
     CaptureObject,
     ClassId,
-    Obis,
     datetime_from_utc,
     datetime_to_utc,
     range_descriptor,
 )
 from meterchain.bridge.dlms.emulator import EmulatedDlmsMeter, default_settings  # noqa: E402
 from meterchain.bridge.dlms.hdlc import FrameType, LinkParameters, decode_frame, strip_llc  # noqa: E402
+from meterchain.bridge.dlms.obis import ACTIVE_IMPORT_OBIS, CLOCK_OBIS, LOAD_PROFILE_OBIS  # noqa: E402
 from meterchain.bridge.dlms.security import LowLevelSecurity  # noqa: E402
 from meterchain.bridge.dlms.server import ServerConnection  # noqa: E402
 
 START = 1_767_225_600
 NOW = START + 2 * 86400 + 1234
-IMPORT = Obis.parse("1-0:1.8.0.255")
+IMPORT = ACTIVE_IMPORT_OBIS
 
 
 # --- our client's frames, read by gurux's translator ---------------------------------------------

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from itertools import pairwise
 
 import pytest
 from meterchain.bridge.dlms.cosem import (
-    LOAD_PROFILE_OBIS,
     ClassId,
-    Obis,
     QuantityKind,
     RegisterValue,
 )
 from meterchain.bridge.dlms.emulator import (
-    IMPORT_ENERGY,
-    INTERVAL_IMPORT,
-    MAX_DEMAND,
+    ACTIVE_IMPORT_OBIS,
+    INTERVAL_IMPORT_OBIS,
+    MAX_DEMAND_OBIS,
     DlmsMeterEmulator,
     EmulatedDlmsMeter,
 )
@@ -27,6 +26,7 @@ from meterchain.bridge.dlms.errors import (
     LinkError,
     RetriesExhausted,
 )
+from meterchain.bridge.dlms.obis import LOAD_PROFILE_OBIS, Obis
 from meterchain.bridge.dlms.serial_client import DlmsMeterClient
 
 START = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -59,9 +59,9 @@ async def test_reads_registers_clock_serial(emulator: DlmsMeterEmulator, clock: 
         assert energy == RegisterValue(emulator.meter.import_wh(clock.now), 0, 30)
         volts = await meter.read_register(Obis.parse("1-0:32.7.0.255"))
         assert volts.in_units_of(-1) == 2301 and volts.unit_name == "V"
-        demand = await meter.read_register(MAX_DEMAND, class_id=ClassId.EXTENDED_REGISTER)
+        demand = await meter.read_register(MAX_DEMAND_OBIS, class_id=ClassId.EXTENDED_REGISTER)
         assert demand == RegisterValue(18_400, -1, 27)
-        extended = await meter.read_extended_register(MAX_DEMAND)
+        extended = await meter.read_extended_register(MAX_DEMAND_OBIS)
         assert extended.value == demand and extended.capture_time == START + 18 * 3600
         meter_clock = await meter.read_clock()
         assert meter_clock.utc == clock.now and meter_clock.deviation == -60
@@ -78,22 +78,22 @@ async def test_load_profile_by_range(emulator: DlmsMeterEmulator, clock: FakeTim
         entries = await meter.read_load_profile(LOAD_PROFILE_OBIS, start, end)
         assert len(entries) == 24
         assert all(e.timestamp % 900 == 0 and start <= e.timestamp <= end for e in entries)
-        assert [b.timestamp - a.timestamp for a, b in zip(entries, entries[1:])] == [900] * 23
+        assert [b.timestamp - a.timestamp for a, b in pairwise(entries)] == [900] * 23
         assert entries[0].timestamp_rebuilt is False and entries[1].timestamp_rebuilt is True
         for entry in entries:
             index = (entry.timestamp - START) // 900
             _, cumulative, interval = emulator.meter.profile_row(index)
-            assert entry.value_of(IMPORT_ENERGY) == RegisterValue(cumulative, 0, 30)
-            assert entry.value_of(INTERVAL_IMPORT) == RegisterValue(interval, 0, 30)
+            assert entry.value_of(ACTIVE_IMPORT_OBIS) == RegisterValue(cumulative, 0, 30)
+            assert entry.value_of(INTERVAL_IMPORT_OBIS) == RegisterValue(interval, 0, 30)
             kinds = {v.capture.obis: v.kind for v in entry.values}
             assert kinds == {
-                IMPORT_ENERGY: QuantityKind.CUMULATIVE,
-                INTERVAL_IMPORT: QuantityKind.INTERVAL,
+                ACTIVE_IMPORT_OBIS: QuantityKind.CUMULATIVE,
+                INTERVAL_IMPORT_OBIS: QuantityKind.INTERVAL,
             }
         # Consecutive cumulative readings differ by the interval value: the columns agree.
-        for a, b in zip(entries, entries[1:]):
-            delta = b.value_of(IMPORT_ENERGY).value - a.value_of(IMPORT_ENERGY).value
-            assert delta == b.value_of(INTERVAL_IMPORT).value
+        for a, b in pairwise(entries):
+            delta = b.value_of(ACTIVE_IMPORT_OBIS).value - a.value_of(ACTIVE_IMPORT_OBIS).value
+            assert delta == b.value_of(INTERVAL_IMPORT_OBIS).value
         # The profile grows by one entry per capture period.
         clock.now += 900
         later = await meter.read_load_profile(LOAD_PROFILE_OBIS, start, clock.now)
@@ -127,10 +127,10 @@ async def test_faults_over_the_port(emulator: DlmsMeterEmulator) -> None:
     assert emulator.path is not None
     async with DlmsMeterClient(emulator.path, timeout=0.2, max_retries=2) as meter:
         emulator.faults.corrupt_next = 1
-        assert (await meter.read_register(IMPORT_ENERGY)).unit == 30
-        emulator.faults.unavailable.add(IMPORT_ENERGY)
+        assert (await meter.read_register(ACTIVE_IMPORT_OBIS)).unit == 30
+        emulator.faults.unavailable.add(ACTIVE_IMPORT_OBIS)
         with pytest.raises(DataAccessError) as refused:
-            await meter.read_register(IMPORT_ENERGY)
+            await meter.read_register(ACTIVE_IMPORT_OBIS)
         assert refused.value.result == 11 and refused.value.context["obis"] == "1-0:1.8.0.255"
         assert "object-unavailable" in str(refused.value)
         emulator.faults.unavailable.clear()

@@ -7,9 +7,10 @@ from dataclasses import replace
 import pytest
 from meterchain.bridge.dlms.apdu import AccessSelection, AttributeDescriptor, GetResult
 from meterchain.bridge.dlms.axdr import Data, Tag
-from meterchain.bridge.dlms.cosem import CLOCK_OBIS, datetime_from_utc
+from meterchain.bridge.dlms.cosem import datetime_from_utc
 from meterchain.bridge.dlms.emulator import EmulatedDlmsMeter, default_settings
 from meterchain.bridge.dlms.errors import CosemValueError, LinkError
+from meterchain.bridge.dlms.obis import CLOCK_OBIS
 from meterchain.bridge.dlms.serial_client import DlmsMeterClient
 from meterchain.bridge.dlms.server import ServerConnection
 

@@ -15,8 +15,8 @@ from meterchain.bridge.dlms.apdu import (
     GetResponseWithList,
 )
 from meterchain.bridge.dlms.axdr import BitString, Data, DateTime, Tag
-from meterchain.bridge.dlms.cosem import Obis
 from meterchain.bridge.dlms.hdlc import Control, FrameType, HdlcAddress, HdlcFrame
+from meterchain.bridge.dlms.obis import Obis
 
 INT_RANGES = {
     Tag.INT8: (-(2**7), 2**7 - 1),
