@@ -12,7 +12,6 @@ from meterchain.agent.backfill import latest_capture
 from meterchain.agent.cli import write_private_key
 from meterchain.agent.config import AgentConfig, load_config
 from meterchain.agent.service import Agent
-from meterchain.mqtt.broker import RunningBroker
 from meterchain.backend.devices.registry import enrol
 from meterchain.backend.ingest.worker import Ingest
 from meterchain.backend.store import SqliteStore, open_store
@@ -20,6 +19,7 @@ from meterchain.bridge.dlms import DlmsMeterEmulator, EmulatedDlmsMeter
 from meterchain.contract.message import parse_message
 from meterchain.contract.reading import ClockSync, Reading
 from meterchain.contract.signing import generate_private_key_pem, load_signer
+from meterchain.mqtt.broker import RunningBroker
 
 from tests.support.agent import FAST_BACKOFF, AcceleratedClock, running
 

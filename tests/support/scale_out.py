@@ -7,9 +7,9 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
-from meterchain.mqtt.broker import RunningBroker
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.service import serve
+from meterchain.mqtt.broker import RunningBroker
 
 
 def needs_shared_subscriptions(broker: RunningBroker) -> None:

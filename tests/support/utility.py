@@ -13,10 +13,10 @@ from pathlib import Path
 import uvicorn
 from meterchain.backend.access.model import KeyKind, PointKind
 from meterchain.backend.access.tables import PartyTables
-from meterchain.mqtt.broker import free_port
 from meterchain.contract.ack import ocmf_topic
 from meterchain.contract.note import NoteSigner
 from meterchain.contract.ocmf import build_ocmf, sign_ocmf
+from meterchain.mqtt.broker import free_port
 
 from tests.support.backend import T0, Gateway, backend, close
 
