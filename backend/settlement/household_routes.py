@@ -24,6 +24,7 @@ from meterchain.backend.access.tables import PartyTables
 from meterchain.backend.api.errors import ApiError, not_visible
 from meterchain.backend.api.state import ApiState
 from meterchain.backend.settlement import household as money
+from meterchain.backend.settlement import ratings
 from meterchain.backend.settlement.conditions import (
     Conditions,
     ConditionsState,
@@ -34,6 +35,7 @@ from meterchain.backend.settlement.conditions import (
 )
 from meterchain.backend.settlement.market import market_view
 from meterchain.backend.settlement.netting import NettingError
+from meterchain.backend.settlement.ratings import Aggregate, Partner
 from meterchain.backend.settlement.wallet import MAX_PAYMENT, WalletError, WalletTables, posting_json
 from meterchain.contract.reading import MAX_SAFE_INT
 from pydantic import BaseModel, ConfigDict, Field
@@ -180,6 +182,49 @@ class PreviewOut(BaseModel):
     settled_bought_local: int
 
 
+class AggregateOut(BaseModel):
+    raters: int = Field(description="households whose newest rating counts (≥ 5)")
+    mean: str = Field(description="mean stars, one decimal")
+
+
+class PartnerOut(BaseModel):
+    handle: str = Field(description="stable for this household, meaningless to others")
+    label: str = Field(description="the partner's display name if it opted in, else "
+                       "'a neighbour'")
+    bought_from: int
+    sold_to: int
+    last: int
+    stars: int | None = Field(description="this household's rating of it this month")
+    comment: str | None
+    aggregate: AggregateOut | None
+
+
+class RatingIn(_Strict):
+    stars: Annotated[int, Field(ge=1, le=5)]
+    comment: Annotated[str, Field(max_length=280)] | None = None
+
+
+class ProfileIn(_Strict):
+    display_name: Annotated[str, Field(min_length=1, max_length=40)] | None = None
+    show_name: bool = False
+
+
+class RatingsOut(BaseModel):
+    mine: AggregateOut | None = Field(description="how others rated this household (≥ 5)")
+    community: list[list[object]] = Field(description="[label, raters, mean] of the "
+                                          "community's households rated by ≥ 5 households")
+
+
+def _aggregate(a: Aggregate | None) -> AggregateOut | None:
+    return None if a is None else AggregateOut(raters=a.raters, mean=a.mean)
+
+
+def _partner(p: Partner) -> PartnerOut:
+    return PartnerOut(handle=p.handle, label=p.label, bought_from=p.bought_from,
+                      sold_to=p.sold_to, last=p.last, stars=p.stars, comment=p.comment,
+                      aggregate=_aggregate(p.aggregate))
+
+
 def _conditions_in(c: Conditions) -> ConditionsIn:
     return ConditionsIn(sell_ask=c.sell_ask, buy_limit=c.buy_limit, green_source=c.green_source,
                         green_only=c.green_only, partner_group=c.partner_group)
@@ -324,6 +369,65 @@ def household_router(state: ApiState, auth: Auth) -> APIRouter:
             return await conditions_state(state.read(), community, point, now)
         except PartyError as exc:
             raise not_visible(f"netting terms of {community}") from exc
+
+    @router.get("/partners", response_model=list[PartnerOut])
+    async def get_partners(request: Request, household: HouseholdId, who: Caller
+                           ) -> list[PartnerOut]:
+        """The households this one traded with in the last 30 days, to rate (pseudonymous)."""
+        await may_act(who, household)
+        store = state.read()
+        found = await ratings.partners(store, household, _now(request),
+                                       await money.household_timezone(store, household))
+        return [_partner(p) for p in found]
+
+    @router.put("/ratings/{handle}", response_model=PartnerOut)
+    async def put_rating(request: Request, household: HouseholdId,
+                         handle: Annotated[str, Path(pattern="^[0-9a-f]{12}$")], body: RatingIn,
+                         who: Caller) -> PartnerOut:
+        """Rate a partner of the last 30 days for this month (replaces this month's rating)."""
+        await may_act(who, household)
+        if who.kind is not KeyKind.HOUSEHOLD:
+            raise ApiError(403, "forbidden", "only the household itself rates its partners",
+                           "use the household's own key")
+        store = state.read()
+        assert state.writer is not None
+        try:
+            async with state.write_lock:
+                rated = await ratings.rate(store, state.writer, household, handle, body.stars,
+                                           body.comment, _now(request),
+                                           await money.household_timezone(store, household))
+        except PartyError as exc:
+            raise not_visible(f"trading partner {handle}",
+                              "GET …/partners lists the partners of the last 30 days") from exc
+        except ratings.RatingError as exc:
+            raise ApiError(400, exc.check, exc.diagnostics(), "1 to 5 stars, a short comment"
+                           ) from None
+        return _partner(rated)
+
+    @router.get("/ratings", response_model=RatingsOut)
+    async def get_ratings(household: HouseholdId, who: Caller) -> RatingsOut:
+        """Aggregates only: this household's, and those of its community's rated households."""
+        await may_act(who, household)
+        store = state.read()
+        tables = ratings.RatingTables(store)
+        community = await money.household_community(store, household) or ""
+        return RatingsOut(
+            mine=_aggregate((await tables.aggregates([household])).get(household)),
+            community=[[label, a.raters, a.mean]
+                       for label, a in await ratings.community_aggregates(store, community)])
+
+    @router.put("/profile", status_code=204, response_class=Response)
+    async def put_profile(household: HouseholdId, body: ProfileIn, who: Caller) -> Response:
+        """The household's display name and whether neighbours see it (opt-in)."""
+        await may_act(who, household)
+        assert state.writer is not None
+        try:
+            async with state.write_lock:
+                await ratings.RatingTables(state.writer).set_profile(
+                    household, body.display_name, body.show_name)
+        except ratings.RatingError as exc:
+            raise ApiError(400, exc.check, exc.diagnostics(), "a short printable name") from None
+        return Response(status_code=204)
 
     @router.get("/market", response_model=MarketOut)
     async def market(request: Request, household: HouseholdId, who: Caller) -> MarketOut:

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from meterchain.backend.access.model import UnknownParty
 from meterchain.backend.access.tables import PartyTables
+from meterchain.backend.settlement import ratings
 from meterchain.backend.settlement.conditions import (
     Conditions,
     ConditionsError,
@@ -26,6 +27,7 @@ from meterchain.backend.settlement.conditions import (
 )
 from meterchain.backend.settlement.market import market_view
 from meterchain.backend.settlement.netting import NettingError
+from meterchain.backend.settlement.ratings import RatingTables
 from meterchain.backend.web.charts import kwh
 from meterchain.backend.web.context import PageError, WebContext, read_form
 from meterchain.backend.web.market_charts import eur_kwh, grid_curve, price_history
@@ -61,7 +63,61 @@ def router(ctx: WebContext) -> APIRouter:
                                "Grid price and feed-in tariff, today and tomorrow")
         return ctx.render(request, "market.html", household=household, household_name=name,
                           username=session.username, view=view, history=history, curve=curve,
+                          rated=await ratings.community_aggregates(ctx.store, community),
+                          min_raters=ratings.MIN_RATERS,
                           eur_kwh=eur_kwh, kwh=kwh, euros=euros, fmt_time=_fmt(zone))
+
+    async def ratings_page(request: Request, household: str, status: int = 200,
+                           **values: object) -> HTMLResponse:
+        session, _ = await ctx.household(request, household)
+        name, _ = await household_of(household)
+        zone = await WebTables(ctx.store).timezone(household)
+        tables = RatingTables(ctx.store)
+        display, show = await tables.profile(household)
+        mine = (await tables.aggregates([household])).get(household)
+        return ctx.render(request, "ratings.html", status, household=household,
+                          household_name=name, username=session.username,
+                          partners=await ratings.partners(ctx.store, household, ctx.now(), zone),
+                          display_name=display or "", show_name=show, mine=mine,
+                          min_raters=ratings.MIN_RATERS, fmt_time=_fmt(zone), **values)
+
+    @r.get("/ratings", response_class=HTMLResponse)
+    async def ratings_view(request: Request, household: str) -> HTMLResponse:
+        return await ratings_page(request, household)
+
+    @r.post("/ratings", response_class=HTMLResponse)
+    async def rate(request: Request, household: str) -> HTMLResponse:
+        await ctx.household(request, household)
+        form = await read_form(request)
+        zone = await WebTables(ctx.store).timezone(household)
+        try:
+            stars = int(form.get("stars", ""))
+        except ValueError:
+            return await ratings_page(request, household, 400, error="Choose 1 to 5 stars.")
+        assert ctx.api.writer is not None
+        try:
+            async with ctx.api.write_lock:
+                rated = await ratings.rate(ctx.store, ctx.api.writer, household,
+                                           form.get("partner", ""), stars, form.get("comment"),
+                                           ctx.now(), zone)
+        except UnknownParty:
+            raise PageError(404, "There is no such trading partner.") from None
+        except ratings.RatingError as exc:
+            return await ratings_page(request, household, 400, error=str(exc))
+        return await ratings_page(request, household, rated=rated.handle)
+
+    @r.post("/profile", response_class=HTMLResponse)
+    async def profile(request: Request, household: str) -> HTMLResponse:
+        await ctx.household(request, household)
+        form = await read_form(request)
+        assert ctx.api.writer is not None
+        try:
+            async with ctx.api.write_lock:
+                await RatingTables(ctx.api.writer).set_profile(
+                    household, form.get("display_name") or None, form.get("show_name") == "on")
+        except ratings.RatingError as exc:
+            return await ratings_page(request, household, 400, error=str(exc))
+        return await ratings_page(request, household, profile_saved=True)
 
     async def my_points(household: str, community: str) -> list[str]:
         """The household's metering points in its community, occupied now."""
