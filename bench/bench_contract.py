@@ -73,12 +73,28 @@ def main() -> None:
     rows = [
         ("encode reading (Reading.to_cbor)", rate(lambda i: readings[i].to_cbor(), n), None),
         ("decode + validate reading (Reading.from_cbor)", rate(lambda i: Reading.from_cbor(encoded[i]), n), None),
-        ("bare cryptography ECDSA sign", rate(lambda i: raw_key.sign(encoded[i], ec.ECDSA(hashes.SHA256())), n), "sign"),
+        (
+            "bare cryptography ECDSA sign",
+            rate(lambda i: raw_key.sign(encoded[i], ec.ECDSA(hashes.SHA256())), n),
+            "sign",
+        ),
         ("sign_reading (encode + sign + low-S)", rate(lambda i: sign_reading(readings[i], signer), n), "sign"),
-        ("bare cryptography ECDSA verify", rate(lambda i: raw_pub.verify(raw_sigs[i], encoded[i], ec.ECDSA(hashes.SHA256())), n), "verify"),
-        ("parse_message + verify (full ingest check)", rate(lambda i: parse_message(message_bytes[i]).verify(spki), n), "verify"),
+        (
+            "bare cryptography ECDSA verify",
+            rate(lambda i: raw_pub.verify(raw_sigs[i], encoded[i], ec.ECDSA(hashes.SHA256())), n),
+            "verify",
+        ),
+        (
+            "parse_message + verify (full ingest check)",
+            rate(lambda i: parse_message(message_bytes[i]).verify(spki), n),
+            "verify",
+        ),
         ("ecdsa fallback sign (pure Python)", rate(lambda i: fallback.sign(encoded[i]), max(n // 10, 50), 1), "sign"),
-        ("bare hashlib.sha256(0x00 + message)", rate(lambda i: hashlib.sha256(b"\x00" + message_bytes[i]).digest(), n), "hash"),
+        (
+            "bare hashlib.sha256(0x00 + message)",
+            rate(lambda i: hashlib.sha256(b"\x00" + message_bytes[i]).digest(), n),
+            "hash",
+        ),
         ("merkle.leaf_hash(message)", rate(lambda i: merkle.leaf_hash(message_bytes[i]), n), "hash"),
     ]
     print_ratios(rows)

@@ -78,11 +78,11 @@ def make_messages(path: Path, n: int, devices: int) -> list[tuple[str, bytes]]:
 async def setup(n: int, devices: int, workdir: Path):  # type: ignore[no-untyped-def]
     """A Mosquitto, ``n`` signed readings of ``devices`` gateways in ``frames.bin``, a database
     with them enrolled, and a sealer on it (not running yet)."""
-    from meterchain.mqtt.broker import find_mosquitto, start_mosquitto
     from meterchain.backend.devices.registry import enrol
     from meterchain.backend.log.sealer import Sealer
     from meterchain.backend.store import open_store
     from meterchain.contract.note import NoteSigner
+    from meterchain.mqtt.broker import find_mosquitto, start_mosquitto
 
     binary = find_mosquitto()
     if binary is None:

@@ -24,17 +24,16 @@ from meterchain.bridge.modbus.registers import (
 
 async def run(baud: int, rounds: int) -> None:
     in_block = SDM630.in_range(Table.INPUT, ENERGY_BLOCK_START, ENERGY_BLOCK_COUNT)
-    async with ModbusMeterEmulator("sdm630", 1, baud) as emu:
-        async with ModbusMeterReader(emu.path, baud, timeout=3.0) as reader:
-            block_s, separate_s = [], []
-            for _ in range(rounds):
-                began = time.perf_counter()
-                await reader.read_registers(1, Table.INPUT, ENERGY_BLOCK_START, ENERGY_BLOCK_COUNT)
-                block_s.append(time.perf_counter() - began)
-                began = time.perf_counter()
-                for reg in in_block:
-                    await reader.read_registers(1, reg.table, reg.address, reg.words)
-                separate_s.append(time.perf_counter() - began)
+    async with ModbusMeterEmulator("sdm630", 1, baud) as emu, ModbusMeterReader(emu.path, baud, timeout=3.0) as reader:
+        block_s, separate_s = [], []
+        for _ in range(rounds):
+            began = time.perf_counter()
+            await reader.read_registers(1, Table.INPUT, ENERGY_BLOCK_START, ENERGY_BLOCK_COUNT)
+            block_s.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            for reg in in_block:
+                await reader.read_registers(1, reg.table, reg.address, reg.words)
+            separate_s.append(time.perf_counter() - began)
     block, separate = min(block_s), min(separate_s)
     print(f"baud {baud}: block read of {ENERGY_BLOCK_COUNT} registers {block * 1000:.0f} ms; "
           f"{len(in_block)} separate reads {separate * 1000:.0f} ms; "

@@ -57,7 +57,7 @@ def naive_prorata(start: int, ids: list[str], imports: list[int], exports: list[
         total = sum(weights)
         if total == 0:
             return {m: 0 for m in ids}
-        exact = {m: Fraction(local * w, total) for m, w in zip(ids, weights)}
+        exact = {m: Fraction(local * w, total) for m, w in zip(ids, weights, strict=True)}
         shares = {m: int(v) for m, v in exact.items()}
         spare = local - sum(shares.values())
         order = sorted(ids, key=lambda m: (-(exact[m] - shares[m]), tie_key(start, m)))

@@ -39,10 +39,18 @@ def main() -> None:
     rows = [
         ("build_ocmf (payload JSON)", rate(lambda i: build_ocmf(readings[i], **gateway), n), None),
         ("parse_ocmf (strict parse + re-encode check)", rate(lambda i: parse_ocmf(records[i]), n), None),
-        ("bare cryptography ECDSA sign", rate(lambda i: raw_key.sign(payload_bytes[i], ec.ECDSA(hashes.SHA256())), n), "sign"),
+        (
+            "bare cryptography ECDSA sign",
+            rate(lambda i: raw_key.sign(payload_bytes[i], ec.ECDSA(hashes.SHA256())), n),
+            "sign",
+        ),
         ("sign_reading (the reading beside it)", rate(lambda i: sign_reading(readings[i], signer), n), "sign"),
         ("build_ocmf + sign_ocmf", rate(lambda i: sign_ocmf(build_ocmf(readings[i], **gateway), signer), n), "sign"),
-        ("bare cryptography ECDSA verify", rate(lambda i: raw_pub.verify(raw_sigs[i], payload_bytes[i], ec.ECDSA(hashes.SHA256())), n), "verify"),
+        (
+            "bare cryptography ECDSA verify",
+            rate(lambda i: raw_pub.verify(raw_sigs[i], payload_bytes[i], ec.ECDSA(hashes.SHA256())), n),
+            "verify",
+        ),
         ("parse_message + verify (the reading)", rate(lambda i: parse_message(messages[i]).verify(spki), n), "verify"),
         ("verify_ocmf (parse + verify)", rate(lambda i: verify_ocmf(records[i], spki), n), "verify"),
     ]

@@ -19,10 +19,10 @@ def main() -> None:
     book = np.load(path)
     market = pm.Market()
     # pymarket takes floats: kWh and €/kWh, one user per order
-    for user, (wh, price) in enumerate(zip(book["bid_wh"], book["bid_price"])):
+    for user, (wh, price) in enumerate(zip(book["bid_wh"], book["bid_price"], strict=True)):
         market.accept_bid(float(wh) / 1000, float(price) / 1e6, user, True, 0, True)
     offset = len(book["bid_wh"])
-    for k, (wh, price) in enumerate(zip(book["ask_wh"], book["ask_price"])):
+    for k, (wh, price) in enumerate(zip(book["ask_wh"], book["ask_price"], strict=True)):
         market.accept_bid(float(wh) / 1000, float(price) / 1e6, offset + k, False, 0, True)
     args = (np.random.RandomState(1234),) if mechanism == "muda" else ()
     start = time.perf_counter()

@@ -45,7 +45,9 @@ def _config_text(gateway: Gateway) -> Path:
     return gateway.config.key_path.parent / "agent.toml"
 
 
-async def test_home_assistant_sees_the_meters_when_one_line_turns_it_on(gateway: Gateway, broker: RunningBroker) -> None:
+async def test_home_assistant_sees_the_meters_when_one_line_turns_it_on(
+    gateway: Gateway, broker: RunningBroker
+) -> None:
     path = _config_text(gateway)
     path.write_text(f'homeassistant_url = "{broker.url}"\n' + path.read_text())
     gw = _with(gateway, homeassistant=load_config(path).homeassistant)
@@ -84,7 +86,9 @@ def test_home_assistant_is_off_by_default_and_its_section_needs_the_url(gateway:
     assert err.value.context["key"] == "homeassistant_url"
 
 
-async def test_agent_tells_systemd_it_is_ready_and_stopping(gateway: Gateway, broker: RunningBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_agent_tells_systemd_it_is_ready_and_stopping(
+    gateway: Gateway, broker: RunningBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     address = str(tmp_path / "notify.sock")
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     receiver.bind(address)
@@ -118,7 +122,11 @@ def test_mqtts_urls_take_tls_settings(gateway: Gateway) -> None:
     text = path.read_text()
     ca = path.parent / "ca.crt"
     ca.write_text("placeholder")
-    path.write_text(text.replace('url = "mqtt://', 'ca_file = "ca.crt"\nurl = "mqtts://').replace(":" + str(gateway.config.broker.address.port), ""))
+    path.write_text(
+        text.replace('url = "mqtt://', 'ca_file = "ca.crt"\nurl = "mqtts://').replace(
+            ":" + str(gateway.config.broker.address.port), ""
+        )
+    )
     config = load_config(path)
     assert config.broker.address.tls == TlsFiles(ca_file=ca)
     assert config.broker.address.port == 8883 and config.broker.url.startswith("mqtts://")
@@ -136,7 +144,9 @@ async def test_agent_publishes_over_tls(gateway: Gateway, tmp_path: Path) -> Non
     ca_key, server_key = _key(), _key()
     ca_cert = _cert("meterchain test CA", ca_key, None, ca=True)
     _write_pem(tmp_path / "ca.crt", ca_cert)
-    _write_pem(tmp_path / "server.crt", _cert("localhost", server_key, ("meterchain test CA", ca_key), server=True), server_key)
+    _write_pem(
+        tmp_path / "server.crt", _cert("localhost", server_key, ("meterchain test CA", ca_key), server=True), server_key
+    )
     plain, tls = free_port(), free_port()
     conf = tmp_path / "tls.conf"
     conf.write_text(

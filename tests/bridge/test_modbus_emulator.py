@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -58,15 +59,17 @@ async def test_reads_values_from_the_map(model: str, phases: int) -> None:
 async def test_counters_advance_monotonically_and_match_the_power_integral() -> None:
     clock = ManualClock(START)
     profile = LoadProfile(seed=4)
-    async with ModbusMeterEmulator("sdm630", 1, FAST, 1, profile, clock, wire_delay=False) as emu:
-        async with ModbusMeterReader(emu.path, FAST, timeout=1.0, clock=clock) as reader:
-            first = previous = await reader.read_values(1, "sdm630")
-            for _ in range(12):
-                clock.now += 3600  # an accelerated day in hour steps
-                current = await reader.read_values(1, "sdm630")
-                assert current.import_wh >= previous.import_wh
-                assert current.export_wh >= previous.export_wh
-                previous = current
+    async with (
+        ModbusMeterEmulator("sdm630", 1, FAST, 1, profile, clock, wire_delay=False) as emu,
+        ModbusMeterReader(emu.path, FAST, timeout=1.0, clock=clock) as reader,
+    ):
+        first = previous = await reader.read_values(1, "sdm630")
+        for _ in range(12):
+            clock.now += 3600  # an accelerated day in hour steps
+            current = await reader.read_values(1, "sdm630")
+            assert current.import_wh >= previous.import_wh
+            assert current.export_wh >= previous.export_wh
+            previous = current
     imported_j, exported_j = profile.energy_j(START, clock.now, 3)
     slack = 2  # one rounding at each end (float32 steps are < 1 Wh at these values)
     assert abs(previous.import_wh - first.import_wh - imported_j / 3600) <= slack
@@ -98,38 +101,44 @@ async def test_wrong_baud_rate_is_a_bounded_timeout() -> None:
 
 
 async def test_wrong_device_id_is_a_timeout_not_an_exception_answer() -> None:
-    async with ModbusMeterEmulator("sdm630", 1, FAST, clock=ManualClock(START)) as emu:
-        async with ModbusMeterReader(emu.path, FAST, timeout=0.3) as reader:
-            with pytest.raises(MeterTimeout) as info:
-                await reader.read_values(2, "sdm630")
-            assert info.value.context["device_id"] == 2
-            assert (await reader.read_values(1, "sdm630")).device_id == 1
+    async with (
+        ModbusMeterEmulator("sdm630", 1, FAST, clock=ManualClock(START)) as emu,
+        ModbusMeterReader(emu.path, FAST, timeout=0.3) as reader,
+    ):
+        with pytest.raises(MeterTimeout) as info:
+            await reader.read_values(2, "sdm630")
+        assert info.value.context["device_id"] == 2
+        assert (await reader.read_values(1, "sdm630")).device_id == 1
 
 
 async def test_faults_bad_crc_and_silence() -> None:
-    async with ModbusMeterEmulator("sdm120", 3, FAST, clock=ManualClock(START)) as emu:
-        async with ModbusMeterReader(emu.path, FAST, timeout=0.3) as reader:
-            emu.faults.bad_crc = True
-            with pytest.raises(MeterProtocolError, match="CRC"):
-                await reader.read_values(3, "sdm120")
-            emu.faults.bad_crc, emu.faults.silent = False, True
-            with pytest.raises(MeterTimeout):
-                await reader.read_values(3, "sdm120")
-            emu.faults.silent = False
-            assert (await reader.read_values(3, "sdm120")).device_id == 3
+    async with (
+        ModbusMeterEmulator("sdm120", 3, FAST, clock=ManualClock(START)) as emu,
+        ModbusMeterReader(emu.path, FAST, timeout=0.3) as reader,
+    ):
+        emu.faults.bad_crc = True
+        with pytest.raises(MeterProtocolError, match="CRC"):
+            await reader.read_values(3, "sdm120")
+        emu.faults.bad_crc, emu.faults.silent = False, True
+        with pytest.raises(MeterTimeout):
+            await reader.read_values(3, "sdm120")
+        emu.faults.silent = False
+        assert (await reader.read_values(3, "sdm120")).device_id == 3
 
 
 async def test_unknown_register_is_illegal_data_address() -> None:
-    async with ModbusMeterEmulator("sdm120", 1, FAST, clock=ManualClock(START)) as emu:
-        async with ModbusMeterReader(emu.path, FAST, timeout=0.5) as reader:
-            with pytest.raises(MeterProtocolError) as info:
-                await reader.read_registers(1, Table.INPUT, 0x0002, 126 - 2)
-            assert info.value.context["exception_code"] in (2, 3)
-            with pytest.raises(MeterProtocolError) as info:
-                await reader.read_registers(1, Table.INPUT, 0x0200, 2)
-            assert info.value.context["exception_code"] == 2
-            with pytest.raises(MeterProtocolError):  # reading a three-phase meter's map
-                await reader.read_registers(1, Table.INPUT, 0x00C8, 2)
+    async with (
+        ModbusMeterEmulator("sdm120", 1, FAST, clock=ManualClock(START)) as emu,
+        ModbusMeterReader(emu.path, FAST, timeout=0.5) as reader,
+    ):
+        with pytest.raises(MeterProtocolError) as info:
+            await reader.read_registers(1, Table.INPUT, 0x0002, 126 - 2)
+        assert info.value.context["exception_code"] in (2, 3)
+        with pytest.raises(MeterProtocolError) as info:
+            await reader.read_registers(1, Table.INPUT, 0x0200, 2)
+        assert info.value.context["exception_code"] == 2
+        with pytest.raises(MeterProtocolError):  # reading a three-phase meter's map
+            await reader.read_registers(1, Table.INPUT, 0x00C8, 2)
 
 
 async def test_several_meters_on_one_bus_each_at_its_own_speed() -> None:
@@ -144,10 +153,8 @@ async def test_several_meters_on_one_bus_each_at_its_own_speed() -> None:
         for baud in (9600, FAST):
             async with ModbusMeterReader(bus.path, baud, timeout=0.2) as reader:
                 for device_id in (1, 2, 3, 4):
-                    try:
+                    with contextlib.suppress(MeterTimeout):
                         found[(baud, device_id)] = (await reader.identify(device_id)).model
-                    except MeterTimeout:
-                        pass
     assert found == {(9600, 1): "sdm630", (9600, 2): "sdm120", (FAST, 3): "sdm120"}
 
 
@@ -160,12 +167,14 @@ async def test_map_change_is_seen_by_emulator_and_reader() -> None:
         ),
     )
     clock = ManualClock(START)
-    async with ModbusMeterEmulator(moved, 1, FAST, clock=clock, wire_delay=False) as emu:
-        async with ModbusMeterReader(emu.path, FAST, timeout=0.5) as reader:
-            got = await reader.read_values(1, moved)
-            assert got.power_w == sum(got.phase_power_w) != 0
-            assert await reader.read_registers(1, Table.INPUT, 0x0034, 2) == [0, 0]
-            assert await reader.read_registers(1, Table.INPUT, 0x0036, 2) != [0, 0]
+    async with (
+        ModbusMeterEmulator(moved, 1, FAST, clock=clock, wire_delay=False) as emu,
+        ModbusMeterReader(emu.path, FAST, timeout=0.5) as reader,
+    ):
+        got = await reader.read_values(1, moved)
+        assert got.power_w == sum(got.phase_power_w) != 0
+        assert await reader.read_registers(1, Table.INPUT, 0x0034, 2) == [0, 0]
+        assert await reader.read_registers(1, Table.INPUT, 0x0036, 2) != [0, 0]
 
 
 def test_cli_serves_a_pty_that_a_reader_can_read() -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from meterchain.mqtt.broker import free_port
 from meterchain.backend.store import open_store
+from meterchain.mqtt.broker import free_port
 
 METERCHAIN = [sys.executable, "-m", "meterchain.cli.main"]
 

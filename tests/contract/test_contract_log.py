@@ -30,7 +30,8 @@ from tests.support.contract import make_reading
 C2SP_KEY = "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k"
 C2SP_NOTE = (
     "This is an example message.\n\n"
-    "\u2014 example.com/foo Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfXppzi2ONncAlTgK7Ztg1ERYNZXsYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n"
+    "\u2014 example.com/foo Uw2QOkn8srV1yJGh2VYRlL1Tnagv1YEq6TfXppzi2ONncAlTgK7Ztg1ERYNZX"
+    "sYjOBH3mFXmRKuwHjG1Yu72IneyaQM=\n"
 )
 KEY = signing.CryptographySigner(signing.generate_private_key_pem())
 KEY2 = signing.CryptographySigner(signing.generate_private_key_pem())

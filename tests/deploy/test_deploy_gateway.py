@@ -103,7 +103,9 @@ def test_firstboot_makes_one_device_key(staged: Path) -> None:
 
     again = _run(["bash", str(script)], env=env)
     assert again.returncode == 0 and "keeping it" in again.stdout
-    assert key.read_bytes() == key.read_bytes() and public == (staged / "var/lib/meterchain/device-public.txt").read_text()
+    assert (
+        key.read_bytes() == key.read_bytes() and public == (staged / "var/lib/meterchain/device-public.txt").read_text()
+    )
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from meterchain.mqtt.broker import find_mosquitto, free_port
 from meterchain.backend.ingest.worker import subscriptions
 from meterchain.contract.ack import (
     ack_topic,
@@ -32,6 +31,7 @@ from meterchain.contract.ack import (
     status_topic,
     telemetry_topic,
 )
+from meterchain.mqtt.broker import find_mosquitto, free_port
 
 from tests.support.paths import REPO_ROOT
 from tests.support.tls import cert, key, write_pem
@@ -86,7 +86,11 @@ def _start(binary: str, workdir: Path, *, client_certs: bool = False) -> Broker:
     ca_key, server_key = key(), key()
     ca_cert = cert("meterchain test CA", ca_key, None, ca=True)
     write_pem(conf_dir / "tls" / "ca.crt", ca_cert)
-    write_pem(conf_dir / "tls" / "server.crt", cert("localhost", server_key, ("meterchain test CA", ca_key), server=True), server_key)
+    write_pem(
+        conf_dir / "tls" / "server.crt",
+        cert("localhost", server_key, ("meterchain test CA", ca_key), server=True),
+        server_key,
+    )
     for device in ("gw-1", "gw-2"):  # client certificates for the --client-certs variant
         device_key = key()
         write_pem(workdir / f"{device}.crt", cert(device, device_key, ("meterchain test CA", ca_key)), device_key)

@@ -17,8 +17,8 @@ from meterchain.agent.systemd import (
     socket_address,
     watchdog_interval,
 )
-from meterchain.mqtt.broker import RunningBroker
 from meterchain.bridge.dlms.serial_client import SerialTransport
+from meterchain.mqtt.broker import RunningBroker
 
 from tests.support.agent import running, wait_until
 from tests.support.dlms_site import site

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from meterchain.agent.outbox import Outbox
-from meterchain.mqtt.broker import RunningBroker, find_mosquitto, free_port
 from meterchain.backend.devices.registry import enrol
 from meterchain.backend.ingest.worker import Ingest
 from meterchain.backend.store import open_store
+from meterchain.mqtt.broker import RunningBroker, find_mosquitto, free_port
 
 from tests.support.agent import DEVICE, running, start_gateway, wait_until
 

@@ -11,11 +11,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from meterchain.mqtt.broker import RunningBroker, free_port
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.devices.registry import enrol
 from meterchain.backend.service import serve
 from meterchain.backend.store import open_store
+from meterchain.mqtt.broker import RunningBroker, free_port
 
 from tests.support.agent import DEVICE, running, start_gateway, wait_until
 
@@ -67,7 +67,9 @@ async def test_every_reading_is_stored_once_sealed_and_provable(tmp_path: Path, 
 
         api = f"http://127.0.0.1:{port}/api/v1"
         for seq in (1, signed):
-            bundle = await asyncio.to_thread(_fetch, f"{api}/devices/{DEVICE}/readings/{seq}/bundle", config.admin_token)
+            bundle = await asyncio.to_thread(
+                _fetch, f"{api}/devices/{DEVICE}/readings/{seq}/bundle", config.admin_token
+            )
             (tmp_path / f"{seq}.tlog-proof").write_bytes(bundle)
         key = await asyncio.to_thread(_fetch, f"{api}/log/public-key", config.admin_token)
         (tmp_path / "log.pub").write_bytes(key)

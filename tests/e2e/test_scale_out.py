@@ -27,7 +27,6 @@ from meterchain.agent.cli import write_private_key
 from meterchain.agent.config import load_config
 from meterchain.agent.outbox import Outbox
 from meterchain.agent.service import Agent
-from meterchain.mqtt.broker import RunningBroker, free_port, start_embedded
 from meterchain.backend.config import BackendConfig, ConfigError
 from meterchain.backend.devices.registry import enrol
 from meterchain.backend.ingest.worker import AckTracker, Ingest, subscriptions
@@ -38,6 +37,7 @@ from meterchain.contract.ack import Ack
 from meterchain.contract.merkle import leaf_hash
 from meterchain.contract.reading import ClockSync
 from meterchain.contract.signing import generate_private_key_pem, load_signer
+from meterchain.mqtt.broker import RunningBroker, free_port, start_embedded
 
 from tests.support.agent import FAST_BACKOFF, AcceleratedClock, wait_until
 from tests.support.backend import Gateway
@@ -226,7 +226,7 @@ async def test_a_killed_worker_loses_nothing_the_agents_resend_to_the_others(
     gateways = [await start_gateway(tmp_path, i, broker, clock) for i in range(3)]
     configs = [load_config(path) for path, _, _ in gateways]
     admin = await open_store(tmp_path / "mc.db")
-    for config, (_, _, spki) in zip(configs, gateways):
+    for config, (_, _, spki) in zip(configs, gateways, strict=True):
         await enrol(admin, config.device_id, spki, int(clock.now()) - 3600)
     ports = [free_port(), free_port()]
     workers = [start_worker(tmp_path, broker, f"worker-{i}", ports[i]) for i in range(2)]
@@ -252,7 +252,7 @@ async def test_a_killed_worker_loses_nothing_the_agents_resend_to_the_others(
                                    "60 more readings after the kill")
             signed = [int(a.metrics.readings_signed._value.get()) for a in agents]
             await wait_until(lambda: all(a.metrics.readings_acked._value.get() >= s
-                                         for a, s in zip(agents, signed)),
+                                         for a, s in zip(agents, signed, strict=True)),
                              30, "acks for every reading signed by then")
             for task in tasks:
                 task.cancel()
@@ -409,9 +409,8 @@ async def test_only_the_sealer_creates_the_log_key(tmp_path: Path) -> None:
     async with serving(BackendConfig(db=api.db, http_port=free_port(), roles="sealer",
                                      log_key=api.log_key, origin=api.origin)):
         pass
-    async with serving(api):  # now it serves the sealer's key
-        async with httpx.AsyncClient(timeout=5) as http:
-            key = await http.get(f"http://127.0.0.1:{api.http_port}/api/v1/log/public-key")
+    async with serving(api), httpx.AsyncClient(timeout=5) as http:  # now it serves the sealer's key
+        key = await http.get(f"http://127.0.0.1:{api.http_port}/api/v1/log/public-key")
     assert key.text.startswith("scale.example/log+")
 
 

@@ -26,7 +26,6 @@ from meterchain.agent.config import load_config
 from meterchain.agent.service import Agent
 from meterchain.backend.access.model import PointKind
 from meterchain.backend.access.tables import PartyTables
-from meterchain.mqtt.broker import RunningBroker, free_port
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.devices.registry import enrol
 from meterchain.backend.service import serve
@@ -41,6 +40,7 @@ from meterchain.contract.leaves import SettlementLeaf, parse_leaf
 from meterchain.contract.note import NoteSigner, NoteVerifier
 from meterchain.contract.reading import ClockSync
 from meterchain.contract.signing import generate_private_key_pem, load_signer
+from meterchain.mqtt.broker import RunningBroker, free_port
 
 from tests.support.agent import FAST_BACKOFF, AcceleratedClock
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 from meterchain.backend.api.app import create_app
-from meterchain.mqtt.broker import RunningBroker
 from meterchain.backend.devices.registry import enrol
 from meterchain.backend.ingest.worker import Ingest
 from meterchain.backend.store import open_store
 from meterchain.contract.note import NoteSigner
+from meterchain.mqtt.broker import RunningBroker
 
 from tests.support.agent import DEVICE, running, start_gateway, wait_until
 

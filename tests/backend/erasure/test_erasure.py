@@ -150,8 +150,8 @@ def test_erasure_keeps_the_log_verifiable_and_answers_410(tmp_path: Path) -> Non
 
     with sqlite3.connect(scenario.db) as db:
         assert db.execute("SELECT count(*) FROM leaves WHERE data = X''").fetchone()[0] == len(seqs_a)
-        assert db.execute("SELECT count(*) FROM readings WHERE device = 'gw-a' AND seq IN (%s)"
-                          % ",".join(map(str, seqs_a))).fetchone()[0] == 0
+        seqs = ",".join(map(str, seqs_a))
+        assert db.execute(f"SELECT count(*) FROM readings WHERE device = 'gw-a' AND seq IN ({seqs})").fetchone()[0] == 0
     for log_only in (False, True):
         report = _audit(scenario.db, verifier, log_only)
         assert report.ok, report.findings

@@ -14,7 +14,6 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from meterchain.backend.api.app import create_app
-from meterchain.mqtt.broker import find_mosquitto, free_port
 from meterchain.backend.provisioning.tokens import (
     ProvisioningError,
     ProvisioningSettings,
@@ -31,6 +30,7 @@ from meterchain.contract import merkle
 from meterchain.contract.checkpoint import open_checkpoint
 from meterchain.contract.note import NoteSigner
 from meterchain.contract.signing import generate_private_key_pem, load_signer
+from meterchain.mqtt.broker import find_mosquitto, free_port
 from typer.testing import CliRunner
 
 from tests.support.backend import Gateway, backend, close
@@ -69,7 +69,10 @@ async def test_token_issue_provision_and_every_refusal(tmp_path: Path) -> None:
         issued = http.post("/api/v1/installer-tokens", headers=ADMIN,
                            json={"scope": "utility:swx", "note": "job 17"}).json()
         assert issued["token"].startswith("mct_") and issued["scope"] == "utility:swx"
-        assert issued["command"] == f"meterchain agent provision --backend https://backend.example --token {issued['token']}"
+        assert (
+            issued["command"]
+            == f"meterchain agent provision --backend https://backend.example --token {issued['token']}"
+        )
         assert issued["qr_svg"].startswith("<svg")
         body = {"token": issued["token"], "public_key": _key_b64(gateway_key), "identity": IDENTITY}
         unknown = http.post("/api/v1/provision", json=body | {"token": "mct_nope"})

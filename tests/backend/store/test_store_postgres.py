@@ -451,12 +451,12 @@ async def test_the_scale_path_runs_end_to_end_on_postgres(tmp_path: Path, broker
 
     import aiomqtt
     import httpx
-    from meterchain.mqtt.broker import free_port
     from meterchain.backend.config import BackendConfig
     from meterchain.backend.service import serve
     from meterchain.contract.ack import Ack, ack_topic
     from meterchain.contract.checkpoint import open_checkpoint
     from meterchain.contract.note import NoteSigner as Signer
+    from meterchain.mqtt.broker import free_port
 
     from tests.support.scale_out import needs_shared_subscriptions, serving
 
