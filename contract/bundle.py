@@ -165,7 +165,7 @@ def verify_bundle(text: str | bytes, log_key: NoteVerifier) -> Verified:
     passed.append("encoding")
 
     # Log order decides between leaves with the same valid-from: sort by leaf index first.
-    ordered = [leaf for _, leaf in sorted(zip((e.index for e in bundle.device_leaves), device_leaves))]
+    ordered = [leaf for _, leaf in sorted(zip((e.index for e in bundle.device_leaves), device_leaves, strict=True))]
     evidence = Evidence(
         Statement.of_reading(signed),
         device_leaves=ordered,

@@ -41,7 +41,7 @@ def decode(data: bytes, *, what: str = "item", max_size: int | None = None) -> C
     if not data:
         raise EncodingError(f"{what}: empty input", what=what)
     try:
-        value = cbor2.loads(data)
+        value: CborValue = cbor2.loads(data)
     except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError, OverflowError) as exc:
         raise EncodingError(f"{what}: not valid CBOR ({exc})", what=what) from None
     _check_model(value, depth=0, what=what)
@@ -56,9 +56,8 @@ def _check_model(value: object, *, depth: int, what: str = "item") -> None:
     if depth > MAX_DEPTH:
         raise EncodingError(f"{what}: nested deeper than {MAX_DEPTH} levels", what=what)
     if value is None or isinstance(value, (bool, int, bytes, str)):
-        if isinstance(value, int) and not isinstance(value, bool):
-            if not -(2**64) <= value < 2**64:
-                raise EncodingError(f"{what}: integer {value} does not fit 64 bits", what=what)
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**64) <= value < 2**64:
+            raise EncodingError(f"{what}: integer {value} does not fit 64 bits", what=what)
         return
     if isinstance(value, list):
         for item in value:

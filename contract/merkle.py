@@ -253,10 +253,7 @@ def _inclusion_shape(index: int, size: int) -> tuple[int, int]:
 
 def _chain_inner(seed: bytes, siblings: Sequence[bytes], index: int) -> bytes:
     for level, sibling in enumerate(siblings):
-        if (index >> level) & 1:
-            seed = node_hash(sibling, seed)
-        else:
-            seed = node_hash(seed, sibling)
+        seed = node_hash(sibling, seed) if (index >> level) & 1 else node_hash(seed, sibling)
     return seed
 
 

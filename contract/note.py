@@ -23,7 +23,7 @@ MAX_NOTE_SIZE = 16_384
 
 def _key_hash(name: str, public_key: bytes) -> int:
     digest = hashlib.sha256(name.encode() + b"\n" + bytes([ED25519_TYPE]) + public_key).digest()
-    return struct.unpack(">I", digest[:4])[0]
+    return int.from_bytes(digest[:4], "big")
 
 
 def _check_name(name: str) -> None:

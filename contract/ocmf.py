@@ -399,7 +399,8 @@ def _parse_reading(entry: object) -> OcmfReading:
             field="TM",
         )
     try:
-        moment = dt.datetime(*(int(g) for g in time.groups()[:6]), tzinfo=dt.UTC)
+        year, month, day, hour, minute, second = (int(g) for g in time.groups()[:6])
+        moment = dt.datetime(year, month, day, hour, minute, second, tzinfo=dt.UTC)
     except ValueError:
         raise FieldError("ocmf: TM is not a calendar date and time", field="TM") from None
     if moment < _EPOCH:

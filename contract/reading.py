@@ -167,7 +167,7 @@ def _enum(kind: type[StrEnum], value: Any, name: str) -> Any:
     try:
         return kind(value)
     except ValueError:
-        allowed = ", ".join(m.value for m in kind)  # type: ignore[attr-defined]
+        allowed = ", ".join(m.value for m in kind)
         raise FieldError(f"reading: {name} {value!r} is not one of {allowed}", field=name) from None
 
 

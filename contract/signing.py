@@ -141,7 +141,8 @@ def generate_private_key_pem() -> bytes:
     if not HAVE_CRYPTOGRAPHY:
         import ecdsa
 
-        return ecdsa.SigningKey.generate(curve=ecdsa.NIST256p).to_pem(format="pkcs8")
+        pem: bytes = ecdsa.SigningKey.generate(curve=ecdsa.NIST256p).to_pem(format="pkcs8")
+        return pem
     key = ec.generate_private_key(ec.SECP256R1())
     return key.private_bytes(
         serialization.Encoding.PEM,
@@ -189,7 +190,7 @@ class EcdsaSigner:
         if key.curve != ecdsa.NIST256p:
             raise KeyValidityError("private key is not an ECDSA P-256 key")
         self._key = key
-        self._public_der = key.get_verifying_key().to_der()
+        self._public_der: bytes = key.get_verifying_key().to_der()
 
     @property
     def public_key_der(self) -> bytes:
@@ -199,9 +200,10 @@ class EcdsaSigner:
         from ecdsa.util import sigencode_der_canonize
 
         # Explicit curve and hash: ecdsa's defaults are NIST192p and SHA-1.
-        return self._key.sign_deterministic(
+        signature: bytes = self._key.sign_deterministic(
             data, hashfunc=hashlib.sha256, sigencode=sigencode_der_canonize
         )
+        return signature
 
 
 def load_signer(private_key_pem: bytes, *, backend: str = "auto") -> Signer:

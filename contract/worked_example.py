@@ -30,7 +30,8 @@ def example_device_key_pem() -> bytes:
 
     scalar = int.from_bytes(hashlib.sha256(b"meterchain example device key").digest(), "big")
     key = ecdsa.SigningKey.from_secret_exponent(scalar % signing.P256_ORDER, curve=ecdsa.NIST256p)
-    return key.to_pem(format="pkcs8")
+    pem: bytes = key.to_pem(format="pkcs8")
+    return pem
 
 
 def example_log_key() -> NoteSigner:
@@ -117,7 +118,10 @@ def _diag(data: bytes) -> str:
 def render_markdown() -> str:
     """The generated section of docs/format.md."""
     ex = build()
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
     return "\n".join(
         [
             "Example keys (derived from public strings; never use them for anything else):",
