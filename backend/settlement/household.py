@@ -177,9 +177,9 @@ async def wallet_view(store: SqliteStore, household: str, now: int, start: int =
 def month_bounds(key: str, zone: str) -> tuple[int, int]:
     """``YYYY-MM`` as [start, end) UTC seconds of that local month; ValueError if malformed."""
     year, month = (int(x) for x in key.split("-"))
+    if len(key) != 7 or not 1970 <= year <= 9998:
+        raise ValueError(f"no month {key}")
     dt.date(year, month, 1)
-    if len(key) != 7:
-        raise ValueError(key)
     return local_month_bounds(year, month, zone)
 
 

@@ -274,7 +274,11 @@ def household_router(state: ApiState, auth: Auth) -> APIRouter:
         await may_act(who, household)
         store = state.read()
         zone = await money.household_timezone(store, household)
-        start, end = money.month_bounds(month, zone)
+        try:
+            start, end = money.month_bounds(month, zone)
+        except (ValueError, OverflowError):
+            raise ApiError(400, "invalid", f"no month {month}", "YYYY-MM, a year from 1970 on"
+                           ) from None
         postings = await WalletTables(store).postings("household", household, start, end)
         text = money.statement_csv(await money.household_community(store, household) or "",
                                    postings, zone,

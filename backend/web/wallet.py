@@ -57,7 +57,7 @@ def router(ctx: WebContext) -> APIRouter:
         key = month.removesuffix(".csv")
         try:
             start, end = money.month_bounds(key, zone)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise PageError(404, "There is no such month.") from None
         community = await money.household_community(ctx.store, household) or ""
         postings = await WalletTables(ctx.store).postings("household", household, start, end)

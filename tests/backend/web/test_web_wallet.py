@@ -106,6 +106,9 @@ def test_a_statement_adds_up_and_its_lines_name_digests_that_verify(market: Mark
                        headers=key(market, "h-1"))
         assert api.status_code == 200 and api.text == answer.text
         assert http.get("/households/h-1/wallet/statement/2024-13.csv").status_code == 404
+        assert http.get("/households/h-1/wallet/statement/0000-01").status_code == 404
+        assert http.get("/api/v1/households/h-1/wallet/statement?month=0000-01",
+                        headers=key(market, "h-1")).status_code == 400  # found by schemathesis
 
     async def check(line: dict[str, str]) -> None:
         store = await open_store(market.db)
