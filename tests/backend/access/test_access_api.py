@@ -60,7 +60,7 @@ def test_every_non_public_route_refuses_anonymous_callers(http: TestClient, scen
     values = {"device": "gw-a", "seq": 1, "point": "mp-a", "key_id": scenario.key_ids["h-a"],
               "household": "h-a", "username": "alice", "kind": "day", "key": "2023-11-14",
               "month": "2023-11", "token": "x", "hook": "wh-000000000000", "delivery": 1,
-              "community": "c1", "member": "mp-a", "interval_start": 0}
+              "community": "c1", "member": "mp-a", "interval_start": 0, "handle": "0123456789ab"}
     checked = 0
     for route in all_routes(http.app.router.routes):  # type: ignore[attr-defined]
         if route.path in PUBLIC:
