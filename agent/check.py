@@ -21,7 +21,9 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 from urllib.parse import quote
 
 from meterchain.agent.backfill import ClockCheck
@@ -56,10 +58,10 @@ from meterchain.bridge.modbus.reader import SerialPortError
 from meterchain.contract import merkle
 from meterchain.contract.checkpoint import open_checkpoint
 from meterchain.contract.errors import MeterchainError
-from meterchain.contract.message import parse_message
+from meterchain.contract.message import SignedReading, parse_message
 from meterchain.contract.note import NoteVerifier
 from meterchain.contract.reading import ClockSync
-from meterchain.contract.signing import key_id
+from meterchain.contract.signing import Signer, key_id
 from meterchain.mqtt import Backoff
 
 
@@ -149,9 +151,9 @@ def dlms_failure_fix(exc: BaseException, source: DlmsMeterSource) -> str:
     return f"see the detail; run {scan} to see what answers"
 
 
-async def run_check(config: AgentConfig, signer, *, record: dict[str, object] | None,  # type: ignore[no-untyped-def]
+async def run_check(config: AgentConfig, signer: Signer, *, record: dict[str, object] | None,
                     sources: list[MeterSource] | None = None, timeout: float = 60.0,
-                    clock_sync=kernel_clock_sync) -> CheckReport:  # type: ignore[no-untyped-def]
+                    clock_sync: Callable[[], ClockSync] = kernel_clock_sync) -> CheckReport:
     """Run every step; a step that cannot start because an earlier one failed is skipped."""
     report = CheckReport(config.device_id, key_id(signer.public_key_der).hex(),
                          checked_at=int(time.time()))
@@ -174,8 +176,8 @@ async def run_check(config: AgentConfig, signer, *, record: dict[str, object] | 
             await _publish_and_prove(report, config, signer, sources, answering, record,
                                      timeout, clock, clock_sync)
     finally:
-        for source in sources:
-            source.close()
+        for meter_source in sources:
+            meter_source.close()
     return report
 
 
@@ -266,10 +268,10 @@ def _check_clock(report: CheckReport, sync: ClockSync, *, has_modbus: bool) -> N
         report.add("clock", True, "gateway clock state unknown (no adjtimex here)")
 
 
-async def _publish_and_prove(report: CheckReport, config: AgentConfig, signer,  # type: ignore[no-untyped-def]
+async def _publish_and_prove(report: CheckReport, config: AgentConfig, signer: Signer,
                              sources: list[MeterSource], dlms_answering: set[str],
                              record: dict[str, object] | None, timeout: float, clock: Clock,
-                             clock_sync) -> None:  # type: ignore[no-untyped-def]
+                             clock_sync: Callable[[], ClockSync]) -> None:
     metrics = AgentMetrics()
     outbox = await Outbox.open(config.outbox_path, config.device_id)
     try:
@@ -341,7 +343,7 @@ async def _acked(outbox: Outbox, seq: int) -> bool:
     return await outbox.acked_upto() >= seq
 
 
-async def _wait(condition, timeout: float, task: asyncio.Task[None]) -> bool:  # type: ignore[no-untyped-def]
+async def _wait(condition: Callable[[], Awaitable[bool]], timeout: float, task: asyncio.Task[None]) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await condition():
@@ -352,7 +354,7 @@ async def _wait(condition, timeout: float, task: asyncio.Task[None]) -> bool:  #
     return False
 
 
-async def _prove(report: CheckReport, config: AgentConfig, seq: int, signed, message: bytes,  # type: ignore[no-untyped-def]
+async def _prove(report: CheckReport, config: AgentConfig, seq: int, signed: SignedReading, message: bytes,
                  record: dict[str, object] | None, timeout: float) -> None:
     log_key = record.get("log_public_key") if record else None
     if not isinstance(log_key, str):
@@ -363,7 +365,7 @@ async def _prove(report: CheckReport, config: AgentConfig, seq: int, signed, mes
     url = (f"{config.backend_url.rstrip('/')}/api/v1/devices/{quote(config.device_id)}/readings/"
            f"{seq}/inclusion?leaf_hash={leaf.hex()}")
     deadline = time.monotonic() + timeout
-    answer: dict[str, object] | None = None
+    answer: dict[str, Any] | None = None  # JSON
     problem = ""
     while time.monotonic() < deadline:
         status, answer, problem = await asyncio.to_thread(_get_json, url)
@@ -379,8 +381,8 @@ async def _prove(report: CheckReport, config: AgentConfig, seq: int, signed, mes
     try:
         verifier = NoteVerifier.parse(log_key)
         checkpoint = open_checkpoint(str(answer["checkpoint"]), verifier)
-        index = int(answer["leaf_index"])  # type: ignore[call-overload]
-        proof = [base64.b64decode(p) for p in answer["proof"]]  # type: ignore[union-attr]
+        index = int(answer["leaf_index"])
+        proof = [base64.b64decode(p) for p in answer["proof"]]
         merkle.verify_inclusion(index, checkpoint.size, leaf, proof, checkpoint.root)
     except (MeterchainError, ValueError, KeyError) as exc:
         report.add("logged", False, f"the inclusion proof does not verify: {exc}",
@@ -392,7 +394,7 @@ async def _prove(report: CheckReport, config: AgentConfig, seq: int, signed, mes
                f"leaves, signed by {verifier.name})")
 
 
-def _get_json(url: str) -> tuple[int, dict[str, object] | None, str]:
+def _get_json(url: str) -> tuple[int, dict[str, Any] | None, str]:
     try:
         with urllib.request.urlopen(url, timeout=10) as answer:
             return answer.status, json.loads(answer.read()), ""

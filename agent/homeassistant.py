@@ -42,6 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from meterchain.contract.errors import MeterchainError
 from meterchain.mqtt import (
@@ -417,9 +418,9 @@ class MonotonicGuard:
         try:
             guard = cls(path, meters)
         except HomeAssistantError as exc:
-            raise HomeAssistantError(
-                f"guard file {path}: {exc}", path=str(path), **exc.context
-            ) from None
+            error = HomeAssistantError(f"guard file {path}: {exc}")
+            error.context = {**exc.context, "path": str(path)}
+            raise error from None
         guard._dirty = False
         return guard
 
@@ -450,7 +451,7 @@ class MonotonicGuard:
     def admit(self, meter: str, state: MeterState) -> Admission:
         """The state to publish: each register as offered, or held at its last value if lower."""
         held: list[HeldValue] = []
-        values: dict[str, int] = {}
+        values: dict[str, Any] = {}  # dataclasses.replace's keywords: MeterState's fields
         for register in CUMULATIVE_REGISTERS:
             offered = getattr(state, register)
             previous = self.last(meter, register)

@@ -296,7 +296,7 @@ class Outbox:
             f"SELECT {columns} FROM readings WHERE {due} ORDER BY seq DESC LIMIT ?",
             (cutoff, newest),
         ) as cur:
-            latest = await cur.fetchall()
+            latest = list(await cur.fetchall())
         async with self._db.execute(
             f"SELECT {columns} FROM readings WHERE {due} ORDER BY seq LIMIT ?",
             (cutoff, limit - len(latest)),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from typing import Protocol
 
@@ -46,15 +47,9 @@ class ProfileSession(Protocol):
 class ProfileSource(Protocol):
     name: str
 
-    def session(self) -> _SessionContext: ...
+    def session(self) -> AbstractAsyncContextManager[ProfileSession]: ...
 
     def close(self) -> None: ...
-
-
-class _SessionContext(Protocol):
-    async def __aenter__(self) -> ProfileSession: ...
-
-    async def __aexit__(self, *exc: object) -> bool | None: ...
 
 
 def settle_delay(interval: int) -> float:

@@ -247,7 +247,7 @@ def toml_text(document: dict[str, Any]) -> str:
 
 
 def _emit(table: dict[str, Any], path: list[str], lines: list[str]) -> None:
-    nested = []
+    nested: list[tuple[str, Any, bool]] = []  # (key, a table or an array of tables, is it an array)
     for key, value in table.items():
         if isinstance(value, dict):
             nested.append((key, value, False))

@@ -19,8 +19,9 @@ meter's RS-485 or RS-232 port, or an optical head already in HDLC mode.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 from meterchain.agent.backfill import check_clock
 from meterchain.agent.dlms_config import DEFAULT_CLOCK_DRIFT_THRESHOLD_SECONDS
@@ -30,7 +31,7 @@ from meterchain.agent.meters_dlms import (
     whole_wh,
 )
 from meterchain.agent.scan import Proposal
-from meterchain.bridge.dlms import LOAD_PROFILE_OBIS, DlmsMeterClient, HdlcAddress, Obis
+from meterchain.bridge.dlms import LOAD_PROFILE_OBIS, DlmsMeterClient, HdlcAddress, Obis, RegisterValue
 from meterchain.bridge.dlms.errors import (
     AddressError,
     AssociationError,
@@ -44,6 +45,8 @@ from meterchain.bridge.dlms.errors import (
 from meterchain.bridge.dlms.obis import ACTIVE_EXPORT_OBIS, ACTIVE_IMPORT_OBIS, LOGICAL_DEVICE_NAME_OBIS
 from meterchain.bridge.dlms.serial_client import SerialTransport
 from meterchain.contract.reading import METER_SERIAL_RE, ClockSync
+
+_T = TypeVar("_T")
 
 DEFAULT_DLMS_BAUDRATES = (9600, 2400, 4800, 19200)
 DEFAULT_HDLC_ADDRESSES = "1,1/16-31"  # point-to-point logical 1; multi-drop stations 16-31
@@ -241,7 +244,7 @@ async def _identify(line: _SharedLine, port: str, baudrate: int, address: HdlcAd
         await client.close()
 
 
-async def _optional(read, *args):  # type: ignore[no-untyped-def]
+async def _optional(read: Callable[..., Awaitable[_T]], *args: object) -> _T | None:
     """The value, or None when the meter has no such object (it answered: not an error)."""
     try:
         return await read(*args)
@@ -276,7 +279,7 @@ async def _read_meter(client: DlmsMeterClient, port: str, baudrate: int, address
                           export_wh, drift, drifted, period, profile)
 
 
-def _wh(value, obis: Obis) -> int | None:  # type: ignore[no-untyped-def]
+def _wh(value: RegisterValue | None, obis: Obis) -> int | None:
     if value is None:
         return None
     try:

@@ -87,7 +87,7 @@ class Poller:
         results = await asyncio.gather(*(self._read(source) for source in self.sources))
         sync = self.clock_sync()
         entries = []
-        for source, snapshot in zip(self.sources, results):
+        for source, snapshot in zip(self.sources, results, strict=True):
             if snapshot is None:
                 continue
             self._notify_snapshot(source, snapshot)

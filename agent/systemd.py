@@ -4,8 +4,9 @@ deploy/gateway/meterchain-agent.service is ``Type=notify`` with ``WatchdogSec=``
 the agent when ``WATCHDOG=1`` stops arriving. The pings come from a task on the agent's event loop,
 so a wedged loop stops them; and they are sent only while every poller makes progress (the Modbus
 interval poller and each DLMS meter's profile poller, each its own counter), so a serial port that
-hangs a read forever stops them too, even while the other pollers carry on. Outside systemd (``NOTIFY_SOCKET`` unset) every call
-is a no-op, so the same code runs in tests, in a shell and under the unit.
+hangs a read forever stops them too, even while the other pollers carry on. Outside systemd
+(``NOTIFY_SOCKET`` unset) every call is a no-op, so the same code runs in tests, in a shell and under
+the unit.
 
 Protocol: one datagram of ``KEY=VALUE`` lines to the ``AF_UNIX`` socket named by ``NOTIFY_SOCKET``
 (a leading ``@`` means Linux's abstract namespace); see sd_notify(3).
