@@ -161,7 +161,7 @@ class Preview:
     import_wh: int
     sold_local_wh: int  # with the new conditions
     sold_local: int  # µ€ received for it
-    feed_in_value: int  # µ€ the whole export would have earned at the feed-in tariff
+    feed_in_value: int  # µ€ the same energy would have earned at the feed-in tariff
     bought_local_wh: int
     bought_local: int  # µ€ paid for it (energy only)
     grid_value: int  # µ€ the same energy would have cost at the grid price (energy only)
@@ -195,10 +195,10 @@ def run_preview(rows: list[SettlementRow], member: str, conditions: Conditions, 
             totals[key + "bought"] += line["local_energy_bought"]
             if key == "":
                 totals["grid_n"] += line["bought_local_wh"] * result.retail_price
+                totals["feed_n"] += line["sold_local_wh"] * result.feed_in_price
         totals["n"] += 1
         totals["imp"] += int(iv.import_wh[k])
         totals["exp"] += int(iv.export_wh[k])
-        totals["feed_n"] += int(iv.export_wh[k]) * settled.feed_in
     return Preview(start, end, totals["n"], totals["exp"], totals["imp"], totals["sold_wh"],
                    totals["sold"], div_half_even(totals["feed_n"], 1000), totals["bought_wh"],
                    totals["bought"], div_half_even(totals["grid_n"], 1000), totals["s_sold_wh"],

@@ -172,7 +172,7 @@ class PreviewOut(BaseModel):
     import_wh: int
     sold_local_wh: int
     sold_local: int = Field(description="µ€ received for it")
-    feed_in_value: int = Field(description="µ€ the whole export earns at p_f")
+    feed_in_value: int = Field(description="µ€ the energy sold locally earns at p_f")
     bought_local_wh: int
     bought_local: int
     grid_value: int

@@ -19,7 +19,7 @@ from meterchain.backend.settlement.runner import SettledInput, terms_at
 from meterchain.backend.settlement.tables import SettlementRow, SettlementTables, Terms
 from meterchain.backend.store.sqlite import SqliteStore
 
-RECENT = 24  # settled intervals listed
+RECENT = 12  # settled intervals listed
 HISTORY_DAYS = 30
 
 

@@ -34,7 +34,7 @@ def router(ctx: WebContext) -> APIRouter:
         session, _ = await ctx.household(request, household)
         zone = await WebTables(ctx.store).timezone(household)
         now = ctx.now()
-        view = await money.wallet_view(ctx.store, household, now, limit=60)
+        view = await money.wallet_view(ctx.store, household, now, limit=40)
         today = series.today(now, zone)
         month = series.period("month", today, zone)
         year_start = series.parse_period("month", f"{today.year - 1}-{today.month:02d}", zone)

@@ -181,6 +181,9 @@ def test_the_preview_is_the_engine_on_the_stored_inputs(market: Market) -> None:
         assert (same.sold_local_wh, same.sold_local) == (same.settled_sold_local_wh,
                                                          same.settled_sold_local)
         never = run_preview(rows, "mp-1", Conditions(sell_ask=10_000_000), NOW - 86_400, NOW)
-        assert never.sold_local_wh == 0 and never.feed_in_value == same.feed_in_value > 0
+        assert never.sold_local_wh == 0 and never.feed_in_value == 0 < same.feed_in_value
+        # the feed-in comparison is the same energy at p_f (82,000 µ€/kWh in this community)
+        assert same.feed_in_value == (same.sold_local_wh * 82_000 + 500) // 1000
+        assert never.export_wh == same.export_wh > same.sold_local_wh
 
     asyncio.run(check())
