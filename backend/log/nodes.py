@@ -136,11 +136,11 @@ class NodeReader:
         if short:  # levels a pending layout upgrade has not stored yet: fold from the level below
             below = await self._ranges([(level - STRIDE, first << STRIDE, end << STRIDE)
                                         for level, first, end in (ranges[p] for p in short)])
-            for position, hashes in zip(short, below, strict=True):
+            for position, lower in zip(short, below, strict=True):
                 level, first, end = ranges[position]
-                folded = fold_levels(_checked(hashes, level - STRIDE, first << STRIDE,
+                levels = fold_levels(_checked(lower, level - STRIDE, first << STRIDE,
                                               (end - first) << STRIDE), STRIDE)
-                read[position] = folded[STRIDE]
+                read[position] = levels[STRIDE]
                 self.derived += 1
         for (level, index, width), hashes in zip(missing, read, strict=True):
             folded = folded_group(_checked(hashes, level, index * GROUP_WIDTH, width))

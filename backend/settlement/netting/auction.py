@@ -59,5 +59,5 @@ def clear_call_auction(
     ask_fills[a_order] = np.clip(volume - (a_cum - ask_wh[a_order]), 0, ask_wh[a_order])
     sizes = (ends[:count] - starts[:count]).tolist()
     pairs = tuple(zip(bidders[b_order[seg_bid[:count]]].tolist(),
-                      askers[a_order[seg_ask[:count]]].tolist(), sizes))
+                      askers[a_order[seg_ask[:count]]].tolist(), sizes, strict=True))
     return Clearing(price, volume, bid_fills, ask_fills, pairs)

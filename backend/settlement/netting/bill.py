@@ -75,7 +75,9 @@ class BillBuilder:
     # rows of self._sums
     _E: ClassVar[dict[str, int]] = {name: i for i, name in enumerate(ENERGY_TOTALS)}
     _X: ClassVar[dict[str, int]] = {kind: len(ENERGY_TOTALS) + i for i, (kind, _) in enumerate(MONEY_KINDS)}
-    _M: ClassVar[dict[str, int]] = {kind: len(ENERGY_TOTALS) + len(MONEY_KINDS) + i for i, (kind, _) in enumerate(MONEY_KINDS)}
+    _M: ClassVar[dict[str, int]] = {
+        kind: len(ENERGY_TOTALS) + len(MONEY_KINDS) + i for i, (kind, _) in enumerate(MONEY_KINDS)
+    }
     _BASE_COST = len(ENERGY_TOTALS) + 2 * len(MONEY_KINDS)
     _BASE_FEED = _BASE_COST + 1
     _CO2 = _BASE_COST + 2

@@ -163,7 +163,7 @@ def advance(
         ids = [member] * count
         imports = largest_remainder(import_wh, even, starts, ids).tolist()
         exports = largest_remainder(export_wh, even, starts, ids).tolist()
-    intervals = [MemberInterval(member, i, e, quality, leaves) for i, e in zip(imports, exports)]
+    intervals = [MemberInterval(member, i, e, quality, leaves) for i, e in zip(imports, exports, strict=True)]
     new_track = MeterTrack(member, track.meter_serial, reading.timestamp, imp, exp,
                            reading.leaf_hash)
     return new_track, intervals, starts

@@ -23,6 +23,7 @@ import enum
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -234,7 +235,7 @@ class MemberRoster:
         return cls(tuple(ids))
 
 
-def _quality(value: object) -> int:
+def _quality(value: Any) -> int:  # anything a caller passes: Quality() decides
     try:
         return int(Quality(value))
     except (ValueError, TypeError) as exc:
@@ -280,8 +281,11 @@ class IntervalInput:
     ) -> IntervalInput:
         """Validate and canonicalise: members sorted by id, hashes sorted, bounds checked."""
         _check_int("interval_start", interval_start, 0, 2**62)
-        roster = member_ids if isinstance(member_ids, MemberRoster) else None
-        ids = list(roster.ids) if roster else [check_member_id(m) for m in member_ids]
+        roster: MemberRoster | None = None
+        if isinstance(member_ids, MemberRoster):
+            roster, ids = member_ids, list(member_ids.ids)
+        else:
+            ids = [check_member_id(m) for m in member_ids]
         n = len(ids)
         imp = _as_int64("import_wh", import_wh, n, MAX_MEMBER_WH)
         exp = _as_int64("export_wh", export_wh, n, MAX_MEMBER_WH)

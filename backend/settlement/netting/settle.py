@@ -58,7 +58,7 @@ def settle_interval(
             interval.interval_start, interval.member_ids, imp, exp)
         price, tier_name = local_price(community.rule, retail, feed_in, int(exp.sum()),
                                        int(imp.sum()), community.fixed_price)
-        tiers = (TierClearing(tier_name, price, local_wh),)
+        tiers: tuple[TierClearing, ...] = (TierClearing(tier_name, price, local_wh),)
         local_cost_n = bought_local * np.int64(price)
         local_revenue_n = sold_local * np.int64(price)
     else:
