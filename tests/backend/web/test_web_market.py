@@ -98,3 +98,14 @@ async def test_a_dynamic_tariff_shows_todays_and_tomorrows_grid_price_curve(tmp_
         assert 'class="now"' in svg and "Mon 12:00–13:00 CEST: grid price 0.262 €/kWh" in svg
     finally:
         await store.close()
+
+
+def test_the_bill_names_no_trading_partner(market: Market) -> None:
+    """Auction pairs name metering points; the household's bill counts its partners instead."""
+    with client(market) as http:
+        assert http.post("/login", data={"username": "user-4", "password": PASSWORD},
+                         follow_redirects=False).status_code == 303
+        page = http.get("/households/h-4/bill/2024-05").text
+        trades = page.split('id="trades"')[1]
+        assert "bought (with 1 neighbour)" in trades or "bought (with 2 neighbours)" in trades
+        assert not re.search(r"mp-[0-9]", trades)
