@@ -3,8 +3,10 @@ bytes (JSON with base64, or deterministic CBOR) and the log key.
 
 The checks, in order: both signed checkpoints and their sizes; the consistency proof between
 them; every device leaf's inclusion; then per entry its range and order, its inclusion, the
-reading it names, a logged key valid for its seq (format.md §5), the key id and the signature.
-Every failure is a :class:`BatchError` naming the check and the entry.
+reading it names, a logged key valid for its seq (format.md §5), the key id, low-S and the
+signature. The checkpoint, inclusion, key and signature checks are those of the verification
+policy (contract/policy.py). Every failure is a :class:`BatchError` naming the check (and the
+entry's index).
 """
 
 from __future__ import annotations
@@ -14,12 +16,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from meterchain.contract import cbor
-from meterchain.contract.checkpoint import open_checkpoint
+from meterchain.contract.checkpoint import Checkpoint
 from meterchain.contract.errors import MeterchainError
-from meterchain.contract.leaves import DeviceLeaf, parse_leaf, valid_key
-from meterchain.contract.merkle import leaf_hash, verify_consistency, verify_inclusion
+from meterchain.contract.leaves import DeviceLeaf, parse_leaf
+from meterchain.contract.merkle import verify_consistency
 from meterchain.contract.message import SignedReading, parse_message
 from meterchain.contract.note import NoteVerifier, strict_b64decode
+from meterchain.contract.policy import (
+    SIGNED_BY_DEVICE,
+    CheckpointSigned,
+    DeviceLeavesIncluded,
+    Evidence,
+    LeafIncluded,
+    LoggedLeaf,
+    Statement,
+    VerificationError,
+)
 from meterchain.contract.reading import MAX_SAFE_INT
 
 BATCH_TYPE = "meterchain/utility-batch/v1"
@@ -109,14 +121,27 @@ def _hashes(values: object, raw: Any) -> list[bytes]:
     return [raw(v) for v in values]
 
 
+_DEVICE_LEAVES_INCLUDED = DeviceLeavesIncluded()
+_LEAF_INCLUDED = LeafIncluded()
+
+
+def _opened(checkpoint_signed: CheckpointSigned, evidence: Evidence) -> Checkpoint:
+    checkpoint_signed.verify(evidence)
+    if evidence.checkpoint is None:  # pragma: no cover - CheckpointSigned sets it or raises
+        raise BatchError("checkpoint was not opened", check="checkpoint")
+    return evidence.checkpoint
+
+
 def _verify(doc: dict[str, Any], raw: Any, verifier: NoteVerifier) -> VerifiedPage:
     size_from, size_to = _uint(doc["from"], "from"), _uint(doc["to"], "to")
     cursor = _uint(doc["cursor"], "cursor")
-    new = open_checkpoint(doc["new"], verifier)
+    checkpoint_signed = CheckpointSigned(verifier)
+    page = Evidence(checkpoint_note=doc["new"])
+    new = _opened(checkpoint_signed, page)
     if new.size != size_to:
         raise BatchError(f"checkpoint `new` has size {new.size}, not {size_to}", check="checkpoint")
     if size_from:
-        old = open_checkpoint(doc["old"], verifier)
+        old = _opened(checkpoint_signed, Evidence(checkpoint_note=doc["old"]))
         if old.size != size_from:
             raise BatchError(f"checkpoint `old` has size {old.size}, not {size_from}",
                              check="checkpoint")
@@ -125,14 +150,17 @@ def _verify(doc: dict[str, Any], raw: Any, verifier: NoteVerifier) -> VerifiedPa
             verify_consistency(size_from, size_to, old.root, new.root, consistency)
         elif old.root != new.root:
             raise BatchError("equal sizes with different roots", check="consistency")
+    page.logged_device_leaves = [
+        LoggedLeaf(raw(item["leaf"]), _uint(item["index"], "index"),
+                   tuple(_hashes(item["proof"], raw)))
+        for item in sorted(doc["keys"], key=lambda k: _uint(k["index"], "index"))
+    ]
+    _DEVICE_LEAVES_INCLUDED.verify(page)
     leaves: list[DeviceLeaf] = []
-    for item in sorted(doc["keys"], key=lambda k: _uint(k["index"], "index")):
-        data = raw(item["leaf"])
-        verify_inclusion(item["index"], size_to, leaf_hash(data), _hashes(item["proof"], raw),
-                         new.root)
-        leaf = parse_leaf(data)
+    for logged in page.logged_device_leaves:
+        leaf = parse_leaf(logged.data)
         if not isinstance(leaf, DeviceLeaf):
-            raise BatchError(f"leaf {item['index']} in `keys` is not a device leaf",
+            raise BatchError(f"leaf {logged.index} in `keys` is not a device leaf",
                              check="encoding")
         leaves.append(leaf)
     entries = []
@@ -144,17 +172,19 @@ def _verify(doc: dict[str, Any], raw: Any, verifier: NoteVerifier) -> VerifiedPa
                              "out of order", check="range", index=index)
         last = index
         message = raw(item["message"])
-        verify_inclusion(index, size_to, leaf_hash(message), _hashes(item["proof"], raw), new.root)
-        signed = parse_message(message)
-        reading = signed.reading
-        if (reading.device, reading.seq) != (item["device"], item["seq"]):
-            raise BatchError(f"entry {index} names {item['device']}#{item['seq']} but holds "
-                             f"{reading.device}#{reading.seq}", check="entry", index=index)
-        key = valid_key(leaves, reading.device, reading.seq)
-        if key is None:
-            raise BatchError(f"no logged key of {reading.device} is valid for seq {reading.seq}",
-                             check="key-validity", index=index)
-        signed.verify(key.public_key_der)
+        entry = Evidence(device_leaves=leaves, checkpoint=new,
+                         leaf=LoggedLeaf(message, index, tuple(_hashes(item["proof"], raw))))
+        try:
+            _LEAF_INCLUDED.verify(entry)
+            signed = parse_message(message)
+            reading = signed.reading
+            if (reading.device, reading.seq) != (item["device"], item["seq"]):
+                raise BatchError(f"entry {index} names {item['device']}#{item['seq']} but holds "
+                                 f"{reading.device}#{reading.seq}", check="entry", index=index)
+            entry.statement = Statement.of_reading(signed)
+            SIGNED_BY_DEVICE.verify(entry)
+        except VerificationError as exc:
+            raise BatchError(str(exc), check=exc.check, index=index) from None
         point = item["point"]
         if point is not None and not isinstance(point, str):
             raise BatchError("batch: point must be text or null", check="encoding")

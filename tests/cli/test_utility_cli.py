@@ -88,7 +88,8 @@ def test_verify_page_names_the_failed_check(served) -> None:  # type: ignore[no-
 
     assert broken(lambda d: d["entries"].reverse()) == "range"
     assert broken(lambda d: d["consistency"].pop()) == "proof"
-    assert broken(lambda d: d["entries"][0].update(proof=d["entries"][1]["proof"])) == "proof"
+    assert broken(lambda d: d["entries"][0].update(proof=d["entries"][1]["proof"])) == "inclusion"
+    assert broken(lambda d: d["keys"][0].update(proof=d["entries"][0]["proof"])) == "device-inclusion"
     assert broken(lambda d: d.update(keys=[])) == "key-validity"
     assert broken(lambda d: d.update(to=15)) == "checkpoint"
     assert broken(lambda d: d.update(extra=1)) == "encoding"
