@@ -250,14 +250,14 @@ class PartyTables(SqliteTables):
             sql, params = sql + " WHERE metering_point = ?", (point,)
         return [Occupancy(*r) for r in await self._rows(sql + " ORDER BY metering_point, valid_from", params)]
 
-    async def _end(self, table: str, what: str, point: str, valid_to: int):  # type: ignore[no-untyped-def]
+    async def _end(self, table: str, what: str, point: str, valid_to: int):  # untyped: MeterBinding or Occupancy
         check_id(point, "metering point")
         stop = check_time(valid_to, "valid_to")
         columns = ("id, metering_point, device, meter, valid_from, valid_to" if table == "meter_bindings"
                    else "id, metering_point, household, valid_from, valid_to")
         build = MeterBinding if table == "meter_bindings" else Occupancy
 
-        async def work():  # type: ignore[no-untyped-def]
+        async def work():
             await self._require("metering_points", "metering point", point)
             row = await self._one(
                 f"SELECT {columns} FROM {table} WHERE metering_point = ? AND valid_to IS NULL", (point,))
@@ -474,8 +474,8 @@ def _subject(kind: KeyKind, subject: str | None) -> str:
             raise InvalidParty("an admin key has no subject", subject=subject)
         return "admin"
     if subject is None:
-        raise InvalidParty(f"a {kind.value} key needs a subject: the {kind.value if kind is not KeyKind.AUDITOR else 'grant'} id",
-                           kind=kind.value)
+        subject_kind = kind.value if kind is not KeyKind.AUDITOR else "grant"
+        raise InvalidParty(f"a {kind.value} key needs a subject: the {subject_kind} id", kind=kind.value)
     return check_id(subject, kind.value)
 
 

@@ -220,8 +220,10 @@ async def partners(store: SqliteStore, household: str, now: int, zone: str) -> l
     labels = await tables.labels(sorted(traded))
     own = await tables.own(household, month_key(now, zone))
     aggregates = await tables.aggregates(sorted(traded))
-    out = [Partner(handle(salt, household, h), labels[h], b, s, last, *own.get(h, (None, None)),
-                   aggregates.get(h)) for h, (b, s, last) in traded.items()]
+    out = []
+    for h, (b, s, last) in traded.items():
+        stars, comment = own.get(h, (None, None))
+        out.append(Partner(handle(salt, household, h), labels[h], b, s, last, stars, comment, aggregates.get(h)))
     return sorted(out, key=lambda p: (-p.last, p.handle))
 
 

@@ -237,7 +237,7 @@ def settlement_router(state: "ApiState", auth: Auth) -> APIRouter:
             raise not_found(f"member {member} of {community}")
         return windows
 
-    async def write(action):  # type: ignore[no-untyped-def]
+    async def write(action):  # an untyped helper: its callers' lambdas return several types
         assert state.writer is not None
         try:
             async with state.write_lock:

@@ -54,7 +54,7 @@ class Terms:
     co2_grams_per_kwh: int = 0
 
     def as_dict(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 TERM_COLUMNS = ("community", "valid_from", "interval_seconds", "deadline_seconds", "timezone",
@@ -374,7 +374,8 @@ class SettlementTables(SqliteTables):
             'ORDER BY r."end", b.valid_from', params)
         rows += await self._rows(
             _POINT_READINGS + 'AND r."end" > :end ORDER BY r."end", b.valid_from LIMIT 1', params)
-        return [StoredReading(*r[:9], unpack_leaf_data(r[9], r[7]), r[10]) for r in rows]
+        # one list per row: mypy cannot count a Row slice followed by more arguments
+        return [StoredReading(*[*r[:9], unpack_leaf_data(r[9], r[7]), r[10]]) for r in rows]
 
     async def readings_by_leaf_hash(self, hashes: Sequence[bytes]) -> list[tuple[str, int]]:
         """(device, seq) of the stored readings with these leaf hashes."""
@@ -466,7 +467,7 @@ class SettlementTables(SqliteTables):
             params.append(member)
         rows = await self._rows(sql + " ORDER BY interval_start, revision, member LIMIT ?",
                                 [*params, limit])
-        return [(r[0], r[1], dict(zip(LINE_COLUMNS, r[2:]))) for r in rows]  # type: ignore[misc]
+        return [(r[0], r[1], dict(zip(LINE_COLUMNS, r[2:], strict=True))) for r in rows]
 
     async def origin(self, community: str, interval_start: int, revision: int
                      ) -> list[tuple[str, int]]:
@@ -491,7 +492,7 @@ class SettlementTables(SqliteTables):
                 row = item.row
                 leaves.append((next_id, pack_leaf_data(item.leaf_data), leaf_hash(item.leaf_data),
                                row.settled_at))
-                values = [getattr(row, name) for name in SettlementRow.__slots__][:-1]  # type: ignore[attr-defined]
+                values = [getattr(row, name) for name in SettlementRow.__slots__][:-1]
                 values[6] = next_id
                 settlements.append(values)
                 key = (row.community, row.interval_start, row.revision)
@@ -587,4 +588,5 @@ class SettlementTables(SqliteTables):
 
 
 def _bill(row: sqlite3.Row) -> BillRow:
-    return BillRow(*row[:11], json.loads(row[11]), json.loads(row[12]))
+    fields = [*row[:11], json.loads(row[11]), json.loads(row[12])]  # energy, lines
+    return BillRow(*fields)

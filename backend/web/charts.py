@@ -88,7 +88,7 @@ def bar_chart(slots: Sequence[Slot], spec: ChartSpec, zone: str, *, daily: bool 
     if bottom:
         parts.append(f'<text class="tick" x="{PAD_LEFT - 4}" y="{HEIGHT - PAD_BOTTOM}" '
                      f'text-anchor="end">−{escape(_axis(bottom))}</text>')
-    for k, (slot, (up, down)) in enumerate(zip(slots, values)):
+    for k, (slot, (up, down)) in enumerate(zip(slots, values, strict=True)):
         x = PAD_LEFT + k * step + (step - bar_w) / 2
         local = dt.datetime.fromtimestamp(slot.start, tz)
         when = local.strftime("%a %-d %b") if daily else (

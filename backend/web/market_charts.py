@@ -21,7 +21,7 @@ def eur_kwh(micro: int) -> str:
 
 
 def _scale(values: Sequence[int]) -> tuple[int, int]:
-    low, high = min(values + [0]), max(values + [1])
+    low, high = min([*values, 0]), max([*values, 1])
     pad = max((high - low) // 10, 1)
     return low - pad if low < 0 else 0, high + pad
 

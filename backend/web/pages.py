@@ -13,6 +13,7 @@ import datetime as dt
 import io
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -144,7 +145,7 @@ def router(ctx: WebContext) -> APIRouter:
         except ValueError:
             raise PageError(404, "There is no such period.") from None
         views = await points_of(who, period.start, period.end)
-        charts, totals = [], []
+        charts = []
         shaped = []
         for view in views:
             if period.kind == "day":
@@ -361,7 +362,7 @@ def router(ctx: WebContext) -> APIRouter:
     return r
 
 
-def _fmt(zone: str):  # type: ignore[no-untyped-def]
+def _fmt(zone: str) -> Callable[..., str]:
     tz = ZoneInfo(zone)
 
     def fmt(ts: int | None, pattern: str = "%a %-d %b %Y %H:%M %Z") -> str:

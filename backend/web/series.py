@@ -89,7 +89,8 @@ class Period:
 
     def days(self) -> list[tuple[dt.date, int, int]]:
         """Each local day of the period with its UTC bounds."""
-        out, day = [], self.first_day
+        out: list[tuple[dt.date, int, int]] = []
+        day = self.first_day
         while True:
             start, end = calendar.local_day_bounds(day, self.zone)
             if start >= self.end:
@@ -150,7 +151,7 @@ def interval_energy(readings: Iterable[ReadingRow], interval: int = INTERVAL_SEC
         except NettingError:
             tracks.pop(key, None)
             continue
-        for start, part in zip(starts, intervals):
+        for start, part in zip(starts, intervals, strict=True):
             out[start] = Interval(start, part.import_wh, part.export_wh,
                                   part.quality != Quality.MEASURED, row.device, row.seq)
     return [out[s] for s in sorted(out)]
