@@ -25,11 +25,11 @@ from meterchain.backend.store.leafdata import LeafDataError, unpack_leaf_data
 from meterchain.contract.batch import GENESIS_PREV, BatchHeader, SignedBatchHeader
 from meterchain.contract.checkpoint import open_checkpoint
 from meterchain.contract.errors import MeterchainError
-from meterchain.contract.leaves import DeviceLeaf, parse_leaf, valid_key
+from meterchain.contract.leaves import DeviceLeaf, parse_leaf
 from meterchain.contract.merkle import leaf_hash
 from meterchain.contract.message import SignedReading, parse_message
 from meterchain.contract.note import NoteVerifier
-from meterchain.contract.signing import verify_signature
+from meterchain.contract.policy import SIGNED_BY_DEVICE, Evidence, Statement, VerificationError
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -133,16 +133,14 @@ async def _readings(store: SqliteStore, device_leaves: dict[str, list[DeviceLeaf
         ):
             report.findings.append(Finding("reading", name,
                                            "table row differs from the signed message"))
-        key = valid_key(device_leaves.get(r.device, []), r.device, r.seq)
-        if key is None:
-            report.findings.append(Finding("reading", name, "no device key is valid for it"))
-            continue
-        try:
-            if key.key_id != r.key_id:
-                raise MeterchainError("names another key than the one valid for its sequence")
-            verify_signature(key.public_key_der, signed.reading_bytes, signed.signature)
-        except MeterchainError as exc:
-            report.findings.append(Finding("reading", name, f"signature check failed: {exc}"))
+        try:  # key-validity, key-id, low-s, signature: the contract's policy
+            SIGNED_BY_DEVICE.verify(
+                Evidence(Statement.of_reading(signed), device_leaves.get(r.device, []))
+            )
+        except VerificationError as exc:
+            report.findings.append(Finding(
+                "reading", name, "no device key is valid for it" if exc.check == "key-validity"
+                else f"{exc.check} check failed: {exc}"))
     progress("readings", report.readings, total)
 
 
