@@ -107,8 +107,9 @@ def unique_client_id(base: str) -> str:
 
 
 def _reason_code(code: Any) -> ReasonCode:
-    value = int(getattr(code, "value", code))
-    return ReasonCode(value, str(code) if hasattr(code, "value") else paho.error_string(value))
+    if isinstance(code, int):  # an MQTT 3.1.1 SUBACK: the granted QoS, or 0x80 for a refusal
+        return ReasonCode(code, "Failure" if code >= 0x80 else f"Granted QoS {code}")
+    return ReasonCode(int(code.value), str(code))
 
 
 class _Client(aiomqtt.Client):
