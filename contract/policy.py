@@ -308,6 +308,11 @@ def bundle_policy(log_key: NoteVerifier) -> AllOf:
                  LeafIncluded())
 
 
+def logged_leaf_policy(log_key: NoteVerifier) -> AllOf:
+    """A leaf (any kind) is included under a checkpoint signed by the log key."""
+    return AllOf(CheckpointSigned(log_key), LeafIncluded())
+
+
 def verify_reading(signed: SignedReading, public_key_der: bytes) -> None:
     """Check that ``public_key_der`` signed the reading (key id, low-S, signature)."""
     SIGNED_WITH_KEY.verify(Evidence(Statement.of_reading(signed), public_key_der=public_key_der))

@@ -30,12 +30,18 @@ from meterchain.backend.settlement.runner import (
 from meterchain.backend.settlement.tables import OPEN_END, SettlementTables
 from meterchain.backend.store.sqlite import SqliteStore
 from meterchain.contract.bundle import verify_bundle
-from meterchain.contract.checkpoint import open_checkpoint
 from meterchain.contract.errors import MeterchainError
-from meterchain.contract.leaves import DeviceLeaf, SettlementLeaf, parse_leaf, valid_key
-from meterchain.contract.merkle import leaf_hash, verify_inclusion
+from meterchain.contract.leaves import DeviceLeaf, SettlementLeaf, parse_leaf
+from meterchain.contract.merkle import leaf_hash
 from meterchain.contract.message import SignedReading, parse_message
 from meterchain.contract.note import NoteVerifier
+from meterchain.contract.policy import (
+    SIGNED_BY_DEVICE,
+    Evidence,
+    LoggedLeaf,
+    Statement,
+    logged_leaf_policy,
+)
 
 
 @dataclass
@@ -66,10 +72,7 @@ async def _signed_reading(store: SqliteStore, device: str, seq: int,
         leaf = parse_leaf(leaf_row.data)
         if isinstance(leaf, DeviceLeaf):
             leaves.append(leaf)
-    key = valid_key(leaves, device, seq)
-    if key is None:
-        raise MeterchainError(f"no key of {device} is valid for sequence {seq}")
-    signed.verify(key.public_key_der)
+    SIGNED_BY_DEVICE.verify(Evidence(Statement.of_reading(signed), leaves))
     return signed
 
 
@@ -106,11 +109,11 @@ async def verify_settlement(store: SqliteStore, community: str, interval_start: 
             report.problems.append("the settlement leaf is not sealed yet; retry after the next seal")
             return report
         try:
-            opened = open_checkpoint(checkpoint.note, log_key)
-            verify_inclusion(index, opened.size, hashed,
-                             await inclusion_proof(store, index, opened.size), opened.root)
             if leaf_hash(data) != hashed:
                 raise MeterchainError("stored leaf hash is not the hash of the leaf")
+            proof = await inclusion_proof(store, index, checkpoint.size)
+            logged_leaf_policy(log_key).verify(Evidence(
+                checkpoint_note=checkpoint.note, leaf=LoggedLeaf(data, index, tuple(proof))))
         except MeterchainError as exc:
             report.problems.append(f"settlement leaf inclusion: {exc}")
             return report
