@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from meterchain.contract.reading import ClockSync
@@ -37,6 +39,12 @@ class SystemClock:
             await asyncio.sleep(min(remaining, 60.0))
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """libc, looked up once: find_library runs ldconfig (a subprocess) on every call."""
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
 def kernel_clock_sync() -> ClockSync:
     """SYNCED when the kernel says its clock is disciplined, UNSYNCED when it says it is not.
 
@@ -44,10 +52,48 @@ def kernel_clock_sync() -> ClockSync:
     the gateway's sync state is what a reading's ``clock`` field reports.
     """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc = _libc()
         state = libc.adjtimex(ctypes.create_string_buffer(_TIMEX_SIZE))
     except (OSError, AttributeError):
         return ClockSync.UNKNOWN
     if state < 0:
         return ClockSync.UNKNOWN
     return ClockSync.UNSYNCED if state == _TIME_ERROR else ClockSync.SYNCED
+
+
+class TimeLapseClock:
+    """A clock that starts in the past, moves only when told to, and becomes the system clock
+    when it reaches the present.
+
+    The demo's history: emulated meters and agents run on this clock from weeks ago, and a driver
+    advances it one interval at a time as fast as the pipe takes the readings
+    (:meth:`advance_to`). Time never passes the wall clock, so nothing it dates is in the future;
+    once the next step would, the clock is live and sleeps in real time like :class:`SystemClock`.
+    """
+
+    def __init__(self, start: float, wall: Callable[[], float] = time.time) -> None:
+        self._virtual = float(start)
+        self._wall = wall
+        self.live = False
+        self._moved = asyncio.Event()
+
+    def now(self) -> float:
+        return self._wall() if self.live else self._virtual
+
+    def advance_to(self, t: float) -> bool:
+        """Move to ``t`` and wake the sleepers it reaches; False (and live from now on) once ``t``
+        is later than the wall clock."""
+        if not self.live:
+            if t > self._wall():
+                self.live = True
+            else:
+                self._virtual = max(self._virtual, float(t))
+            moved, self._moved = self._moved, asyncio.Event()
+            moved.set()
+        return not self.live
+
+    async def sleep_until(self, deadline: float) -> None:
+        while not self.live and self._virtual < deadline:
+            await self._moved.wait()
+        if self.live:
+            await SystemClock().sleep_until(deadline)

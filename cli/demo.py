@@ -1,62 +1,150 @@
-"""``meterchain demo``: the whole pipe on one machine, with nothing to set up.
+"""``meterchain demo``: the whole pipe on one machine, with nothing to set up, and a month of history.
 
 A broker (Mosquitto on a free loopback port where installed, the embedded amqtt broker
 otherwise), the backend (ingest, sealer, API), emulated SDM630 meters on pseudo-terminals and one
-gateway agent per meter, each with its own key and config file, all under one work directory.
+gateway agent per household, each with its own key and config file, all under one work directory.
 Everything runs in this process; Ctrl-C stops it cleanly. The agents read their meters through
 the same code path a real gateway uses: a TOML config, a serial port, the Modbus reader.
+
+History is made by time-lapse (docs/decisions.md, "The demo's history"): on first start the
+meters and agents run on a :class:`TimeLapseClock` that begins ``--history-days`` ago; a driver
+moves it one 15-minute interval at a time, as soon as every agent has signed the interval and its
+outbox is not too far ahead of the backend's acks, until it reaches the present. Then the agents
+restart on the system clock and run live (a reading per quarter hour, telemetry every 5 s).
+No reading is dated after the moment it was signed, and nothing is written to the database
+except by the backend's own ingest. A re-run catches up the time the demo was stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime as dt
+import json
 import logging
 import os
 import secrets
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import typer
+from meterchain.agent.clock import TimeLapseClock
 from meterchain.agent.config import load_config
 from meterchain.agent.service import Agent
-from meterchain.mqtt.broker import RunningBroker, free_port, start_broker
+from meterchain.backend.access.model import PointKind
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.devices import registry
-from meterchain.backend.service import serve
 from meterchain.backend.store import open_store
-from meterchain.bridge.modbus import LoadProfile, ModbusMeterEmulator, accelerated_clock
+from meterchain.bridge.modbus import EmulatedMeter, LoadProfile, ModbusBusEmulator
 from meterchain.contract import signing
 from meterchain.contract.note import NoteSigner
+from meterchain.mqtt.broker import RunningBroker, start_broker
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 console = Console(highlight=False, soft_wrap=True)
 log = logging.getLogger(__name__)
 
 DEMO_ORIGIN = "demo.meterchain.local/log"
-DEMO_UTILITY, DEMO_COMMUNITY = "demo-utility", "demo-community"
-#: The emulated meters' serial numbers: gateway gw-000i reads meter 21000000 + i.
-SERIAL_BASE = 21_000_000
+DEMO_UTILITY = "demo-utility"
+#: The demo's two communities: one nets pro rata, the other by call auctions.
+PRORATA_COMMUNITY, AUCTION_COMMUNITY = "sonnenweg", "lindenhof"
+INTERVAL = 900  # the dashboard's and the settlement's grid
+TELEMETRY_SECONDS = 5
+DEFAULT_HISTORY_DAYS = 35
+#: How many readings an agent may have signed beyond the backend's acks while catching up.
+CATCH_UP_WINDOW = 96
+#: House meters are 21000000 + household number, second meters (heat pump, EV) 22000000 + it.
+SERIAL_BASE, SECOND_SERIAL_BASE = 21_000_000, 22_000_000
+
+
+@dataclass(frozen=True)
+class DemoMeter:
+    """One emulated meter of a household, and the metering point it is bound to."""
+
+    name: str  # the agent's [[meters]] name
+    point: str
+    kind: PointKind
+    modbus_id: int
+    serial: int
+    profile: LoadProfile
+
+
+@dataclass(frozen=True)
+class DemoHousehold:
+    """A household of one kind, its community, and its gateway's meters on one bus."""
+
+    number: int
+    kind: str
+    community: str
+    meters: tuple[DemoMeter, ...]
+
+    @property
+    def id(self) -> str:
+        return f"household-{self.number}"
+
+    @property
+    def device(self) -> str:
+        return f"gw-{self.number:04d}"
+
+
+def _house(n: int, pv_peak_w: int) -> DemoMeter:
+    return DemoMeter("house", f"mp-{n}", PointKind.CONSUMPTION, 1, SERIAL_BASE + n,
+                     LoadProfile(seed=n, pv_peak_w=pv_peak_w))
+
+
+HOUSEHOLDS: tuple[DemoHousehold, ...] = (
+    DemoHousehold(1, "consumption only", PRORATA_COMMUNITY, (_house(1, 0),)),
+    DemoHousehold(2, "PV", PRORATA_COMMUNITY, (_house(2, 6000),)),
+    DemoHousehold(3, "heat pump", PRORATA_COMMUNITY, (
+        _house(3, 0),
+        DemoMeter("heat-pump", "mp-3-hp", PointKind.HEAT_PUMP, 2, SECOND_SERIAL_BASE + 3,
+                  LoadProfile(seed=33, base_load_w=30, peak_load_w=0, pv_peak_w=0,
+                              heat_pump_w=2400)),
+    )),
+    DemoHousehold(4, "PV and EV", AUCTION_COMMUNITY, (
+        _house(4, 8000),
+        DemoMeter("ev-charger", "mp-4-ev", PointKind.EV_CHARGER, 2, SECOND_SERIAL_BASE + 4,
+                  LoadProfile(seed=44, base_load_w=5, peak_load_w=0, pv_peak_w=0,
+                              ev_charge_w=11_000)),
+    )),
+    DemoHousehold(5, "consumption only", AUCTION_COMMUNITY, (_house(5, 0),)),
+)
 
 
 @dataclass
 class DemoGateway:
-    device: str
+    household: DemoHousehold
     config_path: Path
-    emulator: ModbusMeterEmulator
+    bus: ModbusBusEmulator
     pty: str
 
+    @property
+    def device(self) -> str:
+        return self.household.device
 
-def _port_or_free(preferred: int) -> int:
+
+class PortTaken(Exception):
+    """The demo's HTTP port is in use: said before anything is created."""
+
+
+def check_port_free(port: int, host: str = "127.0.0.1") -> None:
+    """Raise :class:`PortTaken` with the fix if ``port`` cannot be bound."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", preferred))
-            return preferred
-        except OSError:
-            return free_port()
+            sock.bind((host, port))
+        except OSError as exc:
+            raise PortTaken(
+                f"port {port} on {host} is already in use ({exc.strerror}): another demo or "
+                f"backend may be running. Stop it, or choose another port with --http-port "
+                f"(e.g. --http-port {port + 1})."
+            ) from None
 
 
 def _write_key(path: Path) -> bytes:
@@ -67,28 +155,42 @@ def _write_key(path: Path) -> bytes:
     return signing.load_signer(path.read_bytes()).public_key_der
 
 
-def _agent_config(workdir: Path, device: str, pty: str, broker: RunningBroker, api: str, interval: int) -> Path:
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (secrets: tokens, passwords)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    path.chmod(0o600)
+
+
+def _agent_config(workdir: Path, household: DemoHousehold, pty: str, broker: RunningBroker,
+                  api: str) -> Path:
+    """The gateway's TOML config, as an installer would write it (docs/agent.md)."""
+    device = household.device
     path = workdir / f"{device}.toml"
     auth = ""
     if broker.username:
         auth = f'username = "{broker.username}"\npassword = "{broker.password}"\n'
-    path.write_text(
-        f'device_id = "{device}"\n'
-        f'key_path = "{device}.key"\n'
-        f'backend_url = "{api}"\n'
-        f'outbox_path = "{device}-outbox.sqlite"\n'
-        f"interval_seconds = {interval}\n"
-        f"ack_timeout_seconds = {max(2 * interval, 5)}\n\n"
-        f"[broker]\n"
-        f'url = "mqtt://{broker.host}:{broker.port}"\n'
-        f"{auth}\n"
-        f"[[meters]]\n"
-        f'name = "house"\n'
+    meters = "".join(
+        f"\n[[meters]]\n"
+        f'name = "{m.name}"\n'
         f'model = "sdm630"\n'
         f'port = "{pty}"\n'
         f"baudrate = 9600\n"
-        f"modbus_id = 1\n"
+        f"modbus_id = {m.modbus_id}\n"
+        for m in household.meters
     )
+    _write_private(path,
+                   f'device_id = "{device}"\n'
+                   f'key_path = "{device}.key"\n'
+                   f'backend_url = "{api}"\n'
+                   f'outbox_path = "{device}-outbox.sqlite"\n'
+                   f"interval_seconds = {INTERVAL}\n"
+                   f"ack_timeout_seconds = 30\n"
+                   f"telemetry_seconds = {TELEMETRY_SECONDS}\n\n"
+                   f"[broker]\n"
+                   f'url = "mqtt://{broker.host}:{broker.port}"\n'
+                   f"{auth}{meters}")
     return path
 
 
@@ -100,12 +202,13 @@ def _read_logins(path: Path) -> dict[str, str]:
             if len(parts := line.split()) >= 2 and not line.startswith("#")}
 
 
-async def _households(db: str, devices: list[str], logins_file: Path) -> dict[str, str]:
-    """A utility, a community and one household per gateway: metering point mp-i bound to the
-    gateway's meter serial from time 0, occupied by household-i, with a login household-i (set
-    through the real invitation link). Re-running keeps what exists; passwords live in
-    ``logins_file`` (mode 0600). Returns username -> password."""
-    from meterchain.backend.access.model import BindingOverlap, PartyExists, PointKind
+async def _households(db: str, households: tuple[DemoHousehold, ...], logins_file: Path,
+                      since: int = 0) -> dict[str, str]:
+    """A utility, two communities and the households: each meter bound to its metering point from
+    ``since`` (the history's start), each point occupied by its household, each household with a
+    login of its own name (set through the real invitation link). Re-running keeps what exists;
+    passwords live in ``logins_file`` (mode 0600). Returns username -> password."""
+    from meterchain.backend.access.model import BindingOverlap, PartyExists
     from meterchain.backend.access.tables import PartyTables
     from meterchain.backend.web import accounts
     from meterchain.backend.web.tables import WebTables
@@ -115,145 +218,320 @@ async def _households(db: str, devices: list[str], logins_file: Path) -> dict[st
     try:
         parties, web, now = PartyTables(store), WebTables(store), int(time.time())
         steps = [lambda: parties.add_utility(DEMO_UTILITY, "Demo utility", now),
-                 lambda: parties.add_community(DEMO_COMMUNITY, DEMO_UTILITY, "Demo street", now)]
-        for i, device in enumerate(devices, start=1):
-            household, point = f"household-{i}", f"mp-{i}"
-            steps += [
-                lambda h=household: parties.add_household(h, DEMO_COMMUNITY, h.replace("-", " "), now),
-                lambda p=point: parties.add_metering_point(p, DEMO_UTILITY, DEMO_COMMUNITY,
-                                                           PointKind.CONSUMPTION, now),
-                lambda p=point, d=device, i=i: parties.bind_meter(p, d, str(SERIAL_BASE + i), 0, None, now),
-                lambda p=point, h=household: parties.add_occupancy(p, h, 0, None, now),
-            ]
+                 lambda: parties.add_community(PRORATA_COMMUNITY, DEMO_UTILITY, "Sonnenweg", now),
+                 lambda: parties.add_community(AUCTION_COMMUNITY, DEMO_UTILITY, "Lindenhof", now)]
+        for h in households:
+            steps.append(lambda h=h: parties.add_household(
+                h.id, h.community, f"Household {h.number} ({h.kind})", now))
+            for m in h.meters:
+                steps += [
+                    lambda m=m, h=h: parties.add_metering_point(
+                        m.point, DEMO_UTILITY, h.community, m.kind, now),
+                    lambda m=m, h=h: parties.bind_meter(
+                        m.point, h.device, str(m.serial), since, None, now),
+                    lambda m=m, h=h: parties.add_occupancy(m.point, h.id, since, None, now),
+                ]
         for step in steps:
             with contextlib.suppress(PartyExists, BindingOverlap):  # a re-run with the same --dir
                 await step()
-        for i in range(1, len(devices) + 1):
-            username = household = f"household-{i}"
+        for h in households:
+            username = h.id
             if await web.login(username) is not None and username in passwords:
                 continue
             password = passwords.get(username) or secrets.token_urlsafe(12)
             hashed = await asyncio.to_thread(accounts.hash_password, password)
             if await web.login(username) is None:
-                link, _ = await web.create_link("invite", household, None, now)
+                link, _ = await web.create_link("invite", h.id, None, now)
                 await web.accept_invite(link, username, hashed, now)
             else:  # the login exists but its password was lost: set a new one
                 await web.set_password_hash(username, hashed, now)
             passwords[username] = password
     finally:
         await store.close()
-    fd = os.open(logins_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write("# demo dashboard logins: username password household\n")
-        for username, password in sorted(passwords.items()):
-            handle.write(f"{username} {password} {username}\n")
-    logins_file.chmod(0o600)
+    _write_private(logins_file, "# demo dashboard logins: username password household\n" + "".join(
+        f"{username} {password} {username}\n" for username, password in sorted(passwords.items())))
     return passwords
 
 
-async def _status(db: str, devices: list[str], stop: asyncio.Event, every: float) -> None:
-    """Print one line whenever the log grows: tree size and each gateway's acknowledged sequence."""
+@dataclass
+class Timeline:
+    """Where the demo's emulated time begins (the meters' counters start there) and how far it
+    has run (a re-run catches up from there): ``timeline.json`` in the work directory."""
+
+    origin: int
+    until: int
+
+    @classmethod
+    def load_or_start(cls, path: Path, history_days: int, now: float) -> Timeline:
+        if path.exists():
+            data = json.loads(path.read_text())
+            return cls(int(data["origin"]), int(data["until"]))
+        origin = (int(now) - history_days * 86_400) // INTERVAL * INTERVAL
+        return cls(origin, origin)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps({"origin": self.origin, "until": self.until}) + "\n")
+
+
+def _local(t: float) -> str:
+    return dt.datetime.fromtimestamp(t).astimezone().strftime("%a %d %b %H:%M %Z")
+
+
+async def _drive_catch_up(clock: TimeLapseClock, agents: list[tuple[Agent, asyncio.Task[None]]],
+                          start: int, progress: Progress | None) -> int:
+    """Advance ``clock`` interval by interval until the present; returns the intervals run.
+
+    Each step waits until every agent has signed the interval (its poller completed a cycle) and
+    has at most :data:`CATCH_UP_WINDOW` readings the backend has not acked: as fast as the pipe
+    takes them, never ahead of it by more than a day.
+    """
+    for agent, task in agents:
+        while not agent.started.is_set():
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+    total = max(1, (int(time.time()) - start) // INTERVAL)
+    job = progress.add_task("history", total=total) if progress is not None else None
+    steps, target = 0, start
+    while True:
+        cycles = [agent.poller.cycles for agent, _ in agents]  # type: ignore[union-attr]
+        target += INTERVAL
+        if not clock.advance_to(target):
+            break
+        for (agent, task), before in zip(agents, cycles, strict=True):
+            while agent.poller.cycles == before:  # type: ignore[union-attr]
+                if task.done():
+                    task.result()  # an agent that died: say why
+                await asyncio.sleep(0.002)
+            while await agent.outbox.depth() > CATCH_UP_WINDOW:  # type: ignore[union-attr]
+                await asyncio.sleep(0.01)
+        steps += 1
+        if progress is not None and job is not None:
+            total = max(total, steps + (int(time.time()) - target) // INTERVAL)
+            progress.update(job, completed=steps, total=total,
+                            description=f"history {_local(target)}")
+    return steps
+
+
+async def _drain(agents: list[tuple[Agent, asyncio.Task[None]]], timeout: float) -> None:
+    """Wait until the backend has acked every reading the agents signed (or ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    for agent, _ in agents:
+        while await agent.outbox.depth() > 0 and time.monotonic() < deadline:  # type: ignore[union-attr]
+            await asyncio.sleep(0.1)
+
+
+async def catch_up(gateways: list[DemoGateway], clock: TimeLapseClock, start: int,
+                   show_progress: bool = True) -> int:
+    """Run every gateway's agent on ``clock`` from ``start`` to the present; returns the number of
+    intervals. The agents are the real ones; only their clock, telemetry (off) and the ack and
+    status timings (virtual time moves a quarter hour per step) differ from the live run."""
+    agents: list[tuple[Agent, asyncio.Task[None]]] = []
+    for g in gateways:
+        g.bus.wire_delay = False  # a 9600-baud line would take hours of real time
+        config = dataclasses.replace(load_config(g.config_path), telemetry_seconds=0,
+                                     ack_timeout_seconds=2 * 86_400)
+        agent = Agent(config, clock=clock, status_interval=6 * 3600.0)
+        agents.append((agent, asyncio.create_task(agent.run(), name=f"catch-up {g.device}")))
+    try:
+        if show_progress:
+            columns = (TextColumn("{task.description}"), BarColumn(),
+                       TextColumn("{task.completed}/{task.total} quarter hours"),
+                       TimeRemainingColumn())
+            with Progress(*columns, console=console, transient=False) as progress:
+                steps = await _drive_catch_up(clock, agents, start, progress)
+        else:
+            steps = await _drive_catch_up(clock, agents, start, None)
+        await _drain(agents, timeout=60)
+    finally:
+        for _, task in agents:
+            task.cancel()
+        await asyncio.gather(*(task for _, task in agents), return_exceptions=True)
+        for g in gateways:
+            g.bus.wire_delay = True
+    return steps
+
+
+async def _status(db: str, gateways: list[DemoGateway], stop: asyncio.Event, every: float,
+                  timeline: Timeline, timeline_file: Path) -> None:
+    """Print one line whenever the log grows: tree size and each gateway's acknowledged sequence;
+    record how far the demo has run."""
     store = await open_store(db)
     last_size = -1
     try:
         while not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=every)
+            timeline.until = int(time.time()) // INTERVAL * INTERVAL
+            timeline.save(timeline_file)
             checkpoint = await store.latest_checkpoint()
             size = checkpoint.size if checkpoint else 0
             if size != last_size:
                 acks = []
-                for device in devices:
-                    state = await store.ack_state(device)
-                    acks.append(f"{device} ✓{state.upto}")
-                console.print(
-                    f"[dim]{time.strftime('%H:%M:%S')}[/dim] log size [bold]{size}[/bold]  "
-                    + "  ".join(acks)
-                )
+                for g in gateways:
+                    state = await store.ack_state(g.device)
+                    acks.append(f"{g.device} ✓{state.upto}")
+                console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] log size [bold]{size}[/bold]  "
+                              + "  ".join(acks))
                 last_size = size
     finally:
         await store.close()
 
 
-async def run_demo(workdir: Path, meters: int, interval: int, http_port: int, duration: float | None) -> None:
+def backend_toml(config: BackendConfig) -> str:
+    """The backend's config file as ``backend serve --config`` reads it (deploy/backend.toml
+    explains each setting)."""
+    lines = ["[backend]"]
+    for name in ("db", "broker", "http_host", "http_port", "log_key", "origin", "admin_token",
+                 "seal_interval", "settle_every", "gateway_broker_url", "public_url"):
+        value = getattr(config, name)
+        lines.append(f"{name} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+async def start_backend(workdir: Path, config: BackendConfig, api: str) -> asyncio.subprocess.Process:
+    """``meterchain backend serve --config backend.toml`` in a process of its own (its own core
+    for ingest and sealing while the agents catch up); returns once its API answers."""
+    import httpx
+
+    config_path = workdir / "backend.toml"
+    _write_private(config_path, backend_toml(config))
+    log_path = workdir / "backend.log"
+    with log_path.open("ab") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "meterchain.cli.main", "backend", "serve", "--config",
+            str(config_path), stdout=log_file, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True)  # Ctrl-C reaches the demo; the demo stops the backend
+    deadline = time.monotonic() + 90
+    async with httpx.AsyncClient(timeout=2) as client:
+        while True:
+            if proc.returncode is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace").splitlines()[-15:]
+                await stop_backend(proc)
+                raise BackendFailed("the backend did not start; the end of "
+                                    f"{log_path}:\n" + "\n".join(tail))
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(f"{api}/healthz")).status_code == 200:
+                    return proc
+            await asyncio.sleep(0.3)
+
+
+async def stop_backend(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM (the backend seals what is pending and stops), SIGKILL after 60 s."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 60)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+class BackendFailed(Exception):
+    """The demo's backend process did not come up; carries the end of its log."""
+
+
+def _secure_db(path: Path) -> None:
+    """The database holds password hashes and key hashes: only its owner may read it."""
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if file.exists():
+            file.chmod(0o600)
+
+
+async def run_demo(workdir: Path, http_port: int, duration: float | None,
+                   history_days: int = DEFAULT_HISTORY_DAYS, show_progress: bool = True) -> None:
+    check_port_free(http_port)
     workdir.mkdir(parents=True, exist_ok=True)
+    workdir.chmod(0o700)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
 
+    timeline_file = workdir / "timeline.json"
+    timeline = Timeline.load_or_start(timeline_file, history_days, time.time())
+    timeline.save(timeline_file)  # the origin fixes the meters' counters for every later run
     broker = await start_broker(workdir=workdir / "broker")
     console.print(f"broker      [bold]{broker.kind}[/bold] on {broker.host}:{broker.port}")
     token_file = workdir / "admin-token"
     if not token_file.exists():
-        token_file.write_text(secrets.token_urlsafe(24) + "\n")
-        token_file.chmod(0o600)
+        _write_private(token_file, secrets.token_urlsafe(24) + "\n")
     token = token_file.read_text().strip()
-    port = _port_or_free(http_port)
-    api = f"http://127.0.0.1:{port}"
+    api = f"http://127.0.0.1:{http_port}"
+    db = workdir / "backend.sqlite"
+    _secure_db(db)
     config = BackendConfig(
-        db=str(workdir / "backend.sqlite"),
-        broker=broker.url,
-        http_port=port,
-        log_key=str(workdir / "log.key"),
-        origin=DEMO_ORIGIN,
-        admin_token=token,
-        seal_interval=max(1.0, interval / 2),
+        db=str(db), broker=broker.url, http_port=http_port, log_key=str(workdir / "log.key"),
+        origin=DEMO_ORIGIN, admin_token=token, seal_interval=2.0, public_url=api,
+        gateway_broker_url=broker.url,
     )
 
-    devices = [f"gw-{i:04d}" for i in range(1, meters + 1)]
     store = await open_store(config.db)
     try:
         enrolled = {d for d, _ in await store.devices()}
-        for device in devices:
-            public = _write_key(workdir / f"{device}.key")
-            if device not in enrolled:
-                await registry.enrol(store, device, public, int(time.time()))
+        for h in HOUSEHOLDS:
+            public = _write_key(workdir / f"{h.device}.key")
+            if h.device not in enrolled:
+                await registry.enrol(store, h.device, public, int(time.time()))
     finally:
         await store.close()
     logins_file = workdir / "households.txt"
-    passwords = await _households(config.db, devices, logins_file)
+    passwords = await _households(config.db, HOUSEHOLDS, logins_file, since=timeline.origin)
 
-    # One simulated quarter-hour of household load and PV per real interval.
-    scale = 900 / interval
+    # Meters and agents share one clock: the meters' counters integrate the power they report,
+    # from the timeline's origin (the same on every run, so registers never go back).
+    clock = TimeLapseClock(timeline.origin)
     gateways: list[DemoGateway] = []
-    for i, device in enumerate(devices, start=1):
-        emulator = ModbusMeterEmulator(
-            "sdm630", 1, 9600, serial_number=SERIAL_BASE + i,
-            profile=LoadProfile(seed=i, pv_peak_w=0 if i % 3 == 0 else 4500),
-            clock=accelerated_clock(scale),
-        )
-        pty = await emulator.start()
-        config_path = _agent_config(workdir, device, pty, broker, api, interval)
-        gateways.append(DemoGateway(device, config_path, emulator, pty))
+    for h in HOUSEHOLDS:
+        bus = ModbusBusEmulator([EmulatedMeter("sdm630", m.modbus_id, 9600, m.serial, m.profile,
+                                               clock.now) for m in h.meters])
+        pty = await bus.start()
+        gateways.append(DemoGateway(h, _agent_config(workdir, h, pty, broker, api), bus, pty))
+    resume = max(timeline.origin, timeline.until - INTERVAL)
+    clock.advance_to(resume)
 
-    backend_ready = asyncio.Event()
-    backend = asyncio.create_task(serve(config, stop=stop, ready=backend_ready), name="backend")
-    done, _ = await asyncio.wait({backend, asyncio.create_task(backend_ready.wait())},
-                                 return_when=asyncio.FIRST_COMPLETED)
-    if backend in done:
-        backend.result()  # raise what stopped it
-    agents = [asyncio.create_task(Agent(load_config(g.config_path)).run(), name=g.device) for g in gateways]
-    status = asyncio.create_task(_status(config.db, devices, stop, every=max(1.0, interval / 2)))
-
-    log_pub = workdir / "log.pub"
-    log_pub.write_text(str(NoteSigner.parse((workdir / "log.key").read_text()).verifier) + "\n")
-    console.print(f"backend     API {api}/api/v1   docs [bold]{api}/docs[/bold]   metrics {api}/metrics")
-    console.print(f"            admin token in {token_file}   log public key in {log_pub}")
-    for g in gateways:
-        console.print(f"gateway     {g.device}: config {g.config_path}, SDM630 emulated on {g.pty}")
-    console.print(
-        f"every {interval} s each agent signs a reading; the backend verifies, stores and seals it.\n"
-        f"fetch and verify a proof:\n"
-        f"  curl -s -H \"Authorization: Bearer $(cat {token_file})\" "
-        f"{api}/api/v1/devices/{devices[0]}/readings/1/bundle > reading.tlog-proof\n"
-        f"  meterchain verify reading.tlog-proof --log-key {log_pub}\n"
-        "Ctrl-C stops everything."
-    )
-    console.print(f"[bold]dashboard: {api}/  sign in as household-1 / {passwords['household-1']}[/bold]"
-                  f"\n            (every household's login in {logins_file})")
+    agents: list[asyncio.Task[None]] = []
+    status: asyncio.Task[None] | None = None
+    backend: asyncio.subprocess.Process | None = None
     try:
+        backend = await start_backend(workdir, config, api)
+        _secure_db(db)
+        log_pub = workdir / "log.pub"
+        log_pub.write_text(str(NoteSigner.parse((workdir / "log.key").read_text()).verifier)
+                           + "\n")
+        console.print(f"backend     API {api}/api/v1   docs [bold]{api}/docs[/bold]   "
+                      f"metrics {api}/metrics   log {workdir / 'backend.log'}")
+        if time.time() - resume > 2 * INTERVAL:
+            console.print(f"history     signing every quarter hour from {_local(resume)} to now "
+                          "through the real pipe (time-lapse; docs/decisions.md)")
+            began = time.monotonic()
+            steps = await catch_up(gateways, clock, resume, show_progress)
+            console.print(f"            {steps} quarter hours per meter in "
+                          f"{time.monotonic() - began:.0f} s")
+        clock.advance_to(time.time() + INTERVAL)  # live from here on (a no-op if already)
+        timeline.until = int(time.time()) // INTERVAL * INTERVAL
+        timeline.save(timeline_file)
+        agents = [asyncio.create_task(Agent(load_config(g.config_path)).run(),
+                                      name=g.device) for g in gateways]
+        status = asyncio.create_task(_status(config.db, gateways, stop, 10.0, timeline,
+                                             timeline_file))
+        for g in gateways:
+            meters = ", ".join(f"{m.name} {m.serial}" for m in g.household.meters)
+            console.print(f"gateway     {g.device} ({g.household.kind}): {meters} on {g.pty}, "
+                          f"config {g.config_path}")
+        console.print(
+            f"live        every 15 minutes each agent signs a reading; live power every "
+            f"{TELEMETRY_SECONDS} s.\n"
+            f"            admin token in {token_file}   log public key in {log_pub}\n"
+            "Ctrl-C stops everything."
+        )
+        console.print(f"[bold]dashboard: {api}/  sign in as household-1 / "
+                      f"{passwords['household-1']}[/bold]\n"
+                      f"            (every household's login in {logins_file})")
         if duration is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=duration)
@@ -265,27 +543,35 @@ async def run_demo(workdir: Path, meters: int, interval: int, http_port: int, du
         for task in agents:
             task.cancel()
         await asyncio.gather(*agents, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await backend
-        await asyncio.gather(status, return_exceptions=True)
+        if backend is not None:
+            await stop_backend(backend)
+        if status is not None:
+            await asyncio.gather(status, return_exceptions=True)
         for g in gateways:
-            await g.emulator.stop()
+            await g.bus.stop()
         await broker.stop()
+        _secure_db(db)
         console.print("demo stopped; data kept in", workdir)
 
 
 def demo(
     workdir: Path = typer.Option(Path("demo-data"), "--dir", help="Where keys, configs and databases go."),
-    meters: int = typer.Option(3, "--meters", min=1, max=50, help="How many emulated meters (one gateway each)."),
-    interval: int = typer.Option(10, "--interval", min=2, max=900, help="Seconds per reading interval."),
-    http_port: int = typer.Option(8000, "--http-port", help="API port (a free one is used if taken)."),
+    http_port: int = typer.Option(8000, "--http-port", help="The dashboard's and API's port."),
+    history_days: int = typer.Option(
+        DEFAULT_HISTORY_DAYS, "--history-days", min=1, max=90,
+        help="On first start, sign this many past days through the pipe (time-lapse)."),
     duration: float | None = typer.Option(None, "--duration", help="Stop after this many seconds."),
 ) -> None:
-    """Run broker, backend, emulated meters and their gateway agents; print the URLs."""
-    if 86_400 % interval:
-        raise typer.BadParameter(f"--interval {interval} must divide a day (86400 s)")
+    """Run broker, backend, emulated meters and their gateway agents, with a month of history;
+    print where each kind of user goes and how to sign in."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
-    asyncio.run(run_demo(workdir.resolve(), meters, interval, http_port, duration))
+    try:
+        check_port_free(http_port)
+    except PortTaken as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}")
+        raise typer.Exit(2) from None
+    os.umask(0o077)  # keys, tokens, passwords and the database: the owner's alone
+    asyncio.run(run_demo(workdir.resolve(), http_port, duration, history_days))
 
 
 def register(app: typer.Typer) -> None:

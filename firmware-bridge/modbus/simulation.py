@@ -32,7 +32,8 @@ def _unit(seed: int, stream: int, index: int) -> float:
 
 @dataclass(frozen=True)
 class LoadProfile:
-    """Net household power over the day: base load, morning/evening peaks, appliances, PV.
+    """Net power over the day: base load, morning/evening peaks, appliances, PV, and optionally a
+    heat pump and an EV charger (a meter of its own: set the household parts to 0).
 
     Local time is taken as UTC (solar time is close enough for a demo). Positive power is import.
     """
@@ -42,14 +43,35 @@ class LoadProfile:
     peak_load_w: int = 1800
     pv_peak_w: int = 4500
     step_s: int = 60
+    heat_pump_w: int = 0  # compressor power; runs more in the cold hours of the night
+    ev_charge_w: int = 0  # wallbox power; an evening session on about half the days
 
     def _load_w(self, step: int, hour: float) -> float:
         # Morning peak around 7:30, evening peak around 19:30: people at home, cooking.
         shape = math.exp(-((hour - 7.5) / 1.2) ** 2) + 1.3 * math.exp(-((hour - 19.5) / 2.0) ** 2)
         load = self.base_load_w + self.peak_load_w * shape * (0.5 + _unit(self.seed, 1, step))
-        if _unit(self.seed, 2, step) > 0.93:  # kettle, oven, washing machine heater
+        if self.peak_load_w > 0 and _unit(self.seed, 2, step) > 0.93:  # kettle, oven, washer
             load += 1500 + 1500 * _unit(self.seed, 3, step)
-        return load
+        return load + self._heat_pump_w(step, hour) + self._ev_w(step, hour)
+
+    def _heat_pump_w(self, step: int, hour: float) -> float:
+        if self.heat_pump_w <= 0:
+            return 0.0
+        block = step * self.step_s // 900  # the compressor runs whole quarter hours
+        cold = 0.5 + 0.5 * math.cos(2 * math.pi * (hour - 4.0) / 24)  # coldest around 4:00
+        if _unit(self.seed, 50, block) >= 0.2 + 0.5 * cold:
+            return 0.0
+        return self.heat_pump_w * (0.8 + 0.2 * _unit(self.seed, 51, block))
+
+    def _ev_w(self, step: int, hour: float) -> float:
+        if self.ev_charge_w <= 0:
+            return 0.0
+        day = step * self.step_s // 86_400
+        if _unit(self.seed, 60, day) >= 0.5:
+            return 0.0
+        begin = 17.0 + 4.0 * _unit(self.seed, 61, day)
+        return float(self.ev_charge_w) if begin <= hour < begin + 1.0 + 3.0 * _unit(
+            self.seed, 62, day) else 0.0
 
     def _pv_w(self, step: int, hour: float) -> float:
         if not 6.0 < hour < 20.0 or self.pv_peak_w <= 0:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -17,6 +19,9 @@ from meterchain.backend.store import open_store
 from meterchain.mqtt.broker import free_port
 
 METERCHAIN = [sys.executable, "-m", "meterchain.cli.main"]
+HOUSE_METERS = {"gw-0001": ["21000001"], "gw-0002": ["21000002"],
+                "gw-0003": ["21000003", "22000003"], "gw-0004": ["21000004", "22000004"],
+                "gw-0005": ["21000005"]}
 
 
 def _get(url: str, token: str | None = None) -> bytes:
@@ -27,85 +32,133 @@ def _get(url: str, token: str | None = None) -> bytes:
         return response.read()
 
 
-@pytest.mark.timeout(120)
-def test_demo_runs_the_pipe_and_a_fetched_bundle_verifies(tmp_path: Path) -> None:
+@pytest.mark.timeout(300)
+def test_demo_signs_a_day_of_history_through_the_pipe_then_runs_live(tmp_path: Path) -> None:
+    """One day of history (96 quarter hours per meter) on the 15-minute grid, none in the future,
+    every reading sealed; a fetched bundle verifies; a household signs in and sees its day."""
     workdir, port = tmp_path / "demo", free_port()
+    started = time.time()
     proc = subprocess.Popen(
-        [*METERCHAIN, "demo", "--dir", str(workdir), "--interval", "2", "--http-port", str(port), "--duration", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"},
+        [*METERCHAIN, "demo", "--dir", str(workdir), "--history-days", "1", "--http-port",
+         str(port), "--duration", "240"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "COLUMNS": "200"},
     )
     base = f"http://127.0.0.1:{port}"
     api = f"{base}/api/v1"
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    password = ""
     try:
-        deadline = time.monotonic() + 45
-        bundle = b""
-        while time.monotonic() < deadline:
-            time.sleep(1)
-            token_file = workdir / "admin-token"
-            if not token_file.exists():
-                continue
-            try:
-                bundle = _get(f"{api}/devices/gw-0003/readings/2/bundle", token_file.read_text().strip())
-                break
-            except OSError:
-                continue
-        assert bundle.startswith(b"c2sp.org/tlog-proof@v1\n"), "no bundle within 45 s"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not any("dashboard:" in x for x in lines):
+            time.sleep(1)  # printed when the history is in and the agents run live
+        assert any("dashboard:" in x for x in lines), "no history within 240 s:\n" + "".join(lines)
+        token = (workdir / "admin-token").read_text().strip()
+        bundle = _get(f"{api}/devices/gw-0003/readings/2/bundle", token)
+        assert bundle.startswith(b"c2sp.org/tlog-proof@v1\n")
         (tmp_path / "r.tlog-proof").write_bytes(bundle)
         verify = subprocess.run(
-            [*METERCHAIN, "verify", str(tmp_path / "r.tlog-proof"), "--log-key", str(workdir / "log.pub")],
-            capture_output=True, text=True,
+            [*METERCHAIN, "verify", str(tmp_path / "r.tlog-proof"), "--log-key",
+             str(workdir / "log.pub")], capture_output=True, text=True,
         )
         assert verify.returncode == 0, verify.stdout + verify.stderr
         assert "verified: reading gw-0003#2" in verify.stdout
         assert json.loads(_get(f"{base}/healthz"))
-        # The households' dashboard: sign in with the demo's credentials, no browser.
         logins = workdir / "households.txt"
-        assert logins.stat().st_mode & 0o777 == 0o600
+        for secret in (logins, workdir / "admin-token", workdir / "backend.sqlite",
+                       workdir / "gw-0001.key"):
+            assert secret.stat().st_mode & 0o777 == 0o600, secret
         password = next(line.split()[1] for line in logins.read_text().splitlines()
-                        if line.startswith("household-1 "))
+                        if line.startswith("household-3 "))
         with httpx.Client(base_url=base, follow_redirects=True, timeout=10) as web:
             assert web.get("/").url.path == "/login"
-            day = web.post("/login", data={"username": "household-1", "password": password})
-            assert day.status_code == 200 and day.url.path == "/households/household-1"
-            assert "21000001" in day.text and "gw-0001" in day.text
+            day = web.post("/login", data={"username": "household-3", "password": password})
+            assert day.status_code == 200 and day.url.path == "/households/household-3"
+            assert "22000003" in day.text and "gw-0003" in day.text
             assert "21000002" not in day.text  # another household's meter
     finally:
         proc.send_signal(2)  # Ctrl-C
-        out, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    out = "".join(lines)
     assert proc.returncode == 0, out
-    assert "demo stopped" in out
-    assert f"dashboard: {base}/  sign in as household-1 / {password}" in out
+    assert "demo stopped" in out and "quarter hours per meter" in out
+    assert f"dashboard: {base}/  sign in as household-1 /" in out
 
     async def check_store() -> None:
         store = await open_store(str(workdir / "backend.sqlite"))
         try:
-            for device in ("gw-0001", "gw-0002", "gw-0003"):
+            for device, meters in HOUSE_METERS.items():
                 rows = await store.readings(device, 0, 2**53 - 1, 10_000)
                 seqs = [r.seq for r in rows]
-                assert seqs == list(range(1, len(seqs) + 1)), f"{device}: gaps or repeats {seqs}"
-                assert len(seqs) >= 2
-                assert all(r.leaf_index is not None for r in rows), "stopping seals everything pending"
+                assert seqs == list(range(1, len(seqs) + 1)), f"{device}: gaps or repeats"
+                assert all(r.leaf_index is not None for r in rows), "stopping seals everything"
+                for meter in meters:
+                    ends = sorted(r.end for r in rows if r.meter == meter)
+                    assert len(ends) >= 95, f"{device}/{meter}: {len(ends)} readings, not a day"
+                    assert all(e % 900 == 0 for e in ends), "off the 15-minute grid"
+                    assert ends == sorted(set(ends)), "an interval signed twice"
+                    assert ends[0] <= started - 86_400 + 1800
+                    assert ends[-1] <= time.time(), "a reading dated in the future"
         finally:
             await store.close()
 
     asyncio.run(check_store())
 
 
+def test_a_taken_port_is_refused_with_the_fix_before_anything_is_created(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*METERCHAIN, "demo", "--dir", str(tmp_path / "d"), "--http-port", str(port)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+        )
+    assert result.returncode == 2
+    assert f"port {port}" in result.stdout and "--http-port" in result.stdout
+    assert not (tmp_path / "d").exists()
+
+
+def test_emulated_energy_matches_the_power_the_meter_reports() -> None:
+    """A quarter hour at the demo's clock: Wh = mean W × 0.25 h (it was 160 Wh per 10 s at 300 W)."""
+    from meterchain.bridge.modbus import EmulatedMeter
+    from meterchain.cli.demo import HOUSEHOLDS
+
+    t = [1_767_225_600.0]
+    for household in HOUSEHOLDS:
+        for m in household.meters:
+            meter = EmulatedMeter("sdm630", m.modbus_id, 9600, m.serial, m.profile, lambda: t[0])
+            before = meter.state.import_j - meter.state.export_j
+            powers = []
+            for _ in range(15):
+                powers.append(meter.state.values(int(t[0]))["power_total"])
+                t[0] += 60
+            meter.state.advance(int(t[0]))
+            energy_wh = (meter.state.import_j - meter.state.export_j - before) / 3600
+            assert energy_wh == pytest.approx(sum(powers) / len(powers) / 4, abs=1)
+            t[0] -= 900
+
+
 async def test_demo_households_survive_a_rerun_with_the_same_dir(tmp_path: Path) -> None:
     from meterchain.backend.access.tables import PartyTables
     from meterchain.backend.web import accounts
     from meterchain.backend.web.tables import WebTables
-    from meterchain.cli.demo import _households
+    from meterchain.cli.demo import HOUSEHOLDS, _households
 
     db, logins = str(tmp_path / "backend.sqlite"), tmp_path / "households.txt"
-    first = await _households(db, ["gw-0001", "gw-0002"], logins)
-    again = await _households(db, ["gw-0001", "gw-0002"], logins)
-    assert first == again and set(first) == {"household-1", "household-2"}
+    first = await _households(db, HOUSEHOLDS, logins, since=1_000)
+    again = await _households(db, HOUSEHOLDS, logins, since=1_000)
+    assert first == again and set(first) == {f"household-{i}" for i in range(1, 6)}
     store = await open_store(db)
     try:
-        bindings = await PartyTables(store).meter_bindings("mp-2")
-        assert [(b.device, b.meter) for b in bindings] == [("gw-0002", "21000002")]
+        parties = PartyTables(store)
+        bindings = await parties.meter_bindings("mp-3-hp")
+        assert [(b.device, b.meter) for b in bindings] == [("gw-0003", "22000003")]
         login = await WebTables(store).login("household-2")
-        assert login is not None and accounts.verify_password(first["household-2"], login.password_hash)[0]
+        assert login is not None and accounts.verify_password(first["household-2"],
+                                                              login.password_hash)[0]
     finally:
         await store.close()
