@@ -5,18 +5,13 @@ sequence number; the log holds the device's key as device leaves (docs/format.md
 verifier of meterchain (ingest, ``meterchain verify``, the utility batch verifier, audit and
 settlement verification) is a composition of the checks below, so each rule is written once:
 
-======================  ===================  ================================================
-check                   name                 establishes
-======================  ===================  ================================================
-:class:`CheckpointSigned`   checkpoint       the checkpoint note verifies with the log key
-:class:`DeviceLeavesIncluded`  device-inclusion  every device leaf is in that checkpoint's tree
-:class:`DeviceEnrolled`     enrolled         the device has at least one device leaf
-:class:`KeyValidForSequence`  key-validity   the key valid for the statement's sequence
-:class:`KeyIdMatches`       key-id           the statement names that key's id
-:class:`LowS`               low-s            the signature is strict DER with a low S
-:class:`SignatureVerifies`  signature        ECDSA P-256/SHA-256 verifies with that key
-:class:`LeafIncluded`       inclusion        the statement's leaf is in the checkpoint's tree
-======================  ===================  ================================================
+- ``checkpoint`` (:class:`CheckpointSigned`): the checkpoint note verifies with the log key;
+- ``device-inclusion`` (:class:`DeviceLeavesIncluded`): every device leaf is in its tree;
+- ``key-validity`` (:class:`KeyValidForSequence`): a device key is valid for the sequence;
+- ``key-id`` (:class:`KeyIdMatches`): the statement names that key's id;
+- ``low-s`` (:class:`LowS`): the signature is strict DER with a low S;
+- ``signature`` (:class:`SignatureVerifies`): ECDSA P-256/SHA-256 verifies with that key;
+- ``inclusion`` (:class:`LeafIncluded`): the statement's leaf is in the checkpoint's tree.
 
 Checks read an :class:`Evidence` and record what they establish on it (the opened checkpoint,
 the valid key), so later checks build on earlier ones; a failure raises
@@ -168,18 +163,6 @@ class DeviceLeavesIncluded:
                             index=entry.index) from exc
 
 
-class DeviceEnrolled:
-    """The statement's device has at least one device leaf (it was enrolled)."""
-
-    name = "enrolled"
-
-    def verify(self, evidence: Evidence) -> None:
-        statement = _need(evidence.statement, self, "statement")
-        if not any(leaf.device == statement.device for leaf in evidence.device_leaves):
-            raise _fail(self, f"device {statement.device} is not enrolled",
-                        device=statement.device)
-
-
 class KeyValidForSequence:
     """A key of the device is valid for the statement's sequence number (§5: the latest device
     leaf at or below it decides, in log order; a revocation means none)."""
@@ -293,10 +276,8 @@ class AllOf:
 SIGNED_WITH_KEY = AllOf(KeyIdMatches(), LowS(), SignatureVerifies())
 #: The device's key valid for the statement's sequence signed it.
 SIGNED_BY_DEVICE = AllOf(KeyValidForSequence(), SIGNED_WITH_KEY)
-#: What ingest checks after parsing: an enrolled device's valid key signed the reading.
-INGEST = AllOf(DeviceEnrolled(), SIGNED_BY_DEVICE)
-#: An OCMF record (§12): it names no key id; its page number picks the key.
-OCMF_RECORD = AllOf(DeviceEnrolled(), KeyValidForSequence(), LowS(), SignatureVerifies())
+#: An OCMF record (§12): it names no key id; its page number (the reading's seq) picks the key.
+OCMF_RECORD = AllOf(KeyValidForSequence(), LowS(), SignatureVerifies())
 #: The checks of a proof bundle after its encoding, in the order ``meterchain verify`` prints.
 BUNDLE_CHECKS = (CheckpointSigned.name, DeviceLeavesIncluded.name, *SIGNED_BY_DEVICE.names,
                  LeafIncluded.name)

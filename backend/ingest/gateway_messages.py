@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 from meterchain.contract.ack import device_from_topic
 from meterchain.contract.errors import MeterchainError
-from meterchain.contract.leaves import DeviceLeaf, valid_key
+from meterchain.contract.leaves import DeviceLeaf
 from meterchain.contract.ocmf import MAX_RECORD_SIZE, parse_ocmf
+from meterchain.contract.policy import OCMF_RECORD, Evidence, Statement, VerificationError
 from meterchain.contract.status import GatewayStatus
 
 OCMF = "ocmf"
@@ -94,13 +95,14 @@ def _check_ocmf(topic: str, payload: bytes, leaves: Mapping[str, Sequence[Device
     device_leaves = leaves.get(device)
     if not device_leaves:
         return Refused(OCMF, device, "unknown-device", f"device {device} is not enrolled")
-    key = valid_key(device_leaves, device, fields.fiscal_page)
-    if key is None:
-        return Refused(OCMF, device, "key-validity",
-                       f"no key of device {device} is valid for page F{fields.fiscal_page}")
-    try:
-        record.verify(key.public_key_der)
-    except MeterchainError:
+    statement = Statement(device, fields.fiscal_page, record.payload_json.encode("ascii"),
+                          record.signature)
+    try:  # key-validity, low-s, signature: the contract's policy for OCMF records
+        OCMF_RECORD.verify(Evidence(statement, device_leaves))
+    except VerificationError as exc:
+        if exc.check == "key-validity":
+            return Refused(OCMF, device, "key-validity",
+                           f"no key of device {device} is valid for page F{fields.fiscal_page}")
         return Refused(OCMF, device, "signature",
                        f"OCMF page F{fields.fiscal_page} does not verify with the device key")
     return AcceptedOcmf(device, fields.fiscal_page, fields.meter_serial,
