@@ -169,9 +169,9 @@ async def wallet_view(store: SqliteStore, household: str, now: int, start: int =
     """Balance, provisional figure and the newest ``limit`` postings in [start, end)."""
     wallet = WalletTables(store)
     community = await household_community(store, household) or ""
-    postings = await wallet.postings("household", household, start, end, limit=10**7)
+    postings = await wallet.postings("household", household, start, end, limit, newest=True)
     return WalletView(household, community, await wallet.balance("household", household),
-                      await provisional(store, household, now), postings[-limit:])
+                      await provisional(store, household, now), postings)
 
 
 def month_bounds(key: str, zone: str) -> tuple[int, int]:

@@ -83,6 +83,15 @@ class WalletOut(BaseModel):
     postings: list[PostingOut]
 
 
+class EarningOut(BaseModel):
+    key: str = Field(description="local day YYYY-MM-DD or month YYYY-MM")
+    local_wh: int
+    local_amount: int = Field(description="µ€ for energy sold to neighbours")
+    grid_wh: int
+    grid_amount: int = Field(description="µ€ feed-in")
+    amount: int
+
+
 class PaymentIn(_Strict):
     kind: Annotated[str, Field(pattern="^(payment|refund)$")] = "payment"
     amount: Annotated[int, Field(ge=1, le=MAX_PAYMENT, description="µ€, positive")]
@@ -264,6 +273,19 @@ def household_router(state: ApiState, auth: Auth) -> APIRouter:
                              export_wh=p.export_wh, missing=p.missing,
                              open_months=p.open_months, since=p.since),
                          postings=[PostingOut(**posting_json(x)) for x in view.postings])  # type: ignore[arg-type]
+
+    @router.get("/wallet/earnings", response_model=list[EarningOut])
+    async def earnings(household: HouseholdId, who: Caller,
+                       by: Annotated[str, Query(pattern="^(day|month)$")] = "day",
+                       start: TimeQuery = 0, end: TimeQuery = MAX_SAFE_INT) -> list[EarningOut]:
+        """Earnings from sold energy (locally and feed-in) per local day or month in [start, end)."""
+        await may_act(who, household)
+        store = state.read()
+        found = await money.earnings(store, household, start, end,
+                                     await money.household_timezone(store, household), by)
+        return [EarningOut(key=e.key, local_wh=e.local_wh, local_amount=e.local_amount,
+                           grid_wh=e.grid_wh, grid_amount=e.grid_amount, amount=e.amount)
+                for e in found]
 
     @router.get("/wallet/statement", response_class=Response,
                 responses={200: {"content": {"text/csv": {}}}})

@@ -217,17 +217,21 @@ class WalletTables(SqliteTables):
         return int(row[0]) if row else 0
 
     async def postings(self, holder_kind: str, holder: str, start: int = 0,
-                       end: int = 2**62, limit: int = 100_000) -> list[Posting]:
+                       end: int = 2**62, limit: int = 1_000_000, newest: bool = False
+                       ) -> list[Posting]:
         """Settlement and bill postings with interval_start in [start, end) and payments made in
-        it, oldest first, each with its settlement leaf's log index."""
+        it, oldest first, each with its settlement leaf's log index; ``newest``: the last
+        ``limit`` of them (still oldest first)."""
+        order = "DESC" if newest else ""
         rows = await self._rows(
             f"SELECT {', '.join('p.' + c for c in POSTING_COLUMNS)}, l.leaf_index "
             "FROM wallet_postings p LEFT JOIN settlements s ON s.digest = p.digest "
             "LEFT JOIN leaves l ON l.id = s.leaf_id WHERE p.holder_kind = ? AND p.holder = ? "
             "AND coalesce(p.interval_start, p.time) >= ? AND coalesce(p.interval_start, p.time) < ? "
-            "ORDER BY coalesce(p.interval_start, p.time), p.id LIMIT ?",
+            f"ORDER BY coalesce(p.interval_start, p.time) {order}, p.id {order} LIMIT ?",
             (holder_kind, holder, start, end, limit))
-        return [Posting(*r) for r in rows]
+        found = [Posting(*r) for r in rows]
+        return found[::-1] if newest else found
 
     async def sums_by_line(self, holder_kind: str, holder: str, start: int, end: int
                            ) -> dict[str, int]:
@@ -275,7 +279,7 @@ class WalletTables(SqliteTables):
             values = ("household", household, str(found[0]), None, kind, kind, None, None, None,
                       None, signed, reference, recorded_by, now)
             cur = await self._db.execute(_INSERT, values)
-            return Posting(int(cur.lastrowid or 0), *values)  # type: ignore[arg-type]
+            return Posting(int(cur.lastrowid or 0), *values)
 
         return await self._transaction(work)
 

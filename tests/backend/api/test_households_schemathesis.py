@@ -45,4 +45,4 @@ def test_schemathesis_finds_no_server_error_in_the_households_trading_routes(tmp
                  "--request-timeout", "20", "--no-color"],
                 capture_output=True, text=True, timeout=280, check=False)
             assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-            assert "11 selected" in result.stdout
+            assert "12 selected" in result.stdout

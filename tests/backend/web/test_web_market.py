@@ -109,3 +109,24 @@ def test_the_bill_names_no_trading_partner(market: Market) -> None:
         trades = page.split('id="trades"')[1]
         assert "bought (with 1 neighbour)" in trades or "bought (with 2 neighbours)" in trades
         assert not re.search(r"mp-[0-9]", trades)
+
+
+async def test_a_prorata_market_counts_importing_and_exporting_members(tmp_path: Path) -> None:
+    from tests.support.settlement import COMMUNITY as PRORATA
+    from tests.support.settlement import T0, close_site, community, readings_at
+
+    site = await community(tmp_path)  # mp-2 exports 600 Wh (imports 30), mp-1, mp-3 import
+    try:
+        await readings_at(site, T0, scale=0)
+        for k in range(1, 3):
+            await readings_at(site, T0 + 900 * k)
+        await site.runner.settle_community(PRORATA, T0 + 1800)
+        view = await market_view(site.admin, PRORATA, T0 + 1800, "UTC")
+        assert [iv.start for iv in view.recent] == [T0 + 900, T0]
+        [tier] = view.recent[0].tiers
+        assert (tier.name, tier.price, tier.volume_wh) == ("prorata:mid_market", 190_000, 600)
+        assert (tier.buyers, tier.sellers) == (3, 1)  # mp-2 also imports 30 Wh
+        assert view.history[0].mean_price == 190_000 and view.history[0].local_wh == 1200
+        assert view.band == (80_000, 300_000) and not view.dynamic
+    finally:
+        await close_site(site)

@@ -80,6 +80,19 @@ def test_the_wallet_page_shows_the_sum_of_the_postings_and_a_marked_estimate(mar
         assert api["balance"] == total and api["provisional"]["open_months"] == 1
         assert api["provisional"]["amount"] < 0  # June's monthly fee and VAT are owed
         assert any(p["line"] == "local_energy_sold" and p["amount"] > 0 for p in api["postings"])
+        # earnings per month and per day: the sold-energy postings, the same in page and API
+        months = http.get("/api/v1/households/h-1/wallet/earnings?by=month",
+                          headers=key(market, "h-1")).json()
+        assert [m["key"] for m in months] == ["2024-05", "2024-06"]
+        sold = sum(p["amount"] for p in http.get(
+            f"/api/v1/households/h-1/wallet?limit=10000&end={NOW}", headers=key(market, "h-1")
+        ).json()["postings"] if p["line"] in ("local_energy_sold", "feed_in"))
+        assert sum(m["amount"] for m in months) == sold > 0
+        days = http.get("/api/v1/households/h-1/wallet/earnings?by=day",
+                        headers=key(market, "h-1")).json()
+        assert len(days) == 8 and sum(d["amount"] for d in days) == sold
+        assert all(d["local_wh"] > 0 and d["local_amount"] >= d["local_wh"] * 82 for d in days)
+        assert f'data-amount="{months[1]["amount"]}"' in page.text
         # the seller's nav reaches the wallet from every page
         assert 'href="/households/h-1/wallet"' in http.get("/households/h-1").text
 
