@@ -8,9 +8,8 @@ import os
 from pathlib import Path
 
 import typer
-from cryptography.hazmat.primitives import serialization
 from meterchain.contract.errors import MeterchainError
-from meterchain.contract.signing import generate_private_key_pem, key_id, load_signer
+from meterchain.contract.signing import generate_private_key_pem, key_id, load_signer, public_key_pem
 
 app = typer.Typer(
     help="The gateway agent: device key, meter polling, signed readings.", no_args_is_help=True
@@ -57,9 +56,7 @@ def keygen(
         typer.echo(f"error: cannot write {out}: {exc.strerror}", err=True)
         raise typer.Exit(1) from None
     spki = load_signer(pem).public_key_der
-    public_pem = serialization.load_der_public_key(spki).public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    public_pem = public_key_pem(spki)
     typer.echo(f"private key: {out} (mode 0600)")
     typer.echo(f"key id: {key_id(spki).hex()}")
     typer.echo(f"public key (base64 SPKI DER): {base64.b64encode(spki).decode()}")

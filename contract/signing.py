@@ -118,6 +118,23 @@ def load_public_key(public_key_der: bytes) -> ec.EllipticCurvePublicKey:
     return key
 
 
+def public_key_pem(public_key_der: bytes) -> bytes:
+    """A P-256 SubjectPublicKeyInfo (DER) as PEM, for people and other tools."""
+    return load_public_key(public_key_der).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def public_key_der_from_pem(pem: bytes) -> bytes:
+    """The SubjectPublicKeyInfo DER of a PEM public key, or raise :class:`KeyValidityError`."""
+    _need_cryptography()
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except ValueError as exc:
+        raise KeyValidityError(f"not a PEM public key ({exc})") from None
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def verify_signature(public_key_der: bytes, data: bytes, signature: bytes) -> None:
     """Verify a device signature over ``data``; raise :class:`SignatureError` naming the check."""
     parse_signature(signature)
