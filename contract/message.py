@@ -14,13 +14,7 @@ from dataclasses import dataclass
 from meterchain.contract import cbor
 from meterchain.contract.errors import EncodingError, KeyValidityError
 from meterchain.contract.reading import MAX_READING_SIZE, Reading
-from meterchain.contract.signing import (
-    MAX_SIGNATURE_SIZE,
-    Signer,
-    key_id,
-    parse_signature,
-    verify_signature,
-)
+from meterchain.contract.signing import MAX_SIGNATURE_SIZE, Signer, key_id, parse_signature
 
 #: Array header (1) + bstr header (3) + reading + bstr header (2) + signature.
 MAX_MESSAGE_SIZE = 1 + 3 + MAX_READING_SIZE + 2 + MAX_SIGNATURE_SIZE
@@ -35,19 +29,12 @@ class SignedReading:
     signature: bytes
 
     def to_cbor(self) -> bytes:
-        """The message bytes (also the reading leaf's data in the log)."""
-        return cbor.encode([self.reading_bytes, self.signature])
+        """The message bytes (also the reading leaf's data in the log).
 
-    def verify(self, public_key_der: bytes) -> None:
-        """Check key id, low-S and the signature against the device's public key."""
-        if key_id(public_key_der) != self.reading.key_id:
-            raise KeyValidityError(
-                "reading's key id is not the SHA-256 of the given public key",
-                check="key-id",
-                device=self.reading.device,
-                seq=self.reading.seq,
-            )
-        verify_signature(public_key_der, self.reading_bytes, self.signature)
+        Verifying the signature is the verification policy's job (contract/policy.py:
+        ``verify_reading`` with a known key, ``SIGNED_BY_DEVICE`` with the device's leaves).
+        """
+        return cbor.encode([self.reading_bytes, self.signature])
 
 
 def sign_reading(reading: Reading, signer: Signer) -> SignedReading:

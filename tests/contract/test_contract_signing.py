@@ -22,6 +22,7 @@ from meterchain.contract.message import (
     parse_message,
     sign_reading,
 )
+from meterchain.contract.policy import VerificationError, verify_reading
 from meterchain.contract.reading import EXPORT_OBIS, IMPORT_OBIS, Register
 
 from tests.support.contract import make_reading
@@ -106,10 +107,10 @@ def test_message_round_trip_and_wrong_key_id(signer: signing.Signer) -> None:
     signed = sign_reading(make_reading(signer, 1), signer)
     parsed = parse_message(signed.to_cbor())
     assert parsed == signed
-    parsed.verify(signer.public_key_der)
+    verify_reading(parsed, signer.public_key_der)
     other = signing.CryptographySigner(signing.generate_private_key_pem())
-    with pytest.raises(KeyValidityError) as err:
-        parsed.verify(other.public_key_der)
+    with pytest.raises(VerificationError) as err:
+        verify_reading(parsed, other.public_key_der)
     assert err.value.check == "key-id"
     with pytest.raises(KeyValidityError):
         sign_reading(make_reading(other, 1), signer)

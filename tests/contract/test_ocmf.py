@@ -21,6 +21,7 @@ from meterchain.contract.ocmf import (
     sign_ocmf,
     verify_ocmf,
 )
+from meterchain.contract.policy import VerificationError, verify_reading
 from meterchain.contract.reading import (
     EXPORT_OBIS,
     IMPORT_OBIS,
@@ -319,8 +320,9 @@ def test_an_ocmf_signature_never_verifies_as_a_reading_and_vice_versa() -> None:
     payload_bytes = ocmf.payload_json.encode("ascii")
 
     # The OCMF signature over the reading's bytes: not the bytes it signed, so it fails.
-    with pytest.raises(SignatureError):
-        SignedReading(r, signed.reading_bytes, ocmf.signature).verify(SIGNER.public_key_der)
+    with pytest.raises(VerificationError) as failed:
+        verify_reading(SignedReading(r, signed.reading_bytes, ocmf.signature), SIGNER.public_key_der)
+    assert failed.value.check == "signature"
     # A message carrying the OCMF payload as its "reading" is not a reading at all.
     with pytest.raises(EncodingError):
         parse_message(cbor.encode([payload_bytes, ocmf.signature]))
@@ -335,7 +337,7 @@ def test_an_ocmf_signature_never_verifies_as_a_reading_and_vice_versa() -> None:
     with pytest.raises(EncodingError):
         parse_ocmf(signed.to_cbor())
     # And each still verifies in its own form with the same key.
-    signed.verify(SIGNER.public_key_der)
+    verify_reading(signed, SIGNER.public_key_der)
     ocmf.verify(SIGNER.public_key_der)
 
 

@@ -24,6 +24,7 @@ from meterchain.bridge.modbus.emulator import EmulatedMeter, ModbusBusEmulator
 from meterchain.contract.ack import Ack, Rejection, ack_topic, device_from_topic
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.message import Identity, SignedReading, compare, parse_message
+from meterchain.contract.policy import verify_reading
 from meterchain.contract.signing import generate_private_key_pem, load_signer
 from meterchain.mqtt import Backoff
 
@@ -102,7 +103,7 @@ class VerifyingBackend:
             if compare(stored[reading.seq], signed) is Identity.CONFLICT:
                 self.conflicts.append(key)
         else:
-            signed.verify(self.keys[device])
+            verify_reading(signed, self.keys[device])
             stored[reading.seq] = signed
         ack = Ack(
             device,
