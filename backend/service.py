@@ -33,7 +33,7 @@ from meterchain.backend.provisioning.tokens import settings_from_config
 from meterchain.backend.settlement.runner import SettlementRunner
 from meterchain.backend.store import SqliteStore, is_postgres, open_store
 from meterchain.backend.utility.webhooks import WebhookWorker
-from meterchain.backend.web.live import subscribe
+from meterchain.backend.web.live import keep_enrolled, subscribe
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.note import NoteSigner
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -245,6 +245,9 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
                 tasks.add(asyncio.create_task(  # live, unsigned
                     subscribe(app.state.web.live, config.broker,
                               config.worker_client_id() + "-telemetry"), name="telemetry"))
+                registry = await _store(resources, config.db)  # enrolled devices only
+                tasks.add(asyncio.create_task(keep_enrolled(app.state.web.live, registry.devices),
+                                              name="telemetry-devices"))
             else:
                 app = ops_app(ingest)
             server = _Server(uvicorn.Config(app, host=config.http_host, port=config.http_port,

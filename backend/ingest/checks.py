@@ -4,6 +4,13 @@ size → CBOR shape (incl. strict DER, low-S) → topic's device = reading's dev
 → a key valid for that sequence → key id → signature. Only the last costs real CPU (ECDSA
 verify, ~50 µs, and it releases the GIL). Each failure has a stable reason code; the ones a
 gateway must learn about (its own reading, provably bad for good) are *permanent* and go into its ack.
+
+Only a reading whose signature verifies under the device's key valid for its sequence says
+anything about the device (issue 14): every other rejection is unauthenticated junk, counted per
+topic and reason but never in the device's ack, so a forger cannot consume a device's sequence
+numbers. The one permanent reason is ``conflict`` (decided at commit, between two verified
+readings). Junk is attributed to the device its *topic* names only if that device is enrolled
+(otherwise to nobody), which keeps the aggregated counts bounded by the registry.
 """
 
 from __future__ import annotations
@@ -28,9 +35,9 @@ REASONS = {
     "low-s": False,
     "topic": False,
     "unknown-device": False,
-    "key-validity": True,
-    "key-id": True,
-    "signature": True,
+    "key-validity": False,
+    "key-id": False,
+    "signature": False,
     "conflict": True,
     "internal": False,
 }
@@ -49,6 +56,12 @@ def _reject(reason: str, detail: str, now: int, device: str | None = None,
     return Checked(rejection=RejectionRecord(device, seq, reason, detail, REASONS[reason], now))
 
 
+def topic_blame(topic: str, leaves: Mapping[str, Sequence[DeviceLeaf]]) -> str | None:
+    """The device a rejected message is counted under: the topic's, if it is enrolled."""
+    device = device_from_topic(topic)
+    return device if device is not None and leaves.get(device) else None
+
+
 def check_message(
     topic: str, payload: bytes, leaves: Mapping[str, Sequence[DeviceLeaf]], now: int
 ) -> Checked:
@@ -62,25 +75,27 @@ def check_message(
 def _check(
     topic: str, payload: bytes, leaves: Mapping[str, Sequence[DeviceLeaf]], now: int
 ) -> Checked:
+    blame = topic_blame(topic, leaves)
     if len(payload) > MAX_MESSAGE_SIZE:
-        return _reject("size", f"{len(payload)} bytes is over the limit of {MAX_MESSAGE_SIZE}", now)
+        return _reject("size", f"{len(payload)} bytes is over the limit of {MAX_MESSAGE_SIZE}",
+                       now, blame)
     topic_device = device_from_topic(topic)
     try:
         signed = parse_message(payload)
     except MeterchainError as exc:
         reason = "low-s" if exc.check == "low-s" else "encoding"
-        return _reject(reason, str(exc), now, topic_device)
+        return _reject(reason, str(exc), now, blame)
     reading = signed.reading
     if topic_device != reading.device:
         return _reject(
             "topic",
-            f"reading of device {reading.device} published on topic {topic!r}",
-            now, topic_device, reading.seq,
+            f"reading of device {reading.device} published on topic {topic[:120]!r}",
+            now, blame, reading.seq,
         )
     device_leaves = leaves.get(reading.device)
     if not device_leaves:
         return _reject("unknown-device", f"device {reading.device} is not enrolled", now,
-                       reading.device, reading.seq)
+                       None, reading.seq)
     try:  # key-validity, key-id, low-s, signature: the contract's policy (contract/policy.py)
         SIGNED_BY_DEVICE.verify(Evidence(Statement.of_reading(signed), device_leaves))
     except VerificationError as exc:

@@ -66,6 +66,12 @@ REJECTIONS = Counter(
 OUTCOMES = Counter(
     "meterchain_ingest_readings", "Verified readings by commit outcome", ["outcome"]
 )
+UNAUTHENTICATED = Counter(
+    "meterchain_ingest_unauthenticated",
+    "Readings-topic messages that prove nothing about a device (never in its ack), by the "
+    "enrolled device their topic names (\"-\" for none) and reason",
+    ["device", "reason"],
+)
 BATCH_SECONDS = Histogram("meterchain_ingest_commit_seconds", "Time to commit one batch")
 SIDE_MESSAGES = Counter(
     "meterchain_ingest_side_messages", "OCMF and status messages by outcome", ["kind", "outcome"]
@@ -249,14 +255,23 @@ class Ingest:
         report.stored = result.outcomes.count(Outcome.STORED)
         report.duplicates = result.outcomes.count(Outcome.DUPLICATE)
         report.conflicts = result.outcomes.count(Outcome.CONFLICT)
+        junk: collections.Counter[str] = collections.Counter()
         for x in [*rejections, *result.conflicts]:
             REJECTIONS.labels(x.reason).inc()
             self.stats[f"rejected:{x.reason}"] += 1
             report.rejected[x.reason] = report.rejected.get(x.reason, 0) + 1
-            log.warning(
-                "reading rejected reason=%s permanent=%s device=%s seq=%s detail=%s",
-                x.reason, x.permanent, x.device, x.seq, x.detail[:200],
-            )
+            if x.permanent:
+                log.warning("reading rejected for good reason=%s device=%s seq=%s detail=%s",
+                            x.reason, x.device, x.seq, x.detail[:200])
+                continue
+            # Unauthenticated: counted under the topic's enrolled device, never in its ack.
+            UNAUTHENTICATED.labels(x.device or "-", x.reason).inc()
+            junk[x.reason] += 1
+            log.debug("message refused reason=%s topic_device=%s seq=%s detail=%s",
+                      x.reason, x.device, x.seq, x.detail[:200])
+        if junk:  # one line per batch, not one per message: a flood must not flood the log
+            log.warning("unauthenticated messages refused count=%d reasons=%s",
+                        sum(junk.values()), dict(sorted(junk.items())))
         now = int(self.clock())
         report.acks = [self.acks.ack(device, now) for device in sorted(done)]
         if report.stored and self.on_commit is not None:

@@ -32,6 +32,7 @@ import asyncpg
 from meterchain.backend.store.dedupe import Place, PlaceKey, place_keys, plan_batch
 from meterchain.backend.store.leafdata import pack_leaf_data, unpack_leaf_data
 from meterchain.backend.store.records import (
+    REJECTION_RETENTION_SECONDS,
     AckState,
     BatchRow,
     CheckpointRow,
@@ -44,6 +45,7 @@ from meterchain.backend.store.records import (
     StaleKeys,
     TreeState,
     VerifiedReading,
+    aggregate_junk,
 )
 from meterchain.backend.store.sqlite import (
     READING_COLUMNS,
@@ -213,6 +215,26 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             drift BIGINT,
             PRIMARY KEY (device, meter)
         )""",
+    ),
+    # 2: unauthenticated rejections counted per (device of the topic, reason, minute), as
+    # SQLite's migration 12 (issue 14); ``rejections`` keeps only the permanent ones.
+    (
+        """CREATE TABLE rejection_minutes (
+            device TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            minute BIGINT NOT NULL,
+            count BIGINT NOT NULL,
+            detail TEXT NOT NULL,
+            PRIMARY KEY (device, reason, minute)
+        )""",
+        "CREATE INDEX rejection_minutes_by_minute ON rejection_minutes (minute)",
+        "INSERT INTO rejection_minutes (device, reason, minute, count, detail) "
+        "SELECT coalesce(device, ''), reason, time - time % 60, count(*), "
+        "max(substr(detail, 1, 200)) FROM rejections "
+        "WHERE NOT permanent OR reason IN ('signature', 'key-id', 'key-validity') "
+        "GROUP BY 1, 2, 3",
+        "DELETE FROM rejections WHERE NOT permanent "
+        "OR reason IN ('signature', 'key-id', 'key-validity')",
     ),
 )
 
@@ -583,12 +605,24 @@ class PostgresStore:
     @staticmethod
     async def _insert_rejections(conn: asyncpg.Connection,
                                  rejections: Iterable[RejectionRecord]) -> None:
+        rejections = list(rejections)
         rows = [(None if x.device is None else _text(x.device), x.seq, _text(x.reason),
-                 _text(x.detail[:500]), bool(x.permanent), x.time) for x in rejections]
+                 _text(x.detail[:500]), True, x.time) for x in rejections if x.permanent]
         if rows:
             await conn.executemany(
                 "INSERT INTO rejections (device, seq, reason, detail, permanent, time) "
                 "VALUES ($1, $2, $3, $4, $5, $6)", rows)
+        junk = aggregate_junk(rejections)
+        if junk:  # sorted: concurrent workers take the rows' locks in one order
+            await conn.executemany(
+                "INSERT INTO rejection_minutes (device, reason, minute, count, detail) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device, reason, minute) DO UPDATE SET "
+                "count = rejection_minutes.count + excluded.count, detail = excluded.detail",
+                [(_text(d), _text(r), m, count, _text(detail))
+                 for (d, r, m), (count, detail) in sorted(junk.items())])
+            newest = max(minute for _, _, minute in junk)
+            await conn.execute("DELETE FROM rejection_minutes WHERE minute < $1",
+                               newest - REJECTION_RETENTION_SECONDS)
 
     async def record_rejections(self, rejections: Iterable[RejectionRecord]) -> None:
         rejections = list(rejections)
@@ -620,8 +654,20 @@ class PostgresStore:
         return [r[0] for r in await self._pool.fetch("SELECT device FROM ack_state ORDER BY device")]
 
     async def rejection_counts(self) -> dict[str, int]:
-        rows = await self._pool.fetch("SELECT reason, count(*) FROM rejections GROUP BY reason")
+        """Rejections by reason: permanent ones and the kept per-minute counts of the rest."""
+        rows = await self._pool.fetch(
+            "SELECT reason, sum(n)::bigint FROM (SELECT reason, count(*) AS n FROM rejections "
+            "GROUP BY reason UNION ALL SELECT reason, sum(count) FROM rejection_minutes "
+            "GROUP BY reason) t GROUP BY reason")
         return {r[0]: r[1] for r in rows}
+
+    async def rejection_minutes(self, device: str | None = None
+                                ) -> list[tuple[str, str, int, int, str]]:
+        """As :meth:`SqliteStore.rejection_minutes`."""
+        rows = await self._pool.fetch(
+            "SELECT device, reason, minute, count, detail FROM rejection_minutes "
+            "WHERE $1::text IS NULL OR device = $1 ORDER BY minute, device, reason", device)
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
     async def conflicts(self, device: str) -> list[tuple[int, bytes, int]]:
         rows = await self._pool.fetch(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -49,6 +50,24 @@ class RejectionRecord:
     detail: str
     permanent: bool
     time: int
+
+
+#: How long the per-minute counts of unauthenticated rejections are kept (issue 14: bounded).
+REJECTION_RETENTION_SECONDS = 7 * 86400
+
+
+def aggregate_junk(rejections: Iterable[RejectionRecord]
+                   ) -> dict[tuple[str, str, int], tuple[int, str]]:
+    """Non-permanent rejections counted per (device or "", reason, minute), with the newest
+    detail: what the ``rejection_minutes`` table adds up. Permanent ones are not included."""
+    counts: dict[tuple[str, str, int], tuple[int, str]] = {}
+    for x in rejections:
+        if x.permanent:
+            continue
+        key = (x.device or "", x.reason, x.time - x.time % 60)
+        count, _ = counts.get(key, (0, ""))
+        counts[key] = (count + 1, x.detail[:200])
+    return counts
 
 
 class Outcome(enum.Enum):

@@ -553,6 +553,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "INSERT INTO market_salt VALUES (1, randomblob(32))",
     ),
+    # 12: unauthenticated rejections counted per (device of the topic, reason, minute), kept
+    # for a retention (issue 14: a flood wrote 20,000 rows in 10 s). ``rejections`` keeps only
+    # the permanent ones (seq by seq, for the acks). Rejections that could not name their
+    # device, and signature/key failures (which prove nothing about the device), move over.
+    (
+        """CREATE TABLE rejection_minutes (
+            device TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            minute INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            detail TEXT NOT NULL,
+            PRIMARY KEY (device, reason, minute)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX rejection_minutes_by_minute ON rejection_minutes (minute)",
+        "INSERT INTO rejection_minutes (device, reason, minute, count, detail) "
+        "SELECT coalesce(device, ''), reason, time - time % 60, count(*), max(substr(detail, 1, 200)) "
+        "FROM rejections WHERE permanent = 0 OR reason IN ('signature', 'key-id', 'key-validity') "
+        "GROUP BY 1, 2, 3",
+        "DELETE FROM rejections WHERE permanent = 0 "
+        "OR reason IN ('signature', 'key-id', 'key-validity')",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -18,6 +18,7 @@ import aiosqlite
 from meterchain.backend.store.dedupe import Place, PlaceKey, plan_batch
 from meterchain.backend.store.leafdata import pack_leaf_data, unpack_leaf_data
 from meterchain.backend.store.records import (
+    REJECTION_RETENTION_SECONDS,
     AckState,
     BatchRow,
     CheckpointRow,
@@ -30,6 +31,7 @@ from meterchain.backend.store.records import (
     StaleKeys,
     TreeState,
     VerifiedReading,
+    aggregate_junk,
 )
 from meterchain.backend.store.schema import MIGRATIONS, SCHEMA_VERSION
 from meterchain.contract.errors import MeterchainError
@@ -250,14 +252,7 @@ class SqliteStore:
                     "VALUES (?, ?, ?, ?, ?)",
                     conflict_rows,
                 )
-            all_rejections = [*rejections, *conflicts]
-            if all_rejections:
-                await self._conn.executemany(
-                    "INSERT INTO rejections (device, seq, reason, detail, permanent, time) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    [(x.device, x.seq, x.reason, x.detail[:500], int(x.permanent), x.time)
-                     for x in all_rejections],
-                )
+            await self._insert_rejections([*rejections, *conflicts])
             now = int(time.time())
             if acks:
                 await self._conn.executemany(
@@ -321,18 +316,36 @@ class SqliteStore:
                     continue
                 kept[leaf_id].digest = hashlib.sha256(reading_bytes).digest()
 
-    async def record_rejections(self, rejections: Iterable[RejectionRecord]) -> None:
-        rows = [(x.device, x.seq, x.reason, x.detail[:500], int(x.permanent), x.time)
-                for x in rejections]
-        if not rows:
-            return
-
-        async def work() -> None:
+    async def _insert_rejections(self, rejections: Sequence[RejectionRecord]) -> None:
+        """Permanent rejections one row each (the ack needs their seqs); the others added to
+        the per-minute counts, whose rows older than the retention go (issue 14: bounded)."""
+        rows = [(x.device, x.seq, x.reason, x.detail[:500], 1, x.time)
+                for x in rejections if x.permanent]
+        if rows:
             await self._conn.executemany(
                 "INSERT INTO rejections (device, seq, reason, detail, permanent, time) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
+        junk = aggregate_junk(rejections)
+        if junk:
+            await self._conn.executemany(
+                "INSERT INTO rejection_minutes (device, reason, minute, count, detail) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (device, reason, minute) DO UPDATE SET "
+                "count = count + excluded.count, detail = excluded.detail",
+                [(*key, count, detail) for key, (count, detail) in junk.items()],
+            )
+            newest = max(minute for _, _, minute in junk)
+            await self._conn.execute("DELETE FROM rejection_minutes WHERE minute < ?",
+                                     (newest - REJECTION_RETENTION_SECONDS,))
+
+    async def record_rejections(self, rejections: Iterable[RejectionRecord]) -> None:
+        rejections = list(rejections)
+        if not rejections:
+            return
+
+        async def work() -> None:
+            await self._insert_rejections(rejections)
 
         await self._write(work)
 
@@ -359,8 +372,20 @@ class SqliteStore:
         return [r[0] for r in await self._rows("SELECT device FROM ack_state ORDER BY device")]
 
     async def rejection_counts(self) -> dict[str, int]:
+        """Rejections by reason: permanent ones and the kept per-minute counts of the rest."""
         return {r[0]: r[1] for r in await self._rows(
-            "SELECT reason, count(*) FROM rejections GROUP BY reason")}
+            "SELECT reason, sum(n) FROM (SELECT reason, count(*) AS n FROM rejections "
+            "GROUP BY reason UNION ALL SELECT reason, sum(count) FROM rejection_minutes "
+            "GROUP BY reason) GROUP BY reason")}
+
+    async def rejection_minutes(self, device: str | None = None
+                                ) -> list[tuple[str, str, int, int, str]]:
+        """The per-minute counts of unauthenticated rejections, (device, reason, minute, count,
+        detail), oldest first; device "" is a topic that names no enrolled device."""
+        where, params = ("WHERE device = ?", (device,)) if device is not None else ("", ())
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in await self._rows(
+            f"SELECT device, reason, minute, count, detail FROM rejection_minutes {where} "
+            "ORDER BY minute, device, reason", params)]
 
     async def conflicts(self, device: str) -> list[tuple[int, bytes, int]]:
         return [(r[0], r[1], r[2]) for r in await self._rows(

@@ -66,10 +66,15 @@ async def test_wrong_key_and_other_devices_topic_are_rejected_and_counted(store_
     ])
     assert report.stored == 1 and report.rejected == {"key-id": 1, "topic": 1}
     assert (_count("key-id"), _count("topic")) == (before[0] + 1, before[1] + 1)
-    # key-id is for good (a's own topic): seq 1 is done for a; b gets no ack from a's topic.
-    assert [(x.device, x.upto) for x in report.acks] == [("gw-a", 2)]
-    assert [(r.seq, r.reason) for r in report.acks[0].rejected] == [(1, "key-id")]
+    # Neither verifies under a's key for seq 1: seq 1 stays open for a's own reading, nothing
+    # enters a's ack, and b gets no ack from a's topic (issue 14).
+    assert [(x.device, x.upto, x.rejected) for x in report.acks] == [("gw-a", 0, ())]
     assert (await api.rejection_counts()) == {"key-id": 1, "topic": 1}
+    # Counted per topic (a's, which is enrolled), reason and minute; never per seq.
+    rows = await api.rejection_minutes()
+    assert sorted((d, r, n) for d, r, _, n, _ in rows) == [("gw-a", "key-id", 1), ("gw-a", "topic", 1)]
+    report = await ingest.process([a.message(1)])
+    assert report.acks[0].upto == 2 and report.acks[0].rejected == ()
     await close(admin, ingest, sealer, api)
 
 
@@ -92,15 +97,52 @@ async def test_malformed_payloads_are_rejected_without_stopping_ingest(store_fac
     await close(admin, ingest, sealer, api)
 
 
-async def test_permanently_rejected_reading_does_not_stall_the_stream(store_factory: StoreFactory) -> None:
+async def test_forged_reading_does_not_consume_the_sequence(store_factory: StoreFactory) -> None:
     gw = Gateway("gw-1")
     admin, ingest, sealer, api = await backend(store_factory, gw)
     forged = gw.signed(2)
     bad = cbor.encode([forged.reading_bytes, gw.signed(3).signature])  # a valid-looking, wrong signature
     report = await ingest.process([gw.message(1), (gw.topic, bad), gw.message(3), gw.message(4)])
     assert report.rejected == {"signature": 1} and report.stored == 3
-    assert report.acks[0].upto == 4
-    assert [(r.seq, r.reason) for r in report.acks[0].rejected] == [(2, "signature")]
+    assert report.acks[0].upto == 1 and report.acks[0].rejected == ()  # 2 is still the device's
+    report = await ingest.process([gw.message(2)])
+    assert report.acks[0].upto == 4 and report.acks[0].rejected == ()
+    await close(admin, ingest, sealer, api)
+
+
+async def test_forged_flood_moves_no_ack_and_counts_per_minute(store_factory: StoreFactory) -> None:
+    """Issue 14, finding 1: 80 forged readings with the next seqs moved upto from 29 to 110."""
+    gw, forger = Gateway("gw-1"), Gateway("gw-1")  # same device id, the forger's own key
+    admin, ingest, sealer, api = await backend(store_factory, gw)
+    report = await ingest.process([gw.message(s) for s in range(1, 30)])
+    assert report.acks[0].upto == 29
+    report = await ingest.process([forger.message(s) for s in range(30, 110)]
+                                  + [("meterchain/v1/gw-1/readings", os.urandom(3000)),
+                                     ("meterchain/v1/nobody/readings", os.urandom(3000))])
+    assert report.stored == 0 and report.rejected == {"key-id": 80, "size": 2}
+    assert report.acks == []  # junk touches no device: no ack is even published
+    state = await api.ack_state("gw-1")
+    assert state.upto == 29 and not state.above and not state.recent_rejections
+    # A size rejection names the topic's device; a topic naming nobody enrolled counts under "".
+    rows = {(d, r): n for d, r, _, n, _ in await api.rejection_minutes()}
+    assert rows == {("gw-1", "key-id"): 80, ("gw-1", "size"): 1, ("", "size"): 1}
+    report = await ingest.process([gw.message(30)])
+    assert report.acks[0].upto == 30
+    await close(admin, ingest, sealer, api)
+
+
+async def test_rejection_counts_are_kept_for_the_retention_only(store_factory: StoreFactory) -> None:
+    from meterchain.backend.store import RejectionRecord
+    from meterchain.backend.store.records import REJECTION_RETENTION_SECONDS
+
+    admin, ingest, sealer, api = await backend(store_factory, Gateway("gw-1"))
+    old = 1_700_000_000
+    await admin.record_rejections([RejectionRecord("gw-1", 5, "signature", "x", False, old)] * 3)
+    assert [(d, r, m, n) for d, r, m, n, _ in await api.rejection_minutes("gw-1")] == [
+        ("gw-1", "signature", old - old % 60, 3)]
+    later = old + REJECTION_RETENTION_SECONDS + 120
+    await admin.record_rejections([RejectionRecord(None, None, "encoding", "y", False, later)])
+    assert [(d, r, n) for d, r, _, n, _ in await api.rejection_minutes()] == [("", "encoding", 1)]
     await close(admin, ingest, sealer, api)
 
 
@@ -123,7 +165,8 @@ async def test_revoked_and_unknown_devices(store_factory: StoreFactory) -> None:
     await revoke(admin, "gw-1", 1)  # from sequence 2 on
     report = await ingest.process([gw.message(2), stranger.message(1)])
     assert report.rejected == {"key-validity": 1, "unknown-device": 1}
-    assert [(a.device, a.upto) for a in report.acks] == [("gw-1", 2)]
+    assert report.acks == []  # revoked: nothing of gw-1 after seq 1 counts any more
+    assert (await api.ack_state("gw-1")).upto == 1
     await close(admin, ingest, sealer, api)
 
 
