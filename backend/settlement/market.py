@@ -80,6 +80,8 @@ def interval_view(row: SettlementRow) -> IntervalView:
     iv = settled.interval
     tiers = []
     for name, price, volume, pairs in json.loads(row.tiers):
+        if not volume:
+            continue  # nothing traded in this tier: the page says "no local trade"
         buyers, sellers = _pair_counts(pairs)
         if not pairs and volume:  # pro-rata: the local energy is pooled, not paired
             buyers = int(np.count_nonzero(iv.import_wh)) if iv.supply_wh else 0

@@ -128,5 +128,9 @@ async def test_a_prorata_market_counts_importing_and_exporting_members(tmp_path:
         assert (tier.buyers, tier.sellers) == (3, 1)  # mp-2 also imports 30 Wh
         assert view.history[0].mean_price == 190_000 and view.history[0].local_wh == 1200
         assert view.band == (80_000, 300_000) and not view.dynamic
+        await readings_at(site, T0 + 2700, skip=("mp-2",))  # no supply: nothing local
+        await site.runner.settle_community(PRORATA, T0 + 2700 + 1800)
+        quiet = (await market_view(site.admin, PRORATA, T0 + 2700, "UTC")).recent[0]
+        assert quiet.start == T0 + 1800 and quiet.tiers == [] and quiet.exporting == 0
     finally:
         await close_site(site)
