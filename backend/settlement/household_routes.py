@@ -107,6 +107,7 @@ class TierOut(BaseModel):
 
 
 class MarketIntervalOut(BaseModel):
+    # pylint: disable=duplicate-code  # the response schema spells out the record's fields (scripts/check: duplicates)
     start: int
     revision: int
     mode: str
@@ -116,6 +117,7 @@ class MarketIntervalOut(BaseModel):
     exporting: int
     local_wh: int
     tiers: list[TierOut]
+    # pylint: enable=duplicate-code
     digest: str
 
 
@@ -174,6 +176,7 @@ class SavedOut(BaseModel):
 
 
 class PreviewOut(BaseModel):
+    # pylint: disable=duplicate-code  # the response schema spells out the record's fields (scripts/check: duplicates)
     start: int
     end: int
     intervals: int
@@ -189,6 +192,7 @@ class PreviewOut(BaseModel):
     settled_sold_local: int
     settled_bought_local_wh: int
     settled_bought_local: int
+    # pylint: enable=duplicate-code
 
 
 class AggregateOut(BaseModel):
