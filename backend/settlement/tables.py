@@ -303,6 +303,13 @@ class SettlementTables(SqliteTables):
             if point[0][0] != community:
                 raise InvalidParty(f"metering point {member} is not a member of {community}",
                                    member=member, community=community)
+            settled = await self._rows(
+                "SELECT max(interval_start + interval_seconds) FROM settlements "
+                "WHERE community = ?", (community,))
+            if settled and settled[0][0] is not None and valid_from < settled[0][0]:
+                raise InvalidParty("a listing cannot start before the end of the last settled "
+                                   "interval", valid_from=valid_from, settled_until=settled[0][0],
+                                   hint="give a valid_from at or after settled_until")
             open_rows = await self._rows(
                 "SELECT id, valid_from FROM netting_listings WHERE community = ? AND member = ? "
                 "AND valid_to IS NULL", (community, member))

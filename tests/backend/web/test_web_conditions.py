@@ -161,6 +161,10 @@ def test_the_api_and_the_scope_of_conditions(market: Market) -> None:
                          headers=h4).status_code == 404
         assert http.get("/api/v1/households/h-1/points/mp-1/conditions",
                         headers=h1).status_code == 200
+        # the raw listings route refuses a listing that would reach into settled intervals
+        back = http.post("/api/v1/communities/sonnenhof/listings", headers=h1, json={
+            "member": "mp-1", "valid_from": NOW - 86_400, "sell_ask": 300_000})
+        assert back.status_code == 400 and "settled" in back.json()["detail"]
         sign_in(http, 4)
         page = http.post("/households/h-4/conditions", data={"point": "mp-1", "sell_ask": "0.3",
                                                               "action": "save"})
