@@ -63,7 +63,7 @@ def scenario(draw: st.DrawFn):  # type: ignore[no-untyped-def]
     ids = [f"mp-{k}" for k in range(draw(st.integers(1, 7)))]
     occupants = {m: draw(st.sampled_from(["h-a", "h-b", "h-c", None])) for m in ids}
     intervals = []
-    for k in range(draw(st.integers(1, 6))):
+    for k in range(draw(st.integers(1, 10))):
         rows = [(draw(energy), draw(energy)) for _ in ids]
         listings = None
         if t.market == "auction":
