@@ -102,6 +102,7 @@ class IntervalOut(BaseModel):
     supersedes: str | None
     leaf_index: int | None = Field(description="The settlement leaf's index in the log (null "
                                    "until sealed)")
+    # pylint: disable=duplicate-code  # the response schema spells out the stored row's fields
     mode: str
     rule: str
     retail_price: int
@@ -117,6 +118,7 @@ class IntervalOut(BaseModel):
     self_sufficiency_ppm: int | None
     self_consumption_ppm: int | None
     co2_avoided_g: int
+    # pylint: enable=duplicate-code
 
 
 class IntervalDetailOut(IntervalOut):

@@ -96,6 +96,7 @@ class SettlementError(MeterchainError):
 class PointReading:
     """A reading as the netting sees it: cumulative registers of one meter at an interval end."""
 
+    # pylint: disable=duplicate-code  # the netting's view of a tables.StoredReading
     point: str
     device: str
     seq: int
@@ -103,6 +104,7 @@ class PointReading:
     end: int
     import_wh: int
     export_wh: int
+    # pylint: enable=duplicate-code
     leaf_hash: bytes
     quality: Quality
     binding_from: int  # orders a replaced meter's final reading before the new meter's first

@@ -391,6 +391,7 @@ class MoneyBalance:
 
 @dataclass(frozen=True)
 class CommunityTotals:
+    # pylint: disable=duplicate-code  # tables.SettlementRow stores these flat, one column each
     demand_wh: int  # D = Σ imports
     supply_wh: int  # S = Σ exports
     local_wh: int  # energy matched locally (= min(D, S) in pro-rata mode)
@@ -399,6 +400,7 @@ class CommunityTotals:
     self_sufficiency_ppm: int | None  # L / D, rounded half-even; None when D = 0
     self_consumption_ppm: int | None  # L / S; None when S = 0
     co2_avoided_g: int
+    # pylint: enable=duplicate-code
 
 
 @dataclass(frozen=True, eq=False)
