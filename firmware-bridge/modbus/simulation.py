@@ -77,7 +77,7 @@ class LoadProfile:
         if not 6.0 < hour < 20.0 or self.pv_peak_w <= 0:
             return 0.0
         clouds = 0.35 + 0.65 * _unit(self.seed, 4, (step * self.step_s) // 900)  # per 15 min
-        return self.pv_peak_w * math.sin(math.pi * (hour - 6.0) / 14.0) ** 1.5 * clouds
+        return self.pv_peak_w * math.pow(math.sin(math.pi * (hour - 6.0) / 14.0), 1.5) * clouds
 
     def phase_power_w(self, t: int, phases: int) -> tuple[int, ...]:
         """Net active power per phase (W) during the step that contains second ``t``."""
@@ -157,7 +157,7 @@ class MeterState:
         seed = self.profile.seed
         values: dict[str, float | int] = {}
         volts = []
-        for i, (phase, power) in enumerate(zip(names, powers)):
+        for i, (phase, power) in enumerate(zip(names, powers, strict=True)):
             voltage = 230.0 + 4.0 * (_unit(seed, 20 + i, step) - 0.5)
             power_factor = 0.92 + 0.07 * _unit(seed, 30 + i, step)
             apparent = abs(power) / power_factor
