@@ -31,6 +31,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 from meterchain.agent.clock import TimeLapseClock
@@ -61,6 +62,7 @@ DEFAULT_HISTORY_DAYS = 35
 CATCH_UP_WINDOW = 96
 #: House meters are 21000000 + household number, second meters (heat pump, EV) 22000000 + it.
 SERIAL_BASE, SECOND_SERIAL_BASE = 21_000_000, 22_000_000
+EXTRA_SERIAL = 23_000_001  # the installer's meter
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,83 @@ async def _households(db: str, households: tuple[DemoHousehold, ...], logins_fil
     return passwords
 
 
+#: The communities' netting terms (µ€/kWh, µ€, basis points): a German household tariff.
+TERMS = {"interval_seconds": INTERVAL, "deadline_seconds": 3600, "timezone": "Europe/Berlin",
+         "rule": "mid_market", "retail_price": 320_000, "feed_in_price": 82_000,
+         "local_network_fee": 25_000, "grid_network_fee": 75_000, "platform_fee": 5_000,
+         "monthly_fee": 5_000_000, "vat_basis_points": 1900, "co2_grams_per_kwh": 380}
+#: Standing orders in the auction community: the PV seller asks, the buyers bid.
+LISTINGS = ({"member": "mp-4", "sell_ask": 140_000, "green_source": True},
+            {"member": "mp-4-ev", "buy_limit": 260_000},
+            {"member": "mp-5", "buy_limit": 230_000, "green_only": True})
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the demo hands each kind of user besides the households' logins."""
+
+    utility_key: str
+    installer_token: str
+
+
+def _admin_api(api: str, admin_token: str) -> Any:
+    import httpx
+
+    return httpx.AsyncClient(base_url=f"{api}/api/v1", timeout=30,
+                             headers={"Authorization": f"Bearer {admin_token}"})
+
+
+async def _call(client: Any, method: str, path: str, body: object = None) -> Any:
+    response = await client.request(method, path, json=body)
+    if response.status_code >= 400:
+        raise BackendFailed(f"{method} {path}: {response.status_code} {response.text}")
+    return response.json()
+
+
+async def setup_settlement(api: str, admin_token: str, since: int, timeout: float = 300) -> int:
+    """Netting terms for both communities from ``since`` (pro rata, and call auctions with
+    standing listings), set through the API once the history is in, so the runner settles every
+    past interval complete (terms set first would settle each at its deadline with members
+    missing, then again as late readings arrive). Waits until the runner has settled up to the
+    last hour; returns the settled intervals. Kept across re-runs."""
+    async with _admin_api(api, admin_token) as client:
+        for community, market in ((PRORATA_COMMUNITY, "prorata"), (AUCTION_COMMUNITY, "auction")):
+            if not await _call(client, "GET", f"/communities/{community}/terms"):
+                await _call(client, "PUT", f"/communities/{community}/terms",
+                            {**TERMS, "valid_from": since, "market": market})
+        if not await _call(client, "GET", f"/communities/{AUCTION_COMMUNITY}/listings"):
+            for listing in LISTINGS:
+                await _call(client, "POST", f"/communities/{AUCTION_COMMUNITY}/listings",
+                            {**listing, "valid_from": since})
+        deadline = time.monotonic() + timeout
+        recent = int(time.time()) // INTERVAL * INTERVAL - 4 * INTERVAL
+        communities = (PRORATA_COMMUNITY, AUCTION_COMMUNITY)
+        while time.monotonic() < deadline:
+            if all([await _call(client, "GET", f"/communities/{c}/intervals?start={recent}")
+                    for c in communities]):
+                break
+            await asyncio.sleep(1)
+        return min([len(await _call(client, "GET", f"/communities/{c}/intervals?start={since}"
+                                    "&limit=10000")) for c in communities])
+
+
+async def setup_operations(api: str, admin_token: str, workdir: Path,
+                           extra_meter: str) -> Credentials:
+    """What an operator hands out, through the API: a utility key (kept across re-runs) and a
+    fresh installer token for the extra meter (it is usable once)."""
+    async with _admin_api(api, admin_token) as client:
+        key_file = workdir / "utility-key"
+        if not key_file.exists():
+            key = await _call(client, "POST", "/keys", {"kind": "utility", "subject": DEMO_UTILITY,
+                                               "label": "demo utility"})
+            _write_private(key_file, key["token"] + "\n")  # type: ignore[index]
+        token = await _call(client, "POST", "/installer-tokens", {
+            "scope": f"community:{PRORATA_COMMUNITY}", "note": "the demo's extra meter"})
+        _write_private(workdir / "installer-token", token["token"] + "\n")  # type: ignore[index]
+    (workdir / "extra-meter").write_text(extra_meter + "\n")
+    return Credentials(key_file.read_text().strip(), token["token"])  # type: ignore[index]
+
+
 @dataclass
 class Timeline:
     """Where the demo's emulated time begins (the meters' counters start there) and how far it
@@ -378,6 +457,34 @@ async def _status(db: str, gateways: list[DemoGateway], stop: asyncio.Event, eve
         await store.close()
 
 
+def _show(path: Path) -> str:
+    """A path as the user typed it: relative to the working directory when inside it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def print_guide(api: str, workdir: Path, passwords: dict[str, str], credentials: Credentials,
+                extra_meter: str) -> None:
+    """Where each kind of user goes and how they sign in (the README's sections follow it)."""
+    d = _show(workdir)
+    kinds = ", ".join(f"{h.id} {h.kind}" for h in HOUSEHOLDS)
+    console.print(
+        f"[bold]dashboard: {api}/  sign in as household-1 / {passwords['household-1']}[/bold]\n"
+        f"households  {kinds}; every login in {d}/households.txt\n"
+        f"operator    admin token in {d}/admin-token: the API at {api}/docs (Authorize), "
+        f"`meterchain backend access|settle ... --db {d}/backend.sqlite`\n"
+        f"            (no operator web console yet: the admin API and the CLI are the console)\n"
+        f"utility     key in {d}/utility-key: curl -H \"Authorization: Bearer $(cat "
+        f"{d}/utility-key)\" {api}/api/v1/fleet\n"
+        f"installer   an SDM630 no gateway reads yet on {extra_meter} ({d}/extra-meter), a one-time "
+        f"token in {d}/installer-token: scan, provision, check (README, Installers)\n"
+        f"anyone      the log's public key: {api}/api/v1/log/public-key ({d}/log.pub); "
+        f"check a proof bundle with .venv/bin/meterchain verify"
+    )
+
+
 def backend_toml(config: BackendConfig) -> str:
     """The backend's config file as ``backend serve --config`` reads it (deploy/backend.toml
     explains each setting)."""
@@ -494,6 +601,10 @@ async def run_demo(workdir: Path, http_port: int, duration: float | None,
     resume = max(timeline.origin, timeline.until - INTERVAL)
     clock.advance_to(resume)
 
+    # An extra meter no gateway reads yet: the installer's scan -> provision -> check.
+    extra_bus = ModbusBusEmulator([EmulatedMeter("sdm630", 1, 9600, EXTRA_SERIAL,
+                                                 LoadProfile(seed=9, pv_peak_w=0))])
+    extra_meter = await extra_bus.start()
     agents: list[asyncio.Task[None]] = []
     status: asyncio.Task[None] | None = None
     backend: asyncio.subprocess.Process | None = None
@@ -505,6 +616,7 @@ async def run_demo(workdir: Path, http_port: int, duration: float | None,
                            + "\n")
         console.print(f"backend     API {api}/api/v1   docs [bold]{api}/docs[/bold]   "
                       f"metrics {api}/metrics   log {workdir / 'backend.log'}")
+        credentials = await setup_operations(api, token, workdir, extra_meter)
         if time.time() - resume > 2 * INTERVAL:
             console.print(f"history     signing every quarter hour from {_local(resume)} to now "
                           "through the real pipe (time-lapse; docs/decisions.md)")
@@ -512,6 +624,12 @@ async def run_demo(workdir: Path, http_port: int, duration: float | None,
             steps = await catch_up(gateways, clock, resume, show_progress)
             console.print(f"            {steps} quarter hours per meter in "
                           f"{time.monotonic() - began:.0f} s")
+        began = time.monotonic()
+        settled = await setup_settlement(api, token, timeline.origin)
+        console.print(f"settlement  {settled} quarter hours settled per community "
+                      f"({PRORATA_COMMUNITY}: pro rata, {AUCTION_COMMUNITY}: call auctions) in "
+                      f"{time.monotonic() - began:.0f} s; bills, trades and savings on each "
+                      "household's bill page")
         clock.advance_to(time.time() + INTERVAL)  # live from here on (a no-op if already)
         timeline.until = int(time.time()) // INTERVAL * INTERVAL
         timeline.save(timeline_file)
@@ -522,16 +640,10 @@ async def run_demo(workdir: Path, http_port: int, duration: float | None,
         for g in gateways:
             meters = ", ".join(f"{m.name} {m.serial}" for m in g.household.meters)
             console.print(f"gateway     {g.device} ({g.household.kind}): {meters} on {g.pty}, "
-                          f"config {g.config_path}")
-        console.print(
-            f"live        every 15 minutes each agent signs a reading; live power every "
-            f"{TELEMETRY_SECONDS} s.\n"
-            f"            admin token in {token_file}   log public key in {log_pub}\n"
-            "Ctrl-C stops everything."
-        )
-        console.print(f"[bold]dashboard: {api}/  sign in as household-1 / "
-                      f"{passwords['household-1']}[/bold]\n"
-                      f"            (every household's login in {logins_file})")
+                          f"config {_show(g.config_path)}")
+        console.print(f"live        every 15 minutes each agent signs a reading; live power every "
+                      f"{TELEMETRY_SECONDS} s. Ctrl-C stops everything.")
+        print_guide(api, workdir, passwords, credentials, extra_meter)
         if duration is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=duration)
@@ -549,6 +661,7 @@ async def run_demo(workdir: Path, http_port: int, duration: float | None,
             await asyncio.gather(status, return_exceptions=True)
         for g in gateways:
             await g.bus.stop()
+        await extra_bus.stop()
         await broker.stop()
         _secure_db(db)
         console.print("demo stopped; data kept in", workdir)

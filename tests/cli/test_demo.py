@@ -68,10 +68,26 @@ def test_demo_signs_a_day_of_history_through_the_pipe_then_runs_live(tmp_path: P
         assert json.loads(_get(f"{base}/healthz"))
         logins = workdir / "households.txt"
         for secret in (logins, workdir / "admin-token", workdir / "backend.sqlite",
-                       workdir / "gw-0001.key"):
+                       workdir / "gw-0001.key", workdir / "utility-key",
+                       workdir / "installer-token", workdir / "backend.toml"):
             assert secret.stat().st_mode & 0o777 == 0o600, secret
         password = next(line.split()[1] for line in logins.read_text().splitlines()
                         if line.startswith("household-3 "))
+        # The operator's setup: terms for both communities, settled history, a utility key and
+        # an installer token (provisioning on).
+        admin = {"Authorization": f"Bearer {token}"}
+        for community, market in (("sonnenweg", "prorata"), ("lindenhof", "auction")):
+            (terms,) = json.loads(_get(f"{api}/communities/{community}/terms", token))
+            assert terms["market"] == market
+            settled = json.loads(_get(f"{api}/communities/{community}/intervals?limit=10000",
+                                      token))
+            assert len(settled) >= 90 and {i["mode"] for i in settled} >= {market}
+        assert len(json.loads(_get(f"{api}/communities/lindenhof/listings", token))) == 3
+        utility = (workdir / "utility-key").read_text().strip()
+        assert json.loads(_get(f"{api}/whoami", utility))["kind"] == "utility"
+        assert (workdir / "installer-token").read_text().startswith("mct_")
+        assert (workdir / "extra-meter").read_text().startswith("/dev/pts/")
+        assert httpx.get(f"{api}/keys", headers=admin).status_code == 200
         with httpx.Client(base_url=base, follow_redirects=True, timeout=10) as web:
             assert web.get("/").url.path == "/login"
             day = web.post("/login", data={"username": "household-3", "password": password})
@@ -86,6 +102,8 @@ def test_demo_signs_a_day_of_history_through_the_pipe_then_runs_live(tmp_path: P
     assert proc.returncode == 0, out
     assert "demo stopped" in out and "quarter hours per meter" in out
     assert f"dashboard: {base}/  sign in as household-1 /" in out
+    for user in ("households", "operator", "utility", "installer"):
+        assert f"\n{user}" in out, f"no line for the {user}"
 
     async def check_store() -> None:
         store = await open_store(str(workdir / "backend.sqlite"))
