@@ -2,13 +2,14 @@
 
 One ``<g class="slot">`` per interval or day, each with a ``<title>`` (a tooltip, and what a screen
 reader says), bars up for one quantity (consumption or production) and down for the other
-(export). A slot without data is drawn as a faint marker, so a gap is visible, never a zero.
+(export). A slot without data is a hatched column, so a gap is visible and never a zero; a slot
+still to come is left blank; each bar links to what stands behind it (its proof, or its day).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from html import escape
 from zoneinfo import ZoneInfo
@@ -64,10 +65,18 @@ def _tick_label(slot: Slot, zone: ZoneInfo, daily: bool) -> str | None:
     return None
 
 
-def bar_chart(slots: Sequence[Slot], spec: ChartSpec, zone: str, *, daily: bool = False) -> str:
-    """The SVG of ``slots``: an accessible image with one titled group per slot."""
+def bar_chart(slots: Sequence[Slot], spec: ChartSpec, zone: str, *, daily: bool = False,
+              now: int | None = None, link: Callable[[Slot], str | None] | None = None) -> str:
+    """The SVG of ``slots``: an accessible image with one titled group per slot.
+
+    Three states are drawn apart: a value (a bar, 0 Wh is a bar of no height on the axis), no
+    data (a hatched column over the whole height, "no data" in its title) and, with ``now``, a
+    slot still to come (nothing). ``link`` gives a slot's target (its proof, or its day): one
+    click from a bar to what stands behind it.
+    """
     tz = ZoneInfo(zone)
     values = [_values(s, spec) for s in slots]
+    empty = all(up is None and down is None for up, down in values)
     top = _nice(max([v or 0 for v, _ in values] + [1]))
     bottom = _nice(max([d or 0 for _, d in values] + [1])) if spec.down_label else 0
     plot_h = HEIGHT - PAD_BOTTOM - PAD_TOP
@@ -81,11 +90,18 @@ def bar_chart(slots: Sequence[Slot], spec: ChartSpec, zone: str, *, daily: bool 
         f'role="img" aria-label="{escape(spec.title)}" data-slots="{len(slots)}" '
         'preserveAspectRatio="none">',
         f"<title>{escape(spec.title)}</title>",
+        '<defs><pattern id="nodata" width="6" height="6" patternUnits="userSpaceOnUse" '
+        'patternTransform="rotate(45)"><rect width="6" height="6" fill="#eceff1"/>'
+        '<line x1="0" y1="0" x2="0" y2="6" stroke="#b0bec5" stroke-width="2"/></pattern></defs>',
         f'<line class="axis" x1="{PAD_LEFT}" x2="{WIDTH}" y1="{zero_y:.1f}" y2="{zero_y:.1f}"/>',
-        f'<text class="tick" x="{PAD_LEFT - 4}" y="{PAD_TOP + 10}" text-anchor="end">'
-        f"{escape(_axis(top))}</text>",
     ]
-    if bottom:
+    if empty:  # no scale to show: "1 Wh" over nothing would read as a measured zero
+        parts.append(f'<text class="nodata-label" x="{(PAD_LEFT + WIDTH) / 2:.0f}" '
+                     f'y="{PAD_TOP + 24}" text-anchor="middle">no data for this period</text>')
+    else:
+        parts.append(f'<text class="tick" x="{PAD_LEFT - 4}" y="{PAD_TOP + 10}" '
+                     f'text-anchor="end">{escape(_axis(top))}</text>')
+    if bottom and not empty:
         parts.append(f'<text class="tick" x="{PAD_LEFT - 4}" y="{HEIGHT - PAD_BOTTOM}" '
                      f'text-anchor="end">−{escape(_axis(bottom))}</text>')
     for k, (slot, (up, down)) in enumerate(zip(slots, values, strict=True)):
@@ -93,28 +109,41 @@ def bar_chart(slots: Sequence[Slot], spec: ChartSpec, zone: str, *, daily: bool 
         local = dt.datetime.fromtimestamp(slot.start, tz)
         when = local.strftime("%a %-d %b") if daily else (
             f"{local:%H:%M}–{dt.datetime.fromtimestamp(slot.end, tz):%H:%M} {local:%Z}")
-        if up is None and down is None:
+        missing = up is None and down is None
+        future = missing and now is not None and slot.start >= now
+        if future:
+            label = f"{when}: not yet"
+        elif missing:
             label = f"{when}: no data"
         else:
             label = f"{when}: {spec.up_label} {kwh(up or 0)}"
             if spec.down_label:
                 label += f", {spec.down_label} {kwh(down or 0)}"
             if slot.substituted:
-                label += " (spread over a gap in the readings)"
-        group = [f'<g class="slot{" missing" if up is None and down is None else ""}'
-                 f'{" substituted" if slot.substituted else ""}" data-start="{slot.start}">'
-                 f"<title>{escape(label)}</title>"]
-        if up is None and down is None:
-            group.append(f'<rect class="gap" x="{x:.2f}" y="{zero_y - 2:.1f}" '
-                         f'width="{bar_w:.2f}" height="4"/>')
+                label += " (estimated: spread over a gap in the readings)"
+        state = " future" if future else " missing" if missing else ""
+        target = None if missing or link is None else link(slot)
+        if target:
+            label += " · click for its proof" if slot.seq is not None else " · click to open"
+        group = [f'<g class="slot{state}{" substituted" if slot.substituted else ""}" '
+                 f'data-start="{slot.start}">' + (f'<a href="{escape(target)}">' if target else "")
+                 + f"<title>{escape(label)}</title>"]
+        if future:
+            pass
+        elif missing:
+            group.append(f'<rect class="gap" x="{x:.2f}" y="{PAD_TOP}" fill="url(#nodata)" '
+                         f'width="{bar_w:.2f}" height="{plot_h:.1f}"/>')
         else:
+            # an invisible full-height target, so a 0 Wh bar can be clicked too
+            group.append(f'<rect class="hit" x="{x:.2f}" y="{PAD_TOP}" width="{bar_w:.2f}" '
+                         f'height="{plot_h:.1f}" fill="transparent"/>')
             h = (up or 0) * scale
             group.append(f'<rect class="{spec.up_class}" x="{x:.2f}" y="{zero_y - h:.2f}" '
                          f'width="{bar_w:.2f}" height="{h:.2f}"/>')
             if spec.down_label:
                 group.append(f'<rect class="{spec.down_class}" x="{x:.2f}" y="{zero_y:.2f}" '
                              f'width="{bar_w:.2f}" height="{(down or 0) * scale:.2f}"/>')
-        group.append("</g>")
+        group.append("</a></g>" if target else "</g>")
         parts.append("".join(group))
         tick = _tick_label(slot, tz, daily)
         if tick and (not daily or n <= 10 or local.day % 5 == 1):

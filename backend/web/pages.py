@@ -144,18 +144,27 @@ def router(ctx: WebContext) -> APIRouter:
                       else series.parse_period(kind, key or "", zone))
         except ValueError:
             raise PageError(404, "There is no such period.") from None
+        now = ctx.now()
         views = await points_of(who, period.start, period.end)
+        if key is None and views and not any(
+                period.start <= i.start < period.end for v in views for i in v.intervals):
+            # the default page: a day that has just begun has nothing yet, show the day before
+            period = period.shifted(-1)
+            views = await points_of(who, period.start, period.end)
         charts = []
         shaped = []
         for view in views:
             if period.kind == "day":
                 slots = series.quarter_hours(view.intervals, period.start, period.end)
+                link = _proof_link(household, view.point.id)
             else:
                 slots = series.daily(view.intervals, period.days())
+                link = _day_link(household, zone)
             shaped.append((view, slots))
             title = f"{view.label} ({view.point.id}), {period.label}"
             charts.append((view, bar_chart(slots, spec_for(view.point, title), zone,
-                                           daily=period.kind != "day"), series.total(slots)))
+                                           daily=period.kind != "day", now=now, link=link),
+                           series.total(slots), series.coverage(slots, now)))
         together = []
         grid = [s for v, s in shaped if v.point.kind is not PointKind.GENERATION]
         pv = [s for v, s in shaped if v.point.kind is PointKind.GENERATION]
@@ -167,8 +176,10 @@ def router(ctx: WebContext) -> APIRouter:
         ):
             if group:
                 slots = series.combine(group)
-                together.append((name, bar_chart(slots, spec, zone, daily=period.kind != "day"),
-                                 series.total(slots)))
+                link = None if period.kind == "day" else _day_link(household, zone)
+                together.append((name, bar_chart(slots, spec, zone, daily=period.kind != "day",
+                                                 now=now, link=link),
+                                 series.total(slots), series.coverage(slots, now)))
         name, _ = await household_row(household)
         return ctx.render(
             request, "period.html", household=household, household_name=name,
@@ -216,13 +227,13 @@ def router(ctx: WebContext) -> APIRouter:
         inside = [i for i in view.intervals if period.start <= i.start < period.end]
         slots = series.quarter_hours(view.intervals, period.start, period.end)
         chart = bar_chart(slots, spec_for(view.point, f"{view.label} ({point}), {period.label}"),
-                          zone)
+                          zone, now=ctx.now(), link=_proof_link(household, point))
         name, _ = await household_row(household)
         return ctx.render(request, "point_day.html", household=household,
                           household_name=name, username=session.username, view=view,
                           period=period, prev=period.shifted(-1), next=period.shifted(1),
                           chart=chart, intervals=inside, kwh=kwh, fmt_time=_fmt(zone),
-                          total=series.total(slots),
+                          total=series.total(slots), coverage=series.coverage(slots, ctx.now()),
                           erased=await erased_days(who, [view], period.start, period.end))
 
     async def visible_reading(who: Principal, point: str, device: str, seq: int) -> ReadingRow:
@@ -360,6 +371,24 @@ def router(ctx: WebContext) -> APIRouter:
         return await period_page(request, household, kind, key)
 
     return r
+
+
+def _proof_link(household: str, point: str) -> Callable[[series.Slot], str | None]:
+    """A quarter hour's bar opens the verification page of the reading that closed it."""
+    def link(slot: series.Slot) -> str | None:
+        if slot.device is None or slot.seq is None:
+            return None
+        return f"/households/{household}/points/{point}/readings/{slot.device}/{slot.seq}"
+    return link
+
+
+def _day_link(household: str, zone: str) -> Callable[[series.Slot], str | None]:
+    """A day's bar (week and month charts) opens that day."""
+    tz = ZoneInfo(zone)
+
+    def link(slot: series.Slot) -> str | None:
+        return f"/households/{household}/day/{dt.datetime.fromtimestamp(slot.start, tz):%Y-%m-%d}"
+    return link
 
 
 def _fmt(zone: str) -> Callable[..., str]:

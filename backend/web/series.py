@@ -55,6 +55,8 @@ class Slot:
     import_wh: int | None
     export_wh: int | None
     substituted: bool = False
+    device: str | None = None  # the reading that closed the interval: its proof (quarter hours)
+    seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +167,8 @@ def quarter_hours(intervals: Sequence[Interval], start: int, end: int,
     for s in range(start, end, interval):
         found = by_start.get(s)
         slots.append(Slot(s, s + interval, None, None) if found is None else
-                      Slot(s, s + interval, found.import_wh, found.export_wh, found.substituted))
+                      Slot(s, s + interval, found.import_wh, found.export_wh, found.substituted,
+                           found.device, found.seq))
     return slots
 
 
@@ -200,3 +203,26 @@ def total(slots: Iterable[Slot]) -> tuple[int, int]:
         imp += slot.import_wh or 0
         exp += slot.export_wh or 0
     return imp, exp
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """How many of a period's past slots have data: a total over 3 of 96 quarter hours is not
+    a day's consumption, and a period without any is "no data", never 0 kWh."""
+
+    with_data: int
+    past: int  # slots that have begun (a slot still to come is not missing)
+
+    @property
+    def missing(self) -> int:
+        return self.past - self.with_data
+
+
+def coverage(slots: Iterable[Slot], now: int) -> Coverage:
+    with_data = past = 0
+    for slot in slots:
+        if slot.start < now:
+            past += 1
+            with_data += slot.import_wh is not None or slot.export_wh is not None
+    return Coverage(with_data, past)
+
