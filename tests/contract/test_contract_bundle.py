@@ -79,7 +79,33 @@ def test_high_s_is_named_low_s(small_log: SmallLog) -> None:
     text = _tampered_bundle(small_log, reading=LoggedLeaf(flipped, 2, b.reading.proof))
     with pytest.raises(BundleError) as err:
         verify_bundle(text, small_log.log_key.verifier)
-    assert err.value.check == "low-s"
+    assert err.value.check == "low-s" and err.value.passed == []
+
+
+def test_cli_verify_prints_ok_only_for_checks_that_ran(small_log: SmallLog, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.utils import (
+        decode_dss_signature,
+        encode_dss_signature,
+    )
+    from meterchain.contract import cbor, signing
+
+    b = small_log.bundle(2)
+    signed = parse_message(b.reading.data)
+    r, s = decode_dss_signature(signed.signature)
+    flipped = cbor.encode([signed.reading_bytes, encode_dss_signature(r, signing.P256_ORDER - s)])
+    high_s = tmp_path / "high-s.tlog-proof"
+    high_s.write_text(_tampered_bundle(small_log, reading=LoggedLeaf(flipped, 2, b.reading.proof)))
+    moved = tmp_path / "moved.tlog-proof"
+    moved.write_text(_tampered_bundle(small_log, reading=LoggedLeaf(b.reading.data, 3, b.reading.proof)))
+    key = str(small_log.log_key.verifier)
+    # A high-S signature fails while decoding: no check after it was run, none is reported ok.
+    out = CliRunner().invoke(app, ["verify", str(high_s), "--log-key", key])
+    assert out.exit_code == 1 and out.output.startswith("FAIL low-s"), out.output
+    assert "ok" not in out.output.split("FAIL")[0]
+    out = CliRunner().invoke(app, ["verify", str(moved), "--log-key", key])
+    assert out.exit_code == 1
+    assert re.findall(r"^ok +(\S+)$", out.output, re.M) == list(CHECKS[:-1]), out.output
+    assert "FAIL inclusion" in out.output
 
 
 def test_a_key_not_valid_for_the_sequence_is_named(small_log: SmallLog) -> None:
