@@ -16,10 +16,13 @@ from meterchain.backend.log.proofs import (
 )
 from meterchain.backend.log.sealer import Sealer
 from meterchain.backend.store import StoreError
+from meterchain.backend.store.leafdata import pack_leaf_data
 from meterchain.contract import merkle
 from meterchain.contract.batch import SignedBatchHeader, verify_chain
 from meterchain.contract.bundle import verify_bundle
 from meterchain.contract.checkpoint import open_checkpoint
+from meterchain.contract.message import SignedReading
+from meterchain.contract.signing import generate_private_key_pem, load_signer
 
 from tests.support.backend import Gateway, backend, close
 from tests.support.store import StoreFactory
@@ -140,4 +143,24 @@ async def test_audit_names_what_was_tampered_with(tmp_path: Path, what: str) -> 
     report = await audit(api, sealer.signer.verifier)
     names = [f"{f.kind} {f.name}" for f in report.findings]
     assert expected in names, report.findings
+    await close(admin, ingest, sealer, api)
+
+
+@pytest.mark.parametrize("check", ["key-id", "signature"])
+async def test_audit_names_the_failed_check_of_a_forged_reading(tmp_path: Path, check: str) -> None:
+    gw, forger = Gateway("gw-1"), load_signer(generate_private_key_pem())
+    admin, ingest, sealer, api = await backend(tmp_path, gw)
+    await ingest.process([gw.message(s) for s in range(1, 5)])
+    await sealer.seal_all()
+    honest = gw.signed(3)
+    if check == "key-id":  # signed by another key, and naming it
+        forged = gw.signed(3, signer=forger)
+    else:  # the device's reading bytes, another key's signature
+        forged = SignedReading(honest.reading, honest.reading_bytes, forger.sign(honest.reading_bytes))
+    with sqlite3.connect(tmp_path / "mc.db") as db:
+        db.execute("UPDATE leaves SET data = ? WHERE id = (SELECT leaf_id FROM readings WHERE seq = 3)",
+                   (pack_leaf_data(forged.to_cbor()),))
+    report = await audit(api, sealer.signer.verifier)
+    problems = [f.problem for f in report.findings if f"{f.kind} {f.name}" == "reading gw-1#3"]
+    assert len(problems) == 1 and problems[0].startswith(f"{check} check failed: "), report.findings
     await close(admin, ingest, sealer, api)
