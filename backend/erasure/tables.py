@@ -133,6 +133,11 @@ class ErasureTables(SqliteTables):
                                    [(u,) for u in logins])
         await self._db.execute("DELETE FROM web_logins WHERE household = ?", (household,))
         await self._db.execute("DELETE FROM web_links WHERE household = ?", (household,))
+        # its display name and the ratings it gave or got (its comments, opinions about it);
+        # its wallet postings stay, like its bills: accounting records (docs/privacy.md)
+        await self._db.execute("DELETE FROM market_profiles WHERE household = ?", (household,))
+        await self._db.execute("DELETE FROM market_ratings WHERE rater = ? OR rated = ?",
+                               (household, household))
         await self._db.execute(
             "UPDATE api_keys SET revoked = ? WHERE kind = 'household' AND subject = ? "
             "AND (revoked IS NULL OR revoked > ?)", (now, household, now))

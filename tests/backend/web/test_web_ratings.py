@@ -170,3 +170,33 @@ async def test_prorata_partners_are_the_sellers_in_the_seller_mix(tmp_path: Path
         assert await traded_with(site.admin, "h-b", T0 + 3600) == {}  # sellers rate nobody here
     finally:
         await close_site(site)
+
+
+async def test_erasure_takes_the_profile_and_ratings_and_keeps_the_wallet(tmp_path: Path) -> None:
+    from meterchain.backend.erasure.tables import ErasureTables
+    from meterchain.backend.settlement.wallet import WalletTables
+
+    site = await community(tmp_path)
+    try:
+        parties = PartyTables(site.admin)
+        for h, point in (("h-a", "mp-1"), ("h-b", "mp-2"), ("h-c", "mp-3")):
+            await parties.add_household(h, PRORATA, h, T0)
+            await parties.add_occupancy(point, h, T0, None, T0)
+        await readings_at(site, T0, scale=0)
+        await readings_at(site, T0 + 900)
+        await site.runner.settle_community(PRORATA, T0 + 900)
+        tables = ratings.RatingTables(site.admin)
+        await tables.set_profile("h-b", "Bea", True)
+        await tables.rate("h-a", "h-b", "2023-11", 5, "kind words", T0)
+        await tables.rate("h-b", "h-c", "2023-11", 2, "her words", T0)
+        await tables.rate("h-c", "h-a", "2023-11", 4, None, T0)
+        postings = await WalletTables(site.admin).postings("household", "h-b")
+        assert postings
+        assert await ErasureTables(site.admin).erase("h-b", "test", T0 + 1000) is not None
+        assert await tables.profile("h-b") == (None, False)
+        left = await site.admin.connection.execute_fetchall(
+            "SELECT rater, rated FROM market_ratings ORDER BY rater")
+        assert [tuple(r) for r in left] == [("h-c", "h-a")]
+        assert await WalletTables(site.admin).postings("household", "h-b") == postings
+    finally:
+        await close_site(site)
