@@ -32,7 +32,7 @@ def provision(
     backend: str = typer.Option(..., "--backend", help="The backend's URL (https://…)."),
     token: str = typer.Option(..., "--token", help="The installer token (mct_…), usable once."),
     config: Path = typer.Option(DEFAULT_CONFIG, "--config", help="The agent config to write."),
-    meters: Path | None = typer.Option(None, "--meters", help="[[meters]] from `agent scan --out`."),
+    meters: Path | None = typer.Option(None, "--meters", help="\\[\\[meters]] from `agent scan --out`."),
     identity: str | None = typer.Option(None, "--identity", help="Default: /etc/machine-id."),
     device_id: str | None = typer.Option(None, "--device-id", help="Default: from the identity."),
     outbox: Path | None = typer.Option(None, "--outbox", help="Default: /var/lib/meterchain/…"),
@@ -92,7 +92,7 @@ def scan(
     ids: str = typer.Option("1-16", "--ids", help="Modbus ids: 1-16, or 1,5,7, or 1-247."),
     hdlc: str = typer.Option("1,1/16-31", "--hdlc", help="DLMS HDLC server addresses: logical "
                              "(1) or logical/physical (1/17), ranges 1/16-31, comma-separated."),
-    out: Path | None = typer.Option(None, "--out", help="Write the proposed [[meters]] here."),
+    out: Path | None = typer.Option(None, "--out", help="Write the proposed \\[\\[meters]] here."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Find Modbus meters (ids x baud rates) and DLMS meters (HDLC addresses x baud rates)."""

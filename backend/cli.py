@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import typer
+from meterchain.backend.api.ports import check_port_free
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.devices import registry
 from meterchain.backend.log.audit import audit as run_audit
@@ -30,9 +31,10 @@ def _fail(exc: MeterchainError) -> typer.Exit:
 
 @app.command()
 def serve(
-    config: Path | None = typer.Option(None, "--config", help="TOML file ([backend] table)."),
+    config: Path | None = typer.Option(
+        None, "--config", help="TOML file (a \\[backend] table; sample: deploy/backend/backend.toml)."),
     db: str | None = typer.Option(None, "--db", help="SQLite database path."),
-    broker: str | None = typer.Option(None, "--broker", help="mqtt://[user:pass@]host:port"),
+    broker: str | None = typer.Option(None, "--broker", help="mqtt://\\[user:pass@]host:port"),
     http_host: str | None = typer.Option(None, "--http-host"),
     http_port: int | None = typer.Option(None, "--http-port"),
     log_key: str | None = typer.Option(None, "--log-key", help="Log key file (created if missing)."),
@@ -60,6 +62,8 @@ def serve(
             seal_interval=seal_interval, seal_max_leaves=seal_max,
             roles=role or None, share_group=share_group, client_id=client_id,
         )
+        if "api" in settings.roles:  # before the log key, the broker or the database
+            check_port_free(settings.http_host, settings.http_port)
         asyncio.run(run(settings))
     except MeterchainError as exc:
         raise _fail(exc) from None

@@ -26,7 +26,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from meterchain.agent.clock import TimeLapseClock
 from meterchain.agent.config import load_config
 from meterchain.agent.service import Agent
 from meterchain.backend.access.model import PointKind
+from meterchain.backend.api.ports import PortTaken, check_port_free
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.devices import registry
 from meterchain.backend.store import open_store
@@ -129,24 +129,6 @@ class DemoGateway:
     @property
     def device(self) -> str:
         return self.household.device
-
-
-class PortTaken(Exception):
-    """The demo's HTTP port is in use: said before anything is created."""
-
-
-def check_port_free(port: int, host: str = "127.0.0.1") -> None:
-    """Raise :class:`PortTaken` with the fix if ``port`` cannot be bound."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise PortTaken(
-                f"port {port} on {host} is already in use ({exc.strerror}): another demo or "
-                f"backend may be running. Stop it, or choose another port with --http-port "
-                f"(e.g. --http-port {port + 1})."
-            ) from None
 
 
 def _write_key(path: Path) -> bytes:
@@ -508,7 +490,8 @@ async def start_backend(workdir: Path, config: BackendConfig, api: str) -> async
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "meterchain.cli.main", "backend", "serve", "--config",
             str(config_path), stdout=log_file, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True)  # Ctrl-C reaches the demo; the demo stops the backend
+            # Ctrl-C reaches the demo, which stops the backend; relative defaults land in workdir
+            start_new_session=True, cwd=workdir)
     deadline = time.monotonic() + 90
     async with httpx.AsyncClient(timeout=2) as client:
         while True:
@@ -550,7 +533,7 @@ def _secure_db(path: Path) -> None:
 
 async def run_demo(workdir: Path, http_port: int, duration: float | None,
                    history_days: int = DEFAULT_HISTORY_DAYS, show_progress: bool = True) -> None:
-    check_port_free(http_port)
+    check_port_free("127.0.0.1", http_port)
     workdir.mkdir(parents=True, exist_ok=True)
     workdir.chmod(0o700)
     stop = asyncio.Event()
@@ -679,7 +662,7 @@ def demo(
     print where each kind of user goes and how to sign in."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     try:
-        check_port_free(http_port)
+        check_port_free("127.0.0.1", http_port)
     except PortTaken as exc:
         console.print(f"[bold red]error:[/bold red] {exc}")
         raise typer.Exit(2) from None
