@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import typer
+from meterchain.backend import service
 from meterchain.backend.api.ports import check_port_free
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.devices import registry
@@ -52,8 +53,6 @@ def serve(
         None, "--client-id", help="MQTT client id (in a share group: -<host>-<pid> is added)."),
 ) -> None:
     """Run MQTT ingest, the sealer and the HTTP API (or the --role parts) until SIGINT/SIGTERM."""
-    from meterchain.backend.service import serve as run
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         settings = BackendConfig.load(
@@ -64,7 +63,7 @@ def serve(
         )
         if "api" in settings.roles:  # before the log key, the broker or the database
             check_port_free(settings.http_host, settings.http_port)
-        asyncio.run(run(settings))
+        asyncio.run(service.serve(settings))
     except MeterchainError as exc:
         raise _fail(exc) from None
 

@@ -25,13 +25,21 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from meterchain.backend.api.app import create_app
 from meterchain.backend.api.errors import ApiError
-from meterchain.backend.api.state import ApiState
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.ingest.worker import Ingest
+from meterchain.backend.log.routes import log_router
 from meterchain.backend.log.sealer import Sealer
 from meterchain.backend.provisioning.tokens import settings_from_config
 from meterchain.backend.settlement.runner import SettlementRunner
-from meterchain.backend.store import SqliteStore, is_postgres, open_store
+from meterchain.backend.store import (
+    LogStore,
+    SqliteStore,
+    Store,
+    is_postgres,
+    open_postgres,
+    open_sqlite,
+    open_store,
+)
 from meterchain.backend.utility.webhooks import WebhookWorker
 from meterchain.backend.web.live import keep_enrolled, subscribe
 from meterchain.contract.errors import MeterchainError
@@ -146,21 +154,22 @@ def log_app(db: str, ingest: Ingest | None) -> FastAPI:
     """The api role on PostgreSQL: the public tlog-tiles routes (``/checkpoint``, ``/tile/…``,
     ``/batch/…``: what mirrors and monitors read) beside ``/metrics`` and ``/healthz``. Every
     other route reads tables that only the SQLite store has (docs/backend.md, "PostgreSQL")."""
-    from meterchain.backend.log.routes import log_router
-
-    state = ApiState(db, "", None)  # type: ignore[arg-type]  # no admin token, no note key
+    opened: list[Store] = []  # the reader, while the app's lifespan runs
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state.reader = await open_store(db)  # type: ignore[assignment]
+        opened.append(await open_store(db))
         try:
             yield
         finally:
-            await state.reader.close()  # type: ignore[union-attr]
+            await opened.pop().close()
+
+    def reader() -> LogStore:
+        return opened[0]
 
     app = ops_app(ingest)
     app.router.lifespan_context = lifespan
-    app.include_router(log_router(state))
+    app.include_router(log_router(reader))
 
     @app.exception_handler(ApiError)
     async def _api_error(_: object, exc: ApiError) -> JSONResponse:
@@ -201,14 +210,18 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
             sealer: Sealer | None = None
             if "sealer" in roles:
                 lock = SealerLock.acquire(config.db)  # before the sealer touches the tree
+                sealing: Store
                 if lock is not None:
                     resources.callback(lock.release)
+                    sealing = await _store(resources, config.db)
+                else:  # PostgreSQL: a session lock of the store, held until it closes
+                    claimed = await open_postgres(config.db)
+                    resources.push_async_callback(claimed.close)
+                    await claimed.claim_sealer()
+                    sealing = claimed
                 assert signer is not None
-                sealer = Sealer(await _store(resources, config.db), signer,
-                                interval=config.seal_interval,
+                sealer = Sealer(sealing, signer, interval=config.seal_interval,
                                 max_leaves=config.seal_max_leaves)
-                if lock is None:  # PostgreSQL: a session lock of the store, held until it closes
-                    await sealer.store.claim_sealer()  # type: ignore[attr-defined]
                 await sealer.start()  # refuse to run on a tree that does not match its checkpoint
                 resources.push_async_callback(_seal_pending, sealer)  # after the tasks stopped
                 tasks.add(asyncio.create_task(sealer.run(), name="sealer"))
@@ -217,10 +230,10 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
                                 "and the webhook worker need the SQLite tables (docs/backend.md, "
                                 "\"PostgreSQL\") and are not started")
                 else:
-                    settlement = SettlementRunner(await _store(resources, config.db), clock=clock,
-                                                  every=config.settle_every,
+                    settlement = SettlementRunner(await _sqlite(resources, config.db),
+                                                  clock=clock, every=config.settle_every,
                                                   on_commit=sealer.notify)
-                    webhooks = WebhookWorker(await _store(resources, config.db))  # announcements
+                    webhooks = WebhookWorker(await _sqlite(resources, config.db))  # announcements
                     tasks |= {asyncio.create_task(settlement.run(), name="settlement"),
                               asyncio.create_task(webhooks.run(), name="webhooks")}
             ingest: Ingest | None = None
@@ -263,9 +276,16 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
         await _run(tasks, stop, server, ingest, ready)
 
 
-async def _store(resources: contextlib.AsyncExitStack, db: str) -> SqliteStore:
+async def _store(resources: contextlib.AsyncExitStack, db: str) -> Store:
     """A connection of its own for one part, closed when ``serve`` ends."""
     store = await open_store(db)
+    resources.push_async_callback(store.close)
+    return store
+
+
+async def _sqlite(resources: contextlib.AsyncExitStack, db: str) -> SqliteStore:
+    """:func:`_store` for a part that needs the SQLite-only tables (settlement, webhooks)."""
+    store = await open_sqlite(db)
     resources.push_async_callback(store.close)
     return store
 

@@ -3,7 +3,7 @@
 The configured admin token is the root principal; every other token is an API key looked up by
 its SHA-256. Answers: no or unknown token, or a revoked or expired key → 401; a valid key whose
 auditor grant has expired, or a key without the scope a route needs → 403. Which *readings* a
-principal may see is decided by the store's visibility query, not here (``store/parties.py``).
+principal may see is decided by the store's visibility query, not here (``access/tables.py``).
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the local Annotated aliases.

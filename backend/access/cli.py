@@ -20,7 +20,7 @@ from meterchain.backend.access.model import (
     point_kind,
 )
 from meterchain.backend.access.tables import PartyTables
-from meterchain.backend.store import using_store
+from meterchain.backend.store import using_sqlite
 from meterchain.contract.errors import MeterchainError
 from rich.console import Console
 from rich.markup import escape
@@ -53,7 +53,7 @@ def utc_seconds(text: str, what: str = "time") -> int:
 
 def _run(action: Callable[[PartyTables], Awaitable[T]], db: str) -> T:
     try:
-        return asyncio.run(using_store(db, lambda store: action(PartyTables(store))))
+        return asyncio.run(using_sqlite(db, lambda store: action(PartyTables(store))))
     except MeterchainError as exc:
         err.print(f"[red]error[/red] {escape(exc.diagnostics())}")
         raise typer.Exit(1) from None

@@ -22,7 +22,7 @@ from meterchain.backend.provisioning.routes import provisioning_router
 from meterchain.backend.provisioning.tokens import ProvisioningSettings
 from meterchain.backend.settlement.household_routes import household_router
 from meterchain.backend.settlement.routes import settlement_router
-from meterchain.backend.store import open_store
+from meterchain.backend.store import open_sqlite
 from meterchain.backend.utility.routes import install_utilities
 from meterchain.backend.web.app import mount_web
 from meterchain.backend.web.stored_settlements import StoredSettlements
@@ -39,7 +39,7 @@ def create_app(db: str, admin_token: str, log_verifier: NoteVerifier,
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state.reader, state.writer = await open_store(db), await open_store(db)
+        state.reader, state.writer = await open_sqlite(db), await open_sqlite(db)
         try:
             yield
         finally:
@@ -58,7 +58,7 @@ def create_app(db: str, admin_token: str, log_verifier: NoteVerifier,
     require_admin = auth.require_admin
     app.include_router(readings_router(state, auth))
     app.include_router(access_router(state, auth))
-    app.include_router(log_router(state))
+    app.include_router(log_router(state.read))
     app.include_router(log_api_router(state))
     app.include_router(devices_router(state, require_admin))
     app.include_router(settlement_router(state, auth))  # netting: terms, intervals, lines, bills
@@ -66,7 +66,7 @@ def create_app(db: str, admin_token: str, log_verifier: NoteVerifier,
     install_utilities(app, state, auth)  # batches, OCMF, fleet, webhooks; request limits
     app.include_router(provisioning_router(state, require_admin, provisioning or ProvisioningSettings()))
     # the household dashboard: pages, sign-in, live telemetry, and the stored settlements
-    mount_web(app, state, StoredSettlements(lambda: state.reader))
+    mount_web(app, state, StoredSettlements(state.read))
 
     install_error_handlers(app)
 

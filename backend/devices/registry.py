@@ -12,7 +12,7 @@ import base64
 import binascii
 from collections.abc import Mapping, Sequence
 
-from meterchain.backend.store import KeyRow, Store
+from meterchain.backend.store import KeyRow, KeyStore
 from meterchain.contract.errors import KeyValidityError, MeterchainError
 from meterchain.contract.leaves import DeviceEvent, DeviceLeaf
 from meterchain.contract.reading import DEVICE_ID_RE, MAX_SAFE_INT
@@ -56,7 +56,7 @@ class KeyRegistry:
         self.version = 0  # the newest device leaf id seen
         self._leaves: dict[str, tuple[DeviceLeaf, ...]] = {}
 
-    async def refresh(self, store: Store) -> bool:
+    async def refresh(self, store: KeyStore) -> bool:
         """Load device leaves newer than the last seen; True if anything changed."""
         rows = await store.key_rows(after_leaf_id=self.version)
         if not rows:
@@ -94,7 +94,7 @@ def _check_device(device: str) -> None:
         )
 
 
-async def enrol(store: Store, device: str, public_key: bytes, now: int) -> DeviceLeaf:
+async def enrol(store: KeyStore, device: str, public_key: bytes, now: int) -> DeviceLeaf:
     """Enrol a new device with its key, valid from sequence 1."""
     _check_device(device)
     der = parse_public_key(public_key)
@@ -110,7 +110,7 @@ async def enrol(store: Store, device: str, public_key: bytes, now: int) -> Devic
 
 
 async def rotate(
-    store: Store, device: str, public_key: bytes, now: int, valid_from: int | None = None
+    store: KeyStore, device: str, public_key: bytes, now: int, valid_from: int | None = None
 ) -> DeviceLeaf:
     """Give an enrolled device a new key from ``valid_from`` on (default: after its last reading)."""
     _check_device(device)
@@ -126,7 +126,7 @@ async def rotate(
     return await store.append_device_leaf(device, build)
 
 
-async def revoke(store: Store, device: str, now: int, valid_from: int | None = None) -> DeviceLeaf:
+async def revoke(store: KeyStore, device: str, now: int, valid_from: int | None = None) -> DeviceLeaf:
     """Revoke a device's key: no reading from ``valid_from`` on (default: after its last) is valid."""
     _check_device(device)
 

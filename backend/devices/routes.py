@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Path
 from meterchain.backend.api.errors import ApiError
 from meterchain.backend.api.state import ApiState
 from meterchain.backend.devices import registry
-from meterchain.backend.store import SqliteStore
+from meterchain.backend.store import KeyStore
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.leaves import DeviceLeaf
 from meterchain.contract.reading import MAX_SAFE_INT
@@ -53,7 +53,7 @@ def devices_router(state: ApiState, require_admin: Callable[..., object]) -> API
     """The registry's write routes; every one needs the admin token."""
     router = APIRouter(tags=["devices"])
 
-    async def _write(action: Callable[[SqliteStore], Awaitable[DeviceLeaf]]) -> DeviceLeafOut:
+    async def _write(action: Callable[[KeyStore], Awaitable[DeviceLeaf]]) -> DeviceLeafOut:
         assert state.writer is not None
         try:
             async with state.write_lock:

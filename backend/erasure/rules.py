@@ -2,7 +2,7 @@
 
 One call, :func:`erase_household`, used by the admin API, ``meterchain backend households erase``
 and the household's own "My data" page. The store does the work in one transaction
-(``store/erasure.py``); this module adds what lives outside the database (the in-memory live
+(``erasure/tables.py``); this module adds what lives outside the database (the in-memory live
 telemetry of the household's meters) and the wording every caller shows for an erased reading.
 Device leaves (gateway keys) and settlement leaves are not household data and are never touched.
 """
@@ -14,7 +14,7 @@ import datetime as dt
 from meterchain.backend.access.model import KeyKind, Principal, Scope
 from meterchain.backend.access.tables import OPEN_END, PartyTables
 from meterchain.backend.erasure.tables import ErasedReading, ErasureRecord, ErasureTables
-from meterchain.backend.store.sqlite import SqliteStore
+from meterchain.backend.store import SqliteStore
 from meterchain.backend.web.live import LiveTelemetry
 
 __all__ = ["ErasedReading", "ErasureRecord", "erase_household", "erased_detail", "utc_day"]

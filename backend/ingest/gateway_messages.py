@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from meterchain.backend.store.records import AcceptedOcmf, AcceptedStatus
 from meterchain.contract.ack import device_from_topic
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.leaves import DeviceLeaf
@@ -27,22 +28,6 @@ from meterchain.contract.status import GatewayStatus
 OCMF = "ocmf"
 STATUS = "status"
 SIDE_KINDS = (OCMF, STATUS)
-
-
-@dataclass(frozen=True, slots=True)
-class AcceptedOcmf:
-    device: str
-    seq: int
-    meter: str
-    end: int
-    record: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class AcceptedStatus:
-    status: GatewayStatus
-    message: bytes
-    received: int
 
 
 @dataclass(frozen=True, slots=True)

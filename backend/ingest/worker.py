@@ -41,11 +41,9 @@ from meterchain.backend.store import (
     AckState,
     Outcome,
     RejectionRecord,
-    SqliteStore,
     StaleKeys,
     Store,
 )
-from meterchain.backend.utility.tables import UtilityTables
 from meterchain.contract.ack import TOPIC_PREFIX, Ack, Rejection, ack_topic
 from prometheus_client import Counter, Histogram
 
@@ -310,9 +308,7 @@ class Ingest:
                             r.kind, r.reason, r.device, r.detail[:200])
         if not ocmf and not statuses:
             return
-        # SQLite keeps them in the utility tables; PostgresStore (the scale path) in its own.
-        side = UtilityTables(self.store) if isinstance(self.store, SqliteStore) else self.store
-        result = await side.commit_side(ocmf, statuses)  # type: ignore[attr-defined]
+        result = await self.store.commit_side(ocmf, statuses)
         for outcome, count in (("stored", result.ocmf_stored),
                                ("duplicate", result.ocmf_duplicates),
                                ("conflict", len(result.ocmf_conflicts))):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from meterchain.backend.log.strata import STRIDE, is_stored
 from meterchain.backend.log.tree import CompactRange
-from meterchain.backend.store import SqliteStore
+from meterchain.backend.store import AuditStore
 from meterchain.backend.store.leafdata import LeafDataError, unpack_leaf_data
 from meterchain.contract.batch import GENESIS_PREV, BatchHeader, SignedBatchHeader
 from meterchain.contract.checkpoint import open_checkpoint
@@ -66,7 +66,7 @@ def _noop(phase: str, done: int, total: int) -> None:
     return None
 
 
-async def audit(store: SqliteStore, verifier: NoteVerifier | None,
+async def audit(store: AuditStore, verifier: NoteVerifier | None,
                 progress: Progress = _noop, *, log_only: bool = False) -> AuditReport:
     """Check everything; ``log_only`` (``meterchain audit --rebuild``) rebuilds and checks just
     the log from its leaves (nodes, checkpoints, batch chain), skipping the per-reading
@@ -81,14 +81,10 @@ async def audit(store: SqliteStore, verifier: NoteVerifier | None,
     return report
 
 
-async def _device_leaves(store: SqliteStore, report: AuditReport) -> dict[str, list[DeviceLeaf]]:
+async def _device_leaves(store: AuditStore, report: AuditReport) -> dict[str, list[DeviceLeaf]]:
     """Device leaves parsed from the leaf data (the truth), checked against the key table."""
     leaves: dict[str, list[DeviceLeaf]] = {}
-    async for leaf_id, data, device, event, key, kid, valid_from in store.iter_rows(
-        "SELECT l.id, l.data, k.device, k.event, k.public_key, k.kid, k.valid_from "
-        "FROM leaves l LEFT JOIN device_keys k ON k.leaf_id = l.id "
-        "WHERE l.kind = 'device' ORDER BY l.id"
-    ):
+    async for leaf_id, data, device, event, key, kid, valid_from in store.keyed_device_leaves():
         try:
             leaf = parse_leaf(unpack_leaf_data(data, leaf_id))
             if not isinstance(leaf, DeviceLeaf):
@@ -106,14 +102,10 @@ async def _device_leaves(store: SqliteStore, report: AuditReport) -> dict[str, l
     return leaves
 
 
-async def _readings(store: SqliteStore, device_leaves: dict[str, list[DeviceLeaf]],
+async def _readings(store: AuditStore, device_leaves: dict[str, list[DeviceLeaf]],
                     report: AuditReport, progress: Progress) -> None:
     total = await store.count("readings")
-    async for row in store.iter_rows(
-        "SELECT r.device, r.seq, r.meter, r.start, r.\"end\", r.import_wh, r.export_wh, "
-        "r.leaf_id, l.data, l.kind FROM readings r "
-        "LEFT JOIN leaves l ON l.id = r.leaf_id ORDER BY r.leaf_id"
-    ):
+    async for row in store.stored_readings():
         device, seq, meter, start, end, imp, exp, leaf_id, data, kind = row
         name = f"{device}#{seq}"
         report.readings += 1
@@ -144,10 +136,9 @@ async def _readings(store: SqliteStore, device_leaves: dict[str, list[DeviceLeaf
     progress("readings", report.readings, total)
 
 
-async def _tree(store: SqliteStore, report: AuditReport, progress: Progress) -> dict[int, bytes]:
+async def _tree(store: AuditStore, report: AuditReport, progress: Progress) -> dict[int, bytes]:
     """Rebuild the tree from leaf data; compare every stored node; return roots at seal sizes."""
-    sizes = {row[0] async for row in store.iter_rows("SELECT size FROM checkpoints")}
-    sizes |= {row[0] async for row in store.iter_rows("SELECT size FROM batches")}
+    sizes = await store.seal_sizes()
     total = await store.count("leaves")
     tree = CompactRange()
     roots: dict[int, bytes] = {}
@@ -170,11 +161,7 @@ async def _tree(store: SqliteStore, report: AuditReport, progress: Progress) -> 
                 report.findings.append(Finding("node", f"({level}, {index})", "missing"))
         expected.clear()
 
-    async for leaf_id, data, stored_hash, index, erased in store.iter_rows(
-        "SELECT l.id, l.data, l.leaf_hash, l.leaf_index, e.leaf_id IS NOT NULL FROM leaves l "
-        "LEFT JOIN erased_readings e ON e.leaf_id = l.id "
-        "ORDER BY l.leaf_index IS NULL, l.leaf_index, l.id"
-    ):
+    async for leaf_id, data, stored_hash, index, erased in store.stored_leaves():
         report.leaves += 1
         if erased:
             report.erased += 1
@@ -213,9 +200,10 @@ async def _tree(store: SqliteStore, report: AuditReport, progress: Progress) -> 
     return roots
 
 
-async def _checkpoints(store: SqliteStore, verifier: NoteVerifier | None,
+async def _checkpoints(store: AuditStore, verifier: NoteVerifier | None,
                        roots: dict[int, bytes], report: AuditReport) -> None:
-    async for size, root, note in store.iter_rows("SELECT size, root, note FROM checkpoints ORDER BY size"):
+    async for row in store.all_checkpoints():
+        size, root, note = row.size, row.root, row.note
         report.checkpoints += 1
         name = f"size {size}"
         if roots.get(size) != root:
@@ -232,12 +220,12 @@ async def _checkpoints(store: SqliteStore, verifier: NoteVerifier | None,
                                            "signed size/root differ from the rebuilt tree"))
 
 
-async def _batches(store: SqliteStore, verifier: NoteVerifier | None,
+async def _batches(store: AuditStore, verifier: NoteVerifier | None,
                    roots: dict[int, bytes], report: AuditReport) -> None:
     previous: BatchHeader | None = None
-    async for idx, first, size, root, sealed, blob in store.iter_rows(
-        "SELECT idx, first, size, root, sealed, header FROM batches ORDER BY idx"
-    ):
+    async for row in store.all_batches():
+        idx, first, size, root, sealed, blob = (row.idx, row.first, row.size, row.root,
+                                                row.sealed, row.header)
         report.batches += 1
         name = f"batch {idx}"
         try:

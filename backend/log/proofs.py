@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from meterchain.backend.log.nodes import reader_for
 from meterchain.backend.log.tree import ProofPlan, consistency_plan, inclusion_plan
-from meterchain.backend.store import Store
+from meterchain.backend.store import LogStore, ProofStore
 from meterchain.contract.bundle import Bundle, LoggedLeaf
 from meterchain.contract.errors import MeterchainError, ProofError
 
@@ -20,23 +20,23 @@ class ProofUnavailable(MeterchainError):
     check = "not-found"
 
 
-async def _assemble(store: Store, plan: ProofPlan, size: int) -> list[bytes]:
+async def _assemble(store: LogStore, plan: ProofPlan, size: int) -> list[bytes]:
     return plan.assemble(await reader_for(store).hashes(plan.node_ids, size))
 
 
-async def inclusion_proof(store: Store, index: int, size: int) -> list[bytes]:
+async def inclusion_proof(store: LogStore, index: int, size: int) -> list[bytes]:
     """Inclusion proof of leaf ``index`` in the tree of ``size`` leaves (RFC 9162 §2.1.3)."""
     return await _assemble(store, inclusion_plan(index, size), size)
 
 
-async def consistency_proof(store: Store, old_size: int, new_size: int) -> list[bytes]:
+async def consistency_proof(store: LogStore, old_size: int, new_size: int) -> list[bytes]:
     """Consistency proof between two tree sizes (RFC 9162 §2.1.4)."""
     if not 0 < old_size <= new_size:
         raise ProofError("a consistency proof needs 0 < old <= new", old=old_size, new=new_size)
     return await _assemble(store, consistency_plan(old_size, new_size), new_size)
 
 
-async def build_bundle(store: Store, device: str, seq: int) -> str:
+async def build_bundle(store: ProofStore, device: str, seq: int) -> str:
     """The reading's proof bundle against the newest checkpoint, with every sealed device leaf
     of its device (each with its own inclusion proof) so the signing key is proven too."""
     row = await store.reading(device, seq)

@@ -11,6 +11,7 @@ log with plain GETs and check it against the signed root (docs/log.md).
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -20,6 +21,7 @@ from meterchain.backend.api.state import ApiState
 from meterchain.backend.log.nodes import reader_for
 from meterchain.backend.log.proofs import consistency_proof
 from meterchain.backend.log.tiles import TileError, check_exists, parse_tile_path
+from meterchain.backend.store import LogStore
 from meterchain.contract.batch import SignedBatchHeader
 from meterchain.contract.reading import MAX_SAFE_INT
 from pydantic import BaseModel, Field
@@ -46,13 +48,10 @@ class BatchesOut(BaseModel):
     batches: list[BatchOut]
 
 
-def log_router(state: ApiState) -> APIRouter:
-    """Public tlog-tiles routes over the API's reader connection."""
+def log_router(store: Callable[[], LogStore]) -> APIRouter:
+    """Public tlog-tiles routes over ``store()``, the reader connection (of the API's state, or
+    of the PostgreSQL api role's own app)."""
     router = APIRouter(tags=["log (tlog-tiles)"])
-
-    def store():  # type: ignore[no-untyped-def]
-        assert state.reader is not None
-        return state.reader
 
     async def tree_size() -> int:
         row = await store().latest_checkpoint()

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from meterchain.backend.log.backfill import backfill_strata
 from meterchain.backend.log.strata import STRIDE
 from meterchain.backend.log.tree import CompactRange
-from meterchain.backend.store import Seal, Store, StoreError
+from meterchain.backend.store import LogStore, Seal, StoreError
 from meterchain.contract.batch import BatchHeader, SignedBatchHeader, next_header
 from meterchain.contract.checkpoint import Checkpoint
 from meterchain.contract.note import NoteSigner
@@ -36,7 +36,7 @@ class Sealer:
 
     def __init__(
         self,
-        store: Store,
+        store: LogStore,
         signer: NoteSigner,
         *,
         interval: float = 5.0,

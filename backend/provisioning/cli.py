@@ -15,7 +15,7 @@ from meterchain.backend.provisioning.tokens import (
     Scope,
     issue_token,
 )
-from meterchain.backend.store import using_store
+from meterchain.backend.store import using_sqlite
 
 
 def token(
@@ -30,7 +30,7 @@ def token(
     """Issue a one-time installer token (shown once; the backend keeps only its hash)."""
 
     try:
-        issued = asyncio.run(using_store(db, lambda store: issue_token(
+        issued = asyncio.run(using_sqlite(db, lambda store: issue_token(
             store, Scope.parse(scope), int(time.time()), ttl=ttl, note=note)))
     except ProvisioningError as exc:
         typer.echo(f"error: {exc} ({exc.hint})", err=True)
@@ -41,7 +41,7 @@ def token(
     typer.echo(f"scope: {issued.scope}   expires: {expires}   usable once")
     typer.echo(f"on the gateway: {command}")
     if qr:
-        import segno
+        import segno  # deliberately here: ~60 ms that every `meterchain` start would pay otherwise
 
         out = io.StringIO()
         segno.make(command, error="m").terminal(out=out, compact=True)

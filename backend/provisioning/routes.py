@@ -92,7 +92,7 @@ def provision_command(public_url: str, token: str) -> str:
 
 def qr_svg(text: str) -> str:
     """An SVG QR code of ``text`` (segno, error correction M)."""
-    import segno
+    import segno  # deliberately here: ~60 ms that every `meterchain` start would pay otherwise
 
     out = io.BytesIO()
     segno.make(text, error="m").save(out, kind="svg", scale=4, xmldecl=False)

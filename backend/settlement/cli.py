@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import typer
 from meterchain.backend.access.cli import utc_seconds
-from meterchain.backend.settlement.netting import local_month_bounds, parse_price_csv
+from meterchain.backend.settlement.netting import Listing, local_month_bounds, parse_price_csv
 from meterchain.backend.settlement.runner import (
     SettlementRunner,
     check_terms,
@@ -23,7 +23,7 @@ from meterchain.backend.settlement.runner import (
 )
 from meterchain.backend.settlement.tables import SettlementTables, Terms
 from meterchain.backend.settlement.verify import verify_settlement
-from meterchain.backend.store import SqliteStore, using_store
+from meterchain.backend.store import SqliteStore, using_sqlite
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.note import NoteVerifier
 from rich.console import Console
@@ -40,7 +40,7 @@ CSV_FILE = typer.Option(..., "--csv", help="Rows start,price (UTC s or ISO 8601)
 
 def _run(db: str, action: Callable[[SqliteStore], Awaitable[T]]) -> T:
     try:
-        return asyncio.run(using_store(db, action))
+        return asyncio.run(using_sqlite(db, action))
     except MeterchainError as exc:
         err.print(f"error {exc.diagnostics()}")
         raise typer.Exit(1) from None
@@ -233,8 +233,6 @@ def listing(
     start = utc_seconds(valid_from, "--from")
 
     async def action(store: SqliteStore) -> object:
-        from meterchain.backend.settlement.netting import Listing
-
         Listing(member, buy_limit, sell_ask, green_source, green_only, partner_group)  # validate
         return await SettlementTables(store).post_listing(
             community, member, start, buy_limit, sell_ask, green_source, green_only,

@@ -28,7 +28,7 @@ from meterchain.backend.settlement.runner import (
     member_interval,
 )
 from meterchain.backend.settlement.tables import OPEN_END, SettlementTables
-from meterchain.backend.store.sqlite import SqliteStore
+from meterchain.backend.store import ProofStore, SqliteStore
 from meterchain.contract.bundle import verify_bundle
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.leaves import DeviceLeaf, SettlementLeaf, parse_leaf
@@ -60,7 +60,7 @@ class VerifyReport:
         return not self.problems and self.digest is not None and self.digest == self.logged_digest
 
 
-async def _signed_reading(store: SqliteStore, device: str, seq: int,
+async def _signed_reading(store: ProofStore, device: str, seq: int,
                           log_key: NoteVerifier | None) -> SignedReading:
     if log_key is not None:
         return verify_bundle(await build_bundle(store, device, seq), log_key).reading

@@ -26,30 +26,45 @@ import hashlib
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 import asyncpg
+from meterchain.backend.log.nodes import NodeReader
+from meterchain.backend.log.tree import peak_ids
 from meterchain.backend.store.dedupe import Place, PlaceKey, place_keys, plan_batch
 from meterchain.backend.store.leafdata import pack_leaf_data, unpack_leaf_data
 from meterchain.backend.store.records import (
     REJECTION_RETENTION_SECONDS,
+    AcceptedOcmf,
+    AcceptedStatus,
     AckState,
     BatchRow,
     CheckpointRow,
     CommitResult,
+    KeyedLeaf,
     KeyRow,
     LeafRow,
     ReadingRow,
     RejectionRecord,
     Seal,
+    SideCommit,
     StaleKeys,
+    StoredLeaf,
+    StoredReading,
     TreeState,
     VerifiedReading,
     aggregate_junk,
 )
 from meterchain.backend.store.sqlite import (
+    AUDIT_BATCHES,
+    AUDIT_CHECKPOINTS,
+    AUDIT_DEVICE_LEAVES,
+    AUDIT_LEAVES,
+    AUDIT_READINGS,
+    AUDIT_SEAL_SIZES,
     READING_COLUMNS,
     RECENT_REJECTIONS,
+    SQLITE_ONLY,
     StoreError,
     reading_row,
 )
@@ -57,10 +72,6 @@ from meterchain.contract.errors import MeterchainError
 from meterchain.contract.leaves import DeviceLeaf
 from meterchain.contract.merkle import leaf_hash
 from meterchain.contract.message import parse_message
-
-if TYPE_CHECKING:
-    from meterchain.backend.ingest.gateway_messages import AcceptedOcmf, AcceptedStatus
-    from meterchain.backend.utility.tables import SideCommit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -371,14 +382,10 @@ class PostgresStore:
 
     @property
     def connection(self) -> NoReturn:
-        """The SQLite-only query modules (``store/parties.py``, ``settlement.py``, ``web.py``,
-        ``utility.py``, ``erasure.py``, ``provisioning.py``) take ``store.connection``: refuse
-        them here by name rather than fail on a missing attribute."""
-        raise StoreError(
-            "this feature keeps its tables in SQLite (parties, access, settlement, utilities, "
-            "provisioning, dashboard, erasure); PostgreSQL runs ingest, the registry, the sealer, "
-            "proofs, the public log and audit (docs/backend.md, \"PostgreSQL\")",
-            location=self.path)
+        """The SQLite-only table modules (``backend/store/tables.py`` and the concepts'
+        ``tables.py``) take ``store.connection``: refuse them here by name rather than fail on
+        a missing attribute."""
+        raise StoreError(SQLITE_ONLY, location=self.path)
 
     async def claim_sealer(self) -> None:
         """Become this log's one sealer until :meth:`close`: a session advisory lock on a
@@ -677,8 +684,7 @@ class PostgresStore:
     async def commit_side(self, ocmf: Sequence[AcceptedOcmf],
                           statuses: Sequence[AcceptedStatus]) -> SideCommit:
         """Keep verified OCMF records verbatim (first bytes win, whoever commits first) and the
-        newest status per gateway, in one transaction (as ``UtilityTables.commit_side``)."""
-        from meterchain.backend.utility.tables import SideCommit
+        newest status per gateway, in one transaction (as ``SqliteStore.commit_side``)."""
 
         async def work(conn: asyncpg.Connection) -> SideCommit:
             stored = duplicates = 0
@@ -725,9 +731,6 @@ class PostgresStore:
 
     async def tree_state(self) -> TreeState:
         """The sealed tree's size and peaks, read in one snapshot."""
-        from meterchain.backend.log.nodes import NodeReader
-        from meterchain.backend.log.tree import peak_ids
-
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                                   readonly=True):
             row = await conn.fetchrow(
@@ -892,7 +895,41 @@ class PostgresStore:
             "ORDER BY idx LIMIT $2", start, limit)
         return [BatchRow(*r) for r in rows]
 
+    async def last_batch_index(self) -> int | None:
+        """The index of the newest sealed batch, None before the first seal."""
+        value = await self._pool.fetchval("SELECT max(idx) FROM batches")
+        return None if value is None else int(value)
+
     # ------------------------------------------------------------------ audit
+
+    async def keyed_device_leaves(self) -> AsyncIterator[KeyedLeaf]:
+        """As :meth:`SqliteStore.keyed_device_leaves`."""
+        async for row in self.iter_rows(AUDIT_DEVICE_LEAVES):
+            yield KeyedLeaf(*row)
+
+    async def stored_readings(self) -> AsyncIterator[StoredReading]:
+        """As :meth:`SqliteStore.stored_readings`."""
+        async for row in self.iter_rows(AUDIT_READINGS):
+            yield StoredReading(*row)
+
+    async def stored_leaves(self) -> AsyncIterator[StoredLeaf]:
+        """As :meth:`SqliteStore.stored_leaves`."""
+        async for leaf_id, data, hashed, index, erased in self.iter_rows(AUDIT_LEAVES):
+            yield StoredLeaf(leaf_id, data, hashed, index, bool(erased))
+
+    async def seal_sizes(self) -> set[int]:
+        """The tree size of every checkpoint and every batch."""
+        return {int(r[0]) for r in await self._pool.fetch(AUDIT_SEAL_SIZES)}
+
+    async def all_checkpoints(self) -> AsyncIterator[CheckpointRow]:
+        """Every checkpoint, smallest first."""
+        async for row in self.iter_rows(AUDIT_CHECKPOINTS):
+            yield CheckpointRow(*row)
+
+    async def all_batches(self) -> AsyncIterator[BatchRow]:
+        """Every batch, in index order."""
+        async for row in self.iter_rows(AUDIT_BATCHES):
+            yield BatchRow(*row)
 
     async def iter_rows(self, sql: str, params: Sequence[object] = (), chunk: int = 2000
                         ) -> AsyncIterator[asyncpg.Record]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from meterchain.contract.status import GatewayStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,3 +167,72 @@ class BatchRow:
     root: bytes
     sealed: int
     header: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedOcmf:
+    """A gateway's OCMF record whose signature checked (backend/ingest/gateway_messages.py)."""
+
+    device: str
+    seq: int
+    meter: str
+    end: int
+    record: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedStatus:
+    """A gateway's status message whose signature checked, and when it arrived."""
+
+    status: GatewayStatus
+    message: bytes
+    received: int
+
+
+@dataclass(frozen=True, slots=True)
+class SideCommit:
+    """What :meth:`commit_side` kept: OCMF records stored, already there with the same bytes,
+    refused for other bytes (device, seq); status messages written."""
+
+    ocmf_stored: int
+    ocmf_duplicates: int
+    ocmf_conflicts: list[tuple[str, int]]
+    statuses: int
+
+
+class KeyedLeaf(NamedTuple):
+    """A 'device' leaf's stored (packed) data beside its key-registry row, for audit: the
+    registry columns are None when the row is missing."""
+
+    leaf_id: int
+    data: bytes
+    device: str | None
+    event: str | None
+    public_key: bytes | None
+    kid: bytes | None
+    valid_from: int | None
+
+
+class StoredReading(NamedTuple):
+    """A reading row beside its leaf's stored (packed) data and kind (None: no such leaf)."""
+
+    device: str
+    seq: int
+    meter: str
+    start: int
+    end: int
+    import_wh: int
+    export_wh: int
+    leaf_id: int
+    data: bytes | None
+    kind: str | None
+
+
+class StoredLeaf(NamedTuple):
+    """A leaf as stored: packed data (empty once erased), hash, index (None: not sealed)."""
+
+    leaf_id: int
+    data: bytes
+    leaf_hash: bytes
+    leaf_index: int | None
+    erased: bool

@@ -11,24 +11,33 @@ import hashlib
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiosqlite
+from meterchain.backend.log.nodes import NodeReader
+from meterchain.backend.log.tree import peak_ids
 from meterchain.backend.store.dedupe import Place, PlaceKey, plan_batch
 from meterchain.backend.store.leafdata import pack_leaf_data, unpack_leaf_data
 from meterchain.backend.store.records import (
     REJECTION_RETENTION_SECONDS,
+    AcceptedOcmf,
+    AcceptedStatus,
     AckState,
     BatchRow,
     CheckpointRow,
     CommitResult,
+    KeyedLeaf,
     KeyRow,
     LeafRow,
     ReadingRow,
     RejectionRecord,
     Seal,
+    SideCommit,
     StaleKeys,
+    StoredLeaf,
+    StoredReading,
     TreeState,
     VerifiedReading,
     aggregate_junk,
@@ -66,6 +75,32 @@ def reading_row(row: Sequence[object]) -> ReadingRow:
     return ReadingRow(*values)  # type: ignore[arg-type]
 
 
+# What audit reads (backend/log/audit.py), the same on SQLite and PostgreSQL.
+AUDIT_DEVICE_LEAVES = (
+    "SELECT l.id, l.data, k.device, k.event, k.public_key, k.kid, k.valid_from "
+    "FROM leaves l LEFT JOIN device_keys k ON k.leaf_id = l.id "
+    "WHERE l.kind = 'device' ORDER BY l.id")
+AUDIT_READINGS = (
+    'SELECT r.device, r.seq, r.meter, r.start, r."end", r.import_wh, r.export_wh, '
+    "r.leaf_id, l.data, l.kind FROM readings r "
+    "LEFT JOIN leaves l ON l.id = r.leaf_id ORDER BY r.leaf_id")
+AUDIT_LEAVES = (
+    "SELECT l.id, l.data, l.leaf_hash, l.leaf_index, e.leaf_id IS NOT NULL FROM leaves l "
+    "LEFT JOIN erased_readings e ON e.leaf_id = l.id "
+    "ORDER BY l.leaf_index IS NULL, l.leaf_index, l.id")
+AUDIT_SEAL_SIZES = "SELECT size FROM checkpoints UNION SELECT size FROM batches"
+AUDIT_CHECKPOINTS = "SELECT size, root, note, time FROM checkpoints ORDER BY size"
+AUDIT_BATCHES = "SELECT idx, first, size, root, sealed, header FROM batches ORDER BY idx"
+
+
+T = TypeVar("T")
+
+#: Why a PostgreSQL store cannot serve a SQLite-only feature (docs/backend.md, "PostgreSQL").
+SQLITE_ONLY = ("this feature keeps its tables in SQLite (parties, access, settlement, utilities, "
+               "provisioning, dashboard, erasure); PostgreSQL runs ingest, the registry, the "
+               "sealer, proofs, the public log and audit (docs/backend.md, \"PostgreSQL\")")
+
+
 class StoreError(MeterchainError):
     """The store refused an operation (schema too new, a seal out of order, ...)."""
 
@@ -99,7 +134,7 @@ class SqliteStore:
 
     @property
     def connection(self) -> aiosqlite.Connection:
-        """The connection, for the store's own query modules (``store/provisioning.py``, ...)."""
+        """The connection, for the SQLite-only table modules (``backend/store/tables.py``)."""
         return self._conn
 
     # ------------------------------------------------------------------ schema
@@ -129,7 +164,7 @@ class SqliteStore:
     async def schema_version(self) -> int:
         return int(await self._scalar("SELECT max(version) FROM schema_version") or 0)
 
-    async def _scalar(self, sql: str, params: Sequence[object] = ()) -> object:
+    async def _scalar(self, sql: str, params: Sequence[object] = ()) -> Any:
         async with self._conn.execute(sql, params) as cur:
             row = await cur.fetchone()
         return None if row is None else row[0]
@@ -139,11 +174,11 @@ class SqliteStore:
         async with self._conn.execute(sql, params) as cur:
             return list(await cur.fetchall())
 
-    async def _write(self, work: Callable[[], object]) -> object:
+    async def _write(self, work: Callable[[], Awaitable[T]]) -> T:
         """Run ``work`` (a coroutine factory) in one IMMEDIATE transaction."""
         await self._conn.execute("BEGIN IMMEDIATE")
         try:
-            result = await work()  # type: ignore[misc]
+            result = await work()
         except BaseException:
             await self._conn.execute("ROLLBACK")
             raise
@@ -195,7 +230,7 @@ class SqliteStore:
             )
             return leaf
 
-        return await self._write(work)  # type: ignore[return-value]
+        return await self._write(work)
 
     async def devices(self) -> list[tuple[str, int]]:
         return [(r[0], r[1]) for r in await self._rows("SELECT device, created FROM devices ORDER BY device")]
@@ -263,7 +298,7 @@ class SqliteStore:
                 )
             return CommitResult(plan.outcomes, conflicts)
 
-        return await self._write(work)  # type: ignore[return-value]
+        return await self._write(work)
 
     async def _existing(self, readings: Sequence[VerifiedReading]
                         ) -> dict[PlaceKey, Place]:
@@ -395,9 +430,6 @@ class SqliteStore:
 
     async def tree_state(self) -> TreeState:
         """The sealed tree's size and peaks, read in one snapshot."""
-        from meterchain.backend.log.nodes import NodeReader
-        from meterchain.backend.log.tree import peak_ids
-
         await self._conn.execute("BEGIN")
         try:
             size = int(await self._scalar("SELECT max(size) FROM checkpoints") or 0)
@@ -599,7 +631,88 @@ class SqliteStore:
             (start, limit),
         )]
 
+    async def last_batch_index(self) -> int | None:
+        """The index of the newest sealed batch, None before the first seal."""
+        value = await self._scalar("SELECT max(idx) FROM batches")
+        return None if value is None else int(value)
+
+    # ------------------------------------------------- OCMF and gateway status (beside ingest)
+
+    async def commit_side(self, ocmf: Sequence[AcceptedOcmf],
+                          statuses: Sequence[AcceptedStatus]) -> SideCommit:
+        """Keep verified OCMF records verbatim (first bytes win) and the newest status per
+        gateway, in one transaction."""
+
+        async def work() -> SideCommit:
+            stored = duplicates = 0
+            conflicts: list[tuple[str, int]] = []
+            for rec in ocmf:
+                rows = await self._rows(
+                    "SELECT record FROM ocmf_records WHERE device = ? AND seq = ?",
+                    (rec.device, rec.seq))
+                if rows:
+                    if bytes(rows[0][0]) == rec.record:
+                        duplicates += 1
+                    else:
+                        conflicts.append((rec.device, rec.seq))
+                    continue
+                await self._conn.execute(
+                    'INSERT INTO ocmf_records (device, seq, meter, "end", record, received_at) '
+                    "VALUES (?, ?, ?, ?, ?, strftime('%s', 'now'))",
+                    (rec.device, rec.seq, rec.meter, rec.end, rec.record))
+                stored += 1
+            for accepted in statuses:
+                s = accepted.status
+                await self._conn.execute(
+                    "INSERT INTO gateway_status (device, last_seen, sent, firmware, uptime, "
+                    "outbox_depth, quarantined, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen, "
+                    "sent = excluded.sent, firmware = excluded.firmware, uptime = excluded.uptime, "
+                    "outbox_depth = excluded.outbox_depth, quarantined = excluded.quarantined, "
+                    "message = excluded.message WHERE excluded.sent >= gateway_status.sent",
+                    (s.device, accepted.received, s.time, s.firmware, s.uptime, s.outbox_depth,
+                     s.quarantined, accepted.message))
+                for m in s.meters:
+                    await self._conn.execute(
+                        "INSERT INTO gateway_meters (device, meter, last_read, drift) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (device, meter) DO UPDATE SET "
+                        "last_read = coalesce(excluded.last_read, gateway_meters.last_read), "
+                        "drift = coalesce(excluded.drift, gateway_meters.drift)",
+                        (s.device, m.meter, m.last_read, m.drift))
+            return SideCommit(stored, duplicates, conflicts, len(statuses))
+
+        return await self._write(work)
+
     # ------------------------------------------------------------------ audit
+
+    async def keyed_device_leaves(self) -> AsyncIterator[KeyedLeaf]:
+        """Every 'device' leaf in log order beside its key-registry row (backend/log/audit.py)."""
+        async for row in self.iter_rows(AUDIT_DEVICE_LEAVES):
+            yield KeyedLeaf(*row)
+
+    async def stored_readings(self) -> AsyncIterator[StoredReading]:
+        """Every reading row beside its leaf's data and kind, in leaf order."""
+        async for row in self.iter_rows(AUDIT_READINGS):
+            yield StoredReading(*row)
+
+    async def stored_leaves(self) -> AsyncIterator[StoredLeaf]:
+        """Every leaf, the sealed ones in index order first, then the pending ones."""
+        async for leaf_id, data, hashed, index, erased in self.iter_rows(AUDIT_LEAVES):
+            yield StoredLeaf(leaf_id, data, hashed, index, bool(erased))
+
+    async def seal_sizes(self) -> set[int]:
+        """The tree size of every checkpoint and every batch."""
+        return {int(r[0]) for r in await self._rows(AUDIT_SEAL_SIZES)}
+
+    async def all_checkpoints(self) -> AsyncIterator[CheckpointRow]:
+        """Every checkpoint, smallest first."""
+        async for row in self.iter_rows(AUDIT_CHECKPOINTS):
+            yield CheckpointRow(*row)
+
+    async def all_batches(self) -> AsyncIterator[BatchRow]:
+        """Every batch, in index order."""
+        async for row in self.iter_rows(AUDIT_BATCHES):
+            yield BatchRow(*row)
 
     async def iter_rows(self, sql: str, params: Sequence[object] = (), chunk: int = 2000
                         ) -> AsyncIterator[sqlite3.Row]:

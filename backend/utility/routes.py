@@ -18,6 +18,7 @@ from meterchain.backend.access.auth import Auth
 from meterchain.backend.access.model import DEVICE_PATTERN, ID_PATTERN, KeyKind, Principal
 from meterchain.backend.access.tables import PartyTables
 from meterchain.backend.api.errors import ApiError, not_visible
+from meterchain.backend.api.limits import RequestLimits
 from meterchain.backend.api.state import ApiState
 from meterchain.backend.store import SqliteStore
 from meterchain.backend.utility.batches import MAX_PAGE, BatchUnavailable, build_batch
@@ -317,10 +318,10 @@ def utility_router(state: "ApiState", auth: Auth) -> APIRouter:
         utility = owner(who, body.utility)
         if utility not in {u.id for u in await PartyTables(store()).utilities()}:
             raise ApiError(404, "not-found", f"no utility {utility}", "create the utility first")
-        newest = await _newest_batch(store())
+        newest = await store().last_batch_index()
         hook = Webhook(id="wh-" + secrets.token_hex(6), utility=utility, url=body.url,
                        secret="whsec_" + secrets.token_urlsafe(32),
-                       after_batch=newest + 1, created=int(time.time()))
+                       after_batch=0 if newest is None else newest + 1, created=int(time.time()))
         assert state.writer is not None
         async with state.write_lock:
             await UtilityTables(state.writer).add_webhook(hook)
@@ -373,12 +374,6 @@ def utility_router(state: "ApiState", auth: Auth) -> APIRouter:
     return router
 
 
-async def _newest_batch(store: SqliteStore) -> int:
-    rows = await store.connection.execute_fetchall("SELECT max(idx) FROM batches")
-    value = next(iter(rows))[0]
-    return -1 if value is None else int(value)
-
-
 def _fleet_html(fleet: FleetOut) -> str:
     e = html.escape
     rows = []
@@ -429,8 +424,6 @@ _ERRORS = {
 def install_utilities(app, state: "ApiState", auth: Auth, *,  # type: ignore[no-untyped-def]
                       max_body: int = 256 * 1024, rate: float = 50.0, burst: int = 200) -> None:
     """The utility routes, request limits, and error bodies documented on every operation."""
-    from meterchain.backend.api.limits import RequestLimits
-
     app.include_router(utility_router(state, auth))
     app.add_middleware(RequestLimits, max_body=max_body, rate=rate, burst=burst)
     default_handler = app.exception_handlers.get(StarletteHTTPException, http_exception_handler)

@@ -1,7 +1,8 @@
-"""The utility features' tables (migration 5): OCMF records, gateway health, webhooks and their
-deliveries, and the leaf-range query behind signed batches. Queries over one store's connection;
-every write is one short IMMEDIATE transaction. Which readings a principal sees is decided by the
-same windows as every other reading route (``store/parties.py``).
+"""The utility features' tables (migration 5): OCMF records and gateway health as the API reads
+them (ingest writes them with the store's ``commit_side``), webhooks and their deliveries, and
+the leaf-range query behind signed batches. Queries over one store's connection; every write is
+one short IMMEDIATE transaction. Which readings a principal sees is decided by the same windows
+as every other reading route (``backend/access/tables.py``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 
 from meterchain.backend.access.model import Principal
 from meterchain.backend.access.tables import _WINDOWS, OPEN_END, _params
-from meterchain.backend.ingest.gateway_messages import AcceptedOcmf, AcceptedStatus
 from meterchain.backend.store.records import ReadingRow
 from meterchain.backend.store.sqlite import (
     DEVICE_METERS,
@@ -39,14 +39,6 @@ _ADMIN_RANGE = (
     "AND r.\"end\" < coalesce(b.valid_to, :open)) FROM leaves l CROSS JOIN readings r "
     "ON r.leaf_id = l.id "
 )
-
-
-@dataclass(frozen=True, slots=True)
-class SideCommit:
-    ocmf_stored: int
-    ocmf_duplicates: int
-    ocmf_conflicts: list[tuple[str, int]]
-    statuses: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,53 +103,7 @@ class UtilityTables(SqliteTables):
     async def _begin(self) -> None:
         await self._db.execute("BEGIN IMMEDIATE")
 
-    # ------------------------------------------------------- OCMF and gateway status (ingest)
-
-    async def commit_side(self, ocmf: Sequence[AcceptedOcmf],
-                          statuses: Sequence[AcceptedStatus]) -> SideCommit:
-        """Keep verified OCMF records verbatim (first bytes win) and the newest status per
-        gateway, in one transaction."""
-        stored = duplicates = 0
-        conflicts: list[tuple[str, int]] = []
-        await self._begin()
-        try:
-            for rec in ocmf:
-                rows = await self._rows("SELECT record FROM ocmf_records WHERE device = ? AND seq = ?",
-                                        (rec.device, rec.seq))
-                if rows:
-                    if bytes(rows[0][0]) == rec.record:
-                        duplicates += 1
-                    else:
-                        conflicts.append((rec.device, rec.seq))
-                    continue
-                await self._db.execute(
-                    'INSERT INTO ocmf_records (device, seq, meter, "end", record, received_at) '
-                    "VALUES (?, ?, ?, ?, ?, strftime('%s', 'now'))",
-                    (rec.device, rec.seq, rec.meter, rec.end, rec.record))
-                stored += 1
-            for accepted in statuses:
-                s = accepted.status
-                await self._db.execute(
-                    "INSERT INTO gateway_status (device, last_seen, sent, firmware, uptime, "
-                    "outbox_depth, quarantined, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (device) DO UPDATE SET last_seen = excluded.last_seen, "
-                    "sent = excluded.sent, firmware = excluded.firmware, uptime = excluded.uptime, "
-                    "outbox_depth = excluded.outbox_depth, quarantined = excluded.quarantined, "
-                    "message = excluded.message WHERE excluded.sent >= gateway_status.sent",
-                    (s.device, accepted.received, s.time, s.firmware, s.uptime, s.outbox_depth,
-                     s.quarantined, accepted.message))
-                for m in s.meters:
-                    await self._db.execute(
-                        "INSERT INTO gateway_meters (device, meter, last_read, drift) "
-                        "VALUES (?, ?, ?, ?) ON CONFLICT (device, meter) DO UPDATE SET "
-                        "last_read = coalesce(excluded.last_read, gateway_meters.last_read), "
-                        "drift = coalesce(excluded.drift, gateway_meters.drift)",
-                        (s.device, m.meter, m.last_read, m.drift))
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
-        return SideCommit(stored, duplicates, conflicts, len(statuses))
+    # ------------------------------------------------- OCMF and gateway status (the API)
 
     async def ocmf_records(self, principal: Principal, *, device: str | None = None,
                            point: str | None = None, start: int = 0, end: int = OPEN_END,

@@ -10,7 +10,10 @@ from typing import TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
-from meterchain.backend.store import SqliteStore, using_store
+from meterchain.backend.access.model import PartyError
+from meterchain.backend.erasure.rules import erase_household, utc_day
+from meterchain.backend.erasure.tables import ErasureRecord, ErasureTables
+from meterchain.backend.store import SqliteStore, using_sqlite
 from meterchain.backend.web.accounts import AccountError
 from meterchain.backend.web.tables import WebTables
 from rich.console import Console
@@ -26,7 +29,7 @@ BASE = typer.Option("http://127.0.0.1:8080", "--base-url",
 
 def _run(action: Callable[[WebTables], Awaitable[T]], db: str) -> T:
     try:
-        return asyncio.run(using_store(db, lambda store: action(WebTables(store))))
+        return asyncio.run(using_sqlite(db, lambda store: action(WebTables(store))))
     except AccountError as exc:
         Console(stderr=True).print(f"error: {exc}")
         raise typer.Exit(1) from None
@@ -69,10 +72,6 @@ def erase(household: str = typer.Argument(..., metavar="HOUSEHOLD"), db: str = D
           by: str = typer.Option("cli", "--by", help="Who asked, for the erasure record.")) -> None:
     """Erase the household's data: readings' values and signed messages (their leaf hashes stay
     in the log), logins, sessions, links; its API keys are revoked. An erasure record is kept."""
-    from meterchain.backend.access.model import PartyError
-    from meterchain.backend.erasure.rules import erase_household, utc_day
-    from meterchain.backend.erasure.tables import ErasureRecord, ErasureTables
-
     async def go(store: SqliteStore) -> tuple[int, ErasureRecord | None]:
         if not confirm:
             return await ErasureTables(store).erasable(household), None
@@ -80,7 +79,7 @@ def erase(household: str = typer.Argument(..., metavar="HOUSEHOLD"), db: str = D
                                         int(time.time()))
 
     try:
-        count, record = asyncio.run(using_store(db, go))
+        count, record = asyncio.run(using_sqlite(db, go))
     except PartyError as exc:
         Console(stderr=True).print(f"error: {exc}")
         raise typer.Exit(1) from None

@@ -11,7 +11,8 @@ from meterchain.backend.api.app import create_app
 from meterchain.contract.batch import SignedBatchHeader, verify_chain
 
 from tests.support.backend import Gateway, backend, close
-from tests.support.log import IMMUTABLE, fetch_level, h, open_checkpoint, root
+from tests.support.log import IMMUTABLE, fetch_level, h, open_checkpoint
+from tests.support.log import root as mth
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -28,7 +29,7 @@ def _root_from_upper_tiles(levels: dict[int, list[bytes]], size: int) -> bytes:
         if size >> height & 1:
             base = height - height % 8
             nodes = levels[base // 8][start >> base : (start >> base) + (1 << (height - base))]
-            peaks.append(root(nodes))  # a perfect subtree: MTH is the plain fold
+            peaks.append(mth(nodes))  # a perfect subtree: MTH is the plain fold
             start += 1 << height
     top = peaks[-1]
     for peak in reversed(peaks[:-1]):
@@ -57,10 +58,10 @@ async def test_an_independent_client_copies_the_log_and_rebuilds_the_signed_root
 
         levels = {0: fetch_level(http, 0, size), 1: fetch_level(http, 1, size)}
         assert len(levels[0]) == size and len(levels[1]) == size >> 8
-        assert root(levels[0]) == root
+        assert mth(levels[0]) == root
         assert _root_from_upper_tiles(levels, size) == root
         # Every level-1 entry is the fold of its 256 leaf hashes.
-        assert all(levels[1][i] == root(levels[0][256 * i : 256 * i + 256])
+        assert all(levels[1][i] == mth(levels[0][256 * i : 256 * i + 256])
                    for i in range(len(levels[1])))
         # An older partial tile stays served (immutable); tiles that do not exist yet are 404.
         assert http.get("/tile/0/011.p/3").content == b"".join(levels[0][2816:2819])
