@@ -148,8 +148,9 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def _agent_config(workdir: Path, household: DemoHousehold, pty: str, broker: RunningBroker,
-                  api: str) -> Path:
-    """The gateway's TOML config, as an installer would write it (docs/agent.md)."""
+                  api: str, control_key: str = "") -> Path:
+    """The gateway's TOML config, as provisioning would write it (docs/agent.md), with the
+    backend's control key once the backend has made one (it verifies the acks)."""
     device = household.device
     path = workdir / f"{device}.toml"
     auth = ""
@@ -171,7 +172,8 @@ def _agent_config(workdir: Path, household: DemoHousehold, pty: str, broker: Run
                    f'outbox_path = "{device}-outbox.sqlite"\n'
                    f"interval_seconds = {INTERVAL}\n"
                    f"ack_timeout_seconds = 30\n"
-                   f"telemetry_seconds = {TELEMETRY_SECONDS}\n\n"
+                   f"telemetry_seconds = {TELEMETRY_SECONDS}\n"
+                   + (f'control_key = "{control_key}"\n' if control_key else "") + "\n"
                    f"[broker]\n"
                    f'url = "mqtt://{broker.host}:{broker.port}"\n'
                    f"{auth}{meters}")
@@ -597,6 +599,11 @@ async def run_demo(workdir: Path, http_port: int, duration: float | None,
         log_pub = workdir / "log.pub"
         log_pub.write_text(str(NoteSigner.parse((workdir / "log.key").read_text()).verifier)
                            + "\n")
+        control = workdir / "control.key"  # the sealer's ack-signing key, where the backend has one
+        if control.exists():
+            verifier = str(NoteSigner.parse(control.read_text().strip()).verifier)
+            for g in gateways:
+                _agent_config(workdir, g.household, g.pty, broker, api, verifier)
         console.print(f"backend     API {api}/api/v1   docs [bold]{api}/docs[/bold]   "
                       f"metrics {api}/metrics   log {workdir / 'backend.log'}")
         credentials = await setup_operations(api, token, workdir, extra_meter)

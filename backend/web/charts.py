@@ -95,10 +95,7 @@ def bar_chart(slots: Sequence[Slot], spec: ChartSpec, zone: str, *, daily: bool 
         '<line x1="0" y1="0" x2="0" y2="6" stroke="#b0bec5" stroke-width="2"/></pattern></defs>',
         f'<line class="axis" x1="{PAD_LEFT}" x2="{WIDTH}" y1="{zero_y:.1f}" y2="{zero_y:.1f}"/>',
     ]
-    if empty:  # no scale to show: "1 Wh" over nothing would read as a measured zero
-        parts.append(f'<text class="nodata-label" x="{(PAD_LEFT + WIDTH) / 2:.0f}" '
-                     f'y="{PAD_TOP + 24}" text-anchor="middle">no data for this period</text>')
-    else:
+    if not empty:  # no scale over nothing: "1 Wh" would read as a measured zero
         parts.append(f'<text class="tick" x="{PAD_LEFT - 4}" y="{PAD_TOP + 10}" '
                      f'text-anchor="end">{escape(_axis(top))}</text>')
     if bottom and not empty:
@@ -149,6 +146,12 @@ def bar_chart(slots: Sequence[Slot], spec: ChartSpec, zone: str, *, daily: bool 
         if tick and (not daily or n <= 10 or local.day % 5 == 1):
             parts.append(f'<text class="tick" x="{x + bar_w / 2:.1f}" y="{HEIGHT - 6}" '
                          f'text-anchor="middle">{escape(tick)}</text>')
+    if empty:  # on top of the hatched columns, so it is read first
+        middle = (PAD_LEFT + WIDTH) / 2
+        parts.append(f'<rect class="nodata-box" x="{middle - 150:.0f}" y="{PAD_TOP + plot_h / 2 - 22:.0f}"'
+                     f' width="300" height="36" rx="4" fill="#ffffff" fill-opacity="0.9"/>'
+                     f'<text class="nodata-label" x="{middle:.0f}" y="{PAD_TOP + plot_h / 2 + 3:.0f}" '
+                     'text-anchor="middle">no data for this period</text>')
     parts.append("</svg>")
     return "".join(parts)
 

@@ -146,9 +146,11 @@ def router(ctx: WebContext) -> APIRouter:
             raise PageError(404, "There is no such period.") from None
         now = ctx.now()
         views = await points_of(who, period.start, period.end)
-        if key is None and views and not any(
-                period.start <= i.start < period.end for v in views for i in v.intervals):
-            # the default page: a day that has just begun has nothing yet, show the day before
+        if key is None and views and max(
+                sum(period.start <= i.start < period.end for i in v.intervals)
+                for v in views) < DEFAULT_DAY_MIN:
+            # the default page: a day that has just begun is a nearly empty chart, so it shows
+            # the day before until today has a few hours ("later ›" and the live card are today)
             period = period.shifted(-1)
             views = await points_of(who, period.start, period.end)
         charts = []
@@ -371,6 +373,10 @@ def router(ctx: WebContext) -> APIRouter:
         return await period_page(request, household, kind, key)
 
     return r
+
+
+#: Quarter hours with data today before the default page shows today rather than yesterday.
+DEFAULT_DAY_MIN = 24
 
 
 def _proof_link(household: str, point: str) -> Callable[[series.Slot], str | None]:
