@@ -211,7 +211,7 @@ def key_revoke(key_id: str = typer.Argument(...), db: str = DB) -> None:
 def list_all(db: str = DB) -> None:
     """Utilities, communities, households, metering points with their bindings, grants, keys."""
 
-    async def collect(t: PartyTables):  # type: ignore[no-untyped-def]
+    async def collect(t: PartyTables):
         return (await t.utilities(), await t.communities(), await t.households(),
                 await t.visible_points(_ROOT), await t.meter_bindings(), await t.occupancies(),
                 await t.grants(), await t.keys())

@@ -10,8 +10,9 @@ from __future__ import annotations
 from meterchain.backend.log.nodes import reader_for
 from meterchain.backend.log.tree import ProofPlan, consistency_plan, inclusion_plan
 from meterchain.backend.store import LogStore, ProofStore
-from meterchain.contract.bundle import Bundle, LoggedLeaf
+from meterchain.contract.bundle import Bundle
 from meterchain.contract.errors import MeterchainError, ProofError
+from meterchain.contract.policy import LoggedLeaf
 
 
 class ProofUnavailable(MeterchainError):

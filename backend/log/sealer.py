@@ -12,6 +12,7 @@ before the current layout gets its missing stored levels first (backend/log/back
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -132,10 +133,8 @@ class Sealer:
         """Seal every ``interval`` seconds, or as soon as M leaves are pending."""
         await self.start()
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
-            except TimeoutError:
-                pass
             self._wake.clear()
             try:
                 # A backlog is sealed in consecutive batches of at most M.

@@ -7,11 +7,13 @@ an id outside the caller's scope is answered like an unknown one.
 # No `from __future__ import annotations`: FastAPI must resolve the local Annotated aliases.
 
 import html
+import inspect
 import secrets
 import time
-from typing import Annotated, Literal
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from meterchain.backend.access.auth import Auth
@@ -22,7 +24,7 @@ from meterchain.backend.api.limits import RequestLimits
 from meterchain.backend.api.state import ApiState
 from meterchain.backend.store import SqliteStore
 from meterchain.backend.utility.batches import MAX_PAGE, BatchUnavailable, build_batch
-from meterchain.backend.utility.tables import Delivery, UtilityTables, Webhook
+from meterchain.backend.utility.tables import Delivery, DeliveryState, OcmfRow, UtilityTables, Webhook
 from meterchain.contract.reading import MAX_SAFE_INT
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -150,7 +152,7 @@ class DeliveryOut(BaseModel):
     id: int
     idempotency_key: str
     event: str
-    state: Literal["pending", "delivered", "dead"]
+    state: DeliveryState
     attempts: int
     next_attempt: int
     last_error: str
@@ -216,7 +218,7 @@ def utility_router(state: "ApiState", auth: Auth) -> APIRouter:
 
     # ---------------------------------------------------------------------------- OCMF
 
-    def ocmf_out(rows) -> list[OcmfOut]:  # type: ignore[no-untyped-def]
+    def ocmf_out(rows: Iterable[OcmfRow]) -> list[OcmfOut]:
         return [OcmfOut(device=r.device, seq=r.seq, meter=r.meter, time=r.end,
                         point=r.metering_point, record=r.record.decode("ascii")) for r in rows]
 
@@ -421,7 +423,7 @@ _ERRORS = {
 }
 
 
-def install_utilities(app, state: "ApiState", auth: Auth, *,  # type: ignore[no-untyped-def]
+def install_utilities(app: FastAPI, state: ApiState, auth: Auth, *,
                       max_body: int = 256 * 1024, rate: float = 50.0, burst: int = 200) -> None:
     """The utility routes, request limits, and error bodies documented on every operation."""
     app.include_router(utility_router(state, auth))
@@ -433,7 +435,8 @@ def install_utilities(app, state: "ApiState", auth: Auth, *,  # type: ignore[no-
         """Framework errors under /api/ answer with the error body too (a body that is not JSON,
         a wrong method); a 405 names every method of the path in Allow (Starlette names one)."""
         if not request.url.path.startswith("/api/"):
-            return await default_handler(request, exc)
+            answer = default_handler(request, exc)  # a handler may be a plain function
+            return await answer if inspect.isawaitable(answer) else answer
         if exc.status_code != 405:
             return JSONResponse({"error": f"http-{exc.status_code}", "detail": str(exc.detail),
                                  "hint": "see the OpenAPI description at /docs"},
@@ -447,7 +450,7 @@ def install_utilities(app, state: "ApiState", auth: Auth, *,  # type: ignore[no-
                             status_code=405, headers={"Allow": ", ".join(allowed)})
     generate = app.openapi
 
-    def openapi() -> dict:  # type: ignore[type-arg]
+    def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = generate()
@@ -465,4 +468,4 @@ def install_utilities(app, state: "ApiState", auth: Auth, *,  # type: ignore[no-
         app.openapi_schema = schema
         return schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from meterchain.backend.access.model import Principal
 from meterchain.backend.access.tables import _WINDOWS, OPEN_END, _params
@@ -80,6 +81,9 @@ class Webhook:
     created: int
 
 
+DeliveryState = Literal["pending", "delivered", "dead"]
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     id: int
@@ -87,7 +91,7 @@ class Delivery:
     idempotency_key: str
     event: str
     payload: bytes
-    state: str  # pending, delivered, dead
+    state: DeliveryState
     attempts: int
     next_attempt: int
     last_error: str
