@@ -16,7 +16,7 @@ from meterchain.backend.store import KeyRow, KeyStore
 from meterchain.contract.errors import KeyValidityError, MeterchainError
 from meterchain.contract.leaves import DeviceEvent, DeviceLeaf
 from meterchain.contract.reading import DEVICE_ID_RE, MAX_SAFE_INT
-from meterchain.contract.signing import load_public_key
+from meterchain.contract.signing import load_public_key, public_key_der_from_pem
 
 
 class RegistryError(MeterchainError):
@@ -27,19 +27,11 @@ class RegistryError(MeterchainError):
 
 def parse_public_key(data: bytes | str) -> bytes:
     """A P-256 public key from SubjectPublicKeyInfo DER, PEM, or base64 of the DER."""
-    from cryptography.hazmat.primitives import serialization
-
     raw = data.encode() if isinstance(data, str) else bytes(data)
     if raw[:1] == b"\x30":  # DER: never strip, a key's last byte may be whitespace
         der = raw
     elif raw.strip().startswith(b"-----BEGIN"):
-        try:
-            key = serialization.load_pem_public_key(raw.strip())
-        except ValueError as exc:
-            raise KeyValidityError(f"not a PEM public key ({exc})") from None
-        der = key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        der = public_key_der_from_pem(raw.strip())
     else:
         try:
             der = base64.b64decode(raw.strip(), validate=True)
