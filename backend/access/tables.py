@@ -154,13 +154,22 @@ class PartyTables(SqliteTables):
     async def communities(self) -> list[Community]:
         return [Community(*r) for r in await self._rows("SELECT * FROM communities ORDER BY id")]
 
-    async def households(self) -> list[Household]:
-        return [Household(*r) for r in await self._rows("SELECT * FROM households ORDER BY id")]
+    async def households(self, community: str | None = None) -> list[Household]:
+        """Every household, or those of ``community``, by id."""
+        return [Household(*r) for r in await self._rows(
+            "SELECT id, community, name, created FROM households "
+            "WHERE ? IS NULL OR community = ? ORDER BY id", (community, community))]
 
     async def household(self, ident: str) -> Household | None:
         row = await self._one("SELECT id, community, name, created FROM households WHERE id = ?",
                               (ident,))
         return None if row is None else Household(*row)
+
+    async def household_timezone(self, ident: str) -> str | None:
+        """The time zone the operator set for the household (``household_settings``), if any."""
+        row = await self._one("SELECT timezone FROM household_settings WHERE household = ?",
+                              (ident,))
+        return None if row is None else str(row[0])
 
     # ----------------------------------------------------------------- bindings
 

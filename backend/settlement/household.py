@@ -32,7 +32,7 @@ from meterchain.backend.settlement.runner import (
 )
 from meterchain.backend.settlement.tables import SettlementTables, Terms
 from meterchain.backend.settlement.wallet import EARNING_LINES, SIGN, Posting, WalletTables
-from meterchain.backend.store.sqlite import SqliteStore
+from meterchain.backend.store import SqliteStore
 
 #: How far back the provisional figure looks for unsettled intervals.
 PROVISIONAL_WINDOW = 7 * 86_400
@@ -69,16 +69,13 @@ class WalletView:
 
 
 async def household_community(store: SqliteStore, household: str) -> str | None:
-    row = await store.connection.execute_fetchall(
-        "SELECT community FROM households WHERE id = ?", (household,))
-    return str(row[0][0]) if row else None  # type: ignore[index]
+    found = await PartyTables(store).household(household)
+    return None if found is None else found.community
 
 
 async def household_timezone(store: SqliteStore, household: str) -> str:
     """The household's time zone (set by the operator; the dashboard's default otherwise)."""
-    row = await store.connection.execute_fetchall(
-        "SELECT timezone FROM household_settings WHERE household = ?", (household,))
-    return str(row[0][0]) if row else DEFAULT_TIMEZONE  # type: ignore[index]
+    return await PartyTables(store).household_timezone(household) or DEFAULT_TIMEZONE
 
 
 async def _prices(tables: SettlementTables, terms: Terms, start: int) -> tuple[int, int] | None:
@@ -184,10 +181,7 @@ def month_bounds(key: str, zone: str) -> tuple[int, int]:
 
 
 async def opening_balance(store: SqliteStore, household: str, start: int) -> int:
-    rows = await store.connection.execute_fetchall(
-        "SELECT coalesce(sum(amount), 0) FROM wallet_postings WHERE holder_kind = 'household' "
-        "AND holder = ? AND coalesce(interval_start, time) < ?", (household, start))
-    return int(rows[0][0])  # type: ignore[index]
+    return await WalletTables(store).balance_before("household", household, start)
 
 
 def verify_command(community: str, p: Posting) -> str:

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from meterchain.backend.access.model import UnknownParty
-from meterchain.backend.store.sqlite import SqliteStore
+from meterchain.backend.access.tables import PartyTables
+from meterchain.backend.store import SqliteStore
 from meterchain.backend.store.tables import SqliteTables
 from meterchain.contract.errors import MeterchainError
 
@@ -136,6 +137,43 @@ class RatingTables(SqliteTables):
         found = {str(r[0]): Aggregate(int(r[1]), int(r[2])) for r in rows}
         return found if rated is None else {h: found[h] for h in rated if h in found}
 
+    # ------------------------------------------ who traded with whom (settlements in force)
+
+    async def community_occupancies(self, community: str
+                                    ) -> list[tuple[str, str, int, int | None]]:
+        """(metering point, household, valid_from, valid_to) of the community's points."""
+        return [(str(r[0]), str(r[1]), int(r[2]), r[3]) for r in await self._rows(
+            "SELECT o.metering_point, o.household, o.valid_from, o.valid_to FROM occupancies o "
+            "JOIN metering_points m ON m.id = o.metering_point WHERE m.community = ?",
+            (community,))]
+
+    async def settled_in_force(self, community: str, start: int, end: int
+                               ) -> list[tuple[int, int, str, str]]:
+        """(interval start, revision, mode, tiers JSON) of each interval in [start, end) at its
+        newest revision."""
+        return [(int(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in await self._rows(
+            "SELECT s.interval_start, s.revision, s.mode, s.tiers FROM settlements s "
+            "WHERE s.community = ? AND s.interval_start >= ? AND s.interval_start < ? "
+            "AND s.revision = (SELECT max(revision) FROM settlements x "
+            "WHERE x.community = s.community AND x.interval_start = s.interval_start)",
+            (community, start, end))]
+
+    async def intervals_bought(self, community: str, members: list[str], start: int, end: int
+                               ) -> set[int]:
+        """Starts of the intervals in [start, end) in which ``members`` bought local energy."""
+        marks = ", ".join("?" for _ in members) or "''"
+        return {int(r[0]) for r in await self._rows(
+            f"SELECT interval_start FROM settlement_lines WHERE community = ? AND member IN "
+            f"({marks}) AND interval_start >= ? AND interval_start < ? GROUP BY interval_start "
+            "HAVING sum(bought_local_wh) > 0", (community, *members, start, end))}
+
+    async def origin_sellers(self, community: str, interval_start: int, revision: int
+                             ) -> list[str]:
+        """The sellers of a pro-rata interval's local energy (``settlement_origin``)."""
+        return [str(r[0]) for r in await self._rows(
+            "SELECT seller FROM settlement_origin WHERE community = ? AND interval_start = ? "
+            "AND revision = ?", (community, interval_start, revision))]
+
 
 def handle(salt: bytes, rater: str, partner: str) -> str:
     """The partner's handle as ``rater`` sees it: the same every time, unlinkable across raters."""
@@ -150,15 +188,11 @@ async def traded_with(store: SqliteStore, household: str, now: int
                       ) -> dict[str, tuple[int, int, int]]:
     """{partner household: (intervals bought from it, intervals sold to it, last start)} over the
     last WINDOW seconds, from the settlements in force (auction pairs; pro-rata seller mixes)."""
-    db = store.connection
-    rows = await db.execute_fetchall("SELECT community FROM households WHERE id = ?",
-                                     (household,))
-    if not rows:
+    found = await PartyTables(store).household(household)
+    if found is None:
         raise UnknownParty(f"no household {household}", id=household)
-    community = str(list(rows)[0][0])
-    occupancies = [(str(r[0]), str(r[1]), int(r[2]), r[3]) for r in await db.execute_fetchall(
-        "SELECT o.metering_point, o.household, o.valid_from, o.valid_to FROM occupancies o "
-        "JOIN metering_points m ON m.id = o.metering_point WHERE m.community = ?", (community,))]
+    community, tables = found.community, RatingTables(store)
+    occupancies = await tables.community_occupancies(community)
 
     def occupant(point: str, instant: int) -> str | None:
         for p, h, f, t in occupancies:
@@ -167,11 +201,7 @@ async def traded_with(store: SqliteStore, household: str, now: int
         return None
 
     start = now - WINDOW
-    settled = await db.execute_fetchall(
-        "SELECT s.interval_start, s.revision, s.mode, s.tiers FROM settlements s "
-        "WHERE s.community = ? AND s.interval_start >= ? AND s.interval_start < ? AND s.revision "
-        "= (SELECT max(revision) FROM settlements x WHERE x.community = s.community AND "
-        "x.interval_start = s.interval_start)", (community, start, now))
+    settled = await tables.settled_in_force(community, start, now)
     partners: dict[str, list[int]] = {}
 
     def add(partner: str | None, side: int, when: int) -> None:
@@ -197,18 +227,12 @@ async def traded_with(store: SqliteStore, household: str, now: int
             add(occupant(point, interval_start), side, int(interval_start))
     if prorata:
         mine = [p for p, h, _, _ in occupancies if h == household]
-        marks = ", ".join("?" for _ in mine) or "''"
-        bought = {int(r[0]) for r in await db.execute_fetchall(
-            f"SELECT interval_start FROM settlement_lines WHERE community = ? AND member IN "
-            f"({marks}) AND interval_start >= ? AND interval_start < ? GROUP BY interval_start "
-            "HAVING sum(bought_local_wh) > 0", (community, *mine, start, now))}
+        bought = await tables.intervals_bought(community, mine, start, now)
         for interval_start, revision in prorata:
             if interval_start not in bought:
                 continue
-            for (seller,) in await db.execute_fetchall(
-                    "SELECT seller FROM settlement_origin WHERE community = ? AND "
-                    "interval_start = ? AND revision = ?", (community, interval_start, revision)):
-                add(occupant(str(seller), interval_start), 0, interval_start)
+            for seller in await tables.origin_sellers(community, interval_start, revision):
+                add(occupant(seller, interval_start), 0, interval_start)
     return {h: (v[0], v[1], v[2]) for h, v in partners.items()}
 
 
@@ -249,8 +273,7 @@ async def rate(reader: SqliteStore, writer: SqliteStore, household: str, partner
 
 async def community_aggregates(store: SqliteStore, community: str) -> list[tuple[str, Aggregate]]:
     """(label, aggregate) of the community's households rated by ≥ MIN_RATERS households."""
-    members = [str(r[0]) for r in await store.connection.execute_fetchall(
-        "SELECT id FROM households WHERE community = ? ORDER BY id", (community,))]
+    members = [h.id for h in await PartyTables(store).households(community)]
     tables = RatingTables(store)
     aggregates = await tables.aggregates(members)
     labels = await tables.labels(sorted(aggregates))

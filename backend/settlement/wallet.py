@@ -216,6 +216,13 @@ class WalletTables(SqliteTables):
                               "WHERE holder_kind = ? AND holder = ?", (holder_kind, holder))
         return int(row[0]) if row else 0
 
+    async def balance_before(self, holder_kind: str, holder: str, start: int) -> int:
+        """The balance of the postings of intervals (payments: made) before ``start``."""
+        row = await self._one("SELECT coalesce(sum(amount), 0) FROM wallet_postings "
+                              "WHERE holder_kind = ? AND holder = ? "
+                              "AND coalesce(interval_start, time) < ?", (holder_kind, holder, start))
+        return int(row[0]) if row else 0
+
     async def postings(self, holder_kind: str, holder: str, start: int = 0,
                        end: int = 2**62, limit: int = 1_000_000, newest: bool = False
                        ) -> list[Posting]:
