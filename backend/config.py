@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from meterchain.contract.errors import MeterchainError
+from meterchain.mqtt import BrokerUrl, BrokerUrlError, redact, unique_client_id
 
 #: What one ``serve`` process can run (docs/backend.md, "Scale-out"): ``ingest`` (MQTT → store →
 #: ack), ``sealer`` (the sealer, the settlement runner and the webhook worker: the parts that must
@@ -44,29 +43,12 @@ def parse_roles(value: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(role for role in ROLES if role in names)
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://[user:pass@]host:port`` (port defaults to 1883)."""
-    parts = urlsplit(url)
-    if parts.scheme != "mqtt" or not parts.hostname:
-        raise ConfigError(f"broker URL {url!r} must look like mqtt://[user:pass@]host:port", url=url)
+def broker_address(url: str) -> BrokerUrl:
+    """The broker of ``url``; a :class:`ConfigError` (without the password) if it is malformed."""
     try:
-        port = parts.port or 1883
-    except ValueError:
-        raise ConfigError(f"broker URL {url!r} has a bad port", url=url) from None
-    return BrokerAddress(
-        parts.hostname,
-        port,
-        unquote(parts.username) if parts.username else None,
-        unquote(parts.password) if parts.password is not None else None,
-    )
+        return BrokerUrl.parse(url)
+    except BrokerUrlError as exc:
+        raise ConfigError(str(exc), url=redact(url)) from None
 
 
 @dataclass(slots=True)
@@ -111,7 +93,7 @@ class BackendConfig:
         ``<client_id>-<hostname>-<pid>`` there; otherwise ``client_id`` as configured."""
         if not self.share_group:
             return self.client_id
-        return f"{self.client_id}-{socket.gethostname()}-{os.getpid()}"
+        return unique_client_id(self.client_id)
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: object) -> BackendConfig:
@@ -132,5 +114,5 @@ class BackendConfig:
         if unknown:
             raise ConfigError(f"unknown backend settings {unknown}; known: {sorted(known)}")
         config = cls(**values)  # type: ignore[arg-type]
-        parse_broker_url(config.broker)
+        broker_address(config.broker)
         return config

@@ -17,7 +17,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -84,8 +84,10 @@ async def _wait_for_port(host: str, port: int, timeout: float) -> None:
             await asyncio.sleep(0.05)
 
 
-async def start_mosquitto(binary: str, *, port: int | None = None, workdir: Path | None = None) -> RunningBroker:
-    """Start Mosquitto with a generated config on a free loopback port."""
+async def start_mosquitto(binary: str, *, port: int | None = None, workdir: Path | None = None,
+                          extra: Sequence[str] = ()) -> RunningBroker:
+    """Start Mosquitto with a generated config on a free loopback port (``extra``: more lines
+    for its config, e.g. an ``acl_file``)."""
     port = port or free_port()
     tmp = Path(workdir or tempfile.mkdtemp(prefix="mc-mosquitto-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -105,6 +107,7 @@ async def start_mosquitto(binary: str, *, port: int | None = None, workdir: Path
                 "log_dest stderr",
                 "log_type error",
                 "log_type warning",
+                *extra,
                 "",
             ]
         )

@@ -140,3 +140,12 @@ def test_no_gpl_package_in_product_code() -> None:
     for folder in FOLDERS.values():
         bad = {m for m in _imports(folder) if m.split(".")[0].startswith(gpl)}
         assert not bad, f"{folder}/ imports GPL package(s) {sorted(bad)}"
+
+
+def test_only_the_mqtt_shell_imports_an_mqtt_client_library() -> None:
+    # One MQTT shell (docs/mqtt.md): the agent, the backend and the cli connect through it.
+    libraries = ("paho", "aiomqtt", "amqtt", "gmqtt")
+    for folder in (f for f in FOLDERS.values() if f != "mqtt"):
+        bad = {m for m in _imports(folder) if m.split(".")[0] in libraries}
+        assert not bad, f"{folder}/ imports MQTT client libraries {sorted(bad)}: use meterchain.mqtt"
+    assert {"aiomqtt", "amqtt.broker"} <= _imports("mqtt")  # the check sees what it looks for

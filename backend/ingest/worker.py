@@ -4,8 +4,8 @@ Three tasks joined by bounded queues, so receiving, verifying and committing ove
 receive (drain whatever the client has queued, up to a batch) → check (cheap checks, then ECDSA
 in worker threads) → commit (one transaction per batch) → publish each touched device's ack,
 retained, QoS 1. A reading is acknowledged only after the transaction that stores it committed.
-aiomqtt does not reconnect by itself: :meth:`Ingest.run` reconnects with backoff and jitter, on a
-persistent session so the broker queues readings while the backend is away.
+:meth:`Ingest.run` stays connected through the MQTT shell (meterchain.mqtt: backoff with jitter),
+on a persistent session so the broker queues readings while the backend is away.
 
 With a share group (docs/backend.md, "Scale-out") several ingest workers split the readings
 through the MQTT 5 shared subscription ``$share/<group>/meterchain/v1/+/readings``; each worker
@@ -18,15 +18,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import aiomqtt
-from aiomqtt.exceptions import MqttConnectError
-from meterchain.backend.config import BrokerAddress, ConfigError, parse_broker_url
+from meterchain.backend.config import ConfigError, broker_address
 from meterchain.backend.devices.registry import KeyRegistry
 from meterchain.backend.ingest.checks import Checked, check_batch
 from meterchain.backend.ingest.gateway_messages import (
@@ -45,6 +42,15 @@ from meterchain.backend.store import (
     Store,
 )
 from meterchain.contract.ack import TOPIC_PREFIX, Ack, Rejection, ack_topic
+from meterchain.mqtt import (
+    Backoff,
+    Connection,
+    Failure,
+    MqttError,
+    Protocol,
+    ProtocolUnsupported,
+    stay_connected,
+)
 from prometheus_client import Counter, Histogram
 
 log = logging.getLogger(__name__)
@@ -52,10 +58,7 @@ log = logging.getLogger(__name__)
 READINGS_FILTER = f"{TOPIC_PREFIX}/+/readings"
 #: OCMF records and status messages (backend/ingest/gateway_messages.py), stored before readings are acked.
 SIDE_FILTERS = (f"{TOPIC_PREFIX}/+/ocmf", f"{TOPIC_PREFIX}/+/status")
-#: CONNACK codes of a broker that does not speak MQTT 5 (3.1.1 "unacceptable protocol version",
-#: MQTT 5 "unsupported protocol version").
-_UNSUPPORTED_PROTOCOL = {1, 0x84}
-#: aiomqtt warns about every pending call over 10; a busy ingest has hundreds by design.
+#: The MQTT client warns about many pending calls; a busy ingest has hundreds by design.
 _QUIET_MQTT_LOG = logging.getLogger("meterchain.backend.ingest.worker.mqtt")
 _QUIET_MQTT_LOG.setLevel(logging.ERROR)
 REJECTIONS = Counter(
@@ -322,102 +325,64 @@ class Ingest:
 
     # ------------------------------------------------------------------- MQTT
 
-    async def run(self, *, min_backoff: float = 0.2, max_backoff: float = 30.0) -> None:
-        """Stay subscribed forever: reconnect with exponential backoff and full jitter."""
+    async def run(self, *, backoff: Backoff | None = None) -> None:
+        """Stay subscribed forever: reconnect with backoff and jitter after every failure.
+
+        A store failure costs the batch in flight (never acked), not the loop: it is logged and
+        the connection opened again. A :class:`ConfigError` (a broker that cannot serve this
+        configuration) ends it: retrying will not help."""
         if self.broker_url is None:
             raise ValueError("Ingest.run needs a broker_url")
-        address = parse_broker_url(self.broker_url)
-        backoff = min_backoff
-        while True:
-            try:
-                await self._session(address)
-            except ConfigError:
-                raise  # a broker that cannot serve this configuration: retrying will not help
-            except aiomqtt.MqttError as exc:
-                self.connected.clear()
-                if self.share_group and not self.connected_once:
-                    await self._refuse_without_mqtt5(address, exc)
-                delay = random.uniform(0, backoff)
-                log.warning("ingest: broker connection lost (%s); retrying in %.2f s", exc, delay)
-                await asyncio.sleep(delay)
-                backoff = min(max_backoff, backoff * 2)
-                continue
-            except Exception:  # a store failure costs the batch in flight (never acked), not the loop
-                self.connected.clear()
-                log.exception("ingest: batch failed; reconnecting")
-                await asyncio.sleep(random.uniform(0, backoff))
-                backoff = min(max_backoff, backoff * 2)
-                continue
-            backoff = min_backoff
-
-    async def _session(self, address) -> None:  # type: ignore[no-untyped-def]
-        queues: list[asyncio.Queue[aiomqtt.Message]] = []
-
-        class _Inbox(asyncio.Queue):  # type: ignore[type-arg]
-            """aiomqtt's incoming queue, kept so a whole batch can be drained at once."""
-
-            def __init__(self, *args: object, **kwargs: object) -> None:
-                super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-                queues.append(self)
-
-        if self.share_group:
-            # MQTT 5 (shared subscriptions) without a session that outlives the connection:
-            # Mosquitto keeps handing a disconnected member's share of the messages to its
-            # stored session, so a dead worker would sit on them; without one, the group
+        await stay_connected(
+            broker_address(self.broker_url),
+            self._session,
+            name="ingest",
+            backoff=backoff,
+            on_failure=self._lost,
+            retry_unexpected=True,
+            fatal=(ConfigError,),
+            log_to=log,
+            client_id=self.client_id,
+            # A share group needs MQTT 5 (shared subscriptions) and no session that outlives the
+            # connection: Mosquitto keeps handing a disconnected member's share of the messages
+            # to its stored session, so a dead worker would sit on them; without one, the group
             # shares among the connected workers only, and what was in flight at a dead worker
             # (never acked) is resent by the agents (docs/backend.md, "Scale-out").
-            session: dict[str, object] = {"protocol": aiomqtt.ProtocolVersion.V5,
-                                          "clean_start": True}
-            self.acks.devices.clear()  # others committed while we were away
-        else:
-            session = {"clean_session": False}
-        client = aiomqtt.Client(
-            address.host,
-            address.port,
-            username=address.username,
-            password=address.password,
-            identifier=self.client_id,
-            queue_type=_Inbox,
-            max_inflight_messages=1000,
+            protocols=(Protocol.V5,) if self.share_group else (Protocol.V311,),
+            persistent=not self.share_group,
+            max_inflight=1000,
             keepalive=30,
             logger=_QUIET_MQTT_LOG,
             timeout=self.timeout,
-            **session,  # type: ignore[arg-type]
         )
-        self._latest_ack.clear()
-        async with client:
-            self.connected_once = True
-            for topic_filter in subscriptions(self.share_group):
-                granted = await client.subscribe(topic_filter, qos=1)
-                _check_granted(topic_filter, granted)
-            self.connected.set()
-            log.info("ingest: subscribed to %s", ", ".join(subscriptions(self.share_group)))
-            await self._republish_acks(client)
-            await self._pipeline(client, queues[0])
 
-    async def _refuse_without_mqtt5(self, address: BrokerAddress, exc: aiomqtt.MqttError) -> None:
-        """A share group needs MQTT 5: raise :class:`ConfigError` if the broker refused the MQTT 5
-        CONNECT, or ignored it (amqtt 0.12 never answers one) yet answers MQTT 3.1.1."""
-        code = getattr(getattr(exc, "rc", None), "value", getattr(exc, "rc", None))
-        refused = isinstance(exc, MqttConnectError) and code in _UNSUPPORTED_PROTOCOL
-        if not refused and "timed out" in str(exc):
-            probe = aiomqtt.Client(address.host, address.port, username=address.username,
-                                   password=address.password, timeout=self.timeout,
-                                   identifier=f"{self.client_id}-probe", logger=_QUIET_MQTT_LOG)
-            try:
-                async with probe:
-                    refused = True  # it speaks 3.1.1, and did not answer MQTT 5
-            except aiomqtt.MqttError:
-                return  # not answering at all: an outage, retried as usual
-        if refused:
+    def _lost(self, failure: Failure) -> None:
+        """A share group needs MQTT 5: a broker that refuses or ignores it (amqtt 0.12) yet
+        answers MQTT 3.1.1 on the first connection is a :class:`ConfigError`."""
+        self.connected.clear()
+        error = failure.error
+        if isinstance(error, ProtocolUnsupported) and not self.connected_once:
             raise ConfigError(
                 f"share_group {self.share_group!r} needs an MQTT 5 broker (shared subscriptions), "
-                f"but the broker at {address.host}:{address.port} speaks only MQTT 3.1.1; use "
+                f"but the broker at {error.broker} speaks only MQTT 3.1.1; use "
                 "Mosquitto 2 (or another MQTT 5 broker), or unset share_group to run one ingest",
-                share_group=self.share_group, broker=f"{address.host}:{address.port}",
+                share_group=self.share_group, broker=str(error.broker),
             )
 
-    async def _republish_acks(self, client: aiomqtt.Client) -> None:
+    async def _session(self, client: Connection) -> None:
+        if self.share_group:
+            self.acks.devices.clear()  # others committed while we were away
+        self._latest_ack.clear()
+        self.connected_once = True
+        for topic_filter in subscriptions(self.share_group):
+            granted = await client.subscribe(topic_filter, qos=1)
+            _check_granted(topic_filter, granted)
+        self.connected.set()
+        log.info("ingest: subscribed to %s", ", ".join(subscriptions(self.share_group)))
+        await self._republish_acks(client)
+        await self._pipeline(client)
+
+    async def _republish_acks(self, client: Connection) -> None:
         """After a (re)start, every known device gets its current ack again."""
         devices = await self.store.acked_devices()
         await self.acks.load(self.store, devices)
@@ -425,20 +390,16 @@ class Ingest:
         for device in devices:
             self._publish_ack(client, self.acks.ack(device, now))
 
-    async def _pipeline(self, client: aiomqtt.Client, inbox: asyncio.Queue[aiomqtt.Message]) -> None:
+    async def _pipeline(self, client: Connection) -> None:
         checked_q: asyncio.Queue[
             tuple[list[tuple[str, bytes]], list[Checked], int, list[SideResult]]
         ] = asyncio.Queue(2)
         raw_q: asyncio.Queue[list[tuple[str, bytes]]] = asyncio.Queue(2)
 
         async def receive() -> None:
-            messages = aiter(client.messages)
             while True:
-                first = await anext(messages)  # raises MqttError when the connection drops
-                batch = [first]
-                while len(batch) < self.batch_size and not inbox.empty():
-                    batch.append(inbox.get_nowait())
-                await raw_q.put([(m.topic.value, _payload(m.payload)) for m in batch])
+                batch = await client.receive(self.batch_size)  # MqttError when it drops
+                await raw_q.put([(m.topic, m.payload) for m in batch])
 
         async def check() -> None:
             while True:
@@ -469,7 +430,7 @@ class Ingest:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _publish_ack(self, client: aiomqtt.Client, ack: Ack) -> None:
+    def _publish_ack(self, client: Connection, ack: Ack) -> None:
         """Publish the newest ack per device; while one is in flight, newer ones coalesce."""
         in_flight = ack.device in self._latest_ack
         self._latest_ack[ack.device] = ack
@@ -482,7 +443,7 @@ class Ingest:
                     await client.publish(ack_topic(device), latest.to_cbor(), qos=1, retain=True)
                     if self._latest_ack.get(device) is latest:
                         del self._latest_ack[device]
-            except aiomqtt.MqttError as exc:  # the next (re)connect publishes every ack again
+            except MqttError as exc:  # the next (re)connect publishes every ack again
                 self._latest_ack.pop(device, None)
                 log.info("ingest: ack for %s not published (%s)", device, exc)
 
@@ -505,11 +466,3 @@ def _check_granted(topic_filter: str, granted: object) -> None:
                 "check its ACL for the backend's user and that it allows shared subscriptions",
                 topic_filter=topic_filter, code=value,
             )
-
-
-def _payload(payload: object) -> bytes:
-    if isinstance(payload, (bytes, bytearray)):
-        return bytes(payload)
-    if isinstance(payload, str):
-        return payload.encode()
-    return b"" if payload is None else str(payload).encode()

@@ -15,7 +15,8 @@ refuses old timestamps (replays). The body says what to pull; the readings and p
 A webhook whose URL is ``mqtt://`` or ``mqtts://[user:pass@]host[:port]/<topic prefix>`` is an
 **MQTT forward** instead: the sealed batch itself (every page of the utility's signed batch for
 that range, deterministic CBOR) is published with QoS 1 to ``<prefix>/batch/<index>/<cursor>``
-on the utility's own broker, and the delivery counts as done when every page is PUBACKed; the
+on the utility's own broker, and the delivery counts as done when every page is PUBACKed (a
+broker speaking MQTT 5 that refuses a page, e.g. 0x87 not authorized, fails the delivery); the
 same retries, dead letters and replays apply. A page is self-describing (``from``, ``to``,
 ``cursor``, ``next``), so a receiver deduplicates on the topic.
 """
@@ -27,19 +28,18 @@ import hashlib
 import hmac
 import json
 import logging
-import ssl
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
-import aiomqtt
 from meterchain.backend.access.model import KeyKind, Principal, Scope
 from meterchain.backend.store import SqliteStore
 from meterchain.backend.utility.batches import MAX_PAGE, build_batch
 from meterchain.backend.utility.tables import Delivery, UtilityTables, Webhook
+from meterchain.mqtt import BrokerUrl, MqttError, connect
 from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
@@ -98,21 +98,17 @@ MQTT_SCHEMES = ("mqtt", "mqtts")
 
 async def mqtt_publish(url: str, messages: list[tuple[str, bytes]], timeout: float) -> Attempt:
     """Publish ``(topic suffix, payload)`` pairs with QoS 1 under the URL's topic prefix."""
-    parts = urlsplit(url)
-    prefix = parts.path.strip("/")
     try:
-        client = aiomqtt.Client(
-            parts.hostname or "", parts.port or (8883 if parts.scheme == "mqtts" else 1883),
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password is not None else None,
-            identifier=None, timeout=timeout,
-            tls_context=ssl.create_default_context() if parts.scheme == "mqtts" else None,
-        )
-        async with client:
+        broker = BrokerUrl.parse(url)  # a BrokerUrlError (ValueError) never shows the password
+        prefix = broker.topic_prefix
+        async with connect(broker, timeout=timeout) as connection:
             for suffix, payload in messages:
-                await client.publish(f"{prefix}/{suffix}" if prefix else suffix, payload, qos=1,
-                                     timeout=timeout)
-    except (aiomqtt.MqttError, OSError, ValueError) as exc:
+                topic = f"{prefix}/{suffix}" if prefix else suffix
+                refused = await connection.publish(topic, payload, qos=1, timeout=timeout)
+                if refused is not None:
+                    return Attempt(False, f"refused: {refused} (0x{refused.value:02x}) on {topic}"
+                                   [:300])
+    except (MqttError, OSError, ValueError) as exc:
         return Attempt(False, f"{type(exc).__name__}: {exc}"[:300])
     return Attempt(True, "")
 

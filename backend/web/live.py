@@ -9,18 +9,15 @@ Nothing here is stored, logged or billed; pages mark it "live · unsigned".
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-import aiomqtt
-from meterchain.backend.config import parse_broker_url
 from meterchain.contract.ack import TOPIC_PREFIX, device_from_topic
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.telemetry import Telemetry
+from meterchain.mqtt import Backoff, BrokerUrl, Connection, Protocol, stay_connected
 
 log = logging.getLogger(__name__)
 TELEMETRY_FILTER = f"{TOPIC_PREFIX}/+/telemetry"
@@ -116,25 +113,14 @@ async def keep_enrolled(live: LiveTelemetry,
 
 
 async def subscribe(live: LiveTelemetry, broker_url: str, client_id: str, *,
-                    max_backoff: float = 30.0) -> None:
+                    backoff: Backoff | None = None) -> None:
     """Feed ``live`` from the broker forever, reconnecting with backoff and jitter."""
-    address = parse_broker_url(broker_url)
-    backoff = 0.2
-    while True:
-        try:
-            async with aiomqtt.Client(address.host, address.port, username=address.username,
-                                      password=address.password, identifier=client_id,
-                                      keepalive=30) as client:
-                await client.subscribe(TELEMETRY_FILTER, qos=0)
-                backoff = 0.2
-                async for message in client.messages:
-                    payload = message.payload
-                    if isinstance(payload, (bytes, bytearray)):
-                        live.accept(message.topic.value, bytes(payload))
-                    else:
-                        live.dropped += 1
-        except aiomqtt.MqttError as exc:
-            delay = random.uniform(0, backoff)
-            log.warning("telemetry: broker connection lost (%s); retrying in %.2f s", exc, delay)
-            await asyncio.sleep(delay)
-            backoff = min(max_backoff, backoff * 2)
+
+    async def session(connection: Connection) -> None:
+        await connection.subscribe(TELEMETRY_FILTER, qos=0)
+        async for message in connection.messages():
+            live.accept(message.topic, message.payload)
+
+    await stay_connected(BrokerUrl.parse(broker_url), session, name="live telemetry",
+                         backoff=backoff, log_to=log, client_id=client_id,
+                         protocols=(Protocol.V311,), keepalive=30)

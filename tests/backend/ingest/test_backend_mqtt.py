@@ -7,17 +7,17 @@ import asyncio
 import contextlib
 
 import aiomqtt
-from meterchain.mqtt.broker import RunningBroker
-from meterchain.backend.config import parse_broker_url
 from meterchain.backend.ingest.worker import Ingest
 from meterchain.contract.ack import Ack, ack_topic
+from meterchain.mqtt import Backoff, BrokerUrl
+from meterchain.mqtt.broker import RunningBroker
 
 from tests.support.backend import Gateway, backend, close
 from tests.support.store import StoreFactory
 
 
 def _client(broker: RunningBroker, name: str) -> aiomqtt.Client:
-    a = parse_broker_url(broker.url)
+    a = BrokerUrl.parse(broker.url)
     return aiomqtt.Client(a.host, a.port, username=a.username, password=a.password, identifier=name)
 
 
@@ -32,7 +32,7 @@ async def _wait_ack(client: aiomqtt.Client, upto: int, timeout: float = 10) -> A
 
 @contextlib.asynccontextmanager
 async def _running(ingest: Ingest):  # type: ignore[no-untyped-def]
-    task = asyncio.create_task(ingest.run(min_backoff=0.05, max_backoff=0.2))
+    task = asyncio.create_task(ingest.run(backoff=Backoff(initial=0.05, maximum=0.2)))
     try:
         await asyncio.wait_for(ingest.connected.wait(), 10)
         yield task

@@ -419,11 +419,11 @@ def test_request_limits_answer_413_and_429_with_retry_after() -> None:
 async def test_an_mqtt_webhook_forwards_each_sealed_batch_to_the_utilitys_broker(
         tmp_path: Path, broker) -> None:  # type: ignore[no-untyped-def]
     import aiomqtt
-    from meterchain.backend.config import parse_broker_url
+    from meterchain.mqtt import BrokerUrl
 
     world = await make_world(tmp_path, rounds=1)
     admin, ingest, sealer, store = await backend(tmp_path, log_key=world.log_key)
-    address = parse_broker_url(broker.url)
+    address = BrokerUrl.parse(broker.url)
     app = create_app(str(world.db), ADMIN, world.log_key.verifier)
     from httpx import ASGITransport, AsyncClient
 

@@ -21,11 +21,11 @@ import aiomqtt
 import pytest
 import uvicorn
 from meterchain.backend.api.app import create_app
-from meterchain.mqtt.broker import free_port
-from meterchain.backend.config import parse_broker_url
 from meterchain.backend.web.live import subscribe
 from meterchain.contract.ack import telemetry_topic
 from meterchain.contract.telemetry import Telemetry
+from meterchain.mqtt import BrokerUrl
+from meterchain.mqtt.broker import free_port
 
 from tests.support.paths import REPO_ROOT, TESTS_ROOT
 from tests.support.web import NOW, PASSWORDS, build
@@ -68,7 +68,7 @@ async def test_household_dashboard_in_chromium(tmp_path: Path, broker) -> None: 
     tasks = [asyncio.create_task(server.serve()),
              asyncio.create_task(subscribe(web.live, broker.url, "web-test-telemetry"))]
     base = f"http://127.0.0.1:{port}"
-    address = parse_broker_url(broker.url)
+    address = BrokerUrl.parse(broker.url)
     try:
         while not server.started:
             await asyncio.sleep(0.02)
