@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from meterchain.mqtt.broker import free_port
@@ -228,3 +229,39 @@ def test_the_demo_screenshots_the_readme_links_exist_and_stay_small() -> None:
     for name in linked:
         shot = REPO_ROOT / "docs" / "screenshots" / name
         assert shot.exists() and shot.stat().st_size < 400_000, name
+
+
+def test_counts_agree_across_pages(demo: Demo) -> None:
+    """My data's reading count = the export's readings = the quarter hours of the CSVs plus one
+    baseline reading per meter; the month page's total = the sum of its CSV."""
+    import csv
+    import io
+
+    import httpx
+
+    household = "household-3"  # two meters: house and heat pump
+    with httpx.Client(base_url=demo.base, follow_redirects=True, timeout=30) as web:
+        web.post("/login", data={"username": household, "password": demo.password(household)})
+        page = web.get(f"/households/{household}/data").text
+        shown = int(re.search(r"your (\d+) stored readings", page).group(1))  # type: ignore[union-attr]
+        export = web.get(f"/households/{household}/export.json").json()
+        readings = [r for p in export["metering_points"] for r in p["readings"]]
+        assert shown == len(readings) > 2 * 96
+        meters = {(r["device"], r["meter"]) for r in readings}
+        zone = ZoneInfo(export["household"]["timezone"])  # the pages' months are the household's
+        months = sorted({dt.datetime.fromtimestamp(r["end"] - 1, zone).strftime("%Y-%m")
+                         for r in readings})
+        rows = []
+        for month in months:
+            text = web.get(f"/households/{household}/intervals/month/{month}.csv").text
+            rows += list(csv.DictReader(io.StringIO(text)))
+        assert len(rows) == len(readings) - len(meters)
+        month = months[-1]
+        html = web.get(f"/households/{household}/month/{month}").text
+        total = sum(int(r["import_wh"]) for r in rows if r["metering_point"] == "mp-3"
+                    and dt.datetime.fromisoformat(r["interval_start_local"]).strftime("%Y-%m")
+                    == month)
+        section = html[html.index('id="point-mp-3"'):]
+        shown_kwh = re.search(r"consumption <strong>([\d,]+\.\d{3}) kWh", section)
+        assert shown_kwh is not None
+        assert round(float(shown_kwh.group(1).replace(",", "")) * 1000) == total
