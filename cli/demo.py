@@ -457,6 +457,8 @@ def print_guide(api: str, workdir: Path, passwords: dict[str, str], credentials:
     console.print(
         f"[bold]dashboard: {api}/  sign in as household-1 / {passwords['household-1']}[/bold]\n"
         f"households  {kinds}; every login in {d}/households.txt\n"
+        f"trading     {AUCTION_COMMUNITY} clears by call auction (household-4 sells PV, "
+        f"household-5 buys): Market, Wallet, My trading conditions, Ratings on each dashboard\n"
         f"operator    admin token in {d}/admin-token: the API at {api}/docs (Authorize), "
         f"`meterchain backend access|settle ... --db {d}/backend.sqlite`\n"
         f"            (no operator web console yet: the admin API and the CLI are the console)\n"
