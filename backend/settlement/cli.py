@@ -23,6 +23,7 @@ from meterchain.backend.settlement.runner import (
 )
 from meterchain.backend.settlement.tables import SettlementTables, Terms
 from meterchain.backend.settlement.verify import verify_settlement
+from meterchain.backend.settlement.wallet import WalletTables
 from meterchain.backend.store import SqliteStore, using_sqlite
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.note import NoteVerifier
@@ -269,8 +270,6 @@ def payment(
     reference: str | None = typer.Option(None, "--reference", help="e.g. the bank reference."),
 ) -> None:
     """Record a household's payment or refund as a posting in its wallet."""
-    from meterchain.backend.settlement.wallet import WalletTables
-
     async def action(store: SqliteStore) -> tuple[object, int]:
         wallet = WalletTables(store)
         posting = await wallet.record_payment(household, kind, amount, reference, "cli",
@@ -289,8 +288,6 @@ def wallet(
     last: int = typer.Option(20, "--last", help="How many of the newest postings to show."),
 ) -> None:
     """A household's balance (the sum of its postings) and its newest postings."""
-    from meterchain.backend.settlement.wallet import WalletTables
-
     async def action(store: SqliteStore) -> list[str]:
         wallet = WalletTables(store)
         postings = await wallet.postings("household", household)

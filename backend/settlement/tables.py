@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +18,12 @@ from meterchain.backend.access.model import (
     UnknownParty,
     check_id,
     check_time,
+)
+from meterchain.backend.settlement.records import (
+    BillRow,
+    NewSettlement,
+    SettlementRow,
+    bill_from_row,
 )
 from meterchain.backend.settlement.wallet import post_bills, post_settlements
 from meterchain.backend.store.leafdata import pack_leaf_data, unpack_leaf_data
@@ -85,39 +90,6 @@ class ListingRow:
     partner_group: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class SettlementRow:
-    """One settled revision of one interval, with its per-community aggregates."""
-
-    community: str
-    interval_start: int
-    revision: int
-    interval_seconds: int
-    digest: bytes
-    supersedes: bytes | None
-    leaf_id: int
-    reason: str
-    settled_at: int
-    input: bytes
-    mode: str
-    rule: str
-    retail_price: int
-    feed_in_price: int
-    members: int
-    missing: int
-    substituted: int
-    demand_wh: int
-    supply_wh: int
-    local_wh: int
-    grid_import_wh: int
-    grid_export_wh: int
-    self_sufficiency_ppm: int | None
-    self_consumption_ppm: int | None
-    co2_avoided_g: int
-    tiers: str
-    leaf_index: int | None = None
-
-
 SETTLEMENT_COLUMNS = (
     "s.community, s.interval_start, s.revision, s.interval_seconds, s.digest, s.supersedes, "
     "s.leaf_id, s.reason, s.settled_at, s.input, s.mode, s.rule, s.retail_price, s.feed_in_price, "
@@ -131,17 +103,6 @@ LINE_COLUMNS = ("member", "is_delta", "quality", "import_wh", "export_wh", "boug
 
 
 @dataclass(frozen=True, slots=True)
-class NewSettlement:
-    """What the runner writes for one settled revision (built in backend/settlement/runner.py)."""
-
-    row: SettlementRow
-    leaf_data: bytes
-    lines: Sequence[tuple[object, ...]]  # LINE_COLUMNS values
-    origin: Sequence[tuple[str, int]]  # (seller, export Wh)
-    rounding: Sequence[tuple[str, int]] = ()  # (money kind, the community's rounding line)
-
-
-@dataclass(frozen=True, slots=True)
 class Exclusion:
     community: str
     member: str | None
@@ -150,23 +111,6 @@ class Exclusion:
     reason: str
     detail: str
     time: int
-
-
-@dataclass(frozen=True, slots=True)
-class BillRow:
-    community: str
-    member: str
-    period_start: int
-    version: int
-    period_end: int
-    issued: int
-    basis: bytes
-    total: int
-    baseline_total: int
-    savings: int
-    co2_avoided_g: int
-    energy: dict[str, int]
-    lines: list[dict[str, object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -543,7 +487,7 @@ class SettlementTables(SqliteTables):
             "baseline_total, savings, co2_avoided_g, energy, lines FROM netting_bills WHERE "
             "community = ? AND member = ? AND period_start = ? ORDER BY version DESC LIMIT 1",
             (community, member, period_start))
-        return _bill(rows[0]) if rows else None
+        return bill_from_row(rows[0]) if rows else None
 
     async def bills(self, community: str | None = None, member: str | None = None,
                     period_start: int | None = None) -> list[BillRow]:
@@ -561,7 +505,7 @@ class SettlementTables(SqliteTables):
                "b.period_start)")
         if where:
             sql += " AND " + " AND ".join(where)
-        return [_bill(r) for r in await self._rows(sql + " ORDER BY b.period_start, b.member",
+        return [bill_from_row(r) for r in await self._rows(sql + " ORDER BY b.period_start, b.member",
                                                    params)]
 
     async def bill_basis(self, community: str, period_start: int, period_end: int
@@ -592,8 +536,3 @@ class SettlementTables(SqliteTables):
 
         if bills:
             await self._transaction(work)
-
-
-def _bill(row: sqlite3.Row) -> BillRow:
-    fields = [*row[:11], json.loads(row[11]), json.loads(row[12])]  # energy, lines
-    return BillRow(*fields)

@@ -25,15 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import aiosqlite
+from meterchain.backend.access.model import UnknownParty
 from meterchain.backend.settlement.netting.model import MONEY_KINDS
+from meterchain.backend.settlement.records import BillRow, NewSettlement, bill_from_row
 from meterchain.backend.store.tables import SqliteTables
 from meterchain.contract.errors import MeterchainError
-
-if TYPE_CHECKING:
-    from meterchain.backend.settlement.tables import BillRow, NewSettlement
 
 SIGN = dict(MONEY_KINDS)
 #: The energy column each money kind is priced on (the same pairs as a bill's lines).
@@ -185,8 +183,6 @@ async def post_settlements(db: aiosqlite.Connection, community: str,
 async def post_bills(db: aiosqlite.Connection, bills: Sequence[BillRow]) -> int:
     """Post the bills' monthly fee and VAT (the change from the previous version); called by
     ``SettlementTables.add_bills`` in its transaction, before the bills are inserted."""
-    from meterchain.backend.settlement.tables import _bill  # the row decoder lives there
-
     rows: list[tuple[object, ...]] = []
     occupancies: dict[str, Occupancies] = {}
     for bill in bills:
@@ -199,7 +195,7 @@ async def post_bills(db: aiosqlite.Connection, bills: Sequence[BillRow]) -> int:
                 "ORDER BY version DESC LIMIT 1",
                 (bill.community, bill.member, bill.period_start, bill.version)) as cur:
             found = await cur.fetchone()
-        previous = _bill(found) if found is not None else None
+        previous = bill_from_row(found) if found is not None else None
         rows += bill_postings(bill, previous, occupancies[bill.community])
     await db.executemany(_INSERT, rows)
     return len(rows)
@@ -279,8 +275,6 @@ class WalletTables(SqliteTables):
         async def work() -> Posting:
             found = await self._one("SELECT community FROM households WHERE id = ?", (household,))
             if found is None:
-                from meterchain.backend.access.model import UnknownParty
-
                 raise UnknownParty(f"no household {household}", id=household)
             signed = amount if kind == "payment" else -amount
             values = ("household", household, str(found[0]), None, kind, kind, None, None, None,
