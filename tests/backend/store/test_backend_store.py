@@ -13,7 +13,7 @@ from meterchain.backend.devices.registry import (
     revoke,
     rotate,
 )
-from meterchain.backend.store import StoreError, open_store
+from meterchain.backend.store import SqliteStore, StoreError, open_sqlite, open_store, using_sqlite
 from meterchain.backend.store.schema import SCHEMA_VERSION
 from meterchain.contract.leaves import DeviceEvent, parse_leaf
 
@@ -80,6 +80,47 @@ async def test_a_key_change_never_reaches_back_before_committed_readings(
         await rotate(admin, "gw-1", Gateway("gw-1").public_key, 1, valid_from=3)
     assert (await rotate(admin, "gw-1", Gateway("gw-1").public_key, 1)).valid_from == 6
     await close(admin, ingest, sealer, api)
+
+
+async def test_the_sqlite_only_features_refuse_a_postgres_url_before_connecting() -> None:
+    ran = []
+
+    async def action(store: SqliteStore) -> None:
+        ran.append(store)
+
+    with pytest.raises(StoreError, match="keeps its tables in SQLite") as refused:
+        await using_sqlite("postgresql://mc:secret@127.0.0.1:1/meterchain", action)
+    assert not ran and "secret" not in refused.value.diagnostics()
+    with pytest.raises(StoreError, match="keeps its tables in SQLite"):
+        await open_sqlite("postgres://127.0.0.1:1/meterchain")
+
+
+async def test_what_audit_and_the_webhooks_read_by_name(store_factory: StoreFactory) -> None:
+    gateways = [Gateway("gw-1"), Gateway("gw-2")]
+    admin, ingest, sealer, store = await backend(store_factory, *gateways)
+    assert await store.last_batch_index() is None and await store.seal_sizes() == set()
+    await ingest.process([g.message(s) for g in gateways for s in (1, 2)])
+    await sealer.seal_all()
+    await ingest.process([gateways[0].message(3)])
+    await sealer.seal_all()
+    await ingest.process([gateways[1].message(3)])  # committed, not sealed
+    batches = [b async for b in store.all_batches()]
+    checkpoints = [c async for c in store.all_checkpoints()]
+    assert [b.idx for b in batches] == [0, 1] and await store.last_batch_index() == 1
+    assert [c.size for c in checkpoints] == [6, 7]  # 2 device leaves + 4 readings, then one more
+    assert await store.seal_sizes() == {6, 7}
+    leaves = [x async for x in store.stored_leaves()]
+    assert [x.leaf_index for x in leaves] == [*range(7), None]  # sealed in order, then pending
+    assert not any(x.erased for x in leaves)
+    keyed = [x async for x in store.keyed_device_leaves()]
+    assert [(x.device, x.event) for x in keyed] == [("gw-1", "enrol"), ("gw-2", "enrol")]
+    readings = [r async for r in store.stored_readings()]
+    assert sorted((r.device, r.seq) for r in readings) == [
+        (g, s) for g in ("gw-1", "gw-2") for s in (1, 2, 3)]
+    assert all(r.kind == "reading" and r.data for r in readings)
+    await close(ingest, sealer)
+    await admin.close()
+    await store.close()
 
 
 def test_public_keys_are_accepted_as_der_pem_or_base64() -> None:
