@@ -70,7 +70,10 @@ def verify_page(data: bytes, verifier: NoteVerifier) -> VerifiedPage:
     except BatchError:
         raise
     except MeterchainError as exc:
-        raise BatchError(str(exc), check=exc.check, **exc.context) from None
+        # A page-level policy check (checkpoint, device-inclusion) keeps its context; which
+        # policy checks passed before it says nothing about the page's own order of checks.
+        context = {k: v for k, v in exc.context.items() if k != "passed"}
+        raise BatchError(str(exc), check=exc.check, **context) from None
     except (KeyError, TypeError, ValueError) as exc:
         raise BatchError(f"batch: malformed page ({type(exc).__name__}: {exc})",
                          check="encoding") from None

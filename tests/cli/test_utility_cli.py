@@ -97,6 +97,7 @@ def test_verify_page_names_the_failed_check(served) -> None:  # type: ignore[no-
     with pytest.raises(BatchError) as caught:
         verify_page(page, NoteSigner.generate("utility.test/log").verifier)
     assert caught.value.check == "checkpoint"
+    assert caught.value.diagnostics().startswith("[checkpoint] ") and "passed" not in caught.value.context
     for junk in (b"", b"{", b"\xff\x00", b"[]"):
         with pytest.raises(BatchError):
             verify_page(junk, verifier)
