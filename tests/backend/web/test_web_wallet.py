@@ -183,3 +183,36 @@ def test_the_operator_records_payments_with_the_cli(market: Market) -> None:
     assert shown.exit_code == 0 and "payment" in shown.output
     after, _ = asyncio.run(_sum(market.db, "h-6"))
     assert after == before + 12_000_000
+
+
+def test_the_provisional_figure_prices_unsettled_quarter_hours_as_without_the_community(
+        market: Market) -> None:
+    from meterchain.backend.settlement.household import provisional
+    from meterchain.backend.settlement.netting.rounding import div_half_even
+
+    from tests.support.market import flow, reopen_market, send_until
+
+    async def run() -> None:
+        store = await open_store(market.db)
+        try:
+            before = await provisional(store, "h-4", NOW + 1800)
+        finally:
+            await store.close()
+        assert before.intervals == 0 and before.missing == 2  # no readings yet for 12:00-12:30
+        await reopen_market(market)
+        try:
+            await send_until(market, NOW + 900, NOW + 1800)  # read, not settled
+        finally:
+            await close_market(market)
+        store = await open_store(market.db)
+        try:
+            after = await provisional(store, "h-4", NOW + 1800)
+        finally:
+            await store.close()
+        imports = [flow("h-4", NOW + 900)[0], flow("h-4", NOW + 1800)[0]]
+        assert (after.intervals, after.import_wh, after.since) == (2, sum(imports), NOW)
+        charge = div_half_even(sum(imports) * (320_000 + 75_000), 1000)  # p_g + grid network fee
+        vat = div_half_even(charge * 1900, 10_000)
+        assert after.amount - before.amount == -(charge + vat)
+
+    asyncio.run(run())
