@@ -125,6 +125,26 @@ def test_demo_signs_a_day_of_history_through_the_pipe_then_runs_live(tmp_path: P
 
     asyncio.run(check_store())
 
+    # A re-run continues the same log: the meters' registers go on from the same origin, so no
+    # reading is refused and nothing is excluded from settlement as running backwards.
+    again = subprocess.run(
+        [*METERCHAIN, "demo", "--dir", str(workdir), "--http-port", str(port), "--duration", "5"],
+        capture_output=True, text=True, timeout=240, env={**os.environ, "COLUMNS": "200"})
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "demo stopped" in again.stdout
+    asyncio.run(check_store())
+
+    async def no_exclusions() -> None:
+        store = await open_store(str(workdir / "backend.sqlite"))
+        try:
+            async with store.connection.execute(  # type: ignore[attr-defined]
+                    "SELECT reason, detail FROM settlement_exclusions") as cursor:
+                assert list(await cursor.fetchall()) == []
+        finally:
+            await store.close()
+
+    asyncio.run(no_exclusions())
+
 
 def test_a_taken_port_is_refused_with_the_fix_before_anything_is_created(tmp_path: Path) -> None:
     with socket.socket() as taken:
