@@ -85,6 +85,9 @@ class AgentConfig:
     ack_timeout_seconds: int = DEFAULT_ACK_TIMEOUT_SECONDS
     homeassistant: HomeAssistantConfig | None = None
     telemetry_seconds: int = 5  # live unsigned power/voltage (agent/telemetry.py); 0 = off
+    #: The backend's control key, ``name+hash+base64``: every ack must be signed by it
+    #: (docs/agent.md, "Signed acks"). None: acks are taken unverified, each with an alarm.
+    control_key: str | None = None
 
 
 class _Table:
@@ -167,6 +170,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> AgentConfig:
             "homeassistant_url",
             "homeassistant",
             "telemetry_seconds",
+            "control_key",
         },
     )
     device_id = top.get("device_id", str)
@@ -226,7 +230,24 @@ def parse_config(raw: dict[str, Any], file: Path) -> AgentConfig:
         ),
         homeassistant=_parse_homeassistant(top, raw, file),
         telemetry_seconds=top.integer("telemetry_seconds", 0, 3600, 5),
+        control_key=_parse_control_key(top),
     )
+
+
+def _parse_control_key(top: _Table) -> str | None:
+    """``control_key``: the backend's control key as provisioning wrote it (a C2SP verifier key)."""
+    text = top.get("control_key", str, None)
+    if text is None:
+        return None
+    from meterchain.contract.errors import MeterchainError
+    from meterchain.contract.note import NoteVerifier
+
+    try:
+        NoteVerifier.parse(text)
+    except MeterchainError as exc:
+        raise top.error("control_key", f"not a control key ({exc}); copy it from "
+                        "`meterchain backend control-key show`, or provision again") from None
+    return text
 
 
 def _parse_homeassistant(top: _Table, raw: dict[str, Any], file: Path) -> HomeAssistantConfig | None:

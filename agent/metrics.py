@@ -62,6 +62,22 @@ class AgentMetrics:
         self.broker_failures = Counter(
             "meterchain_agent_broker_failures", "Lost or failed broker connections", registry=r
         )
+        self.acks_refused = Counter(
+            "meterchain_agent_acks_refused",
+            "Acks refused (signature, encoding, foreign-device, ahead): an alarm",
+            ["reason"],
+            registry=r,
+        )
+        self.acks_unverified = Counter(
+            "meterchain_agent_acks_unverified",
+            "Acks taken without a control key to verify them: an alarm",
+            registry=r,
+        )
+        self.gaps_declared = Counter(
+            "meterchain_agent_gaps_declared",
+            "Sequence numbers declared as a gap after the outbox was lost",
+            registry=r,
+        )
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Expose /metrics over HTTP (a daemon thread)."""

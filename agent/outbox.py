@@ -77,7 +77,6 @@ class AckResult:
 
     committed: int
     quarantined: tuple[int, ...]
-    seq_advanced_to: int | None = None  # set when the backend knew seqs this outbox had lost
 
 
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
@@ -327,9 +326,8 @@ class Outbox:
         """Quarantine the readings the backend rejected for good, delete those committed ≤ upto.
 
         A rejection is applied before the deletion: a rejected seq ≤ upto must land in the
-        quarantine, not vanish as if committed. If the backend has committed seqs this outbox
-        never allocated (the outbox was lost and recreated), the counter jumps past them so no
-        seq is ever signed twice.
+        quarantine, not vanish as if committed. The counter is not touched: the caller has
+        checked that the ack covers nothing above what this gateway signed (agent/acks.py).
         """
         if ack.device != self.device:
             raise OutboxError(
@@ -366,17 +364,9 @@ class Outbox:
             committed = cur.rowcount
             await cur.close()
             await self._db.execute("UPDATE state SET acked_upto = MAX(acked_upto, ?)", (ack.upto,))
-            advanced = None
-            if ack.upto >= await self.next_seq():
-                advanced = ack.upto + 1
-                await self._db.execute("UPDATE state SET next_seq = ?", (advanced,))
-        if advanced is not None:
-            log.warning(
-                "event=seq_advanced device=%s next_seq=%d reason=backend_ahead_of_outbox",
-                self.device,
-                advanced,
-            )
-        return AckResult(committed, tuple(quarantined), advanced)
+        # The sequence never moves on an ack's word (issue 14): a lost outbox resumes above the
+        # durable reservation instead (agent/reservation.py).
+        return AckResult(committed, tuple(quarantined))
 
     async def depth(self) -> int:
         """Readings not yet confirmed by the backend."""

@@ -202,7 +202,8 @@ def provision(*, backend_url: str, token: str, config_path: Path, keys: DeviceKe
     _write_private(config_path, toml_text(document), owner)
     record = {k: answer[k] for k in ("device", "event", "key_id", "valid_from", "scope",
                                      "broker_url", "log_public_key", "witness_policy")}
-    record |= {"backend_url": backend_url.rstrip("/"), "identity": identity,
+    record |= {"control_key": answer.get("control_key") or None,
+               "backend_url": backend_url.rstrip("/"), "identity": identity,
                "provisioned_at": int(time.time())}
     record_path = config_path.with_name(RECORD_NAME)
     _write_private(record_path, json.dumps(record, indent=2) + "\n", owner, mode=0o644)
@@ -223,6 +224,8 @@ def agent_config_document(existing: dict[str, Any], answer: dict[str, Any], *, b
     broker.update(url=answer["broker_url"], username=answer["broker_username"],
                   password=answer["broker_password"])
     document["broker"] = broker
+    if answer.get("control_key"):  # acks are verified with it (docs/agent.md, "Signed acks")
+        document["control_key"] = answer["control_key"]
     document.pop("meters", None)
     if meters:
         document["meters"] = meters

@@ -25,13 +25,14 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+from meterchain.agent.acks import AckGuard, AckRefused
 from meterchain.agent.clock import Clock
 from meterchain.agent.config import BrokerConfig
 from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.outbox import Outbox, OutboxReading
-from meterchain.contract.ack import Ack, ack_topic, ocmf_topic, readings_topic, status_topic
-from meterchain.contract.errors import MeterchainError
+from meterchain.contract.ack import ack_topic, ocmf_topic, readings_topic, status_topic
 from meterchain.mqtt import Backoff, Connection, Failure, Protocol, stay_connected
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class Publisher:
         publish_timeout: float = 15.0,
         status: Callable[[], Awaitable[bytes]] | None = None,
         status_interval: float = 60.0,
+        guard: AckGuard | None = None,
+        on_alarm: Callable[[str, str], None] | None = None,
     ) -> None:
         self.device = device
         self.broker = broker
@@ -75,6 +78,9 @@ class Publisher:
         # Fleet health: a status message (contract/status.py) every status_interval seconds.
         self.status = status
         self.status_interval = status_interval
+        # Which acks to believe (agent/acks.py); without a control key: unverified, alarmed.
+        self.guard = guard or AckGuard(device, None, Path("no-control-key"))
+        self.on_alarm = on_alarm
 
     def wake(self) -> None:
         """New readings are in the outbox: publish them now rather than at the next timeout."""
@@ -126,14 +132,20 @@ class Publisher:
 
     async def handle_ack(self, payload: bytes) -> None:
         """Apply one ack message; a malformed or foreign ack is logged and ignored."""
-        try:
-            ack = Ack.from_cbor(payload)
-        except MeterchainError as exc:
-            log.warning("event=ack_invalid device=%s detail=%r", self.device, exc.diagnostics())
+        try:  # signed by the control key, for us, not above what we signed (agent/acks.py)
+            opened = self.guard.open(payload, await self.outbox.next_seq() - 1)
+        except AckRefused as exc:
+            self.metrics.acks_refused.labels(reason=exc.reason).inc()
+            log.error("event=ack_refused device=%s reason=%s detail=%r", self.device,
+                      exc.reason, str(exc))
+            self._alarm(f"ack-refused:{exc.reason}", str(exc))
             return
-        if ack.device != self.device:
-            log.warning("event=ack_foreign device=%s ack_device=%s", self.device, ack.device)
-            return
+        ack = opened.ack
+        if not opened.verified:
+            self.metrics.acks_unverified.inc()
+            log.warning("event=ack_unverified device=%s upto=%d advice=provision_again "
+                        "(no control_key: this ack may be forged)", self.device, ack.upto)
+            self._alarm("ack-unverified", f"ack upto {ack.upto} taken without a control key")
         result = await self.outbox.apply_ack(ack, now=int(self.clock.now()))
         self.metrics.readings_acked.inc(result.committed)
         reasons = {r.seq: r for r in ack.rejected}
@@ -155,6 +167,10 @@ class Publisher:
             result.committed,
             len(result.quarantined),
         )
+
+    def _alarm(self, kind: str, detail: str) -> None:
+        if self.on_alarm is not None:
+            self.on_alarm(kind, detail)
 
     async def _report_status(self, client: Connection) -> None:
         """Publish the gateway's status now and then every ``status_interval`` seconds."""

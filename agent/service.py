@@ -9,6 +9,7 @@ import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from meterchain.agent.acks import AckGuard, record_alarm
 from meterchain.agent.clock import Clock, SystemClock, kernel_clock_sync
 from meterchain.agent.config import AgentConfig, ConfigError
 from meterchain.agent.exchange import MeterSerials
@@ -165,7 +166,13 @@ class Agent:
                     drift=self._meter_drift,
                 ),
                 status_interval=self.status_interval,
+                guard=AckGuard(config.device_id, config.control_key, config.key_path),
+                on_alarm=lambda kind, detail: record_alarm(config.outbox_path, kind, detail),
             )
+            if config.control_key is None:
+                log.warning("event=no_control_key device=%s: acks are taken unverified, each "
+                            "with an alarm; provision the gateway again to get the backend's "
+                            "control key (docs/installer-guide.md)", config.device_id)
             self.poller = Poller(
                 device=config.device_id,
                 signer=self.signer,

@@ -12,6 +12,7 @@ from meterchain.backend import service
 from meterchain.backend.api.ports import check_port_free
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.devices import registry
+from meterchain.backend.ingest.control_cli import app as control_app
 from meterchain.backend.log.audit import audit as run_audit
 from meterchain.backend.provisioning.cli import token as installer_token
 from meterchain.backend.store import is_postgres, using_store
@@ -187,5 +188,6 @@ def audit(
 def register(root: typer.Typer) -> None:
     """Attach ``backend …`` and the top-level ``audit``."""
     app.command("token")(installer_token)
+    app.add_typer(control_app, name="control-key")
     root.add_typer(app, name="backend")
     root.command("audit")(audit)

@@ -61,6 +61,9 @@ class BackendConfig:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     log_key: str = "log.key"
+    # Signs every ack (backend/ingest/control_key.py); the sealer creates it. "": control.key
+    # beside log_key.
+    control_key: str = ""
     origin: str = "meterchain.local/log"
     admin_token: str = ""
     client_id: str = "meterchain-backend"
@@ -87,6 +90,10 @@ class BackendConfig:
                 f"share_group {self.share_group!r} must be 1-64 characters without / + # or spaces",
                 share_group=self.share_group,
             )
+
+    def control_key_path(self) -> str:
+        """The control key's file: ``control_key``, or ``control.key`` beside the log key."""
+        return self.control_key or str(Path(self.log_key).with_name("control.key"))
 
     def worker_client_id(self) -> str:
         """The ingest's MQTT client id. In a share group every worker needs its own, so it is

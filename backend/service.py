@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from meterchain.backend.api.app import create_app
 from meterchain.backend.api.errors import ApiError
 from meterchain.backend.config import BackendConfig
+from meterchain.backend.ingest.control_key import load_or_create_control_key
 from meterchain.backend.ingest.worker import Ingest
 from meterchain.backend.log.routes import log_router
 from meterchain.backend.log.sealer import Sealer
@@ -236,13 +237,18 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
                     webhooks = WebhookWorker(await _sqlite(resources, config.db))  # announcements
                     tasks |= {asyncio.create_task(settlement.run(), name="settlement"),
                               asyncio.create_task(webhooks.run(), name="webhooks")}
+            control: tuple[NoteSigner, ...] = ()
+            if "sealer" in roles or "ingest" in roles:  # acks are signed (issue 14)
+                control = await load_or_create_control_key(
+                    config.control_key_path(), config.origin, await _store(resources, config.db),
+                    create="sealer" in roles)
             ingest: Ingest | None = None
             if "ingest" in roles:
                 ingest = Ingest(await _store(resources, config.db), broker_url=config.broker,
                                 client_id=config.worker_client_id(),
                                 batch_size=config.batch_size,
                                 verify_threads=config.verify_threads,
-                                share_group=config.share_group,
+                                share_group=config.share_group, control=control,
                                 on_commit=sealer.notify if sealer is not None else None)
                 resources.callback(ingest.close)
                 tasks.add(asyncio.create_task(ingest.run(), name="ingest"))

@@ -6,6 +6,8 @@
 - A **device leaf** records an enrolment, a key rotation or a revocation: from sequence ``from``
   on, the device's valid key is ``key`` (or, for a revocation, no key is valid any more).
 - A **settlement leaf** carries the digest of one settled interval (see docs/netting.md).
+- A **control-key leaf** announces the backend's control key, which signs acks
+  (contract/control.py); a **gap leaf** is a device's signed gap declaration (contract/gap.py).
 
 The first byte tells them apart: 0x82 (array of two) is a reading; a map's ``t`` key names the rest.
 """
@@ -17,7 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from meterchain.contract import cbor
+from meterchain.contract.control import CONTROL_KEY_LEAF_TYPE, ControlKeyLeaf
 from meterchain.contract.errors import EncodingError, FieldError
+from meterchain.contract.gap import GAP_MESSAGE_TYPE, GapMessage
 from meterchain.contract.message import MAX_MESSAGE_SIZE, SignedReading, parse_message
 from meterchain.contract.reading import DEVICE_ID_RE, MAX_SAFE_INT
 from meterchain.contract.signing import KEY_ID_SIZE, key_id, load_public_key
@@ -84,7 +88,7 @@ class SettlementLeaf:
     fields: dict[str, object]
 
 
-Leaf = SignedReading | DeviceLeaf | SettlementLeaf
+Leaf = SignedReading | DeviceLeaf | SettlementLeaf | ControlKeyLeaf | GapMessage
 
 
 def parse_leaf(data: bytes) -> Leaf:
@@ -114,6 +118,10 @@ def parse_leaf(data: bytes) -> Leaf:
         return leaf
     if obj["t"] == SETTLEMENT_LEAF_TYPE:
         return SettlementLeaf(fields=obj)
+    if obj["t"] == CONTROL_KEY_LEAF_TYPE:
+        return ControlKeyLeaf.from_map(obj)
+    if obj["t"] == GAP_MESSAGE_TYPE:
+        return GapMessage.from_cbor(data)
     raise EncodingError(f"leaf: unknown type {obj['t']!r}", what="leaf")
 
 

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 
 from meterchain.backend.store import RejectionRecord, VerifiedReading
 from meterchain.backend.store.leafdata import pack_leaf_data
+from meterchain.backend.store.records import VerifiedGap
 from meterchain.contract.ack import device_from_topic
 from meterchain.contract.errors import MeterchainError
+from meterchain.contract.gap import GapMessage, is_gap_message
 from meterchain.contract.leaves import DeviceLeaf
 from meterchain.contract.merkle import leaf_hash
 from meterchain.contract.message import MAX_MESSAGE_SIZE, parse_message
@@ -45,10 +47,12 @@ REASONS = {
 
 @dataclass(frozen=True, slots=True)
 class Checked:
-    """The result of checking one message: exactly one of ``reading`` and ``rejection``."""
+    """The result of checking one message: exactly one of ``reading``, ``gap`` and
+    ``rejection``."""
 
     reading: VerifiedReading | None = None
     rejection: RejectionRecord | None = None
+    gap: VerifiedGap | None = None
 
 
 def _reject(reason: str, detail: str, now: int, device: str | None = None,
@@ -80,6 +84,8 @@ def _check(
         return _reject("size", f"{len(payload)} bytes is over the limit of {MAX_MESSAGE_SIZE}",
                        now, blame)
     topic_device = device_from_topic(topic)
+    if is_gap_message(payload):
+        return _check_gap(topic_device, payload, leaves, now, blame)
     try:
         signed = parse_message(payload)
     except MeterchainError as exc:
@@ -116,6 +122,37 @@ def _check(
             received_at=now,
         )
     )
+
+
+def _check_gap(topic_device: str | None, payload: bytes,
+               leaves: Mapping[str, Sequence[DeviceLeaf]], now: int, blame: str | None) -> Checked:
+    """A gap declaration (contract/gap.py) counts only if the device's key valid for every
+    declared sequence signed it; anything else is junk like a forged reading."""
+    try:
+        message = GapMessage.from_cbor(payload)
+    except MeterchainError as exc:
+        return _reject("encoding", f"gap message: {exc}", now, blame)
+    gap = message.declaration
+    if topic_device != gap.device:
+        return _reject("topic", f"gap of device {gap.device} on the topic of {topic_device}",
+                       now, blame, gap.first)
+    device_leaves = leaves.get(gap.device)
+    if not device_leaves:
+        return _reject("unknown-device", f"device {gap.device} is not enrolled", now, None,
+                       gap.first)
+    # The key must be valid at both ends and at every key change inside the range.
+    seqs = {gap.first, gap.last} | {leaf.valid_from for leaf in device_leaves
+                                     if gap.first < leaf.valid_from <= gap.last}
+    for seq in sorted(seqs):
+        statement = Statement(gap.device, seq, message.declaration_bytes, message.signature,
+                              gap.key_id)
+        try:
+            SIGNED_BY_DEVICE.verify(Evidence(statement, device_leaves))
+        except VerificationError as exc:
+            return _reject(exc.check, f"gap {gap.first}..{gap.last}: {exc}", now, gap.device,
+                           gap.first)
+    return Checked(gap=VerifiedGap(gap.device, gap.first, gap.last, payload,
+                                   leaf_hash(payload), now))
 
 
 def check_batch(

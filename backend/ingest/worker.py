@@ -41,7 +41,10 @@ from meterchain.backend.store import (
     StaleKeys,
     Store,
 )
+from meterchain.backend.store.records import VerifiedGap
 from meterchain.contract.ack import TOPIC_PREFIX, Ack, Rejection, ack_topic
+from meterchain.contract.control import SignedAck
+from meterchain.contract.note import NoteSigner
 from meterchain.mqtt import (
     Backoff,
     Connection,
@@ -73,6 +76,7 @@ UNAUTHENTICATED = Counter(
     "enrolled device their topic names (\"-\" for none) and reason",
     ["device", "reason"],
 )
+GAPS = Counter("meterchain_ingest_gaps", "Gap declarations logged (contract/gap.py)")
 BATCH_SECONDS = Histogram("meterchain_ingest_commit_seconds", "Time to commit one batch")
 SIDE_MESSAGES = Counter(
     "meterchain_ingest_side_messages", "OCMF and status messages by outcome", ["kind", "outcome"]
@@ -95,6 +99,9 @@ class _DeviceAck:
     upto: int
     above: set[int]
     recent: collections.deque[tuple[int, str, str]]
+    #: Declared gaps (first, last), newest last: the ack shows them (contract/gap.py).
+    gaps: collections.deque[tuple[int, int]] = field(
+        default_factory=lambda: collections.deque(maxlen=32))
 
     def advance(self) -> None:
         """Move ``upto`` over the done seqs just above it."""
@@ -118,6 +125,7 @@ class AckTracker:
             loaded = _DeviceAck(
                 state.upto, set(state.above), collections.deque(state.recent_rejections, 64)
             )
+            loaded.gaps.extend(state.gaps)
             loaded.advance()  # the stored upto is a lower bound (another worker's plan)
             self.devices[device] = loaded
 
@@ -148,6 +156,17 @@ class AckTracker:
         for r in rejected:
             if r.permanent and r.device is not None and r.seq is not None:
                 self.devices[r.device].recent.append((r.seq, r.reason, r.detail[:200]))
+
+    def gaps(self, device: str) -> tuple[tuple[int, int], ...]:
+        """The device's recent declared gaps (empty for a device not loaded)."""
+        state = self.devices.get(device)
+        return tuple(state.gaps) if state is not None else ()
+
+    def declared(self, gaps: Sequence[VerifiedGap]) -> None:
+        for gap in gaps:
+            recent = self.devices[gap.device].gaps
+            if (gap.first, gap.last) not in recent:
+                recent.append((gap.first, gap.last))
 
     def ack(self, device: str, now: int) -> Ack:
         state = self.devices[device]
@@ -184,12 +203,20 @@ class Ingest:
         on_commit: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.time,
         share_group: str = "",
+        control: Sequence[NoteSigner] = (),
         timeout: float = 10.0,
     ) -> None:
         self.store = store
         self.broker_url = broker_url
         self.client_id = client_id
         self.share_group = share_group
+        # Every ack is signed by the control key (contract/control.py); during a rotation by the
+        # new and the previous one. Without one (tests), an ephemeral key no gateway trusts.
+        if not control:
+            log.warning("ingest: no control key; acks are signed by an ephemeral key that no "
+                        "gateway trusts (docs/backend.md, \"Control key\")")
+            control = (NoteSigner.generate("ephemeral.invalid/control"),)
+        self.control = tuple(control)
         self.timeout = timeout
         self.batch_size = batch_size
         self.verify_threads = max(1, verify_threads)
@@ -234,13 +261,26 @@ class Ingest:
     async def _commit(self, checked: list[Checked], version: int) -> BatchReport:
         readings = [c.reading for c in checked if c.reading is not None]
         rejections = [c.rejection for c in checked if c.rejection is not None]
-        done: dict[str, set[int]] = {}
+        gaps = [c.gap for c in checked if c.gap is not None]
+        done: dict[str, set[int]] = {gap.device: set() for gap in gaps}
         for r in readings:
             done.setdefault(r.device, set()).add(r.seq)
         for x in rejections:
             if x.permanent and x.device is not None and x.seq is not None:
                 done.setdefault(x.device, set()).add(x.seq)
         await self.acks.load(self.store, done)
+        if gaps:  # declared by the device: logged first, then part of its ack like the rest
+            for gap in gaps:
+                upto = self.acks.devices[gap.device].upto
+                done[gap.device].update(range(max(gap.first, upto + 1), gap.last + 1))
+            fresh = await self.store.commit_gaps(gaps)  # type: ignore[attr-defined]
+            self.acks.declared(gaps)
+            GAPS.inc(fresh)
+            self.stats["gaps"] += fresh
+            for gap in gaps:
+                log.warning("gap declared device=%s first=%d last=%d (the device lost what "
+                            "it signed there; readings that still arrive are stored)",
+                            gap.device, gap.first, gap.last)
         uptos = self.acks.plan(done)
         started = time.perf_counter()
         result = await self.store.commit_batch(readings, rejections, uptos, version)
@@ -440,7 +480,8 @@ class Ingest:
         async def publish(device: str) -> None:
             try:
                 while (latest := self._latest_ack.get(device)) is not None:
-                    await client.publish(ack_topic(device), latest.to_cbor(), qos=1, retain=True)
+                    await client.publish(ack_topic(device), self.ack_payload(latest),
+                                         qos=1, retain=True)
                     if self._latest_ack.get(device) is latest:
                         del self._latest_ack[device]
             except MqttError as exc:  # the next (re)connect publishes every ack again
@@ -450,6 +491,14 @@ class Ingest:
         task = asyncio.create_task(publish(ack.device))
         self._ack_tasks.add(task)
         task.add_done_callback(self._ack_tasks.discard)
+
+    def ack_payload(self, ack: Ack) -> bytes:
+        """The signed v2 ack of ``ack`` (docs/format.md §11): signed by every control key in
+        use, naming the current one so gateways that verified it adopt it (rotation)."""
+        return SignedAck(
+            ack.device, ack.upto, tuple((r.seq, r.reason, r.detail) for r in ack.rejected),
+            self.acks.gaps(ack.device), ack.time, (str(self.control[0].verifier),),
+        ).sign(self.control)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

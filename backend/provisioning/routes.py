@@ -84,6 +84,8 @@ class ProvisionOut(BaseModel):
     broker_password: str = Field(description="Shown once; the backend keeps only its hash")
     log_public_key: str
     witness_policy: str | None = None
+    control_key: str = Field("", description="The backend's control key (name+hash+base64): "
+                             "the gateway verifies every ack with it; empty if none is set")
 
 
 def provision_command(public_url: str, token: str) -> str:
@@ -148,7 +150,8 @@ def provisioning_router(state: ApiState, require_admin: Callable[..., None],
             device=done.device, event=done.leaf.event.value, key_id=done.leaf.key_id.hex(),
             valid_from=done.leaf.valid_from, scope=str(done.scope), broker_url=settings.broker_url,
             broker_username=done.broker_username, broker_password=done.broker_password,
-            log_public_key=str(state.verifier), witness_policy=settings.witness_policy)
+            log_public_key=str(state.verifier), witness_policy=settings.witness_policy,
+            control_key=settings.control_key)
 
     @router.get("/devices/{device}/readings/{seq}/inclusion", response_model=InclusionOut,
                 tags=["log"])

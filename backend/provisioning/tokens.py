@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from meterchain.backend.devices import registry
+from meterchain.backend.ingest.control_key import public_control_key
 from meterchain.backend.provisioning.tables import (
     GatewayRow,
     ProvisioningTables,
@@ -108,6 +109,7 @@ class ProvisioningSettings:
     reload_command: tuple[str, ...] = ()  # run after the file changed, e.g. systemctl reload
     public_url: str = ""  # the backend's URL as installers reach it (for QR codes)
     witness_policy: str | None = None  # not yet: gateways get null
+    control_key: str = ""  # verifies the backend's acks (backend/ingest/control_key.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,4 +309,5 @@ def settings_from_config(config: BackendConfig) -> ProvisioningSettings:
         passwd_file=Path(config.mosquitto_passwd_file) if config.mosquitto_passwd_file else None,
         reload_command=tuple(shlex.split(config.broker_reload_command)),
         public_url=config.public_url.rstrip("/"),
+        control_key=public_control_key(config.control_key_path()),
     )

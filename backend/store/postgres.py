@@ -52,6 +52,7 @@ from meterchain.backend.store.records import (
     StoredLeaf,
     StoredReading,
     TreeState,
+    VerifiedGap,
     VerifiedReading,
     aggregate_junk,
 )
@@ -246,6 +247,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "GROUP BY 1, 2, 3",
         "DELETE FROM rejections WHERE NOT permanent "
         "OR reason IN ('signature', 'key-id', 'key-validity')",
+    ),
+    # 3: control-key and gap leaves, and the declared ranges (SQLite's migration 13).
+    (
+        "ALTER TABLE leaves DROP CONSTRAINT leaves_kind_check",
+        "ALTER TABLE leaves ADD CONSTRAINT leaves_kind_check "
+        "CHECK (kind IN ('reading', 'device', 'settlement', 'control', 'gap'))",
+        """CREATE TABLE declared_gaps (
+            device TEXT NOT NULL,
+            first BIGINT NOT NULL,
+            last BIGINT NOT NULL,
+            leaf_id BIGINT NOT NULL UNIQUE REFERENCES leaves (id),
+            time BIGINT NOT NULL,
+            PRIMARY KEY (device, first, last)
+        )""",
     ),
 )
 
@@ -655,7 +670,54 @@ class PostgresStore:
             recent = await conn.fetch(
                 "SELECT seq, reason, detail FROM rejections WHERE device = $1 AND permanent "
                 "ORDER BY id DESC LIMIT $2", device, RECENT_REJECTIONS)
-        return AckState(upto, frozenset(above), tuple((s, r, d) for s, r, d in reversed(recent)))
+            gaps = [(r[0], r[1]) for r in await conn.fetch(
+                "SELECT first, last FROM declared_gaps WHERE device = $1 ORDER BY leaf_id", device)]
+        declared = {s for first, last in gaps if last > upto
+                    for s in range(max(first, upto + 1), last + 1)}
+        return AckState(upto, frozenset(above) | declared,
+                        tuple((s, r, d) for s, r, d in reversed(recent)), tuple(gaps[-64:]))
+
+    async def commit_gaps(self, gaps: Sequence[VerifiedGap]) -> int:
+        """As :meth:`SqliteStore.commit_gaps`; a range two workers declare at once is kept once."""
+        if not gaps:
+            return 0
+
+        async def work(conn: asyncpg.Connection) -> int:
+            fresh = 0
+            for gap in gaps:
+                if await conn.fetchval(
+                    "SELECT 1 FROM declared_gaps WHERE device = $1 AND first = $2 AND last = $3",
+                    gap.device, gap.first, gap.last):
+                    continue
+                leaf_id = await conn.fetchval(
+                    "INSERT INTO leaves (kind, data, leaf_hash, received_at) "
+                    "VALUES ('gap', $1, $2, $3) RETURNING id",
+                    gap.message, gap.leaf_hash, gap.received_at)
+                inserted = _rows_affected(await conn.execute(
+                    "INSERT INTO declared_gaps (device, first, last, leaf_id, time) "
+                    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    gap.device, gap.first, gap.last, leaf_id, gap.received_at))
+                if not inserted:
+                    raise _LostRace("a gap declared meanwhile")
+                fresh += 1
+            return fresh
+
+        return await self._write(work, what="gaps")
+
+    async def append_control_leaf(self, data: bytes, received_at: int) -> int:
+        """Log a control-key leaf (contract/control.py); returns its leaf id."""
+
+        async def work(conn: asyncpg.Connection) -> int:
+            return int(await conn.fetchval(
+                "INSERT INTO leaves (kind, data, leaf_hash, received_at) "
+                "VALUES ('control', $1, $2, $3) RETURNING id", data, leaf_hash(data), received_at))
+
+        return await self._write(work, what="control leaf")
+
+    async def control_leaves(self) -> list[bytes]:
+        """Every control-key leaf's data, in log order."""
+        rows = await self._pool.fetch("SELECT data FROM leaves WHERE kind = 'control' ORDER BY id")
+        return [bytes(r[0]) for r in rows]
 
     async def acked_devices(self) -> list[str]:
         return [r[0] for r in await self._pool.fetch("SELECT device FROM ack_state ORDER BY device")]

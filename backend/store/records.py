@@ -73,6 +73,19 @@ def aggregate_junk(rejections: Iterable[RejectionRecord]
     return counts
 
 
+@dataclass(frozen=True, slots=True)
+class VerifiedGap:
+    """A gap declaration whose device signature checked (contract/gap.py): the device can no
+    longer account for ``first..last``; ``message`` is the leaf data, as received."""
+
+    device: str
+    first: int
+    last: int
+    message: bytes
+    leaf_hash: bytes
+    received_at: int
+
+
 class Outcome(enum.Enum):
     STORED = "stored"
     DUPLICATE = "duplicate"
@@ -99,6 +112,8 @@ class AckState:
     upto: int
     above: frozenset[int]
     recent_rejections: tuple[tuple[int, str, str], ...]
+    #: Declared gaps (first, last), newest last (contract/gap.py): shown in the ack.
+    gaps: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -574,6 +574,28 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DELETE FROM rejections WHERE permanent = 0 "
         "OR reason IN ('signature', 'key-id', 'key-validity')",
     ),
+    # 13: two more leaf kinds (issue 14): 'control' (the backend's control key, announced) and
+    # 'gap' (a device's signed gap declaration), and the declared ranges. Widening a CHECK
+    # leaves every row valid, so it is SQLite's documented in-place schema edit (lang_altertable
+    # §7) instead of copying the log; RESET reloads this connection's schema, the table made and
+    # dropped after it bumps the schema cookie so every other connection reloads too.
+    (
+        "PRAGMA writable_schema = ON",
+        "UPDATE sqlite_master SET sql = replace(sql, '''device'', ''settlement'')', "
+        "'''device'', ''settlement'', ''control'', ''gap'')') "
+        "WHERE type = 'table' AND name = 'leaves'",
+        "PRAGMA writable_schema = RESET",
+        "CREATE TABLE schema_cookie_bump (x)",
+        "DROP TABLE schema_cookie_bump",
+        """CREATE TABLE declared_gaps (
+            device TEXT NOT NULL,
+            first INTEGER NOT NULL,
+            last INTEGER NOT NULL,
+            leaf_id INTEGER NOT NULL UNIQUE REFERENCES leaves (id),
+            time INTEGER NOT NULL,
+            PRIMARY KEY (device, first, last)
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

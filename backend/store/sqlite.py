@@ -39,6 +39,7 @@ from meterchain.backend.store.records import (
     StoredLeaf,
     StoredReading,
     TreeState,
+    VerifiedGap,
     VerifiedReading,
     aggregate_junk,
 )
@@ -401,7 +402,54 @@ class SqliteStore:
             "ORDER BY id DESC LIMIT ?",
             (device, RECENT_REJECTIONS),
         )
-        return AckState(upto, frozenset(above), tuple((s, r, d) for s, r, d in reversed(recent)))
+        gaps = [(r[0], r[1]) for r in await self._rows(
+            "SELECT first, last FROM declared_gaps WHERE device = ? ORDER BY leaf_id", (device,))]
+        declared = {s for first, last in gaps if last > upto
+                    for s in range(max(first, upto + 1), last + 1)}
+        return AckState(upto, frozenset(above) | declared,
+                        tuple((s, r, d) for s, r, d in reversed(recent)), tuple(gaps[-64:]))
+
+    async def commit_gaps(self, gaps: Sequence[VerifiedGap]) -> int:
+        """Log each new gap declaration as a gap leaf and record its range; the same range of
+        a device declared again is a duplicate (kept once). Returns how many were new."""
+        if not gaps:
+            return 0
+
+        async def work() -> int:
+            fresh = 0
+            for gap in gaps:
+                if await self._scalar(
+                    "SELECT 1 FROM declared_gaps WHERE device = ? AND first = ? AND last = ?",
+                    (gap.device, gap.first, gap.last),
+                ):
+                    continue
+                cur = await self._conn.execute(
+                    "INSERT INTO leaves (kind, data, leaf_hash, received_at) "
+                    "VALUES ('gap', ?, ?, ?)", (gap.message, gap.leaf_hash, gap.received_at))
+                await self._conn.execute(
+                    "INSERT INTO declared_gaps (device, first, last, leaf_id, time) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (gap.device, gap.first, gap.last, cur.lastrowid, gap.received_at))
+                fresh += 1
+            return fresh
+
+        return await self._write(work)  # type: ignore[no-any-return]
+
+    async def append_control_leaf(self, data: bytes, received_at: int) -> int:
+        """Log a control-key leaf (contract/control.py); returns its leaf id."""
+
+        async def work() -> int:
+            cur = await self._conn.execute(
+                "INSERT INTO leaves (kind, data, leaf_hash, received_at) "
+                "VALUES ('control', ?, ?, ?)", (data, leaf_hash(data), received_at))
+            return int(cur.lastrowid or 0)
+
+        return await self._write(work)  # type: ignore[no-any-return]
+
+    async def control_leaves(self) -> list[bytes]:
+        """Every control-key leaf's data, in log order."""
+        return [bytes(r[0]) for r in await self._rows(
+            "SELECT data FROM leaves WHERE kind = 'control' ORDER BY id")]
 
     async def acked_devices(self) -> list[str]:
         return [r[0] for r in await self._rows("SELECT device FROM ack_state ORDER BY device")]

@@ -113,11 +113,11 @@ async def test_an_ack_deletes_committed_and_quarantines_rejected(tmp_path: Path)
         assert await outbox.acked_upto() == 3
 
 
-async def test_an_ack_ahead_of_a_lost_outbox_moves_the_counter_past_it(tmp_path: Path) -> None:
+async def test_an_ack_never_moves_the_counter(tmp_path: Path) -> None:
+    """Issue 14: an ack of upto=1000 made the agent jump to 1001 and wedged the device."""
     async with await open_outbox(tmp_path) as outbox:
-        result = await outbox.apply_ack(Ack(DEVICE, upto=41), now=100)
-        assert result.seq_advanced_to == 42
-        assert await outbox.append_cycle([entry("m1", 900)], now=901) == [42]
+        await outbox.apply_ack(Ack(DEVICE, upto=41), now=100)
+        assert await outbox.append_cycle([entry("m1", 900)], now=901) == [1]
 
 
 async def test_an_ack_for_another_device_is_refused(tmp_path: Path) -> None:

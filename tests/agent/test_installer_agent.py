@@ -75,6 +75,9 @@ async def test_scan_command_on_one_speed_bus_and_a_silent_bus(tmp_path: Path) ->
     assert code == 1 and "wrong port?" in out
 
 
+CONTROL = NoteSigner.generate("test.example/control")
+
+
 @pytest.fixture
 def running_backend(tmp_path: Path) -> Iterator[tuple[str, Path, NoteSigner]]:
     """The backend's API on a free loopback port (uvicorn in a thread)."""
@@ -83,7 +86,8 @@ def running_backend(tmp_path: Path) -> Iterator[tuple[str, Path, NoteSigner]]:
     register_scopes(db)
     log_key = NoteSigner.generate("test.example/log")
     port = free_port()
-    settings = ProvisioningSettings(broker_url="mqtt://127.0.0.1:1883")
+    settings = ProvisioningSettings(broker_url="mqtt://127.0.0.1:1883",
+                                    control_key=str(CONTROL.verifier))
     server = uvicorn.Server(uvicorn.Config(create_app(str(db), "s3cret", log_key.verifier, settings),
                                            host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -158,6 +162,8 @@ def test_provision_command_against_a_running_backend(running_backend, tmp_path: 
     assert loaded.meters[0].modbus_id == 3 and loaded.broker.address.username == loaded.device_id
     record = json.loads((gateway / "provisioned.json").read_text())
     assert record["log_public_key"] == str(log_key.verifier) and record["scope"] == "utility:swx"
+    # The gateway verifies every ack with the backend's control key (issue 14).
+    assert loaded.control_key == record["control_key"] == str(CONTROL.verifier)
     assert _accepted(db, config, 1) == {"stored": 1}
     first_key = (gateway / "device-key.pem").read_bytes()
     reused = runner.invoke(cli, [*common, "--token", token])

@@ -21,14 +21,18 @@ from meterchain.agent.cli import write_private_key
 from meterchain.agent.config import AgentConfig, load_config
 from meterchain.agent.service import Agent
 from meterchain.bridge.modbus.emulator import EmulatedMeter, ModbusBusEmulator
-from meterchain.contract.ack import Ack, Rejection, ack_topic, device_from_topic
+from meterchain.contract.ack import Rejection, ack_topic, device_from_topic
+from meterchain.contract.control import SignedAck
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.message import Identity, SignedReading, compare, parse_message
+from meterchain.contract.note import NoteSigner
 from meterchain.contract.policy import verify_reading
 from meterchain.contract.signing import generate_private_key_pem, load_signer
 from meterchain.mqtt import Backoff
 
 DEVICE = "gw-test-1"
+#: The control key the test backends sign acks with; a gateway configured with it verifies them.
+TEST_CONTROL = NoteSigner.generate("test.example/control")
 FAST_BACKOFF = Backoff(initial=0.1, maximum=0.5)
 
 
@@ -58,6 +62,7 @@ class VerifyingBackend:
     reject_for_good: dict[int, str] = field(default_factory=dict)  # seq -> reason
     drop_first_delivery: bool = False
     paused: bool = False  # a paused backend receives nothing (as if it were down)
+    control: NoteSigner = TEST_CONTROL  # signs the acks (contract/control.py)
 
     def upto(self, device: str) -> int:
         done = set(self.stored.get(device, {})) | set(self.rejected.get(device, {}))
@@ -105,13 +110,14 @@ class VerifyingBackend:
         else:
             verify_reading(signed, self.keys[device])
             stored[reading.seq] = signed
-        ack = Ack(
+        ack = SignedAck(
             device,
             self.upto(device),
-            tuple(self.rejected.get(device, {}).values()),
+            tuple((r.seq, r.reason, r.detail) for r in self.rejected.get(device, {}).values()),
+            (),
             int(time.time()),
         )
-        await client.publish(ack_topic(device), ack.to_cbor(), qos=1, retain=True)
+        await client.publish(ack_topic(device), ack.sign([self.control]), qos=1, retain=True)
 
 
 @contextlib.asynccontextmanager
@@ -161,7 +167,9 @@ class Gateway:
         return Agent(self.config, backoff=FAST_BACKOFF, **kwargs)  # type: ignore[arg-type]
 
 
-async def start_gateway(tmp_path: Path, broker_url: str, *, ack_timeout: int = 2) -> Gateway:
+async def start_gateway(tmp_path: Path, broker_url: str, *, ack_timeout: int = 2,
+                        control_key: str | None = None) -> Gateway:
+    """A gateway on two emulated meters; ``control_key`` (a verifier key) makes it verify acks."""
     meters = [
         EmulatedMeter("sdm630", device_id=1, baudrate=9600, serial_number=630001),
         EmulatedMeter("sdm120", device_id=2, baudrate=9600, serial_number=120002),
@@ -180,6 +188,7 @@ backend_url = "http://127.0.0.1:8000"
 interval_seconds = 1
 ack_timeout_seconds = {ack_timeout}
 outbox_path = "outbox.sqlite"
+{f'control_key = "{control_key}"' if control_key else ""}
 
 [broker]
 url = "{broker_url}"

@@ -192,3 +192,56 @@ def _fuzz_setup() -> tuple[Gateway, bytes, tuple]:  # type: ignore[type-arg]
 
 
 _FUZZ_GATEWAY, _FUZZ_MESSAGE, _FUZZ_LEAVES = _fuzz_setup()
+
+
+def _gap(gw: Gateway, first: int, last: int, signer=None) -> tuple[str, bytes]:  # type: ignore[no-untyped-def]
+    from meterchain.contract.gap import GapDeclaration
+    from meterchain.contract.signing import key_id
+
+    signer = signer or gw.signer
+    declaration = GapDeclaration(gw.device, key_id(signer.public_key_der), first, last,
+                                 1_700_000_000, "outbox-lost")
+    return gw.topic, declaration.sign(signer).to_cbor()
+
+
+async def test_a_signed_gap_declaration_is_logged_and_acked(store_factory: StoreFactory) -> None:
+    """Issue 14: a gateway that lost its outbox declares what it cannot account for."""
+    from meterchain.contract.leaves import parse_leaf
+
+    gw, forger = Gateway("gw-1"), Gateway("gw-1")
+    admin, ingest, sealer, api = await backend(store_factory, gw)
+    await ingest.process([gw.message(s) for s in (1, 2, 4)])
+    # A forged declaration is junk: nothing logged, the ack does not move.
+    report = await ingest.process([_gap(gw, 3, 10, signer=forger.signer), (gw.topic, b"\xa1")])
+    assert report.rejected == {"key-id": 1, "encoding": 1} and report.acks == []
+    report = await ingest.process([_gap(gw, 3, 10)])
+    assert [(a.upto, a.rejected) for a in report.acks] == [(10, ())]
+    assert ingest.acks.gaps("gw-1") == ((3, 10),)
+    # Declared again (the agent republishes until acked): logged once.
+    await ingest.process([_gap(gw, 3, 10)])
+    state = await api.ack_state("gw-1")
+    assert state.upto == 10 and state.gaps == ((3, 10),)
+    # A reading of a declared seq that still arrives is stored (nothing is lost), and the
+    # stream goes on above the gap.
+    report = await ingest.process([gw.message(5), gw.message(11)])
+    assert report.stored == 2 and report.acks[0].upto == 11
+    await sealer.seal_all()
+    gap_leaves = [parse_leaf(d) for d in [row[0] for row in await _leaf_data(api, "gap")]]
+    assert [(g.declaration.first, g.declaration.last) for g in gap_leaves] == [(3, 10)]  # type: ignore[union-attr]
+    from meterchain.backend.log.audit import audit
+
+    report = await audit(api, sealer.signer.verifier)  # gap leaves are log leaves like the rest
+    assert report.ok, report
+    # A restarted ingest shows the gap in the device's ack.
+    _, ingest2, _, _ = await backend(store_factory)
+    await ingest2.acks.load(ingest2.store, ["gw-1"])
+    assert ingest2.acks.gaps("gw-1") == ((3, 10),)
+    await close(admin, ingest, ingest2, sealer, api)
+
+
+async def _leaf_data(store, kind: str) -> list[tuple[bytes]]:  # type: ignore[no-untyped-def]
+    if hasattr(store, "_pool"):
+        return [(bytes(r[0]),) for r in await store._pool.fetch(
+            "SELECT data FROM leaves WHERE kind = $1 ORDER BY id", kind)]
+    return [(bytes(r[0]),) for r in await store._rows(
+        "SELECT data FROM leaves WHERE kind = ? ORDER BY id", (kind,))]

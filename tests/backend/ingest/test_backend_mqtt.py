@@ -8,7 +8,8 @@ import contextlib
 
 import aiomqtt
 from meterchain.backend.ingest.worker import Ingest
-from meterchain.contract.ack import Ack, ack_topic
+from meterchain.contract.ack import ack_topic
+from meterchain.contract.control import ACK_V2_TYPE, SignedAck, open_control, read_unverified
 from meterchain.mqtt import Backoff, BrokerUrl
 from meterchain.mqtt.broker import RunningBroker
 
@@ -21,10 +22,17 @@ def _client(broker: RunningBroker, name: str) -> aiomqtt.Client:
     return aiomqtt.Client(a.host, a.port, username=a.username, password=a.password, identifier=name)
 
 
-async def _wait_ack(client: aiomqtt.Client, upto: int, timeout: float = 10) -> Ack:
+async def _wait_ack(client: aiomqtt.Client, upto: int, timeout: float = 10,
+                    signed_by: Ingest | None = None) -> SignedAck:
+    """The first ack covering ``upto``; with ``signed_by``, verified with its control key."""
     async with asyncio.timeout(timeout):
         async for message in client.messages:
-            ack = Ack.from_cbor(message.payload)  # type: ignore[arg-type]
+            payload = bytes(message.payload)  # type: ignore[arg-type]
+            if signed_by is not None:
+                body, _ = open_control(payload, ACK_V2_TYPE, [signed_by.control[0].verifier])
+            else:
+                body = read_unverified(payload, ACK_V2_TYPE)
+            ack = SignedAck.from_body(body)
             if ack.upto >= upto:
                 return ack
     raise AssertionError("unreachable")
@@ -54,7 +62,7 @@ async def test_readings_flow_acks_follow_commits_and_junk_does_not_stop_ingest(
             await client.publish(gw.topic, payload, qos=1)
         for seq in range(1, 21):
             await client.publish(*gw.message(seq), qos=1)
-        ack = await _wait_ack(client, 20)
+        ack = await _wait_ack(client, 20, signed_by=ingest)
         assert ack.upto == 20 and ack.rejected == ()
         assert await api.reading_count("gw-1") == 20  # committed before the ack was sent
         assert ingest.stats["rejected:encoding"] == 2 and ingest.stats["rejected:size"] == 1
