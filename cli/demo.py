@@ -28,6 +28,7 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from meterchain.backend.access.model import PointKind
 from meterchain.backend.api.ports import PortTaken, check_port_free
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.devices import registry
-from meterchain.backend.store import open_store
+from meterchain.backend.store import SqliteStore, open_store
 from meterchain.bridge.modbus import EmulatedMeter, LoadProfile, ModbusBusEmulator
 from meterchain.contract import signing
 from meterchain.contract.note import NoteSigner
@@ -202,24 +203,24 @@ async def _households(db: str, households: tuple[DemoHousehold, ...], logins_fil
     passwords = _read_logins(logins_file)
     store = await open_store(db)
     try:
+        assert isinstance(store, SqliteStore)  # the demo's backend is one SQLite file
         parties, web, now = PartyTables(store), WebTables(store), int(time.time())
-        steps = [lambda: parties.add_utility(DEMO_UTILITY, "Demo utility", now),
-                 lambda: parties.add_community(PRORATA_COMMUNITY, DEMO_UTILITY, "Sonnenweg", now),
-                 lambda: parties.add_community(AUCTION_COMMUNITY, DEMO_UTILITY, "Lindenhof", now)]
-        for h in households:
-            steps.append(lambda h=h: parties.add_household(
-                h.id, h.community, f"Household {h.number} ({h.kind})", now))
-            for m in h.meters:
-                steps += [
-                    lambda m=m, h=h: parties.add_metering_point(
-                        m.point, DEMO_UTILITY, h.community, m.kind, now),
-                    lambda m=m, h=h: parties.bind_meter(
-                        m.point, h.device, str(m.serial), since, None, now),
-                    lambda m=m, h=h: parties.add_occupancy(m.point, h.id, since, None, now),
-                ]
-        for step in steps:
+
+        async def once(step: Awaitable[object]) -> None:
             with contextlib.suppress(PartyExists, BindingOverlap):  # a re-run with the same --dir
-                await step()
+                await step
+
+        await once(parties.add_utility(DEMO_UTILITY, "Demo utility", now))
+        await once(parties.add_community(PRORATA_COMMUNITY, DEMO_UTILITY, "Sonnenweg", now))
+        await once(parties.add_community(AUCTION_COMMUNITY, DEMO_UTILITY, "Lindenhof", now))
+        for h in households:
+            await once(parties.add_household(h.id, h.community,
+                                             f"Household {h.number} ({h.kind})", now))
+            for m in h.meters:
+                await once(parties.add_metering_point(m.point, DEMO_UTILITY, h.community,
+                                                      m.kind, now))
+                await once(parties.bind_meter(m.point, h.device, str(m.serial), since, None, now))
+                await once(parties.add_occupancy(m.point, h.id, since, None, now))
         for h in households:
             username = h.id
             if await web.login(username) is not None and username in passwords:
@@ -308,12 +309,12 @@ async def setup_operations(api: str, admin_token: str, workdir: Path,
         if not key_file.exists():
             key = await _call(client, "POST", "/keys", {"kind": "utility", "subject": DEMO_UTILITY,
                                                "label": "demo utility"})
-            _write_private(key_file, key["token"] + "\n")  # type: ignore[index]
+            _write_private(key_file, key["token"] + "\n")
         token = await _call(client, "POST", "/installer-tokens", {
             "scope": f"community:{PRORATA_COMMUNITY}", "note": "the demo's extra meter"})
-        _write_private(workdir / "installer-token", token["token"] + "\n")  # type: ignore[index]
+        _write_private(workdir / "installer-token", token["token"] + "\n")
     (workdir / "extra-meter").write_text(extra_meter + "\n")
-    return Credentials(key_file.read_text().strip(), token["token"])  # type: ignore[index]
+    return Credentials(key_file.read_text().strip(), token["token"])
 
 
 @dataclass
