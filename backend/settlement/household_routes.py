@@ -33,7 +33,7 @@ from meterchain.backend.settlement.conditions import (
     preview_rows,
     run_preview,
 )
-from meterchain.backend.settlement.market import market_view
+from meterchain.backend.settlement.market import band_now, market_view
 from meterchain.backend.settlement.netting import NettingError
 from meterchain.backend.settlement.ratings import Aggregate, Partner
 from meterchain.backend.settlement.wallet import MAX_PAYMENT, WalletError, WalletTables, posting_json
@@ -353,12 +353,12 @@ def household_router(state: ApiState, auth: Auth) -> APIRouter:
         now = _now(request)
         community = await occupied_point(household, point, now)
         st = await _state(community, point, now)
-        view = await market_view(state.read(), community, now, "UTC", recent=0, days=1)
+        band = await band_now(state.read(), community, now)
         return ConditionsOut(
             member=point, market=st.market, in_force=_conditions_in(st.in_force),
             pending_from=st.pending.valid_from if st.pending else None,
             pending=_conditions_in(Conditions.of(st.pending)) if st.pending else None,
-            effective_from=st.effective_from, band=list(view.band) if view.band else None)
+            effective_from=st.effective_from, band=list(band) if band else None)
 
     @router.put("/points/{point}/conditions", response_model=SavedOut)
     async def put_conditions(request: Request, household: HouseholdId, point: PointId,

@@ -131,6 +131,14 @@ async def band_at(tables: SettlementTables, terms: Terms, instant: int) -> tuple
     return prices[0], prices[1]
 
 
+async def band_now(store: SqliteStore, community: str, now: int) -> tuple[int, int] | None:
+    """(p_f, p_g) in force at ``now`` for the community, None without terms or prices."""
+    tables = SettlementTables(store)
+    versions = await tables.terms(community)
+    terms = terms_at(versions, now) or (versions[-1] if versions else None)
+    return None if terms is None else await band_at(tables, terms, now)
+
+
 async def market_view(store: SqliteStore, community: str, now: int, zone: str,
                       recent: int = RECENT, days: int = HISTORY_DAYS) -> MarketView:
     """The market page's data for ``community`` as of ``now`` (times shown in ``zone``)."""

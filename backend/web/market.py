@@ -25,7 +25,7 @@ from meterchain.backend.settlement.conditions import (
     preview_rows,
     run_preview,
 )
-from meterchain.backend.settlement.market import market_view
+from meterchain.backend.settlement.market import band_now, market_view
 from meterchain.backend.settlement.netting import NettingError
 from meterchain.backend.settlement.ratings import RatingTables
 from meterchain.backend.web.charts import kwh
@@ -143,11 +143,11 @@ def router(ctx: WebContext) -> APIRouter:
                 states.append(await conditions_state(ctx.store, community, point, now))
             except UnknownParty:
                 continue  # no terms yet
-        view = await market_view(ctx.store, community, now, zone, recent=0, days=1)
         return ctx.render(request, "conditions.html", status, household=household,
                           household_name=name, username=session.username, states=states,
-                          band=view.band, eur_kwh=eur_kwh, kwh=kwh, euros=euros,
-                          fmt_time=_fmt(zone), price_text=_price_text, **values)
+                          band=await band_now(ctx.store, community, now), eur_kwh=eur_kwh,
+                          kwh=kwh, euros=euros, fmt_time=_fmt(zone), price_text=_price_text,
+                          **values)
 
     @r.get("/conditions", response_class=HTMLResponse)
     async def conditions(request: Request, household: str) -> HTMLResponse:
