@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Self
 
 import aiosqlite
+from meterchain.agent.reservation import Reservation
 from meterchain.contract.ack import Ack
 from meterchain.contract.errors import MeterchainError
 
@@ -154,7 +155,27 @@ async def _v2_ocmf(db: aiosqlite.Connection) -> None:
     await db.execute("ALTER TABLE readings ADD COLUMN ocmf TEXT")
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_ocmf)
+async def _v3_gaps(db: aiosqlite.Connection) -> None:
+    # Gap declarations (contract/gap.py) signed after a lost outbox, kept until an ack covers
+    # their range (docs/agent.md, "Sequence reservation").
+    await db.execute(
+        """CREATE TABLE gaps (
+            first INTEGER PRIMARY KEY,
+            last INTEGER NOT NULL,
+            message BLOB NOT NULL,
+            created INTEGER NOT NULL,
+            last_sent INTEGER
+        )"""
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_ocmf, _v3_gaps)
+
+
+class OutboxCorrupt(OutboxError):
+    """The outbox file is not a readable SQLite database (the agent moves it aside)."""
+
+    check = "outbox-corrupt"
 
 
 class Outbox:
@@ -173,6 +194,11 @@ class Outbox:
         # One connection, shared by the poller and the publisher: statements of one coroutine
         # must not land inside another's open transaction.
         self._lock = asyncio.Lock()
+        #: Set when this open made the outbox (no state row before): a lost one if sequences
+        #: were reserved (agent/reservation.py).
+        self.created = False
+        #: Durably reserved sequence numbers: a cycle beyond them reserves before it signs.
+        self.reservation: Reservation | None = None
 
     @classmethod
     async def open(
@@ -188,9 +214,16 @@ class Outbox:
             await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA foreign_keys=ON")
+            async with db.execute("PRAGMA quick_check") as cur:
+                verdict = [row[0] for row in await cur.fetchall()]
+            if verdict != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(map(str, verdict[:3])))
             await _migrate(db, path)
             outbox = cls(db, device, companion)
             await outbox._claim_device(path)
+        except sqlite3.DatabaseError as exc:
+            await db.close()
+            raise OutboxCorrupt(f"outbox {path} is unreadable: {exc}", path=str(path)) from None
         except BaseException:
             await db.close()
             raise
@@ -218,6 +251,37 @@ class Outbox:
             await self._db.execute(
                 "INSERT INTO state (device, next_seq) VALUES (?, 1)", (self.device,)
             )
+            self.created = True
+
+    async def resume_after_loss(self, next_seq: int, gaps: Sequence[tuple[int, int, bytes]],
+                                now: int) -> None:
+        """A lost outbox starts over above the reservation, with the gap declarations that
+        account for what it cannot (first, last, signed message), in one transaction."""
+        async with self._lock, transaction(self._db):
+            await self._db.execute("UPDATE state SET next_seq = MAX(next_seq, ?)", (next_seq,))
+            await self._db.executemany(
+                "INSERT OR IGNORE INTO gaps (first, last, message, created) VALUES (?, ?, ?, ?)",
+                [(first, last, message, now) for first, last, message in gaps],
+            )
+
+    async def pending_gaps(self, *, now: int, republish_after: int) -> list[tuple[int, bytes]]:
+        """Gap declarations due for (re)publishing: (first, message)."""
+        async with self._db.execute(
+            "SELECT first, message FROM gaps WHERE last_sent IS NULL OR last_sent <= ? "
+            "ORDER BY first", (now - republish_after,)
+        ) as cur:
+            return [(int(r[0]), bytes(r[1])) for r in await cur.fetchall()]
+
+    async def mark_gaps_sent(self, firsts: Sequence[int], now: int) -> None:
+        if firsts:
+            async with self._lock, transaction(self._db, "BEGIN"):
+                await self._db.executemany("UPDATE gaps SET last_sent = ? WHERE first = ?",
+                                           [(now, first) for first in firsts])
+
+    async def gaps(self) -> list[tuple[int, int]]:
+        """Gap declarations not yet covered by an ack (first, last)."""
+        async with self._db.execute("SELECT first, last FROM gaps ORDER BY first") as cur:
+            return [(int(r[0]), int(r[1])) for r in await cur.fetchall()]
 
     async def next_seq(self) -> int:
         async with self._db.execute("SELECT next_seq FROM state") as cur:
@@ -248,6 +312,10 @@ class Outbox:
         """
         async with self._lock, transaction(self._db):
             seq = await self.next_seq()
+            if self.reservation is not None and not self.reservation.covers(seq + len(entries) - 1):
+                # On disk before anything is signed with these numbers (agent/reservation.py).
+                await asyncio.to_thread(self.reservation.extend, seq + len(entries) - 1,
+                                        await self.acked_upto())
             stored: list[int] = []
             for entry in entries:
                 last = await self.last_end(entry.meter)
@@ -364,6 +432,7 @@ class Outbox:
             committed = cur.rowcount
             await cur.close()
             await self._db.execute("UPDATE state SET acked_upto = MAX(acked_upto, ?)", (ack.upto,))
+            await self._db.execute("DELETE FROM gaps WHERE last <= ?", (ack.upto,))
         # The sequence never moves on an ack's word (issue 14): a lost outbox resumes above the
         # durable reservation instead (agent/reservation.py).
         return AckResult(committed, tuple(quarantined))

@@ -184,6 +184,7 @@ class Publisher:
     async def _send(self, client: Connection) -> None:
         while True:
             self._wake.clear()  # before the query: a wake during it is not lost
+            await self._publish_gaps(client)
             batch = await self.outbox.pending(
                 self.broker.batch_size,
                 now=int(self.clock.now()),
@@ -194,6 +195,21 @@ class Publisher:
                 await self._publish_batch(client, batch)
             else:
                 await self._wait_for_work()
+
+    async def _publish_gaps(self, client: Connection) -> None:
+        """Gap declarations of a lost outbox (agent/recovery.py) go out on the readings topic
+        before any reading, again after each ack timeout, until an ack covers them."""
+        now = int(self.clock.now())
+        due = await self.outbox.pending_gaps(now=now, republish_after=self.ack_timeout)
+        sent = []
+        for first, message in due:
+            refused = await client.publish(self.topic, message, timeout=self.publish_timeout)
+            if refused is None:
+                sent.append(first)
+                log.warning("event=gap_published device=%s first=%d", self.device, first)
+            else:
+                self.metrics.publish_refused.labels(reason=str(refused)).inc()
+        await self.outbox.mark_gaps_sent(sent, now)
 
     async def _publish_batch(self, client: Connection, batch: list[OutboxReading]) -> None:
         limit = asyncio.Semaphore(self.broker.max_inflight)

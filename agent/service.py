@@ -25,6 +25,7 @@ from meterchain.agent.ocmf import OcmfCompanion
 from meterchain.agent.outbox import Outbox
 from meterchain.agent.profile_poller import ProfilePoller, dlms_pollers
 from meterchain.agent.publisher import Publisher
+from meterchain.agent.recovery import open_outbox
 from meterchain.agent.scheduler import Poller
 from meterchain.agent.status import StatusReporter
 from meterchain.agent.systemd import Notifier, run_watchdog
@@ -110,6 +111,12 @@ class Agent:
             counters[f"dlms {poller.source.name}"] = poller.progress
         return counters
 
+    def _on_gap(self, first: int, last: int, why: str) -> None:
+        """A lost outbox's sequences were declared a gap: counted and kept as an alarm."""
+        self.metrics.gaps_declared.inc(last - first + 1)
+        record_alarm(self.config.outbox_path, "gap", f"{why}: sequences {first}..{last} "
+                     "declared a gap (their readings, if any, were lost with the outbox)")
+
     def _meter_drift(self) -> dict[str, float]:
         """The DLMS meters' last measured clock drift, by serial (Modbus meters have no clock)."""
         return {serial: drift for p in self.profile_pollers for serial, drift in p.drift.items()}
@@ -136,8 +143,11 @@ class Agent:
         if self._build_sources:
             self.sources = list(modbus_sources([m for m in config.meters if m.dlms is None]))
         # Each reading gets its OCMF record signed in the same transaction (docs/format.md §12).
-        outbox = await Outbox.open(
-            config.outbox_path, config.device_id, OcmfCompanion(self.signer)
+        # Beside the durable sequence reservation: a lost or corrupt outbox resumes above it
+        # with a signed gap declaration (agent/recovery.py, docs/agent.md).
+        outbox = await open_outbox(
+            config.outbox_path, config.device_id, self.signer, config.key_path,
+            companion=OcmfCompanion(self.signer), on_gap=self._on_gap,
         )
         try:
             kid = key_id(self.signer.public_key_der)
