@@ -27,6 +27,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from meterchain.contract.ack import Ack, Rejection
 from meterchain.contract.control import (
@@ -69,7 +70,7 @@ def alarms_path(outbox_path: Path) -> Path:
     return outbox_path.with_name(outbox_path.name + ".alarms.json")
 
 
-def read_alarms(outbox_path: Path) -> dict[str, dict[str, object]]:
+def read_alarms(outbox_path: Path) -> dict[str, dict[str, Any]]:  # JSON
     """The newest alarm of each kind (``ack-refused:<reason>``, ``ack-unverified``, ``gap``)."""
     try:
         data = json.loads(alarms_path(outbox_path).read_text())

@@ -17,6 +17,7 @@ from meterchain.backend.log.audit import audit as run_audit
 from meterchain.backend.provisioning.cli import token as installer_token
 from meterchain.backend.store import is_postgres, using_store
 from meterchain.contract.errors import MeterchainError
+from meterchain.contract.leaves import DeviceLeaf
 from meterchain.contract.note import NoteSigner, NoteVerifier
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -69,7 +70,7 @@ def serve(
         raise _fail(exc) from None
 
 
-def _print_leaf(leaf) -> None:  # type: ignore[no-untyped-def]
+def _print_leaf(leaf: DeviceLeaf) -> None:
     console.print(
         f"{leaf.event.value} {leaf.device}: key {leaf.key_id.hex()[:16]}… valid from sequence "
         f"{leaf.valid_from} (a device leaf is pending in the log)"
@@ -157,7 +158,7 @@ def audit(
     if not is_postgres(db) and not Path(db).exists():
         raise typer.BadParameter(f"no database at {db}")
 
-    async def go():  # type: ignore[no-untyped-def]
+    async def go():  # untyped: it returns what the command prints
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       console=err, transient=True) as bar:
             tasks: dict[str, int] = {}

@@ -311,7 +311,7 @@ async def _run(tasks: set[asyncio.Task[object]], stop: asyncio.Event, server: _S
                ingest: Ingest | None, ready: asyncio.Event | None) -> None:
     """Wait for a stop request or for a part to end (an error in one stops them all)."""
     stopper = asyncio.create_task(stop.wait(), name="stop")
-    waiting: set[asyncio.Task[object]] = {*tasks, stopper}  # type: ignore[arg-type]
+    waiting: set[asyncio.Task[object]] = {*tasks, stopper}
     if ready is not None:
         async def announce() -> None:
             while not server.started:

@@ -71,8 +71,7 @@ class GapDeclaration:
             raise EncodingError(f"gap: must be a map of {sorted(keys)}", what="gap")
         if obj["t"] != GAP_TYPE:
             raise FieldError(f"gap: type must be {GAP_TYPE}", field="t")
-        return cls(obj["dev"], obj["kid"], obj["first"], obj["last"], obj["time"],  # type: ignore[arg-type]
-                   obj["why"])  # type: ignore[arg-type]
+        return cls(obj["dev"], obj["kid"], obj["first"], obj["last"], obj["time"], obj["why"])
 
     def sign(self, signer: Signer) -> GapMessage:
         if key_id(signer.public_key_der) != self.key_id:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
+from meterchain.backend.access.model import Principal
 from meterchain.backend.api.errors import ApiError
 from meterchain.backend.api.state import ApiState
 from meterchain.backend.log.proofs import inclusion_proof
@@ -107,7 +108,7 @@ def token_out(issued: IssuedToken, public_url: str) -> TokenOut:
                     command=command, qr_svg=qr_svg(command))
 
 
-def provisioning_router(state: ApiState, require_admin: Callable[..., None],
+def provisioning_router(state: ApiState, require_admin: Callable[..., Awaitable[Principal]],
                         settings: ProvisioningSettings) -> APIRouter:
     """The commissioning routes over the API's writer connection."""
 

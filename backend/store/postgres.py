@@ -95,7 +95,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             device TEXT PRIMARY KEY,
             created BIGINT NOT NULL
         )""",
-        # id = arrival order (of commits); data packed (leafdata.py); leaf_index is assigned by the sealer, NULL until sealed.
+        # id = arrival order (of commits); data packed (leafdata.py); leaf_index is assigned by the sealer,
+        # NULL until sealed.
         """CREATE TABLE leaves (
             id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             kind TEXT NOT NULL CHECK (kind IN ('reading', 'device', 'settlement')),

@@ -433,7 +433,7 @@ class SqliteStore:
                 fresh += 1
             return fresh
 
-        return await self._write(work)  # type: ignore[no-any-return]
+        return await self._write(work)
 
     async def append_control_leaf(self, data: bytes, received_at: int) -> int:
         """Log a control-key leaf (contract/control.py); returns its leaf id."""
@@ -444,7 +444,7 @@ class SqliteStore:
                 "VALUES ('control', ?, ?, ?)", (data, leaf_hash(data), received_at))
             return int(cur.lastrowid or 0)
 
-        return await self._write(work)  # type: ignore[no-any-return]
+        return await self._write(work)
 
     async def control_leaves(self) -> list[bytes]:
         """Every control-key leaf's data, in log order."""
@@ -499,7 +499,7 @@ class SqliteStore:
             tuple(peaks),
             row[0][0] if row else None,
             row[0][1] if row else None,
-            header,  # type: ignore[arg-type]
+            header,
         )
 
     async def pending_leaves(self, limit: int) -> list[tuple[int, bytes]]:

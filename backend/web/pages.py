@@ -178,9 +178,9 @@ def router(ctx: WebContext) -> APIRouter:
         ):
             if group:
                 slots = series.combine(group)
-                link = None if period.kind == "day" else _day_link(household, zone)
+                day_link = None if period.kind == "day" else _day_link(household, zone)
                 together.append((name, bar_chart(slots, spec, zone, daily=period.kind != "day",
-                                                 now=now, link=link),
+                                                 now=now, link=day_link),
                                  series.total(slots), series.coverage(slots, now)))
         name, _ = await household_row(household)
         return ctx.render(
