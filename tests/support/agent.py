@@ -168,7 +168,7 @@ class Gateway:
 
 
 async def start_gateway(tmp_path: Path, broker_url: str, *, ack_timeout: int = 2,
-                        control_key: str | None = None) -> Gateway:
+                        control_key: str | None = None, device: str = DEVICE) -> Gateway:
     """A gateway on two emulated meters; ``control_key`` (a verifier key) makes it verify acks."""
     meters = [
         EmulatedMeter("sdm630", device_id=1, baudrate=9600, serial_number=630001),
@@ -182,7 +182,7 @@ async def start_gateway(tmp_path: Path, broker_url: str, *, ack_timeout: int = 2
     config_path = tmp_path / "agent.toml"
     config_path.write_text(
         f"""
-device_id = "{DEVICE}"
+device_id = "{device}"
 key_path = "device.key"
 backend_url = "http://127.0.0.1:8000"
 interval_seconds = 1
