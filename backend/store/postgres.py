@@ -673,10 +673,7 @@ class PostgresStore:
                 "ORDER BY id DESC LIMIT $2", device, RECENT_REJECTIONS)
             gaps = [(r[0], r[1]) for r in await conn.fetch(
                 "SELECT first, last FROM declared_gaps WHERE device = $1 ORDER BY leaf_id", device)]
-        declared = {s for first, last in gaps if last > upto
-                    for s in range(max(first, upto + 1), last + 1)}
-        return AckState(upto, frozenset(above) | declared,
-                        tuple((s, r, d) for s, r, d in reversed(recent)), tuple(gaps[-64:]))
+        return AckState.of(upto, above, recent, gaps)
 
     async def commit_gaps(self, gaps: Sequence[VerifiedGap]) -> int:
         """As :meth:`SqliteStore.commit_gaps`; a range two workers declare at once is kept once."""

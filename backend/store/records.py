@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from meterchain.contract.status import GatewayStatus
 
@@ -114,6 +114,17 @@ class AckState:
     recent_rejections: tuple[tuple[int, str, str], ...]
     #: Declared gaps (first, last), newest last (contract/gap.py): shown in the ack.
     gaps: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def of(cls, upto: int, above: Iterable[int], recent: Sequence[Sequence[Any]],
+           gaps: Sequence[tuple[int, int]]) -> AckState:
+        """From what a store read: the seqs above ``upto`` stored or rejected, the permanent
+        rejections newest first (seq, reason, detail), the declared gaps in log order. A declared
+        gap's seqs above ``upto`` count as done; the ack shows the newest 64 gaps."""
+        declared = {s for first, last in gaps if last > upto
+                    for s in range(max(first, upto + 1), last + 1)}
+        return cls(upto, frozenset(above) | declared,
+                   tuple((s, r, d) for s, r, d in reversed(recent)), tuple(gaps[-64:]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -404,10 +404,7 @@ class SqliteStore:
         )
         gaps = [(r[0], r[1]) for r in await self._rows(
             "SELECT first, last FROM declared_gaps WHERE device = ? ORDER BY leaf_id", (device,))]
-        declared = {s for first, last in gaps if last > upto
-                    for s in range(max(first, upto + 1), last + 1)}
-        return AckState(upto, frozenset(above) | declared,
-                        tuple((s, r, d) for s, r, d in reversed(recent)), tuple(gaps[-64:]))
+        return AckState.of(upto, above, recent, gaps)
 
     async def commit_gaps(self, gaps: Sequence[VerifiedGap]) -> int:
         """Log each new gap declaration as a gap leaf and record its range; the same range of
