@@ -37,6 +37,7 @@ from meterchain.contract.policy import (
     VerificationError,
     bundle_policy,
 )
+from meterchain.contract.tlog_policy import WitnessPolicy
 
 TLOG_PROOF_HEADER = "c2sp.org/tlog-proof@v1"
 BUNDLE_EXTRA_TYPE = "meterchain/bundle/v1"
@@ -130,15 +131,18 @@ class Verified:
     checkpoint: Checkpoint
     key: DeviceLeaf
     passed: list[str] = field(default_factory=list)
+    #: the witnesses of the policy that cosigned the checkpoint (empty without a policy)
+    cosigners: tuple[str, ...] = ()
 
 
 class BundleError(VerificationError):
     """A bundle check failed; ``check`` names it (one of :data:`CHECKS`)."""
 
 
-def verify_bundle(text: str | bytes, log_key: NoteVerifier) -> Verified:
-    """Check a bundle offline against the log's public key; raise :class:`BundleError` naming
-    the first check that fails, in the order of :data:`CHECKS`."""
+def verify_bundle(text: str | bytes, log_key: NoteVerifier, witnesses: WitnessPolicy | None = None) -> Verified:
+    """Check a bundle offline against the log's public key (and, given one, a witness policy:
+    the ``witnesses`` check after ``checkpoint``); raise :class:`BundleError` naming the first
+    check that fails, in the order of :data:`CHECKS`."""
     passed: list[str] = []
 
     def fail(check: str, exc: Exception | str) -> BundleError:
@@ -175,11 +179,12 @@ def verify_bundle(text: str | bytes, log_key: NoteVerifier) -> Verified:
         passed=passed,
     )
     try:
-        bundle_policy(log_key).verify(evidence)
+        bundle_policy(log_key, witnesses).verify(evidence)
     except VerificationError as exc:
         raise fail(exc.check, exc) from None
     assert evidence.checkpoint is not None and evidence.key is not None  # the policy set them
-    return Verified(signed, bundle.reading.index, evidence.checkpoint, evidence.key, passed)
+    return Verified(signed, bundle.reading.index, evidence.checkpoint, evidence.key, passed,
+                    evidence.cosigners)
 
 
 def _b64(text: str, what: str) -> bytes:

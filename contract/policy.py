@@ -6,6 +6,7 @@ verifier of meterchain (ingest, ``meterchain verify``, the utility batch verifie
 settlement verification) is a composition of the checks below, so each rule is written once:
 
 - ``checkpoint`` (:class:`CheckpointSigned`): the checkpoint note verifies with the log key;
+- ``witnesses`` (:class:`WitnessQuorum`): the note's witness cosignatures meet a k-of-n policy;
 - ``device-inclusion`` (:class:`DeviceLeavesIncluded`): every device leaf is in its tree;
 - ``key-validity`` (:class:`KeyValidForSequence`): a device key is valid for the sequence;
 - ``key-id`` (:class:`KeyIdMatches`): the statement names that key's id;
@@ -31,12 +32,14 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from meterchain.contract.checkpoint import Checkpoint, open_checkpoint
+from meterchain.contract.cosignature import verify_cosignatures
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.leaves import DeviceLeaf, valid_key
 from meterchain.contract.merkle import leaf_hash, verify_inclusion
 from meterchain.contract.message import SignedReading
 from meterchain.contract.note import NoteVerifier
 from meterchain.contract.signing import ecdsa_verify, key_id, parse_signature
+from meterchain.contract.tlog_policy import WitnessPolicy
 
 _T = TypeVar("_T")
 
@@ -105,6 +108,8 @@ class Evidence:
     key: DeviceLeaf | None = None
     public_key_der: bytes | None = None
     passed: list[str] = field(default_factory=list)
+    #: the policy's witnesses whose cosignatures verified (set by :class:`WitnessQuorum`)
+    cosigners: tuple[str, ...] = ()
 
 
 class Check(Protocol):
@@ -145,6 +150,31 @@ class CheckpointSigned:
             evidence.checkpoint = self.open_note(note)
         except MeterchainError as exc:
             raise _fail(self, exc) from exc
+
+
+class WitnessQuorum:
+    """The checkpoint note carries verified cosignatures (C2SP tlog-cosignature) from witnesses
+    meeting the policy's quorum; runs after :class:`CheckpointSigned`. A cosignature by a listed
+    witness that does not verify fails the check (signed-note: reject the whole note)."""
+
+    name = "witnesses"
+
+    def __init__(self, policy: WitnessPolicy) -> None:
+        self.policy = policy
+
+    def verify(self, evidence: Evidence) -> None:
+        note = _need(evidence.checkpoint_note, self, "checkpoint note")
+        _need(evidence.checkpoint, self, "checkpoint")
+        try:
+            signed = verify_cosignatures(note, self.policy.keys)
+        except MeterchainError as exc:
+            raise _fail(self, exc) from exc
+        names = tuple(w.name for w in self.policy.witnesses.values() if w.key.name in signed)
+        evidence.cosigners = names
+        if not self.policy.satisfied(signed):
+            missing = [w for w in self.policy.witnesses if w not in names]
+            raise _fail(self, f"witness quorum not met: needs {self.policy.describe()}, cosigned by "
+                        f"{', '.join(names) or 'none'}", cosigned=list(names), missing=missing)
 
 
 class DeviceLeavesIncluded:
@@ -283,9 +313,15 @@ BUNDLE_CHECKS = (CheckpointSigned.name, DeviceLeavesIncluded.name, *SIGNED_BY_DE
                  LeafIncluded.name)
 
 
-def bundle_policy(log_key: NoteVerifier) -> AllOf:
-    """A reading proven offline (§10): checkpoint, device leaves, key, signature, inclusion."""
-    return AllOf(CheckpointSigned(log_key), DeviceLeavesIncluded(), SIGNED_BY_DEVICE,
+def checkpoint_policy(log_key: NoteVerifier, witnesses: WitnessPolicy | None = None) -> AllOf:
+    """The checkpoint is signed by the log key and, given a witness policy, cosigned by a quorum."""
+    return AllOf(CheckpointSigned(log_key), *([WitnessQuorum(witnesses)] if witnesses else []))
+
+
+def bundle_policy(log_key: NoteVerifier, witnesses: WitnessPolicy | None = None) -> AllOf:
+    """A reading proven offline (§10): checkpoint (and its witnesses), device leaves, key,
+    signature, inclusion."""
+    return AllOf(checkpoint_policy(log_key, witnesses), DeviceLeavesIncluded(), SIGNED_BY_DEVICE,
                  LeafIncluded())
 
 

@@ -24,6 +24,7 @@ from meterchain.contract.message import SignedReading, parse_message
 from meterchain.contract.note import NoteVerifier, strict_b64decode
 from meterchain.contract.policy import (
     SIGNED_BY_DEVICE,
+    AllOf,
     CheckpointSigned,
     DeviceLeavesIncluded,
     Evidence,
@@ -31,8 +32,10 @@ from meterchain.contract.policy import (
     LoggedLeaf,
     Statement,
     VerificationError,
+    checkpoint_policy,
 )
 from meterchain.contract.reading import MAX_SAFE_INT
+from meterchain.contract.tlog_policy import WitnessPolicy
 
 BATCH_TYPE = "meterchain/utility-batch/v1"
 #: A page of 1000 readings is ≈ 0.8 MB of CBOR (≈ 1.1 MB as JSON); refuse far larger input.
@@ -60,13 +63,16 @@ class VerifiedPage:
     root: bytes  # the root of checkpoint `new`
     entries: tuple[VerifiedEntry, ...]
     next: int | None
+    #: the witnesses of the policy that cosigned checkpoint `new` (empty without a policy)
+    cosigners: tuple[str, ...] = ()
 
 
-def verify_page(data: bytes, verifier: NoteVerifier) -> VerifiedPage:
-    """Parse and check one page; raises :class:`BatchError` (``check`` = the failed check)."""
+def verify_page(data: bytes, verifier: NoteVerifier, witnesses: WitnessPolicy | None = None) -> VerifiedPage:
+    """Parse and check one page; raises :class:`BatchError` (``check`` = the failed check). With a
+    witness policy, checkpoint `new` must carry a quorum of cosignatures (check ``witnesses``)."""
     doc, raw = _load(data)
     try:
-        return _verify(doc, raw, verifier)
+        return _verify(doc, raw, checkpoint_policy(verifier, witnesses))
     except BatchError:
         raise
     except MeterchainError as exc:
@@ -128,19 +134,22 @@ _DEVICE_LEAVES_INCLUDED = DeviceLeavesIncluded()
 _LEAF_INCLUDED = LeafIncluded()
 
 
-def _opened(checkpoint_signed: CheckpointSigned, evidence: Evidence) -> Checkpoint:
+def _opened(checkpoint_signed: CheckpointSigned | AllOf, evidence: Evidence) -> Checkpoint:
     checkpoint_signed.verify(evidence)
     if evidence.checkpoint is None:  # pragma: no cover - CheckpointSigned sets it or raises
         raise BatchError("checkpoint was not opened", check="checkpoint")
     return evidence.checkpoint
 
 
-def _verify(doc: dict[str, Any], raw: Any, verifier: NoteVerifier) -> VerifiedPage:
+def _verify(doc: dict[str, Any], raw: Any, checkpoint_checks: AllOf) -> VerifiedPage:
     size_from, size_to = _uint(doc["from"], "from"), _uint(doc["to"], "to")
     cursor = _uint(doc["cursor"], "cursor")
-    checkpoint_signed = CheckpointSigned(verifier)
+    # `new` is checked against the whole checkpoint policy; `old`, proven consistent with it
+    # below, needs only the log's signature (it may predate the witnesses).
+    checkpoint_signed = checkpoint_checks.checks[0]
+    assert isinstance(checkpoint_signed, CheckpointSigned)
     page = Evidence(checkpoint_note=doc["new"])
-    new = _opened(checkpoint_signed, page)
+    new = _opened(checkpoint_checks, page)
     if new.size != size_to:
         raise BatchError(f"checkpoint `new` has size {new.size}, not {size_to}", check="checkpoint")
     if size_from:
@@ -194,4 +203,4 @@ def _verify(doc: dict[str, Any], raw: Any, verifier: NoteVerifier) -> VerifiedPa
         entries.append(VerifiedEntry(index, point, signed))
     following = doc["next"]
     return VerifiedPage(size_from, size_to, new.root, tuple(entries),
-                        None if following is None else _uint(following, "next"))
+                        None if following is None else _uint(following, "next"), page.cosigners)
