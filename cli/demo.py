@@ -377,6 +377,16 @@ async def _drive_catch_up(clock: TimeLapseClock, agents: list[tuple[Agent, async
     return steps
 
 
+async def _stopped(tasks: list[asyncio.Task[None]], timeout: float = 15.0) -> None:
+    """Wait for cancelled agents, but not forever: the backend and broker must still stop."""
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        log.warning("demo: %s did not stop within %.0f s; stopping the rest anyway",
+                    task.get_name(), timeout)
+
+
 async def _drain(agents: list[tuple[Agent, asyncio.Task[None]]], timeout: float) -> None:
     """Wait until the backend has acked every reading the agents signed (or ``timeout``)."""
     deadline = time.monotonic() + timeout
@@ -410,7 +420,7 @@ async def catch_up(gateways: list[DemoGateway], clock: TimeLapseClock, start: in
     finally:
         for _, task in agents:
             task.cancel()
-        await asyncio.gather(*(task for _, task in agents), return_exceptions=True)
+        await _stopped([task for _, task in agents])
         for g in gateways:
             g.bus.wire_delay = True
     return steps
@@ -614,7 +624,16 @@ async def run_demo(workdir: Path, http_port: int, duration: float | None,
             console.print(f"history     signing every quarter hour from {_local(resume)} to now "
                           "through the real pipe (time-lapse; docs/decisions.md)")
             began = time.monotonic()
-            steps = await catch_up(gateways, clock, resume, show_progress)
+            catching_up = asyncio.create_task(catch_up(gateways, clock, resume, show_progress))
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({catching_up, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not catching_up.done():  # Ctrl-C during the history: stop now, keep what is in
+                catching_up.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await catching_up
+                return
+            steps = catching_up.result()
             console.print(f"            {steps} quarter hours per meter in "
                           f"{time.monotonic() - began:.0f} s")
         began = time.monotonic()
@@ -647,7 +666,7 @@ async def run_demo(workdir: Path, http_port: int, duration: float | None,
         stop.set()
         for task in agents:
             task.cancel()
-        await asyncio.gather(*agents, return_exceptions=True)
+        await _stopped(agents)
         if backend is not None:
             await stop_backend(backend)
         if status is not None:

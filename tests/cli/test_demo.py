@@ -200,3 +200,36 @@ async def test_demo_households_survive_a_rerun_with_the_same_dir(tmp_path: Path)
                                                               login.password_hash)[0]
     finally:
         await store.close()
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_during_the_history_stops_everything(tmp_path: Path) -> None:
+    """Ctrl-C while the history is signed stops the demo, its backend and broker promptly."""
+    workdir, port = tmp_path / "demo", free_port()
+    proc = subprocess.Popen(
+        [*METERCHAIN, "demo", "--dir", str(workdir), "--history-days", "3", "--http-port",
+         str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "COLUMNS": "200"})
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while not any(line.startswith("history ") for line in lines):
+        assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+        time.sleep(0.5)
+    time.sleep(3)
+    proc.send_signal(2)
+    began = time.monotonic()
+    proc.wait(timeout=90)
+    reader.join(timeout=10)
+    assert proc.returncode == 0 and "demo stopped" in "".join(lines), "".join(lines)
+    assert time.monotonic() - began < 60
+    def cmdline(pid: Path) -> str:
+        try:
+            return (pid / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:  # gone meanwhile
+            return ""
+
+    leftovers = [p.name for p in Path("/proc").iterdir()
+                 if p.name.isdigit() and str(workdir) in cmdline(p)]
+    assert leftovers == [], "a broker or backend outlived the demo"
