@@ -52,6 +52,7 @@ from meterchain.mqtt import (
     MqttError,
     Protocol,
     ProtocolUnsupported,
+    ReasonCode,
     stay_connected,
 )
 from prometheus_client import Counter, Histogram
@@ -504,12 +505,12 @@ class Ingest:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _check_granted(topic_filter: str, granted: object) -> None:
+def _check_granted(topic_filter: str, granted: tuple[ReasonCode, ...]) -> None:
     """Raise :class:`ConfigError` if the broker refused a subscription (a code ≥ 0x80, e.g.
     0x87 not authorized or 0x9E shared subscriptions not supported)."""
-    for code in granted if isinstance(granted, (list, tuple)) else ():
-        value = int(getattr(code, "value", code))
-        if value >= 0x80:
+    for code in granted:
+        value = code.value
+        if code.is_failure:
             raise ConfigError(
                 f"the broker refused the subscription {topic_filter!r}: {code} (0x{value:02x}); "
                 "check its ACL for the backend's user and that it allows shared subscriptions",
