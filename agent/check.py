@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from meterchain.agent.acks import AckGuard, read_alarms
 from meterchain.agent.backfill import ClockCheck
 from meterchain.agent.clock import Clock, SystemClock, kernel_clock_sync
 from meterchain.agent.config import AgentConfig
@@ -41,6 +42,7 @@ from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.outbox import Outbox
 from meterchain.agent.profile_poller import dlms_pollers
 from meterchain.agent.publisher import Publisher
+from meterchain.agent.recovery import open_outbox
 from meterchain.agent.scheduler import Poller
 from meterchain.bridge.dlms import HdlcAddress
 from meterchain.bridge.dlms.errors import (
@@ -161,6 +163,7 @@ async def run_check(config: AgentConfig, signer: Signer, *, record: dict[str, ob
     if record and record.get("key_id") and record["key_id"] != report.key_fingerprint:
         report.add("key", False, "the key is not the one provisioned",
                    "provision again (meterchain agent provision …) or restore the key file")
+    _check_acks(report, config)
     modbus_meters = [m for m in config.meters if m.dlms is None]
     sources = sources if sources is not None else list(modbus_sources(modbus_meters))
     clock = SystemClock()
@@ -179,6 +182,27 @@ async def run_check(config: AgentConfig, signer: Signer, *, record: dict[str, ob
         for meter_source in sources:
             meter_source.close()
     return report
+
+
+def _check_acks(report: CheckReport, config: AgentConfig) -> None:
+    """Signed acks (agent/acks.py): the control key, and the alarms the running agent kept."""
+    if config.control_key is None:
+        report.add("acks", True, "no control_key: acks are taken UNVERIFIED (each one raises an "
+                   "alarm); a forged ack could make this gateway forget readings",
+                   "provision the gateway again (meterchain agent provision …) to get the "
+                   "backend's control key")
+    else:
+        report.add("acks", True, "acks verified with control key "
+                   f"{NoteVerifier.parse(config.control_key).name}")
+    for kind, alarm in sorted(read_alarms(config.outbox_path).items()):
+        when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(int(alarm.get("last", 0))))
+        detail = f"{alarm.get('count')}× {kind}, last at {when}: {alarm.get('detail')}"
+        if kind.startswith("ack-refused"):
+            report.add("acks", False, detail, "someone publishes acks on this gateway's ack "
+                       "topic: check the broker's ACL (docs/deploy.md) and the backend's "
+                       "control key (meterchain backend control-key show)")
+        else:  # unverified acks, declared gaps: reported, not failures of this gateway
+            report.add("acks", True, detail)
 
 
 async def _check_meters(report: CheckReport, sources: list[MeterSource]) -> bool:
@@ -273,7 +297,9 @@ async def _publish_and_prove(report: CheckReport, config: AgentConfig, signer: S
                              record: dict[str, object] | None, timeout: float, clock: Clock,
                              clock_sync: Callable[[], ClockSync]) -> None:
     metrics = AgentMetrics()
-    outbox = await Outbox.open(config.outbox_path, config.device_id)
+    # As the agent opens it: beside the sequence reservation (agent/recovery.py), so the check's
+    # reading is reserved before it is signed and a lost outbox is declared, not reused.
+    outbox = await open_outbox(config.outbox_path, config.device_id, signer, config.key_path)
     try:
         await outbox.set_key_id(key_id(signer.public_key_der))
         latest = int(clock.now()) // config.interval_seconds * config.interval_seconds
@@ -298,7 +324,8 @@ async def _publish_and_prove(report: CheckReport, config: AgentConfig, signer: S
         target = pending[-1]
         publisher = Publisher(device=config.device_id, broker=config.broker, outbox=outbox,
                               clock=clock, metrics=metrics, ack_timeout=config.ack_timeout_seconds,
-                              backoff=Backoff())
+                              backoff=Backoff(),
+                              guard=AckGuard(config.device_id, config.control_key, config.key_path))
         began = time.monotonic()
         task = asyncio.create_task(publisher.run())
         try:

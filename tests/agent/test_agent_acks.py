@@ -109,3 +109,28 @@ async def test_without_a_control_key_every_ack_is_an_alarm(tmp_path: Path) -> No
         assert _refused(metrics, "ahead") == 1 and await outbox.depth() == 2
     finally:
         await outbox.close()
+
+
+async def test_agent_check_reports_the_control_key_and_refused_acks(tmp_path: Path) -> None:
+    from meterchain.agent.check import CheckReport, _check_acks
+
+    publisher, outbox, metrics = await _publisher(tmp_path, str(CONTROL.verifier))
+    try:
+        config = load_config(tmp_path / "agent.toml")
+        report = CheckReport(DEVICE)
+        _check_acks(report, config)
+        assert report.ok and "verified with control key test.example/control" in report.steps[0].detail
+        await publisher.handle_ack(_ack(1000).sign([CONTROL]))  # an alarm the agent keeps
+        report = CheckReport(DEVICE)
+        _check_acks(report, config)
+        assert not report.ok
+        failed = [s for s in report.steps if not s.ok]
+        assert "ack-refused:ahead" in failed[0].detail and "ACL" in failed[0].fix
+    finally:
+        await outbox.close()
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    report = CheckReport(DEVICE)
+    _check_acks(report, load_config(write(legacy, EXAMPLE)))  # no control_key
+    assert "UNVERIFIED" in report.steps[0].detail and "provision the gateway again" in (
+        report.steps[0].fix)

@@ -123,8 +123,10 @@ async def _attack(site: Site, url: str, rng: random.Random, stop: asyncio.Event,
     async with broker_client(url, f"attacker-{rng.random()}") as client:
         while not stop.is_set():
             device = rng.choice(DEVICES)
-            agent = site.agents[device]
-            nxt = await agent.outbox.next_seq() if agent.outbox is not None else 1  # type: ignore[union-attr]
+            try:  # the agent's next sequence, as an eavesdropper would guess it
+                nxt = await site.agents[device].outbox.next_seq()  # type: ignore[union-attr]
+            except Exception:  # that agent is restarting (its outbox closed, or not open yet)
+                nxt = 1
             action = rng.random()
             if action < 0.35:  # the next sequence numbers, signed by another key
                 for seq in range(nxt, nxt + rng.randint(1, 8)):
@@ -244,6 +246,8 @@ async def _run(tmp_path: Path, *, acl: bool, seed: int, seconds: float) -> Figur
         await asyncio.sleep(seconds)
         stop.set()
         await asyncio.wait(helpers[1:], timeout=10)
+        for helper in helpers[1:]:  # an attacker or loser that died early would prove nothing
+            assert helper.done() and helper.exception() is None, helper
         for gateway in site.devices.values():  # the meters stop: the outboxes can drain
             await gateway.bus.stop()  # type: ignore[attr-defined]
 
