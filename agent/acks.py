@@ -167,3 +167,11 @@ class AckGuard:
         except OSError as exc:
             log.warning("event=control_keys_not_kept path=%s error=%s", self.keys_file, exc)
         log.warning("event=control_key_adopted device=%s keys=%s", self.device, ",".join(keys))
+
+
+def recent_alarms(outbox_path: Path, now: float | None = None,
+                  within: float = 86_400) -> tuple[str, ...]:
+    """The alarm kinds raised in the last ``within`` seconds, for the status message."""
+    when = time.time() if now is None else now
+    return tuple(sorted(kind for kind, alarm in read_alarms(outbox_path).items()
+                        if when - float(alarm.get("last", 0)) <= within))  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from meterchain.agent.acks import AckGuard, record_alarm
+from meterchain.agent.acks import AckGuard, recent_alarms, record_alarm
 from meterchain.agent.clock import Clock, SystemClock, kernel_clock_sync
 from meterchain.agent.config import AgentConfig, ConfigError
 from meterchain.agent.exchange import MeterSerials
@@ -174,6 +174,7 @@ class Agent:
                     outbox=outbox,
                     clock=self.clock,
                     drift=self._meter_drift,
+                    alarms=lambda: recent_alarms(config.outbox_path),
                 ),
                 status_interval=self.status_interval,
                 guard=AckGuard(config.device_id, config.control_key, config.key_path),

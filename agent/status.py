@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from meterchain.agent.clock import Clock
 from meterchain.agent.ocmf import agent_version
 from meterchain.agent.outbox import Outbox
-from meterchain.contract.status import MAX_DRIFT, MAX_METERS, GatewayStatus, MeterHealth
+from meterchain.contract.status import MAX_ALARMS, MAX_DRIFT, MAX_METERS, GatewayStatus, MeterHealth
 
 
 class StatusReporter:
@@ -23,12 +23,14 @@ class StatusReporter:
         clock: Clock,
         drift: Callable[[], Mapping[str, float]] = dict,
         monotonic: Callable[[], float] = time.monotonic,
+        alarms: Callable[[], tuple[str, ...]] = tuple,
     ) -> None:
         self.device = device
         self.outbox = outbox
         self.clock = clock
         self.drift = drift
         self.monotonic = monotonic
+        self.alarms = alarms  # the alarm codes of the last day (agent/acks.py)
         self.started = monotonic()
         self.firmware = agent_version()
 
@@ -47,6 +49,7 @@ class StatusReporter:
                 MeterHealth(meter, progress.get(meter), _drift(drift.get(meter)))
                 for meter in meters
             ),
+            alarms=self.alarms()[:MAX_ALARMS],
         )
 
     async def __call__(self) -> bytes:

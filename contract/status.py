@@ -10,6 +10,11 @@ version (1-64 printable ASCII), ``uptime`` seconds, ``outbox`` readings not yet 
 ``quarantined`` readings rejected for good, ``meters``: up to 64 maps ``{"meter": serial,
 "last": interval end of its last stored reading or null, "drift": meter clock minus gateway clock
 in whole seconds (may be negative) or null when the meter has no clock}``.
+
+Version 2 (``"meterchain/status/v2"``) is version 1 plus ``alarms``: 1 to 8 alarm codes (1-64
+printable ASCII each, e.g. ``ack-refused:ahead``, ``ack-unverified``, ``gap``; docs/agent.md)
+the gateway raised in the last day. A gateway without alarms sends version 1, byte for byte as
+before; a reader accepts both.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from meterchain.contract.errors import EncodingError, FieldError
 from meterchain.contract.reading import DEVICE_ID_RE, MAX_SAFE_INT, METER_SERIAL_RE
 
 STATUS_TYPE = "meterchain/status/v1"
+STATUS_V2_TYPE = "meterchain/status/v2"
+MAX_ALARMS = 8
 MAX_STATUS_SIZE = 16 * 1024
 MAX_METERS = 64
 #: Drift beyond a day is not drift but a meter without a set clock; refuse rather than store.
@@ -46,6 +53,7 @@ class GatewayStatus:
     outbox_depth: int
     quarantined: int
     meters: tuple[MeterHealth, ...] = ()
+    alarms: tuple[str, ...] = ()  # version 2 only (issue 14)
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, str) or not DEVICE_ID_RE.fullmatch(self.device):
@@ -54,6 +62,11 @@ class GatewayStatus:
             raise FieldError("status: fw must be 1-64 printable ASCII characters", field="fw")
         for name in ("time", "uptime", "outbox_depth", "quarantined"):
             _uint(getattr(self, name), name)
+        if len(self.alarms) > MAX_ALARMS or not all(
+            isinstance(a, str) and _FIRMWARE_RE.fullmatch(a) for a in self.alarms
+        ):
+            raise FieldError(f"status: at most {MAX_ALARMS} alarms of 1-64 printable ASCII",
+                             field="alarms")
         if len(self.meters) > MAX_METERS:
             raise FieldError(f"status: at most {MAX_METERS} meters", field="meters")
         for m in self.meters:
@@ -67,9 +80,11 @@ class GatewayStatus:
                 raise FieldError(f"status: drift must be an integer within ±{MAX_DRIFT}", field="drift")
 
     def to_cbor(self) -> bytes:
+        extra: dict[str, object] = {"alarms": list(self.alarms)} if self.alarms else {}
         return cbor.encode(
             {
-                "t": STATUS_TYPE,
+                **extra,
+                "t": STATUS_V2_TYPE if self.alarms else STATUS_TYPE,
                 "dev": self.device,
                 "time": self.time,
                 "fw": self.firmware,
@@ -86,10 +101,15 @@ class GatewayStatus:
     def from_cbor(cls, data: bytes) -> GatewayStatus:
         """Parse a status message; anything but the one deterministic form is refused."""
         obj = cbor.decode(data, what="status", max_size=MAX_STATUS_SIZE)
-        if not isinstance(obj, dict) or set(obj) != _KEYS:
-            raise EncodingError(f"status: must be a map of {sorted(_KEYS)}", what="status")
-        if obj["t"] != STATUS_TYPE:
-            raise FieldError(f"status: type must be {STATUS_TYPE}", field="t")
+        v2 = isinstance(obj, dict) and obj.get("t") == STATUS_V2_TYPE
+        keys = _KEYS | {"alarms"} if v2 else _KEYS
+        if not isinstance(obj, dict) or set(obj) != keys:
+            raise EncodingError(f"status: must be a map of {sorted(keys)}", what="status")
+        if obj["t"] not in (STATUS_TYPE, STATUS_V2_TYPE):
+            raise FieldError(f"status: type must be {STATUS_TYPE} or {STATUS_V2_TYPE}", field="t")
+        alarms = obj.get("alarms", [])
+        if not isinstance(alarms, list) or (v2 and not alarms):
+            raise FieldError("status: alarms must be a non-empty list", field="alarms")
         meters = obj["meters"]
         if not isinstance(meters, list):
             raise FieldError("status: meters must be a list", field="meters")
@@ -106,6 +126,7 @@ class GatewayStatus:
             outbox_depth=obj["outbox"],
             quarantined=obj["quarantined"],
             meters=tuple(health),
+            alarms=tuple(alarms),
         )
 
 

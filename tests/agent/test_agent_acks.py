@@ -134,3 +134,21 @@ async def test_agent_check_reports_the_control_key_and_refused_acks(tmp_path: Pa
     _check_acks(report, load_config(write(legacy, EXAMPLE)))  # no control_key
     assert "UNVERIFIED" in report.steps[0].detail and "provision the gateway again" in (
         report.steps[0].fix)
+
+
+async def test_a_refused_ack_shows_in_the_status_message(tmp_path: Path) -> None:
+    from meterchain.agent.acks import recent_alarms
+    from meterchain.agent.status import StatusReporter
+    from meterchain.contract.status import GatewayStatus
+
+    publisher, outbox, metrics = await _publisher(tmp_path, str(CONTROL.verifier))
+    try:
+        path = tmp_path / "state/outbox.sqlite"
+        reporter = StatusReporter(device=DEVICE, outbox=outbox, clock=SystemClock(),
+                                  alarms=lambda: recent_alarms(path))
+        assert GatewayStatus.from_cbor(await reporter()).alarms == ()
+        await publisher.handle_ack(_ack(1000).sign([CONTROL]))
+        assert GatewayStatus.from_cbor(await reporter()).alarms == ("ack-refused:ahead",)
+        assert recent_alarms(path, now=10**10) == ()  # a day later it is no longer news
+    finally:
+        await outbox.close()

@@ -87,3 +87,23 @@ def test_control_key_leaf_is_a_typed_log_leaf() -> None:
     assert parse_leaf(leaf.to_cbor()) == leaf
     with pytest.raises(MeterchainError):
         ControlKeyLeaf(str(OLD.verifier), "revoke", 1)
+
+
+def test_status_v2_carries_alarms_and_v1_is_unchanged() -> None:
+    from meterchain.contract import cbor
+    from meterchain.contract.status import GatewayStatus, MeterHealth
+
+    healthy = GatewayStatus("gw-1", 10, "0.1", 5, 0, 0, (MeterHealth("M1", 900, None),))
+    assert cbor.decode(healthy.to_cbor())["t"] == "meterchain/status/v1"  # type: ignore[index]
+    assert "alarms" not in cbor.decode(healthy.to_cbor())  # type: ignore[operator]
+    alarmed = GatewayStatus("gw-1", 10, "0.1", 5, 0, 0, (), ("ack-refused:ahead", "gap"))
+    data = alarmed.to_cbor()
+    assert cbor.decode(data)["t"] == "meterchain/status/v2"  # type: ignore[index]
+    assert GatewayStatus.from_cbor(data) == alarmed
+    assert GatewayStatus.from_cbor(healthy.to_cbor()) == healthy
+    bad = cbor.decode(data)
+    bad["alarms"] = []  # type: ignore[index]
+    with pytest.raises(MeterchainError):
+        GatewayStatus.from_cbor(cbor.encode(bad))
+    with pytest.raises(MeterchainError):
+        GatewayStatus("gw-1", 10, "0.1", 5, 0, 0, (), ("x\n",))
