@@ -248,7 +248,7 @@ def check(
     from meterchain.contract.errors import MeterchainError
 
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    # A DLMS meter's profile backlog is published at once: aiomqtt's "pending publish calls"
+    # A DLMS meter's profile backlog is published at once: the MQTT client's "pending calls"
     # warnings are expected here, and the report says whether publishing worked.
     logging.getLogger("meterchain.agent.mqtt").setLevel(logging.ERROR)
     try:
