@@ -174,4 +174,4 @@ def recent_alarms(outbox_path: Path, now: float | None = None,
     """The alarm kinds raised in the last ``within`` seconds, for the status message."""
     when = time.time() if now is None else now
     return tuple(sorted(kind for kind, alarm in read_alarms(outbox_path).items()
-                        if when - float(alarm.get("last", 0)) <= within))  # type: ignore[arg-type]
+                        if when - float(alarm.get("last", 0)) <= within))

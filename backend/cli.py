@@ -13,6 +13,7 @@ from meterchain.backend.api.ports import check_port_free
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.devices import registry
 from meterchain.backend.ingest.control_cli import app as control_app
+from meterchain.backend.log.audit import AuditReport
 from meterchain.backend.log.audit import audit as run_audit
 from meterchain.backend.provisioning.cli import token as installer_token
 from meterchain.backend.store import is_postgres, using_store
@@ -20,7 +21,7 @@ from meterchain.contract.errors import MeterchainError
 from meterchain.contract.leaves import DeviceLeaf
 from meterchain.contract.note import NoteSigner, NoteVerifier
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 app = typer.Typer(help="The backend: ingest, log, API, device enrolment.", no_args_is_help=True)
 console = Console(highlight=False)
@@ -158,10 +159,10 @@ def audit(
     if not is_postgres(db) and not Path(db).exists():
         raise typer.BadParameter(f"no database at {db}")
 
-    async def go():  # untyped: it returns what the command prints
+    async def go() -> AuditReport:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       console=err, transient=True) as bar:
-            tasks: dict[str, int] = {}
+            tasks: dict[str, TaskID] = {}
 
             def progress(phase: str, done: int, total: int) -> None:
                 if phase not in tasks:
