@@ -329,8 +329,8 @@ async def _check(site: Site, store, control, acl: bool) -> None:  # type: ignore
     figures.acks_applied = len(site.applied)
 
 
-def _report(name: str, figures: Figures) -> None:
-    print(f"\nhostile run {name}: seed {SEED}, {SECONDS:.0f} s: " + json.dumps({
+def _report(name: str, seed: int, figures: Figures) -> None:
+    print(f"\nhostile run {name}: seed {seed}, {SECONDS:.0f} s: " + json.dumps({
         "forged_readings": figures.forged_readings, "forged_acks": figures.forged_acks,
         "forged_gaps": figures.forged_gaps, "junk": figures.junk,
         "outbox_losses": dict(figures.outbox_losses), "acks_applied": figures.acks_applied,
@@ -342,7 +342,7 @@ def _report(name: str, figures: Figures) -> None:
 @pytest.mark.parametrize("acl", [False, True], ids=["open-broker", "broker-acl"])
 async def test_hostile_inputs_punch_no_holes(tmp_path: Path, acl: bool) -> None:
     figures = await _run(tmp_path, acl=acl, seed=SEED + int(acl), seconds=SECONDS)
-    _report("broker-acl" if acl else "open-broker", figures)
+    _report("broker-acl" if acl else "open-broker", SEED + int(acl), figures)
     assert figures.forged_readings and figures.forged_acks and figures.junk
     assert figures.acks_applied > 0
     if not acl:  # the forged acks reached the agents, which refused them
