@@ -122,7 +122,7 @@ class AckTracker:
         missing = [device for device in devices if device not in self.devices]
         # Concurrently: the store's queries queue up instead of waiting for each other's answer.
         states: list[AckState] = await asyncio.gather(*(store.ack_state(d) for d in missing))
-        for device, state in zip(missing, states):
+        for device, state in zip(missing, states, strict=True):
             loaded = _DeviceAck(
                 state.upto, set(state.above), collections.deque(state.recent_rejections, 64)
             )
