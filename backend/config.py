@@ -81,6 +81,10 @@ class BackendConfig:
     mosquitto_passwd_file: str = ""  # keep each device's login line in this password file
     broker_reload_command: str = ""  # run after that file changed, e.g. "systemctl reload mosquitto"
     public_url: str = ""  # the backend's URL as installers reach it (in tokens' QR codes)
+    # Witnesses (docs/witness.md): a C2SP tlog-policy file; the sealer asks each witness with a
+    # URL to cosign every checkpoint (waiting at most witness_timeout s), gateways get the file.
+    witness_policy: str = ""
+    witness_timeout: float = 2.0
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -28,6 +28,7 @@ from meterchain.backend.api.errors import ApiError
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.ingest.control_key import load_or_create_control_key
 from meterchain.backend.ingest.worker import Ingest
+from meterchain.backend.log.cosigning import cosigning_from
 from meterchain.backend.log.routes import log_router
 from meterchain.backend.log.sealer import Sealer
 from meterchain.backend.provisioning.tokens import settings_from_config
@@ -221,9 +222,15 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
                     await claimed.claim_sealer()
                     sealing = claimed
                 assert signer is not None
+                cosigning = cosigning_from(config.witness_policy, sealing, timeout=config.witness_timeout)
+                if cosigning is not None:  # docs/witness.md
+                    resources.push_async_callback(cosigning.close)
                 sealer = Sealer(sealing, signer, interval=config.seal_interval,
-                                max_leaves=config.seal_max_leaves)
+                                max_leaves=config.seal_max_leaves,
+                                on_sealed=cosigning.after_seal if cosigning else None)
                 await sealer.start()  # refuse to run on a tree that does not match its checkpoint
+                if cosigning is not None:
+                    await cosigning.resume()
                 resources.push_async_callback(_seal_pending, sealer)  # after the tasks stopped
                 tasks.add(asyncio.create_task(sealer.run(), name="sealer"))
                 if on_postgres:

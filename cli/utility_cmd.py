@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import typer
-from meterchain.cli.verify_cmd import read_log_key
+from meterchain.cli.verify_cmd import read_log_key, read_policy
 from meterchain.contract.utility_batch import BatchError, VerifiedPage, verify_page
 from rich.console import Console
 from rich.markup import escape
@@ -20,7 +20,8 @@ console = Console(highlight=False)
 
 def _report(name: str, page: VerifiedPage) -> None:
     console.print(f"[green]OK[/green] {name}: {len(page.entries)} readings, leaves "
-                  f"[{page.size_from}, {page.size_to}), next {page.next}")
+                  f"[{page.size_from}, {page.size_to}), next {page.next}"
+                  + (f"; witnesses: {', '.join(page.cosigners)}" if page.cosigners else ""))
 
 
 @app.command("verify")
@@ -28,13 +29,16 @@ def verify(
     pages: list[Path] = typer.Argument(  # noqa: B008 - typer reads its defaults
         ..., help="Batch pages (JSON or CBOR) as the API returns them."),
     log_key: str = typer.Option(..., "--log-key", help="The log's public key or a file holding it."),
+    policy_file: Path | None = typer.Option(  # noqa: B008 - typer reads its defaults
+        None, "--policy", help="A witness policy (C2SP tlog-policy): require its quorum on each page."),
 ) -> None:
     """Check batch pages offline; exit 0 only if every page verifies."""
     verifier = read_log_key(log_key)
+    policy = read_policy(policy_file)
     failed = False
     for path in pages:
         try:
-            _report(str(path), verify_page(path.read_bytes(), verifier))
+            _report(str(path), verify_page(path.read_bytes(), verifier, policy))
         except OSError as exc:
             console.print(f"[red]FAIL[/red] {path}: cannot read ({exc.strerror})")
             failed = True
@@ -52,12 +56,15 @@ def pull(
     out: Path = typer.Option(Path("."), "--out", help="Directory for the verified pages."),  # noqa: B008
     start: int = typer.Option(0, "--from", min=0, help="Tree size you have already (0: all)."),
     limit: int = typer.Option(500, "--limit", min=1, max=1000),
+    policy_file: Path | None = typer.Option(  # noqa: B008 - typer reads its defaults
+        None, "--policy", help="A witness policy (C2SP tlog-policy): require its quorum on each page."),
 ) -> None:
     """Fetch, verify and store (as CBOR) every page from --from to the newest checkpoint.
 
     Files are batch-FROM-TO-CURSOR.cbor; the last line says what to pass as --from next time.
     """
     verifier = read_log_key(log_key)
+    policy = read_policy(policy_file)
     out.mkdir(parents=True, exist_ok=True)
     to: int | None = None
     cursor: int | None = start
@@ -82,7 +89,7 @@ def pull(
             console.print(f"[red]FAIL[/red] cannot reach {api}: {escape(str(exc))}")
             raise typer.Exit(2) from None
         try:
-            page = verify_page(data, verifier)
+            page = verify_page(data, verifier, policy)
         except BatchError as exc:
             console.print(f"[red]FAIL[/red] page at cursor {cursor}: {escape(exc.diagnostics())}")
             raise typer.Exit(1) from None

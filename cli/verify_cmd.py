@@ -8,6 +8,7 @@ import typer
 from meterchain.contract.bundle import BundleError, verify_bundle
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.note import NoteVerifier
+from meterchain.contract.tlog_policy import WitnessPolicy, parse_policy
 from rich.console import Console
 
 console = Console(highlight=False)
@@ -28,22 +29,42 @@ def read_log_key(value: str) -> NoteVerifier:
         raise typer.BadParameter(f"not a log public key (name+hash+base64): {exc}") from None
 
 
+def read_policy(path: Path | None) -> WitnessPolicy | None:
+    """A C2SP tlog-policy file (docs/witness.md): the witnesses and the quorum to require."""
+    if path is None:
+        return None
+    try:
+        return parse_policy(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read policy file {path}: {exc}") from None
+    except MeterchainError as exc:
+        raise typer.BadParameter(f"policy file {path}: {exc.diagnostics()}") from None
+
+
+def witnesses_line(policy: WitnessPolicy, cosigners: tuple[str, ...]) -> str:
+    """Who cosigned, against what the policy requires."""
+    return f"witnesses: {', '.join(cosigners) or 'none'} cosigned (policy: {policy.describe()})"
+
+
 def verify(
     bundle: Path = typer.Argument(..., help="A proof bundle file (.tlog-proof).", exists=False),
     log_key: str = typer.Option(
         ..., "--log-key", help="The log's public key, name+hash+base64, or a file holding it."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing; exit status only."),
+    policy_file: Path | None = typer.Option(
+        None, "--policy", help="A witness policy (C2SP tlog-policy): require its quorum of cosignatures."),
 ) -> None:
     """Check a reading's proof bundle offline; exit 0 only if every check holds."""
     verifier = read_log_key(log_key)
+    policy = read_policy(policy_file)
     try:
         text = bundle.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         console.print(f"[red]FAIL[/red] encoding: cannot read {bundle}: {exc}")
         raise typer.Exit(2) from None
     try:
-        result = verify_bundle(text, verifier)
+        result = verify_bundle(text, verifier, policy)
     except BundleError as exc:
         if not quiet:
             # Only what the policy checked is ok: a high-S signature fails while decoding, before
@@ -52,6 +73,8 @@ def verify(
                 console.print(f"[green]ok[/green]   {check}")
             console.print(f"[red]FAIL[/red] {exc.check}: {exc}")
         raise typer.Exit(1) from None
+    if not quiet and policy is not None:
+        console.print(witnesses_line(policy, result.cosigners))
     if not quiet:
         r = result.reading.reading
         for check in result.passed:

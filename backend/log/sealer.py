@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from meterchain.backend.log.backfill import backfill_strata
 from meterchain.backend.log.strata import STRIDE
@@ -43,6 +43,7 @@ class Sealer:
         interval: float = 5.0,
         max_leaves: int = 10_000,
         clock: Callable[[], float] = time.time,
+        on_sealed: Callable[[int, str], Awaitable[object]] | None = None,
     ) -> None:
         if max_leaves < 1 or interval <= 0:
             raise ValueError("a seal needs max_leaves >= 1 and interval > 0")
@@ -51,6 +52,8 @@ class Sealer:
         self.interval = interval
         self.max_leaves = max_leaves
         self.clock = clock
+        # After each committed seal, with its size and note: witness cosigning (cosigning.py).
+        self.on_sealed = on_sealed
         self.tree = CompactRange()
         self.last_header: BatchHeader | None = None
         self._pending_hint = 0
@@ -120,6 +123,11 @@ class Sealer:
         SEALED_LEAVES.inc(len(pending))
         TREE_SIZE.set(tree.size)
         log.info("sealed batch %d: leaves [%d, %d)", header.index, header.first, header.size)
+        if self.on_sealed is not None:
+            try:
+                await self.on_sealed(tree.size, note)
+            except Exception:  # the seal stands; only its cosignatures are missing
+                log.exception("sealer: collecting cosignatures for size %d failed", tree.size)
         return len(pending)
 
     async def seal_all(self) -> int:

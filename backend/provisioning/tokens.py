@@ -46,6 +46,7 @@ from meterchain.backend.store import SqliteStore
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.leaves import DeviceLeaf
 from meterchain.contract.reading import DEVICE_ID_RE, MAX_SAFE_INT
+from meterchain.contract.tlog_policy import parse_policy
 
 if TYPE_CHECKING:
     from meterchain.backend.config import BackendConfig
@@ -108,7 +109,7 @@ class ProvisioningSettings:
     passwd_file: Path | None = None  # Mosquitto password file to keep the device's line in
     reload_command: tuple[str, ...] = ()  # run after the file changed, e.g. systemctl reload
     public_url: str = ""  # the backend's URL as installers reach it (for QR codes)
-    witness_policy: str | None = None  # not yet: gateways get null
+    witness_policy: str | None = None  # the tlog-policy file's text (docs/witness.md); None: no witnesses
     control_key: str = ""  # verifies the backend's acks (backend/ingest/control_key.py)
 
 
@@ -310,4 +311,6 @@ def settings_from_config(config: BackendConfig) -> ProvisioningSettings:
         reload_command=tuple(shlex.split(config.broker_reload_command)),
         public_url=config.public_url.rstrip("/"),
         control_key=public_control_key(config.control_key_path()),
+        witness_policy=(parse_policy(Path(config.witness_policy).read_text(encoding="utf-8")).to_text()
+                        if config.witness_policy else None),
     )

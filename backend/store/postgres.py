@@ -927,6 +927,18 @@ class PostgresStore:
             "SELECT size, root, note, time FROM checkpoints WHERE size = $1", size)
         return CheckpointRow(*row) if row else None
 
+    async def add_cosignatures(self, size: int, note: str) -> bool:
+        """Store checkpoint ``size``'s note with witness cosignatures appended
+        (backend/log/cosigning.py); only a note that extends the stored one is taken."""
+
+        async def work(conn: asyncpg.Connection) -> bool:
+            status = await conn.execute(
+                "UPDATE checkpoints SET note = $1 WHERE size = $2 AND left($1, length(note)) = note",
+                note, size)
+            return bool(status == "UPDATE 1")
+
+        return await self._write(work, what="cosignatures")
+
     async def reading(self, device: str, seq: int) -> ReadingRow | None:
         row = await self._pool.fetchrow(
             f"SELECT {READING_COLUMNS} FROM readings r JOIN leaves l ON l.id = r.leaf_id "

@@ -628,6 +628,18 @@ class SqliteStore:
         rows = await self._rows("SELECT size, root, note, time FROM checkpoints WHERE size = ?", (size,))
         return CheckpointRow(*rows[0]) if rows else None
 
+    async def add_cosignatures(self, size: int, note: str) -> bool:
+        """Store checkpoint ``size``'s note with witness cosignatures appended
+        (backend/log/cosigning.py); only a note that extends the stored one is taken."""
+
+        async def work() -> bool:
+            cur = await self._conn.execute(
+                "UPDATE checkpoints SET note = ? WHERE size = ? AND substr(?, 1, length(note)) = note",
+                (note, size, note))
+            return cur.rowcount == 1
+
+        return await self._write(work)
+
     async def reading(self, device: str, seq: int) -> ReadingRow | None:
         rows = await self._rows(
             f"SELECT {READING_COLUMNS} FROM readings r JOIN leaves l ON l.id = r.leaf_id "
