@@ -380,6 +380,52 @@ class Outbox:
             row = await cur.fetchone()
         return None if row is None or row[0] is None else int(row[0]) + republish_after
 
+    async def outstanding(self, limit: int) -> tuple[list[tuple[int, int, int]], int]:
+        """The oldest ``limit`` readings published but not acked (seq, last_sent, send_count),
+        and how many there are in all (agent/resend.py decides which are due again)."""
+        async with self._db.execute(
+            "SELECT seq, last_sent, send_count FROM readings WHERE last_sent IS NOT NULL"
+            " ORDER BY seq LIMIT ?", (limit,)
+        ) as cur:
+            rows = [(int(r[0]), int(r[1]), int(r[2])) for r in await cur.fetchall()]
+        if len(rows) < limit:
+            return rows, len(rows)
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM readings WHERE last_sent IS NOT NULL"
+        ) as cur:
+            return rows, int((await cur.fetchone())[0])  # type: ignore[index]
+
+    async def unsent(self, limit: int, *, newest: int = 0) -> list[OutboxReading]:
+        """Up to ``limit`` readings never published, oldest first, ``newest`` of the slots kept
+        for the newest (a draining backlog never delays live data by more than one batch)."""
+        if limit <= 0:
+            return []
+        newest = min(newest, limit)
+        columns = "seq, meter, interval_end, message, send_count, ocmf"
+        async with self._db.execute(
+            f"SELECT {columns} FROM readings WHERE last_sent IS NULL ORDER BY seq DESC LIMIT ?",
+            (newest,),
+        ) as cur:
+            latest = list(await cur.fetchall())
+        async with self._db.execute(
+            f"SELECT {columns} FROM readings WHERE last_sent IS NULL ORDER BY seq LIMIT ?",
+            (limit - len(latest),),
+        ) as cur:
+            oldest = await cur.fetchall()
+        rows = {row[0]: row for row in (*oldest, *latest)}
+        return [OutboxReading(*rows[seq]) for seq in sorted(rows)]
+
+    async def fetch(self, seqs: Sequence[int]) -> list[OutboxReading]:
+        """These readings, if still in the outbox, oldest first."""
+        if not seqs:
+            return []
+        marks = ",".join("?" * len(seqs))
+        async with self._db.execute(
+            "SELECT seq, meter, interval_end, message, send_count, ocmf FROM readings"
+            f" WHERE seq IN ({marks}) ORDER BY seq", tuple(seqs)
+        ) as cur:
+            return [OutboxReading(*row) for row in await cur.fetchall()]
+
     async def mark_sent(self, seqs: Sequence[int], now: int) -> None:
         """Record a publish (PUBACKed by the broker; the reading still waits for the backend)."""
         if not seqs:

@@ -11,7 +11,10 @@ with backoff and chooses the protocol. One session:
    (a QoS 1 publish awaits its PUBACK, so one at a time would be round-trip-bound).
 
 A PUBACK only means the broker took the message. The reading stays in the outbox until the
-backend's ack covers it and is published again ``ack_timeout`` seconds after each send. Under
+backend's ack covers it. When it is published again is agent/resend.py's: a window of readings
+out without an ack, a backoff per reading from ``ack_timeout`` up, silence (no ack progress)
+shrinking the window to a probe, and an immediate drain on each reconnect and each ack that
+commits something. Under
 MQTT 5 a refused publish (0x87 Not authorized: an ACL forbids this device's topic) is logged
 and counted; under 3.1.1 the broker drops it silently and only the missing ack shows it.
 
@@ -32,6 +35,7 @@ from meterchain.agent.clock import Clock
 from meterchain.agent.config import BrokerConfig
 from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.outbox import Outbox, OutboxReading
+from meterchain.agent.resend import Outstanding, ResendPolicy
 from meterchain.contract.ack import ack_topic, ocmf_topic, readings_topic, status_topic
 from meterchain.mqtt import Backoff, Connection, Failure, Protocol, stay_connected
 
@@ -58,6 +62,7 @@ class Publisher:
         status_interval: float = 60.0,
         guard: AckGuard | None = None,
         on_alarm: Callable[[str, str], None] | None = None,
+        window: int = 1000,
     ) -> None:
         self.device = device
         self.broker = broker
@@ -81,6 +86,8 @@ class Publisher:
         # Which acks to believe (agent/acks.py); without a control key: unverified, alarmed.
         self.guard = guard or AckGuard(device, None, Path("no-control-key"))
         self.on_alarm = on_alarm
+        self.resend = ResendPolicy(ack_timeout, window=window)
+        self._next_wake: float | None = None
 
     def wake(self) -> None:
         """New readings are in the outbox: publish them now rather than at the next timeout."""
@@ -112,6 +119,7 @@ class Publisher:
     async def _session(self, client: Connection) -> None:
         self.protocol = client.protocol
         await client.subscribe(ack_topic(self.device), qos=1, timeout=self.publish_timeout)
+        self.resend.reconnected(self.clock.now())
         self.connected.set()
         self.metrics.broker_connects.labels(protocol=self.protocol.name).inc()
         log.info(
@@ -147,6 +155,9 @@ class Publisher:
                         "(no control_key: this ack may be forged)", self.device, ack.upto)
             self._alarm("ack-unverified", f"ack upto {ack.upto} taken without a control key")
         result = await self.outbox.apply_ack(ack, now=int(self.clock.now()))
+        if result.committed or result.quarantined:
+            self.resend.progress(self.clock.now())
+            self.wake()  # the window is open again: drain now
         self.metrics.readings_acked.inc(result.committed)
         reasons = {r.seq: r for r in ack.rejected}
         for seq in result.quarantined:
@@ -185,16 +196,22 @@ class Publisher:
         while True:
             self._wake.clear()  # before the query: a wake during it is not lost
             await self._publish_gaps(client)
-            batch = await self.outbox.pending(
-                self.broker.batch_size,
-                now=int(self.clock.now()),
-                republish_after=self.ack_timeout,
-                newest=self.newest_reserve,
-            )
+            batch = await self._due()
             if batch:
                 await self._publish_batch(client, batch)
             else:
                 await self._wait_for_work()
+
+    async def _due(self) -> list[OutboxReading]:
+        """The readings to publish now (agent/resend.py): due resends first, then new ones."""
+        rows, total = await self.outbox.outstanding(self.resend.window)
+        plan = self.resend.plan([Outstanding(*row) for row in rows], total, self.clock.now())
+        self._next_wake = plan.wake
+        size = self.broker.batch_size
+        again = await self.outbox.fetch(plan.resend[:size])
+        fresh = await self.outbox.unsent(min(plan.new, size - len(again)),
+                                         newest=self.newest_reserve)
+        return sorted((*again, *fresh), key=lambda r: r.seq)
 
     async def _publish_gaps(self, client: Connection) -> None:
         """Gap declarations of a lost outbox (agent/recovery.py) go out on the readings topic
@@ -260,8 +277,10 @@ class Publisher:
         log.debug("event=batch_published device=%s count=%d", self.device, len(batch))
 
     async def _wait_for_work(self) -> None:
-        due = await self.outbox.next_due(self.ack_timeout)
-        deadline = due if due is not None else self.clock.now() + self.ack_timeout
+        # Gap declarations are looked at every ack timeout; readings when the policy says.
+        deadline = self.clock.now() + self.ack_timeout
+        if self._next_wake is not None:
+            deadline = min(deadline, self._next_wake)
         waker = asyncio.ensure_future(self._wake.wait())
         sleeper = asyncio.ensure_future(self.clock.sleep_until(deadline))
         try:
