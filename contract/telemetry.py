@@ -15,6 +15,7 @@ active power in W, positive = import; ``null`` when the meter has no power regis
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from meterchain.contract import cbor
 from meterchain.contract.errors import EncodingError, FieldError
@@ -62,7 +63,7 @@ class Telemetry:
         return cls(obj["dev"], obj["meter"], obj["time"], obj["p"], tuple(voltages))
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -71,9 +72,9 @@ def _check(device: object, meter: object, time: object, power: object, voltages:
         raise FieldError("telemetry: bad device id", field="dev", value=str(device)[:80])
     if not isinstance(meter, str) or not METER_SERIAL_RE.fullmatch(meter):
         raise FieldError("telemetry: bad meter serial", field="meter", value=str(meter)[:80])
-    if not _is_int(time) or not 0 <= time <= MAX_SAFE_INT:  # type: ignore[operator]
+    if not _is_int(time) or not 0 <= time <= MAX_SAFE_INT:
         raise FieldError("telemetry: time must be UTC seconds in [0, 2^53-1]", field="time")
-    if power is not None and (not _is_int(power) or not -MAX_POWER_W <= power <= MAX_POWER_W):  # type: ignore[operator]
+    if power is not None and (not _is_int(power) or not -MAX_POWER_W <= power <= MAX_POWER_W):
         raise FieldError(f"telemetry: p must be null or watts in ±{MAX_POWER_W}", field="p")
     if not isinstance(voltages, tuple) or len(voltages) > MAX_PHASES or not all(
         _is_int(v) and 0 <= v <= MAX_VOLTAGE_DV for v in voltages

@@ -175,7 +175,9 @@ def decode_registers(
         value = ModbusClientMixin.convert_from_registers(
             chunk, _DATATYPES[reg.value_type], word_order=WORD_ORDER
         )
-        decoded[reg.name] = value  # type: ignore[assignment]
+        if not isinstance(value, (int, float)):  # every type of a register map decodes to one number
+            raise RegisterMapError("register did not decode to a number", model=register_map.model, name=reg.name)
+        decoded[reg.name] = value
     return decoded
 
 
