@@ -252,7 +252,7 @@ def settlement_router(state: "ApiState", auth: Auth) -> APIRouter:
     async def get_terms(community: CommunityId, who: Caller) -> list[TermsOut]:
         """Every version of the community's netting terms, oldest first."""
         await community_visible(who, community)
-        return [TermsOut(**t.as_dict()) for t in await reader().terms(community)]  # type: ignore[arg-type]
+        return [TermsOut.model_validate(t.as_dict()) for t in await reader().terms(community)]
 
     @router.put("/terms", response_model=TermsOut, dependencies=admin)
     async def put_terms(community: CommunityId, body: TermsIn) -> TermsOut:
@@ -312,7 +312,7 @@ def settlement_router(state: "ApiState", auth: Auth) -> APIRouter:
         """Settled intervals starting in [start, end), the revision in force of each."""
         await community_visible(who, community)
         rows = await reader().in_force(community, start, end)
-        return [IntervalOut(**_interval(r)) for _, r in sorted(rows.items())[:limit]]  # type: ignore[arg-type]
+        return [IntervalOut.model_validate(_interval(r)) for _, r in sorted(rows.items())[:limit]]
 
     @router.get("/intervals/{interval_start}", response_model=list[IntervalDetailOut])
     async def interval(community: CommunityId, who: Caller,
@@ -328,9 +328,9 @@ def settlement_router(state: "ApiState", auth: Auth) -> APIRouter:
         for row in rows:
             data, _, _ = await tables.leaf_data(row.leaf_id)
             origin = await tables.origin(community, interval_start, row.revision)
-            out.append(IntervalDetailOut(
-                **_interval(row), tiers=json.loads(row.tiers),  # type: ignore[arg-type]
-                origin=[list(o) for o in origin], leaf=base64.b64encode(data).decode()))
+            out.append(IntervalDetailOut.model_validate({
+                **_interval(row), "tiers": json.loads(row.tiers),
+                "origin": [list(o) for o in origin], "leaf": base64.b64encode(data).decode()}))
         return out
 
     @router.get("/members/{member}/lines", response_model=list[LineOut])
@@ -343,8 +343,8 @@ def settlement_router(state: "ApiState", auth: Auth) -> APIRouter:
         for f, t in windows:
             for s, rev, line in await reader().lines(community, max(start, f), min(end, t),
                                                      member, limit):
-                out.append(LineOut(interval_start=s, revision=rev,
-                                   **{**line, "is_delta": bool(line["is_delta"])}))  # type: ignore[arg-type]
+                out.append(LineOut.model_validate({"interval_start": s, "revision": rev, **line,
+                                                   "is_delta": bool(line["is_delta"])}))
         return sorted(out, key=lambda x: (x.interval_start, x.revision))[:limit]
 
     @router.get("/members/{member}/bills", response_model=list[BillOut])
