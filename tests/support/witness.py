@@ -86,7 +86,7 @@ class WitnessProcess:
     def create(cls, directory: Path, name: str, log_vkey: str) -> WitnessProcess:
         port = free_port()
         out = subprocess.run(
-            [sys.executable, "-m", "meterchain.cli.main", "witness", "init", "--dir", str(directory),
+            [sys.executable, "-m", "meterchain.witness", "init", "--dir", str(directory),
              "--name", name, "--log", log_vkey, "--listen", f"127.0.0.1:{port}"],
             check=True, capture_output=True, text=True, timeout=60)
         vkey = out.stdout.strip().rsplit(" ", 1)[-1]
@@ -95,7 +95,7 @@ class WitnessProcess:
     def start(self, env: dict[str, str] | None = None, timeout: float = 30.0) -> None:
         log = open(self.directory / "witness.log", "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "meterchain.cli.main", "witness", "serve", "-c",
+            [sys.executable, "-m", "meterchain.witness", "serve", "-c",
              str(self.directory / "witness.toml")],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         deadline = time.monotonic() + timeout
@@ -112,6 +112,12 @@ class WitnessProcess:
     def wait_dead(self, timeout: float = 10.0) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout)
+
+    def post(self, body: bytes, timeout: float = 10.0) -> httpx.Response:
+        return httpx.post(self.url + "/add-checkpoint", content=body, timeout=timeout)
+
+    def checkpoint(self) -> httpx.Response:
+        return httpx.get(f"{self.url}/{origin_hash()}/checkpoint", timeout=10.0)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
