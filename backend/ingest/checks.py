@@ -8,9 +8,13 @@ gateway must learn about (its own reading, provably bad for good) are *permanent
 Only a reading whose signature verifies under the device's key valid for its sequence says
 anything about the device (issue 14): every other rejection is unauthenticated junk, counted per
 topic and reason but never in the device's ack, so a forger cannot consume a device's sequence
-numbers. The one permanent reason is ``conflict`` (decided at commit, between two verified
-readings). Junk is attributed to the device its *topic* names only if that device is enrolled
-(otherwise to nobody), which keeps the aggregated counts bounded by the registry.
+numbers. The permanent reasons are ``conflict`` (decided at commit, between two verified
+readings) and ``future`` (a verified reading whose interval ends more than
+:data:`MAX_FUTURE_SECONDS` after the backend's clock: a gateway clock that runs ahead, issue 18;
+the comparison is cheap and made first, but only an authenticated reading consumes its sequence).
+
+Junk is attributed to the device its *topic* names only if that device is enrolled (otherwise to
+nobody), which keeps the aggregated counts bounded by the registry.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from meterchain.contract.merkle import leaf_hash
 from meterchain.contract.message import MAX_MESSAGE_SIZE, parse_message
 from meterchain.contract.policy import SIGNED_BY_DEVICE, Evidence, Statement, VerificationError
 
+#: How far a reading's interval end may lie ahead of the backend's clock (gateway clock skew).
+MAX_FUTURE_SECONDS = 300
+
 #: Reason codes; permanent ones are rejected for good and reported in the device's ack.
 REASONS = {
     "size": False,
@@ -41,6 +48,7 @@ REASONS = {
     "key-id": False,
     "signature": False,
     "conflict": True,
+    "future": True,
     "internal": False,
 }
 
@@ -92,6 +100,7 @@ def _check(
         reason = "low-s" if exc.check == "low-s" else "encoding"
         return _reject(reason, str(exc), now, blame)
     reading = signed.reading
+    ahead = reading.end - now  # cheap, first; acted on only once the signature verified
     if topic_device != reading.device:
         return _reject(
             "topic",
@@ -106,6 +115,13 @@ def _check(
         SIGNED_BY_DEVICE.verify(Evidence(Statement.of_reading(signed), device_leaves))
     except VerificationError as exc:
         return _reject(exc.check, str(exc), now, reading.device, reading.seq)
+    if ahead > MAX_FUTURE_SECONDS:
+        return _reject(
+            "future",
+            f"interval ends {ahead} s after the backend's clock (at most {MAX_FUTURE_SECONDS} s"
+            " allowed): the gateway's clock runs ahead; fix its time sync (NTP)",
+            now, reading.device, reading.seq,
+        )
     return Checked(
         reading=VerifiedReading(
             device=reading.device,
