@@ -37,11 +37,14 @@ import typer
 from meterchain.agent.clock import TimeLapseClock
 from meterchain.agent.config import load_config
 from meterchain.agent.service import Agent
-from meterchain.backend.access.model import PointKind
+from meterchain.backend.access.model import BindingOverlap, PartyExists, PointKind
+from meterchain.backend.access.tables import PartyTables
 from meterchain.backend.api.ports import PortTaken, check_port_free
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.devices import registry
-from meterchain.backend.store import SqliteStore, open_store
+from meterchain.backend.store import open_sqlite, open_store
+from meterchain.backend.web import accounts
+from meterchain.backend.web.tables import WebTables
 from meterchain.bridge.modbus import EmulatedMeter, LoadProfile, ModbusBusEmulator
 from meterchain.contract import signing
 from meterchain.contract.note import NoteSigner
@@ -195,15 +198,9 @@ async def _households(db: str, households: tuple[DemoHousehold, ...], logins_fil
     ``since`` (the history's start), each point occupied by its household, each household with a
     login of its own name (set through the real invitation link). Re-running keeps what exists;
     passwords live in ``logins_file`` (mode 0600). Returns username -> password."""
-    from meterchain.backend.access.model import BindingOverlap, PartyExists
-    from meterchain.backend.access.tables import PartyTables
-    from meterchain.backend.web import accounts
-    from meterchain.backend.web.tables import WebTables
-
     passwords = _read_logins(logins_file)
-    store = await open_store(db)
+    store = await open_sqlite(db)  # the parties and logins are SQLite-only tables
     try:
-        assert isinstance(store, SqliteStore)  # the demo's backend is one SQLite file
         parties, web, now = PartyTables(store), WebTables(store), int(time.time())
 
         async def once(step: Awaitable[object]) -> None:
