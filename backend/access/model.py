@@ -27,16 +27,16 @@ import secrets
 from dataclasses import dataclass
 
 from meterchain.contract.errors import MeterchainError
-from meterchain.contract.reading import MAX_SAFE_INT
+from meterchain.contract.reading import DEVICE_ID_RE, MAX_SAFE_INT, METER_SERIAL_RE
 
 #: Ids of utilities, communities, households, grants and metering points: a letter or digit, then
 #: up to 63 letters, digits and ``. _ : -`` (a MaLo "12345678901", a MeLo "DE000…", or free text).
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"  # anchored for OpenAPI; we fullmatch
 _ID = re.compile(ID_PATTERN)
 #: Device ids and meter serials follow the reading's own rules (docs/format.md §2).
-DEVICE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+DEVICE_PATTERN = f"^{DEVICE_ID_RE.pattern}$"
 _DEVICE = re.compile(DEVICE_PATTERN)
-METER_PATTERN = r"^[\x21-\x7e]{1,64}$"
+METER_PATTERN = f"^{METER_SERIAL_RE.pattern}$"
 _METER = re.compile(METER_PATTERN)
 NAME_MAX = 200
 TOKEN_PREFIX = "mck_"

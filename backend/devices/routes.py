@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
+from meterchain.backend.access.model import DEVICE_PATTERN
 from meterchain.backend.api.errors import ApiError
 from meterchain.backend.api.state import ApiState
 from meterchain.backend.devices import registry
@@ -16,7 +17,6 @@ from meterchain.contract.leaves import DeviceLeaf
 from meterchain.contract.reading import MAX_SAFE_INT
 from pydantic import BaseModel, ConfigDict, Field
 
-DEVICE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 Device = Annotated[str, Path(pattern=DEVICE_PATTERN, description="Device id")]
 SafeInt = Annotated[int, Field(ge=0, le=MAX_SAFE_INT)]
 
