@@ -11,6 +11,7 @@ from meterchain.backend.web import cli as households_cli
 from meterchain.bridge import cli as bridge_cli
 from meterchain.cli import demo, utility_cmd, verify_cmd
 from meterchain.witness import cli as witness_cli
+from meterchain.witness import monitor_cli
 
 
 def register(app: typer.Typer) -> None:
@@ -25,3 +26,4 @@ def register(app: typer.Typer) -> None:
     app.add_typer(utility_cmd.app, name="utility")  # meterchain utility pull|verify
     demo.register(app)
     app.add_typer(witness_cli.app, name="witness")  # meterchain witness init|serve|key
+    app.command("monitor")(monitor_cli.monitor)  # meterchain monitor URL
