@@ -9,7 +9,9 @@ from meterchain.contract.note import NoteVerifier
 
 
 class ApiState:
-    """Connections the API owns: one for reads, one (behind a lock) for enrolment writes."""
+    """Connections the API owns: one for reads, one (behind a lock) for enrolment writes. Both
+    are SQLite stores by type: most routers read the SQLite-only tables (on PostgreSQL the api
+    role serves the public log alone, ``service.log_app``)."""
 
     def __init__(self, db: str, admin_token: str, verifier: NoteVerifier) -> None:
         self.db, self.admin_token, self.verifier = db, admin_token, verifier
