@@ -24,7 +24,7 @@ from meterchain.backend.access.model import (
     Principal,
 )
 from meterchain.backend.access.tables import PartyTables
-from meterchain.backend.api.errors import ApiError
+from meterchain.backend.api.errors import CHECK_STATUS, ApiError
 from meterchain.backend.api.state import ApiState
 from meterchain.contract.reading import MAX_SAFE_INT
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,7 +35,6 @@ Name = Annotated[str, Field(max_length=NAME_MAX)]
 Time = Annotated[int, Field(ge=0, le=MAX_SAFE_INT, description="UTC seconds")]
 Point = Annotated[str, Path(pattern=ID_PATTERN, description="Metering point id")]
 KeyId = Annotated[str, Path(pattern=r"^k-[0-9a-f]{12}$", description="A key's public id")]
-_STATUS = {"invalid": 400, "not-found": 404, "exists": 409, "overlap": 409}
 
 
 class _Strict(BaseModel):
@@ -177,7 +176,7 @@ def access_router(state: "ApiState", auth: Auth) -> APIRouter:
             async with state.write_lock:
                 return await action(PartyTables(state.writer))
         except PartyError as exc:
-            raise ApiError(_STATUS.get(exc.check, 400), exc.check, str(exc),
+            raise ApiError(CHECK_STATUS.get(exc.check, 400), exc.check, str(exc),
                            "fix the request; `meterchain backend access list` shows what exists"
                            ) from None
 

@@ -16,6 +16,11 @@ class ApiError(Exception):
         self.status, self.error, self.detail, self.hint = status, error, detail, hint
 
 
+#: The HTTP status of an error's check (MeterchainError.check) from the parties and settlement
+#: tables; any other check is a 400.
+CHECK_STATUS = {"invalid": 400, "not-found": 404, "exists": 409, "overlap": 409}
+
+
 def not_visible(what: str, hint: str = "check the id; GET /api/v1/metering-points lists what "
                 "this key may see") -> ApiError:
     """The 404 for what does not exist and for what this key may not see alike: a caller out of

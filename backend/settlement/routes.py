@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from meterchain.backend.access.auth import Auth
 from meterchain.backend.access.model import ID_PATTERN, KeyKind, PartyError, Principal
 from meterchain.backend.access.tables import PartyTables
-from meterchain.backend.api.errors import ApiError, not_visible
+from meterchain.backend.api.errors import CHECK_STATUS, ApiError, not_visible
 from meterchain.backend.api.state import ApiState
 from meterchain.backend.settlement.netting import Listing, NettingError, parse_price_csv
 from meterchain.backend.settlement.runner import SettlementError, check_terms, schedule_rows
@@ -41,7 +41,6 @@ Time = Annotated[int, Field(ge=0, le=MAX_SAFE_INT, description="UTC seconds")]
 Price = Annotated[int, Field(ge=-10_000_000, le=10_000_000, description="µ€/kWh")]
 Fee = Annotated[int, Field(ge=0, le=10_000_000)]
 TimeQuery = Annotated[int, Query(ge=0, le=MAX_SAFE_INT)]
-_STATUS = {"invalid": 400, "not-found": 404, "exists": 409, "overlap": 409}
 
 
 class _Strict(BaseModel):
@@ -245,7 +244,7 @@ def settlement_router(state: "ApiState", auth: Auth) -> APIRouter:
             async with state.write_lock:
                 return await action(SettlementTables(state.writer))
         except (PartyError, NettingError, SettlementError) as exc:
-            raise ApiError(_STATUS.get(exc.check, 400), exc.check, exc.diagnostics(),
+            raise ApiError(CHECK_STATUS.get(exc.check, 400), exc.check, exc.diagnostics(),
                            "fix the request; docs/netting.md explains each field") from None
 
     @router.get("/terms", response_model=list[TermsOut])
