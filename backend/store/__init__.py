@@ -53,6 +53,7 @@ __all__ = [
 
 T = TypeVar("T")
 
+
 async def open_store(location: str | Path) -> SqliteStore | PostgresStore:
     """Open the store at ``location``: a SQLite file path (``sqlite:///path`` also works) or a
     PostgreSQL URL (``postgresql://`` or ``postgres://``; needs the ``pg`` extra, asyncpg)."""
