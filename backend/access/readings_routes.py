@@ -22,7 +22,7 @@ from meterchain.backend.api.state import ApiState
 from meterchain.backend.erasure.rules import erased_detail
 from meterchain.backend.erasure.tables import ErasureTables
 from meterchain.backend.log.proofs import ProofUnavailable, build_bundle
-from meterchain.backend.store import ReadingRow, SqliteStore
+from meterchain.backend.store import ReadingRow
 from meterchain.contract.reading import MAX_SAFE_INT
 from pydantic import BaseModel, Field
 
@@ -68,9 +68,7 @@ def readings_router(state: "ApiState", auth: Auth) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["readings"])
     Reader = Annotated[Principal, Depends(auth.require_reader)]
 
-    def store() -> SqliteStore:
-        assert state.reader is not None
-        return state.reader
+    store = state.read  # the reader connection (the visibility queries are SQLite-only tables)
 
     async def gone_or_not_found(who: Principal, device: str, seq: int, what: str,
                                 point: str | None = None) -> ApiError:
