@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from meterchain.contract.errors import MeterchainError
+from meterchain.contract.reading import MAX_SAFE_INT
 from meterchain.mqtt import (
     Backoff,
     BrokerUrl,
@@ -64,7 +65,7 @@ DEFAULT_DISCOVERY_PREFIX = "homeassistant"
 PAYLOAD_AVAILABLE = "online"
 PAYLOAD_NOT_AVAILABLE = "offline"
 #: Largest value accepted for any register or measurement (JSON clients stay exact below it).
-MAX_VALUE = 2**53 - 1
+MAX_VALUE = MAX_SAFE_INT
 _ID_OK = re.compile(r"[a-zA-Z0-9_-]+")
 _ID_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 _SERIAL_RE = re.compile(r"[\x21-\x7e]{1,64}")

@@ -19,11 +19,10 @@ the log too, without trusting the operator's registry.
 from __future__ import annotations
 
 import base64
-import re
 from dataclasses import dataclass, field
 
 from meterchain.contract import cbor
-from meterchain.contract.checkpoint import Checkpoint
+from meterchain.contract.checkpoint import DECIMAL_RE, Checkpoint
 from meterchain.contract.errors import EncodingError, MeterchainError
 from meterchain.contract.leaves import DeviceLeaf, parse_leaf
 from meterchain.contract.merkle import HASH_SIZE
@@ -44,7 +43,6 @@ BUNDLE_EXTRA_TYPE = "meterchain/bundle/v1"
 MAX_BUNDLE_SIZE = 256 * 1024
 MAX_PROOF_HASHES = 64
 MAX_KEY_ENTRIES = 64
-_INDEX_RE = re.compile(r"0|[1-9][0-9]{0,19}")
 
 #: The checks ``verify`` runs, in order; the first that fails is named (after the encoding,
 #: those of the verification policy, contract/policy.py).
@@ -195,7 +193,7 @@ def _b64(text: str, what: str) -> bytes:
 
 
 def _index(text: str) -> int:
-    if not _INDEX_RE.fullmatch(text):
+    if not DECIMAL_RE.fullmatch(text):
         raise EncodingError("bundle index is not a decimal without leading zeros", what="bundle")
     return int(text)
 

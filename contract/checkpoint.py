@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from meterchain.contract.errors import NoteError
 from meterchain.contract.note import NoteSigner, NoteVerifier, strict_b64decode, verify_note
 
-_SIZE_RE = re.compile(r"0|[1-9][0-9]{0,19}")
+#: A decimal without leading zeros, as C2SP notes and tlog-proof files write sizes and indexes.
+DECIMAL_RE = re.compile(r"0|[1-9][0-9]{0,19}")
 MAX_TREE_SIZE = 2**63 - 1
 
 
@@ -41,7 +42,7 @@ class Checkpoint:
         if len(lines) != 4 or lines[3] != "":
             raise NoteError("checkpoint body must be exactly origin, size and root lines")
         origin, size_text, root_text = lines[:3]
-        if not _SIZE_RE.fullmatch(size_text):
+        if not DECIMAL_RE.fullmatch(size_text):
             raise NoteError(f"checkpoint size {size_text!r} is not a decimal without leading zeros")
         try:
             root = strict_b64decode(root_text)
