@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -18,6 +19,7 @@ import numpy as np
 from meterchain.backend.settlement.runner import SettledInput, terms_at
 from meterchain.backend.settlement.tables import SettlementRow, SettlementTables, Terms
 from meterchain.backend.store.sqlite import SqliteStore
+from meterchain.backend.store.tables import SqliteTables
 
 RECENT = 12  # settled intervals listed
 HISTORY_DAYS = 30
@@ -93,7 +95,7 @@ def interval_view(row: SettlementRow) -> IntervalView:
                         row.digest.hex())
 
 
-def day_views(rows: list[SettlementRow], zone: str) -> list[DayView]:
+def day_views(rows: Sequence[SettlementRow | _TierRow], zone: str) -> list[DayView]:
     tz = ZoneInfo(zone)
     days: dict[str, list[int]] = {}
     for row in rows:
@@ -150,7 +152,7 @@ async def market_view(store: SqliteStore, community: str, now: int, zone: str,
     tz = ZoneInfo(zone)
     today = dt.datetime.fromtimestamp(now, tz).date()
     first = dt.datetime.combine(today - dt.timedelta(days=days - 1), dt.time(), tz)
-    rows = list((await tables.in_force(community, int(first.timestamp()), now + 1)).values())
+    rows = await MarketTables(store).tier_rows(community, int(first.timestamp()), now + 1)
     dynamic = terms.retail_price is None or terms.feed_in_price is None
     curve: list[tuple[str, int, int, int]] = []
     if dynamic:
@@ -158,6 +160,34 @@ async def market_view(store: SqliteStore, community: str, now: int, zone: str,
         hi = int(dt.datetime.combine(today + dt.timedelta(days=2), dt.time(), tz).timestamp())
         curve = [(p.kind, max(p.start, lo), min(p.end, hi), p.price)
                  for p in await tables.prices(community, lo, hi)]
+    latest: list[SettlementRow] = []  # only these few decode their stored inputs (counts)
+    if recent and rows:
+        latest = list((await tables.in_force(community, rows[-recent:][0].interval_start,
+                                             now + 1)).values())
     return MarketView(community, terms, await band_at(tables, terms, now), dynamic,
-                      [interval_view(r) for r in reversed(rows[-recent:])],
+                      [interval_view(r) for r in reversed(latest[-recent:])],
                       day_views(rows, zone), curve)
+
+
+@dataclass(frozen=True)
+class _TierRow:
+    """What the day views read of a settled revision (not its input, which can be large)."""
+
+    interval_start: int
+    retail_price: int
+    feed_in_price: int
+    tiers: str
+
+
+class MarketTables(SqliteTables):
+    """The market's reads that must stay light for large communities."""
+
+    async def tier_rows(self, community: str, start: int, end: int) -> list[_TierRow]:
+        """Prices and tiers of each interval in [start, end) at its newest revision, without
+        the stored inputs (megabytes per interval in a large community)."""
+        return [_TierRow(int(r[0]), int(r[1]), int(r[2]), str(r[3])) for r in await self._rows(
+            "SELECT s.interval_start, s.retail_price, s.feed_in_price, s.tiers FROM settlements s "
+            "WHERE s.community = ? AND s.interval_start >= ? AND s.interval_start < ? AND "
+            "s.revision = (SELECT max(revision) FROM settlements x WHERE x.community = "
+            "s.community AND x.interval_start = s.interval_start) ORDER BY s.interval_start",
+            (community, start, end))]

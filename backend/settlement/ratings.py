@@ -194,9 +194,14 @@ async def traded_with(store: SqliteStore, household: str, now: int
     community, tables = found.community, RatingTables(store)
     occupancies = await tables.community_occupancies(community)
 
+    by_point: dict[str, list[tuple[str, int, int | None]]] = {}
+    for p, h, f, t in occupancies:
+        by_point.setdefault(p, []).append((h, f, t))
+    mine = {p for p, h, _, _ in occupancies if h == household}
+
     def occupant(point: str, instant: int) -> str | None:
-        for p, h, f, t in occupancies:
-            if p == point and f <= instant and (t is None or instant < t):
+        for h, f, t in by_point.get(point, ()):
+            if f <= instant and (t is None or instant < t):
                 return h
         return None
 
@@ -219,6 +224,8 @@ async def traded_with(store: SqliteStore, household: str, now: int
         seen: set[tuple[str, int]] = set()
         for _, _, _, pairs in json.loads(tiers):
             for buyer, seller, _ in pairs:
+                if buyer not in mine and seller not in mine:
+                    continue  # neither side was ever this household's
                 if occupant(buyer, interval_start) == household:
                     seen.add((seller, 0))
                 if occupant(seller, interval_start) == household:
@@ -226,8 +233,7 @@ async def traded_with(store: SqliteStore, household: str, now: int
         for point, side in seen:
             add(occupant(point, interval_start), side, int(interval_start))
     if prorata:
-        mine = [p for p, h, _, _ in occupancies if h == household]
-        bought = await tables.intervals_bought(community, mine, start, now)
+        bought = await tables.intervals_bought(community, sorted(mine), start, now)
         for interval_start, revision in prorata:
             if interval_start not in bought:
                 continue
