@@ -8,7 +8,8 @@ import typer
 from meterchain.contract.bundle import BundleError, verify_bundle
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.note import NoteVerifier
-from meterchain.contract.tlog_policy import WitnessPolicy, parse_policy
+from meterchain.contract.tlog_policy import WitnessPolicy
+from meterchain.witness.monitor_cli import read_policy
 from rich.console import Console
 
 console = Console(highlight=False)
@@ -27,18 +28,6 @@ def read_log_key(value: str) -> NoteVerifier:
         return NoteVerifier.parse(text)
     except MeterchainError as exc:
         raise typer.BadParameter(f"not a log public key (name+hash+base64): {exc}") from None
-
-
-def read_policy(path: Path | None) -> WitnessPolicy | None:
-    """A C2SP tlog-policy file (docs/witness.md): the witnesses and the quorum to require."""
-    if path is None:
-        return None
-    try:
-        return parse_policy(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise typer.BadParameter(f"cannot read policy file {path}: {exc}") from None
-    except MeterchainError as exc:
-        raise typer.BadParameter(f"policy file {path}: {exc.diagnostics()}") from None
 
 
 def witnesses_line(policy: WitnessPolicy, cosigners: tuple[str, ...]) -> str:

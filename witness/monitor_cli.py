@@ -27,13 +27,16 @@ def _key(value: str) -> NoteVerifier:
         raise typer.BadParameter(f"not a log public key (name+hash+base64): {exc}") from None
 
 
-def _policy(path: Path | None) -> WitnessPolicy | None:
+def read_policy(path: Path | None) -> WitnessPolicy | None:
+    """A ``--policy`` file (C2SP tlog-policy): the witnesses and the quorum to require."""
     if path is None:
         return None
     try:
         return parse_policy(path.read_text(encoding="utf-8"))
-    except (OSError, MeterchainError) as exc:
-        raise typer.BadParameter(f"policy file {path}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read policy file {path}: {exc}") from None
+    except MeterchainError as exc:
+        raise typer.BadParameter(f"policy file {path}: {exc.diagnostics()}") from None
 
 
 def monitor(
@@ -51,7 +54,7 @@ def monitor(
     Exit 1 on the first failure (after the log line, metric and webhook); 0 after --once passes.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    watcher = Monitor(url, _key(log_key), _policy(policy_file), state=state)
+    watcher = Monitor(url, _key(log_key), read_policy(policy_file), state=state)
     if metrics_port is not None:
         start_http_server(metrics_port)
     OK.set(1)
