@@ -6,8 +6,11 @@ import asyncio
 import ctypes
 import ctypes.util
 import functools
+import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from meterchain.contract.reading import ClockSync
@@ -97,3 +100,95 @@ class TimeLapseClock:
             await self._moved.wait()
         if self.live:
             await SystemClock().sleep_until(deadline)
+
+
+class ClockVerdict(StrEnum):
+    """What the agent knows of its own clock (docs/agent.md, "Clock")."""
+
+    UNKNOWN = "unknown"  # nothing to compare with yet
+    OK = "ok"  # within the tolerance of every reference it has
+    AHEAD = "ahead"  # surely ahead by more than the tolerance: its intervals lie in the future
+    BEHIND = "behind"  # surely behind by more than the tolerance: its intervals lie in the past
+
+
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    """At local time ``local`` (monotonic ``mono``), local - true time lay in [low, high]."""
+
+    low: float
+    high: float
+    local: float
+    mono: float
+
+
+class ClockJudge:
+    """Judges the gateway clock against references it can trust, pure apart from ``monotonic``.
+
+    - **The backend's time in a verified ack** (contract/control.py, ``time``): the backend signed
+      it between our publish of a reading the ack covers for the first time (local ``sent``) and
+      its arrival (local ``received``), so local - true lies in [sent - time, received - time],
+      whatever the delays. An ack covering nothing new (the retained one, maybe hours old) only
+      gives the upper end.
+    - **A DLMS meter's clock**: drift = meter - gateway, ± its uncertainty.
+
+    The latest bound of each source is kept together with the monotonic clock at that moment: a
+    step of the gateway clock since (NTP, an operator, a test's injected clock) moves the bound
+    by the same amount, so a correction is seen at once, without waiting for the next ack. The
+    verdict is AHEAD or BEHIND only when a bound proves it beyond ``tolerance``; acks win over
+    meters (a meter's clock can be wrong too). Without ``monotonic`` it is blind (always
+    UNKNOWN): a clock that is not the gateway's (the demo's time lapse, a test's accelerated
+    clock) cannot tell a step from its own pace.
+    """
+
+    SOURCES = ("ack", "meter")
+
+    def __init__(self, tolerance: float = 120.0,
+                 monotonic: Callable[[], float] | None = time.monotonic) -> None:
+        self.tolerance = tolerance
+        self.monotonic = monotonic
+        self._bounds: dict[str, _Bound] = {}
+
+    def observe_ack(self, backend_time: float, received: float, sent: float | None) -> None:
+        """A verified ack signed at ``backend_time``; ``sent``: the latest local publish time of
+        a reading it committed for the first time (None: it committed nothing new)."""
+        if self.monotonic is None:
+            return
+        low = -math.inf if sent is None else sent - backend_time
+        high = received - backend_time
+        previous = self._bounds.get("ack")
+        if sent is None and previous is not None:
+            # Only an upper end: keep the previous lower end where it still fits.
+            prev = self._shifted(previous, received)
+            low = prev[0] if prev[0] <= high else -math.inf
+        self._bounds["ack"] = _Bound(low, max(low, high), received, self.monotonic())
+
+    def observe_meter(self, drift: float, uncertainty: float, local: float) -> None:
+        """A DLMS meter's clock check: drift = meter - gateway, ± ``uncertainty`` seconds."""
+        if self.monotonic is None:
+            return
+        self._bounds["meter"] = _Bound(-drift - uncertainty, -drift + uncertainty, local,
+                                       self.monotonic())
+
+    def _shifted(self, bound: _Bound, local: float) -> tuple[float, float]:
+        assert self.monotonic is not None  # no bounds without it
+        step = (local - bound.local) - (self.monotonic() - bound.mono)
+        return bound.low + step, bound.high + step
+
+    def offset(self, local: float) -> tuple[float, float] | None:
+        """Where local - true time lies now, by the best source (None: no reference yet)."""
+        for source in self.SOURCES:
+            bound = self._bounds.get(source)
+            if bound is not None:
+                return self._shifted(bound, local)
+        return None
+
+    def verdict(self, local: float) -> ClockVerdict:
+        span = self.offset(local)
+        if span is None:
+            return ClockVerdict.UNKNOWN
+        low, high = span
+        if low > self.tolerance:
+            return ClockVerdict.AHEAD
+        if high < -self.tolerance:
+            return ClockVerdict.BEHIND
+        return ClockVerdict.OK

@@ -73,6 +73,16 @@ class AgentMetrics:
             "Acks taken without a control key to verify them: an alarm",
             registry=r,
         )
+        self.clock_skipped = Counter(
+            "meterchain_agent_clock_skipped_cycles",
+            "Poll cycles not signed because the gateway clock was proven ahead or behind",
+            registry=r,
+        )
+        self.clock_offset = Gauge(
+            "meterchain_agent_clock_offset_seconds",
+            "The gateway clock minus the backend's (middle of the bound from signed acks)",
+            registry=r,
+        )
         self.gaps_declared = Counter(
             "meterchain_agent_gaps_declared",
             "Sequence numbers declared as a gap after the outbox was lost",

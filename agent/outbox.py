@@ -78,6 +78,9 @@ class AckResult:
 
     committed: int
     quarantined: tuple[int, ...]
+    #: The latest local publish time of what it committed or quarantined (the agent's clock
+    #: judge: the backend signed the ack after that publish), None if it changed nothing.
+    sent: int | None = None
 
 
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
@@ -344,6 +347,20 @@ class Outbox:
             await self._db.execute("UPDATE state SET next_seq = ?", (seq,))
         return stored
 
+    async def rewind_progress(self, beyond: int, to: int) -> dict[str, int]:
+        """Meters whose newest signed interval ends after ``beyond`` (signed while the clock ran
+        ahead) go on after ``to``; returns their previous last ends."""
+        async with self._lock:
+            async with self._db.execute(
+                "SELECT meter, last_end FROM meter_progress WHERE last_end > ?", (beyond,)
+            ) as cur:
+                rewound = {str(r[0]): int(r[1]) for r in await cur.fetchall()}
+            if rewound:
+                async with transaction(self._db):
+                    await self._db.execute(
+                        "UPDATE meter_progress SET last_end = ? WHERE last_end > ?", (to, beyond))
+        return rewound
+
     async def pending(
         self, limit: int, *, now: int, republish_after: int, newest: int = 0
     ) -> list[OutboxReading]:
@@ -450,6 +467,14 @@ class Outbox:
                 ack_device=ack.device,
             )
         async with self._lock, transaction(self._db):
+            marks = ",".join("?" * len(ack.rejected))
+            async with self._db.execute(
+                "SELECT MAX(last_sent) FROM readings WHERE seq <= ?"
+                + (f" OR seq IN ({marks})" if ack.rejected else ""),
+                (ack.upto, *(r.seq for r in ack.rejected)),
+            ) as cur:
+                row = await cur.fetchone()
+            sent = None if row is None or row[0] is None else int(row[0])
             quarantined: list[int] = []
             for rejection in ack.rejected:
                 async with self._db.execute(
@@ -481,7 +506,7 @@ class Outbox:
             await self._db.execute("DELETE FROM gaps WHERE last <= ?", (ack.upto,))
         # The sequence never moves on an ack's word (issue 14): a lost outbox resumes above the
         # durable reservation instead (agent/reservation.py).
-        return AckResult(committed, tuple(quarantined))
+        return AckResult(committed, tuple(quarantined), sent)
 
     async def depth(self) -> int:
         """Readings not yet confirmed by the backend."""

@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from meterchain.agent.backfill import FetchWindow, is_backfill, latest_capture, plan_fetch
-from meterchain.agent.clock import Clock
+from meterchain.agent.clock import Clock, ClockJudge
 from meterchain.agent.config import MeterConfig
 from meterchain.agent.meters_dlms import IntervalValues, MeterStatus, ProfileLayout, dlms_sources
 from meterchain.agent.metrics import AgentMetrics
@@ -94,6 +94,7 @@ class ProfilePoller:
         self.progress = 0
         self.failures = 0
         self.drift: dict[str, float] = {}  # meter serial -> last measured clock drift (status)
+        self.judge: ClockJudge | None = None  # the agent's judge of the gateway clock
         # Per serial: capture times up to which the meter was asked and had nothing (a gap in
         # its profile). In memory only: after a restart a gap is asked for once more.
         self._scanned: dict[str, int] = {}
@@ -226,6 +227,8 @@ class ProfilePoller:
     def _log_clock(self, status: MeterStatus) -> None:
         check = status.clock
         self.drift[status.serial] = check.drift
+        if self.judge is not None:
+            self.judge.observe_meter(check.drift, check.uncertainty, self.clock.now())
         if check.sync is ClockSync.DRIFTED:
             log.warning(
                 "event=meter_clock_drift meter=%s serial=%s drift_seconds=%.1f"

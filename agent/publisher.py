@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from meterchain.agent.acks import AckGuard, AckRefused
-from meterchain.agent.clock import Clock
+from meterchain.agent.clock import Clock, ClockJudge
 from meterchain.agent.config import BrokerConfig
 from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.outbox import Outbox, OutboxReading
@@ -63,6 +63,7 @@ class Publisher:
         guard: AckGuard | None = None,
         on_alarm: Callable[[str, str], None] | None = None,
         window: int = 1000,
+        judge: ClockJudge | None = None,
     ) -> None:
         self.device = device
         self.broker = broker
@@ -88,6 +89,8 @@ class Publisher:
         self.on_alarm = on_alarm
         self.resend = ResendPolicy(ack_timeout, window=window)
         self._next_wake: float | None = None
+        # The backend's time in each verified ack judges the gateway clock (agent/clock.py).
+        self.judge = judge or ClockJudge()
 
     def wake(self) -> None:
         """New readings are in the outbox: publish them now rather than at the next timeout."""
@@ -155,6 +158,12 @@ class Publisher:
                         "(no control_key: this ack may be forged)", self.device, ack.upto)
             self._alarm("ack-unverified", f"ack upto {ack.upto} taken without a control key")
         result = await self.outbox.apply_ack(ack, now=int(self.clock.now()))
+        if opened.verified and ack.time:
+            received = self.clock.now()
+            self.judge.observe_ack(ack.time, received, result.sent)
+            span = self.judge.offset(received)
+            if span is not None and abs(span[0]) < 1e9 and abs(span[1]) < 1e9:
+                self.metrics.clock_offset.set((span[0] + span[1]) / 2)
         if result.committed or result.quarantined:
             self.resend.progress(self.clock.now())
             self.wake()  # the window is open again: drain now

@@ -3,6 +3,13 @@
 Time comes from an injected :class:`Clock`, so a test runs one-second intervals. A meter that
 fails is logged and counted and simply has no reading for that interval; its registers are
 cumulative, so its next reading still carries all the energy.
+
+The clock is judged before each cycle (:class:`ClockJudge`, docs/agent.md "Clock"): a gateway
+clock proven ahead or behind signs nothing (its intervals would lie in the future or the past)
+and says so once a minute; when it is right again the poller goes on at the current interval and
+declares the intervals it skipped. A meter whose newest signed interval lies beyond
+:data:`MAX_FUTURE_SECONDS` of a clock judged right was signed while the clock ran ahead (those
+readings are refused by the backend as ``future`` and quarantined): it goes on from now.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from meterchain.agent.clock import Clock
+from meterchain.agent.clock import Clock, ClockJudge, ClockVerdict
 from meterchain.agent.exchange import MeterSerials
 from meterchain.agent.meters import MeterSnapshot, MeterSource
 from meterchain.agent.metrics import AgentMetrics
@@ -23,6 +30,11 @@ from meterchain.contract.reading import EXPORT_OBIS, IMPORT_OBIS, ClockSync, Rea
 from meterchain.contract.signing import Signer, key_id
 
 log = logging.getLogger(__name__)
+
+#: The backend refuses readings ending further ahead of its clock (backend/ingest/checks.py).
+MAX_FUTURE_SECONDS = 300
+#: How often a persisting clock fault is logged and alarmed again.
+CLOCK_REPORT_SECONDS = 60
 
 
 def energy_reading(device: str, kid: bytes, meter: str, start: int, end: int, import_wh: int,
@@ -59,6 +71,8 @@ class Poller:
         on_cycle: Callable[[], None] = lambda: None,
         on_snapshot: Callable[[MeterSource, MeterSnapshot], None] = lambda source, snapshot: None,
         serials: MeterSerials | None = None,
+        judge: ClockJudge | None = None,
+        on_alarm: Callable[[str, str], None] = lambda kind, detail: None,
     ) -> None:
         self.device = device
         self.signer = signer
@@ -73,6 +87,10 @@ class Poller:
         self.on_snapshot = on_snapshot
         self.cycles = 0
         self.serials = serials  # flags a meter exchange (agent/exchange.py)
+        self.judge = judge or ClockJudge()
+        self.on_alarm = on_alarm
+        self.skipped: tuple[int, int, ClockVerdict] | None = None  # first, last end, why
+        self._reported = -float("inf")
 
     async def run(self) -> None:
         """Poll forever, one cycle per interval boundary."""
@@ -83,6 +101,9 @@ class Poller:
 
     async def poll_once(self, end: int) -> list[int]:
         """Read all meters for the interval ending at ``end``; store what was read; return seqs."""
+        if not await self._clock_fit(end):
+            self.cycles += 1  # the loop turns: the watchdog must not restart a judged agent
+            return []
         start = end - self.interval
         results = await asyncio.gather(*(self._read(source) for source in self.sources))
         sync = self.clock_sync()
@@ -113,6 +134,45 @@ class Poller:
         if seqs:
             self.on_cycle()
         return seqs
+
+    async def _clock_fit(self, end: int) -> bool:
+        """May the interval ending at ``end`` (by the gateway clock) be signed now?"""
+        now = self.clock.now()
+        verdict = self.judge.verdict(now)
+        if verdict in (ClockVerdict.AHEAD, ClockVerdict.BEHIND):
+            first = self.skipped[0] if self.skipped else end
+            self.skipped = (first, end, verdict)
+            self.metrics.clock_skipped.inc()
+            if now - self._reported >= CLOCK_REPORT_SECONDS:
+                self._reported = now
+                span = self.judge.offset(now)
+                detail = (f"gateway clock {verdict.value} by {span[0]:.0f}..{span[1]:.0f} s "
+                          "(the backend's signed acks or the meter say so): nothing is signed "
+                          "until it is right; fix its time sync (timedatectl, NTP)"
+                          if span else verdict.value)
+                log.error("event=clock_wrong device=%s verdict=%s interval_end=%d detail=%r",
+                          self.device, verdict.value, end, detail)
+                self.on_alarm(f"clock-{verdict.value}", detail)
+            return False
+        if self.skipped is not None:
+            first, last, why = self.skipped
+            self.skipped = None
+            detail = (f"intervals ending {first}..{last} not signed: the gateway clock was "
+                      f"{why.value}; the next reading of each meter spans from its last one")
+            log.warning("event=clock_gap device=%s first_end=%d last_end=%d why=%s",
+                        self.device, first, last, why.value)
+            self.on_alarm("clock-gap", detail)
+        if verdict is ClockVerdict.OK:
+            rewound = await self.outbox.rewind_progress(int(now) + MAX_FUTURE_SECONDS,
+                                                        end - self.interval)
+            for meter, last_end in sorted(rewound.items()):
+                detail = (f"meter {meter}: readings up to {last_end} were signed while the clock "
+                          f"ran {last_end - end} s ahead (the backend refuses them as 'future');"
+                          f" signing goes on from the interval ending {end}")
+                log.warning("event=clock_rewound device=%s meter=%s last_end=%d now_end=%d",
+                            self.device, meter, last_end, end)
+                self.on_alarm("clock-rewound", detail)
+        return True
 
     def _notify_snapshot(self, source: MeterSource, snapshot: MeterSnapshot) -> None:
         try:

@@ -6,11 +6,12 @@ import asyncio
 import logging
 import signal
 import stat
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from meterchain.agent.acks import AckGuard, recent_alarms, record_alarm
-from meterchain.agent.clock import Clock, SystemClock, kernel_clock_sync
+from meterchain.agent.clock import Clock, ClockJudge, SystemClock, kernel_clock_sync
 from meterchain.agent.config import AgentConfig, ConfigError
 from meterchain.agent.exchange import MeterSerials
 from meterchain.agent.homeassistant import (
@@ -76,6 +77,11 @@ class Agent:
         self.sources: list[MeterSource] = list(sources) if sources is not None else []
         self._build_sources = sources is None
         self.clock = clock or SystemClock()
+        # One judge of the gateway clock for the publisher (acks) and the poller (docs/agent.md);
+        # a test clock may bring its own monotonic time, so its jumps are seen as steps; other
+        # clocks (the demo's time lapse) leave it blind.
+        monotonic = time.monotonic if isinstance(self.clock, SystemClock) else None
+        self.judge = ClockJudge(monotonic=getattr(self.clock, "monotonic", monotonic))
         self.metrics = metrics or AgentMetrics()
         self.clock_sync = clock_sync
         self.backoff = backoff or Backoff()
@@ -179,6 +185,7 @@ class Agent:
                 status_interval=self.status_interval,
                 guard=AckGuard(config.device_id, config.control_key, config.key_path),
                 on_alarm=lambda kind, detail: record_alarm(config.outbox_path, kind, detail),
+                judge=self.judge,
             )
             if config.control_key is None:
                 log.warning("event=no_control_key device=%s: acks are taken unverified, each "
@@ -196,6 +203,8 @@ class Agent:
                 on_cycle=self.publisher.wake,
                 on_snapshot=self._on_snapshot,
                 serials=MeterSerials.beside(config.outbox_path),
+                judge=self.judge,
+                on_alarm=lambda kind, detail: record_alarm(config.outbox_path, kind, detail),
             )
             self.profile_pollers = dlms_pollers(
                 config.meters,
@@ -208,6 +217,8 @@ class Agent:
                 clock_sync=self.clock_sync,
                 on_cycle=self.publisher.wake,
             )
+            for profile_poller in self.profile_pollers:  # a meter's clock judges ours too
+                profile_poller.judge = self.judge
             self.homeassistant = self._homeassistant()
             if config.telemetry_seconds and self.sources:
                 self.telemetry = TelemetryPublisher(
