@@ -201,9 +201,10 @@ def _validate(r: Reading) -> None:
             f"reading: {len(r.registers)} registers; need 2 to {MAX_REGISTERS}", field="regs"
         )
     for obis, reg in r.registers.items():
-        if not isinstance(obis, str) or not OBIS_RE.fullmatch(obis):
+        groups = OBIS_RE.fullmatch(obis) if isinstance(obis, str) else None
+        if groups is None:
             raise FieldError(f"reading: {obis!r} is not an OBIS code like 1-0:1.8.0", field="regs")
-        if any(int(part) > 255 for part in OBIS_RE.fullmatch(obis).groups()):  # type: ignore[union-attr]
+        if any(int(part) > 255 for part in groups.groups()):
             raise FieldError(f"reading: OBIS {obis} has a group above 255", field="regs")
         if not isinstance(reg, Register):
             raise FieldError(f"reading: register {obis} is not a Register", field="regs")

@@ -274,7 +274,7 @@ class Ingest:
             for gap in gaps:
                 upto = self.acks.devices[gap.device].upto
                 done[gap.device].update(range(max(gap.first, upto + 1), gap.last + 1))
-            fresh = await self.store.commit_gaps(gaps)  # type: ignore[attr-defined]
+            fresh = await self.store.commit_gaps(gaps)
             self.acks.declared(gaps)
             GAPS.inc(fresh)
             self.stats["gaps"] += fresh

@@ -276,7 +276,7 @@ def household_router(state: ApiState, auth: Auth) -> APIRouter:
                              amount=p.amount, intervals=p.intervals, import_wh=p.import_wh,
                              export_wh=p.export_wh, missing=p.missing,
                              open_months=p.open_months, since=p.since),
-                         postings=[PostingOut(**posting_json(x)) for x in view.postings])  # type: ignore[arg-type]
+                         postings=[PostingOut.model_validate(posting_json(x)) for x in view.postings])
 
     @router.get("/wallet/earnings", response_model=list[EarningOut])
     async def earnings(household: HouseholdId, who: Caller,
@@ -329,7 +329,7 @@ def household_router(state: ApiState, auth: Auth) -> APIRouter:
             raise not_visible(f"household {household}") from exc
         except WalletError as exc:
             raise ApiError(400, exc.check, exc.diagnostics(), "amount in µ€, 1 … 10^12") from None
-        return PostingOut(**posting_json(posting))  # type: ignore[arg-type]
+        return PostingOut.model_validate(posting_json(posting))
 
     async def occupied_point(household: str, point: str, now: int) -> str:
         """The household's community if it occupies ``point`` now; else the 404 of an unknown

@@ -34,6 +34,7 @@ from meterchain.backend.store.records import (
     StoredLeaf,
     StoredReading,
     TreeState,
+    VerifiedGap,
     VerifiedReading,
 )
 from meterchain.contract.leaves import DeviceLeaf
@@ -63,6 +64,7 @@ class IngestStore(Protocol):
     async def commit_side(self, ocmf: Sequence[AcceptedOcmf],
                           statuses: Sequence[AcceptedStatus]) -> SideCommit: ...
     async def ack_state(self, device: str) -> AckState: ...
+    async def commit_gaps(self, gaps: Sequence[VerifiedGap]) -> int: ...
     async def acked_devices(self) -> list[str]: ...
 
 

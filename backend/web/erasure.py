@@ -51,7 +51,7 @@ class ErasureResult(BaseModel):
 
 
 def _out(record: ErasureRecord) -> ErasureOut:
-    return ErasureOut(**record.to_json())  # type: ignore[arg-type]
+    return ErasureOut.model_validate(record.to_json())
 
 
 def _actor(who: Principal) -> str:
