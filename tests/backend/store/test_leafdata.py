@@ -80,6 +80,19 @@ def test_real_messages_pack_to_about_six_tenths_and_raw_rows_read_unchanged() ->
     assert pack_leaf_data(b"") == unpack_leaf_data(b"") == b""  # an erased leaf
 
 
+def test_the_copied_primed_compressor_packs_exactly_as_a_fresh_one_per_message() -> None:
+    # pack_leaf_data copies one primed compressor per message (issue 20): the bytes stored must be
+    # those of a compressor set up afresh, for real messages, device leaves and odd data alike.
+    gateways = [Gateway(f"gw-{i:012x}", meter=f"{21000000 + i}") for i in range(4)]
+    corpus = [g.signed(seq, import_wh=seq * 7919).to_cbor() for g in gateways for seq in range(1, 51)]
+    corpus += [bytes(range(256)) * 3, b"\x82" + bytes(300), DICT_V1, DICT_V1[::-1], b"x"]
+    for data in corpus:
+        fresh = _deflate_v1(data)
+        expected = fresh if len(fresh) < len(data) else data
+        assert pack_leaf_data(data) == expected
+    assert pack_leaf_data(corpus[0]) == pack_leaf_data(corpus[0])  # the primed one is never consumed
+
+
 def test_version_1_is_pinned() -> None:
     # Every stored version-1 leaf needs exactly these to unpack: change them only with a new tag.
     assert hashlib.sha256(DICT_V1).hexdigest() == DICT_V1_SHA256
