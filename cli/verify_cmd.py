@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from meterchain.contract.bundle import BundleError, verify_bundle
 from meterchain.contract.errors import MeterchainError
+from meterchain.contract.humantime import human_interval
 from meterchain.contract.note import NoteVerifier
 from meterchain.contract.tlog_policy import WitnessPolicy
 from meterchain.witness.monitor_cli import read_policy
@@ -70,7 +71,7 @@ def verify(
             console.print(f"[green]ok[/green]   {check}")
         console.print(
             f"verified: reading {r.device}#{r.seq} of meter {r.meter} for "
-            f"[{r.start}, {r.end}) import {r.import_wh} Wh export {r.export_wh} Wh, "
+            f"{human_interval(r.start, r.end)} import {r.import_wh} Wh export {r.export_wh} Wh, "
             f"signed by key {result.key.key_id.hex()[:16]}…, logged at index {result.leaf_index} "
             f"in checkpoint {result.checkpoint.origin} size {result.checkpoint.size}"
         )

@@ -44,6 +44,7 @@ from meterchain.backend.provisioning.tables import (
 )
 from meterchain.backend.store import SqliteStore
 from meterchain.contract.errors import MeterchainError
+from meterchain.contract.humantime import human_time
 from meterchain.contract.leaves import DeviceLeaf
 from meterchain.contract.reading import DEVICE_ID_RE, MAX_SAFE_INT
 from meterchain.contract.tlog_policy import parse_policy
@@ -226,11 +227,11 @@ async def _usable_token(tables: ProvisioningTables, token: str, now: int) -> Tok
                                 hint="check the token (mct_…) and the backend URL it came with")
     if row.used_at is not None:
         raise ProvisioningError(
-            f"this installer token was already used at {row.used_at} for {row.used_by}",
+            f"this installer token was already used at {human_time(row.used_at)} for {row.used_by}",
             check="token-used", status=401, used_by=row.used_by,
             hint="tokens work once: ask the utility for a new one")
     if row.expires <= now:
-        raise ProvisioningError(f"this installer token expired at {row.expires}",
+        raise ProvisioningError(f"this installer token expired at {human_time(row.expires)}",
                                 check="token-expired", status=401, expired=row.expires,
                                 hint="ask the utility for a new token (and check the gateway's clock)")
     return row

@@ -25,6 +25,7 @@ from meterchain.backend.api.state import ApiState
 from meterchain.backend.store import SqliteStore
 from meterchain.backend.utility.batches import MAX_PAGE, BatchUnavailable, build_batch
 from meterchain.backend.utility.tables import Delivery, DeliveryState, OcmfRow, UtilityTables, Webhook
+from meterchain.contract.humantime import human_ago, human_duration, human_interval, human_time
 from meterchain.contract.reading import MAX_SAFE_INT
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -173,6 +174,41 @@ def _delivery_out(d: Delivery) -> DeliveryOut:
                        payload=d.payload.decode())
 
 
+async def fleet_health(store: SqliteStore, who: Principal, silent_after: int, now: int) -> FleetOut:
+    """Per gateway the principal may see: last seen, backlog, drift and gaps of each meter, and alerts
+    for gateways silent beyond ``silent_after`` seconds (the API, the /fleet page and the console)."""
+    tables = UtilityTables(store)
+    gateways, alerts = [], []
+    for g in await tables.gateways(who):
+        stored = await tables.stored_meters(g.device)
+        reported = {m.meter: m for m in await tables.gateway_meters(g.device)}
+        gaps: dict[str, list[list[int]]] = {}
+        newest = max(stored.values(), default=now)
+        for meter, start, stop in await tables.gaps(g.device, newest - GAP_WINDOW):
+            gaps.setdefault(meter, []).append([start, stop])
+        visible = await tables.visible_meters(who, g.device)
+        meters = [
+            MeterHealthOut(meter=m, last_read=stored.get(m),
+                           reported_last_read=reported[m].last_read if m in reported else None,
+                           drift=reported[m].drift if m in reported else None,
+                           gaps=gaps.get(m, []))
+            for m in sorted(set(stored) | set(reported))
+            if visible is None or m in visible
+        ]
+        silent = g.last_seen is None or now - g.last_seen > silent_after
+        gateways.append(GatewayHealthOut(
+            device=g.device, last_seen=g.last_seen, silent=silent, firmware=g.firmware,
+            uptime=g.uptime, backlog=g.outbox_depth, quarantined=g.quarantined, meters=meters))
+        if g.last_seen is None:
+            alerts.append(AlertOut(device=g.device, kind="never-seen", since=None,
+                                   detail="enrolled, but no status message has arrived"))
+        elif silent:
+            alerts.append(AlertOut(device=g.device, kind="silent", since=g.last_seen,
+                                   detail=f"no status for {human_duration(now - g.last_seen)} "
+                                   f"(threshold {human_duration(silent_after)})"))
+    return FleetOut(now=now, silent_after=silent_after, gateways=gateways, alerts=alerts)
+
+
 def utility_router(state: "ApiState", auth: Auth) -> APIRouter:
     """Signed batches, OCMF, fleet health and webhooks, all behind ``auth.principal``."""
 
@@ -244,37 +280,7 @@ def utility_router(state: "ApiState", auth: Auth) -> APIRouter:
     # --------------------------------------------------------------------- fleet health
 
     async def fleet(who: Principal, silent_after: int) -> FleetOut:
-        tables = UtilityTables(store())
-        now = int(time.time())
-        gateways, alerts = [], []
-        for g in await tables.gateways(who):
-            stored = await tables.stored_meters(g.device)
-            reported = {m.meter: m for m in await tables.gateway_meters(g.device)}
-            gaps: dict[str, list[list[int]]] = {}
-            newest = max(stored.values(), default=now)
-            for meter, start, stop in await tables.gaps(g.device, newest - GAP_WINDOW):
-                gaps.setdefault(meter, []).append([start, stop])
-            visible = await tables.visible_meters(who, g.device)
-            meters = [
-                MeterHealthOut(meter=m, last_read=stored.get(m),
-                               reported_last_read=reported[m].last_read if m in reported else None,
-                               drift=reported[m].drift if m in reported else None,
-                               gaps=gaps.get(m, []))
-                for m in sorted(set(stored) | set(reported))
-                if visible is None or m in visible
-            ]
-            silent = g.last_seen is None or now - g.last_seen > silent_after
-            gateways.append(GatewayHealthOut(
-                device=g.device, last_seen=g.last_seen, silent=silent, firmware=g.firmware,
-                uptime=g.uptime, backlog=g.outbox_depth, quarantined=g.quarantined, meters=meters))
-            if g.last_seen is None:
-                alerts.append(AlertOut(device=g.device, kind="never-seen", since=None,
-                                       detail="enrolled, but no status message has arrived"))
-            elif silent:
-                alerts.append(AlertOut(device=g.device, kind="silent", since=g.last_seen,
-                                       detail=f"no status for {now - g.last_seen} s "
-                                       f"(threshold {silent_after} s)"))
-        return FleetOut(now=now, silent_after=silent_after, gateways=gateways, alerts=alerts)
+        return await fleet_health(store(), who, silent_after, int(time.time()))
 
     SilentAfter = Annotated[int, Query(ge=1, le=MAX_SAFE_INT,
                                        description="Seconds without status before an alert")]
@@ -376,26 +382,39 @@ def utility_router(state: "ApiState", auth: Auth) -> APIRouter:
     return router
 
 
+def _drift_text(drift: int | None) -> str:
+    if drift is None:
+        return "drift not reported"
+    if drift == 0:
+        return "clock in step"
+    return f"meter clock {human_duration(abs(drift))} {'ahead' if drift > 0 else 'behind'}"
+
+
 def _fleet_html(fleet: FleetOut) -> str:
+    """The fleet for a person: local times with zone, spans in units, gaps as start – end."""
     e = html.escape
     rows = []
     for g in fleet.gateways:
         meters = "<br>".join(
-            f"{e(m.meter)}: last {m.last_read if m.last_read is not None else '–'}, drift "
-            f"{m.drift if m.drift is not None else '–'} s, gaps {len(m.gaps)}" for m in g.meters)
+            f"{e(m.meter)}: newest reading {e(human_time(m.last_read, never='none'))}, "
+            f"{e(_drift_text(m.drift))}"
+            + (", gaps " + "; ".join(e(human_interval(a, b)) for a, b in m.gaps) if m.gaps else ", no gaps")
+            for m in g.meters)
         state = "silent" if g.silent else "ok"
         rows.append(
             f"<tr class='{state}'><td>{e(g.device)}</td><td>{state}</td>"
-            f"<td>{g.last_seen if g.last_seen is not None else 'never'}</td>"
-            f"<td>{g.backlog if g.backlog is not None else '–'}</td>"
-            f"<td>{g.quarantined if g.quarantined is not None else '–'}</td>"
-            f"<td>{e(g.firmware or '–')}</td><td>{meters}</td></tr>")
-    alerts = "".join(f"<li>{e(a.device)}: {e(a.kind)} – {e(a.detail)}</li>" for a in fleet.alerts)
+            f"<td>{e(human_ago(g.last_seen, fleet.now))}</td>"
+            f"<td>{g.backlog if g.backlog is not None else 'not reported'}</td>"
+            f"<td>{g.quarantined if g.quarantined is not None else 'not reported'}</td>"
+            f"<td>{e(g.firmware or 'not reported')}</td><td>{meters}</td></tr>")
+    alerts = "".join(f"<li>{e(a.device)}: {e(a.kind)}: {e(a.detail)}</li>" for a in fleet.alerts)
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Fleet health</title>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         "<style>body{font-family:sans-serif}td,th{padding:.2em .6em;text-align:left}"
         "tr.silent{background:#fdd}</style></head><body><h1>Fleet health</h1>"
-        f"<p>Now {fleet.now} (UTC s); silent after {fleet.silent_after} s.</p>"
+        f"<p>As of {e(human_time(fleet.now))}; a gateway is silent after "
+        f"{e(human_duration(fleet.silent_after))} without a status message.</p>"
         f"<h2>Alerts</h2><ul id='alerts'>{alerts or '<li>none</li>'}</ul>"
         "<h2>Gateways</h2><table id='gateways'><tr><th>gateway</th><th>state</th>"
         "<th>last seen</th><th>backlog</th><th>quarantined</th><th>firmware</th><th>meters</th>"

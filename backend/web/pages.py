@@ -44,6 +44,7 @@ from meterchain.backend.web.context import PageError, WebContext
 from meterchain.backend.web.settlements import LINE_LABELS, community_share, trades_of
 from meterchain.backend.web.tables import WebTables
 from meterchain.contract.bundle import BundleError, verify_bundle
+from meterchain.contract.humantime import human_interval
 
 #: A meter whose newest reading is older than this is reported as silent.
 SILENT_AFTER = 2 * series.INTERVAL_SECONDS + 300
@@ -270,6 +271,7 @@ def router(ctx: WebContext) -> APIRouter:
         return ctx.render(request, "verify.html", household=household, household_name=name,
                           username=session.username, point=point, row=row, verified=verified,
                           problem=problem, fmt_time=_fmt(zone), kwh=kwh,
+                          fmt_interval=lambda a, b: human_interval(a, b, zone),
                           key_id=verified.key.key_id.hex() if verified else "")
 
     @r.get("/points/{point}/readings/{device}/{seq}/bundle")

@@ -17,6 +17,7 @@ from meterchain.contract.note import NoteSigner
 from typer.testing import CliRunner
 
 from tests.support.contract import SmallLog
+from tests.support.humantime import assert_no_unix_seconds
 
 
 def test_valid_bundle_passes_every_check(small_log: SmallLog) -> None:
@@ -159,6 +160,7 @@ def test_cli_verify_exit_codes_and_named_check(small_log: SmallLog, tmp_path: Pa
     ok = runner.invoke(app, ["verify", str(good), "--log-key", str(key_file)])
     assert ok.exit_code == 0, ok.output
     assert "verified: reading gw-1#3" in ok.output
+    assert_no_unix_seconds(ok.output, "meterchain verify")
     ok_inline = runner.invoke(app, ["verify", str(good), "--log-key", str(small_log.log_key.verifier)])
     assert ok_inline.exit_code == 0
 

@@ -34,6 +34,7 @@ from meterchain.mqtt.broker import find_mosquitto, free_port
 from typer.testing import CliRunner
 
 from tests.support.backend import Gateway, backend, close
+from tests.support.humantime import assert_no_unix_seconds
 from tests.support.provisioning import register_scopes
 
 with warnings.catch_warnings():
@@ -88,6 +89,7 @@ async def test_token_issue_provision_and_every_refusal(tmp_path: Path) -> None:
         reused = http.post("/api/v1/provision", json=body)
         assert reused.status_code == 401 and reused.json()["error"] == "token-used"
         assert answer["device"] in reused.json()["detail"] and "new one" in reused.json()["hint"]
+        assert_no_unix_seconds(reused.json()["detail"], "the token-used error")
         # expired: a token past its lifetime
         late = http.post("/api/v1/installer-tokens", headers=ADMIN,
                          json={"scope": "utility:swx"}).json()["token"]
@@ -96,6 +98,7 @@ async def test_token_issue_provision_and_every_refusal(tmp_path: Path) -> None:
         expired = http.post("/api/v1/provision", json=body | {"token": late})
         assert expired.status_code == 401 and expired.json()["error"] == "token-expired"
         assert "clock" in expired.json()["hint"]
+        assert "expired at Thu 1 Jan 1970" in expired.json()["detail"]
         # wrong scope: the same gateway, a token of another utility
         other = http.post("/api/v1/installer-tokens", headers=ADMIN,
                           json={"scope": "community:sunny-side"}).json()["token"]

@@ -24,6 +24,7 @@ from meterchain.contract.status import GatewayStatus, MeterHealth
 
 from tests.support.access import all_routes
 from tests.support.backend import T0, backend, close
+from tests.support.humantime import assert_no_unix_seconds
 from tests.support.utility import ADMIN, World, make_world, round_of_messages
 from tests.support.utility_client import Invalid, verify_batch
 
@@ -373,6 +374,8 @@ async def test_fleet_health_shows_a_gateway_going_silent_and_coming_back(tmp_pat
         assert [(a["device"], a["kind"]) for a in fleet["alerts"]] == [("gw-b", "silent")]
         page = http.get("/fleet", headers=world.auth("u2"))
         assert page.status_code == 200 and "gw-b" in page.text and "silent" in page.text
+        assert "meter clock 4 s behind" in page.text and "(1 h ago)" in page.text
+        assert_no_unix_seconds(page.text, "/fleet")
         # It comes back.
         await ingest.process([status("gw-b", int(real), 0)])
         fleet = http.get("/api/v1/fleet", headers=world.auth("u2")).json()

@@ -15,6 +15,7 @@ from meterchain.backend.api.app import create_app
 from meterchain.contract.bundle import verify_bundle
 from meterchain.contract.telemetry import Telemetry
 
+from tests.support.humantime import assert_no_unix_seconds
 from tests.support.web import NOW, PASSWORDS, Scenario, build
 
 with warnings.catch_warnings():
@@ -117,6 +118,26 @@ def test_verification_panel_and_bundle(scenario: Scenario, tmp_path: Path) -> No
         assert "attachment" in bundle.headers["content-disposition"]
         verified = verify_bundle(bundle.text, scenario.log_key.verifier)  # type: ignore[attr-defined]
         assert verified.reading.reading.device == "gw-alice"
+
+
+def test_pages_show_people_times_not_unix_seconds(scenario: Scenario) -> None:
+    """Every household page a person reads: times local with zone, an interval with its two ends."""
+    with client(scenario) as http:
+        sign_in(http, "alice")
+        day = http.get("/households/h-alice/points/mp-alice-house/day/2024-03-31").text
+        link = re.search(r'href="(/households/h-alice/points/mp-alice-house/readings/gw-alice/\d+)"',
+                         day).group(1)
+        pages = ["/households/h-alice", "/households/h-alice/day/2024-03-30",
+                 "/households/h-alice/week/2024-03-27", "/households/h-alice/month/2024-03",
+                 "/households/h-alice/points/mp-alice-house/day/2024-03-31", link,
+                 "/households/h-alice/bill/2024-03"]
+        for path in pages:
+            answer = http.get(path)
+            assert answer.status_code == 200, path
+            assert_no_unix_seconds(answer.text, path)
+        panel = http.get(link).text
+        interval = re.search(r"Interval ([^:]+ \d\d:\d\d(?::\d\d)?) – (\d\d:\d\d(?::\d\d)?) (CES?T):", panel)
+        assert interval and interval.group(1)[-5:] != interval.group(2)[-5:], panel
 
 
 def test_bill_lines_add_up_and_empty_state(scenario: Scenario) -> None:
