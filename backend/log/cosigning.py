@@ -45,11 +45,18 @@ def load_policy(path: str) -> WitnessPolicy | None:
     return parse_policy(Path(path).read_text(encoding="utf-8")) if path else None
 
 
+#: After a failed request a witness is skipped for 2^failures seconds, at most this long, so a
+#: black-holed one does not add ``timeout`` to every seal of a backlog.
+MAX_BACKOFF = 60.0
+
+
 @dataclass
 class _Peer:
     witness: Witness
     url: str
     size: int | None = None  # what it last cosigned, as far as we know
+    failures: int = 0
+    retry_at: float = 0.0  # time.monotonic() before which it is not asked
 
 
 @dataclass
@@ -88,15 +95,22 @@ class Cosigning:
             present = set(verify_cosignatures(note, self.policy.keys))
         except MeterchainError:
             present = set()
-        asking = [peer for peer in self.peers if peer.witness.key.name not in present]
+        now = time.monotonic()
+        asking = [peer for peer in self.peers if peer.witness.key.name not in present and peer.retry_at <= now]
+        resting = [p for p in self.peers if p.witness.key.name not in present and p.retry_at > now]
         results = await asyncio.gather(*(self._ask(peer, checkpoint, note) for peer in asking))
         result = CollectResult(note, [p.witness.name for p in self.peers if p.witness.key.name in present])
+        for peer in resting:
+            result.failed[peer.witness.name] = f"backing off after {peer.failures} failures"
         lines = []
         for peer, (line, reason) in zip(asking, results, strict=True):
             if line is None:
                 result.failed[peer.witness.name] = reason
                 FAILED.labels(peer.witness.name, reason.split(":")[0]).inc()
+                peer.failures += 1
+                peer.retry_at = time.monotonic() + min(MAX_BACKOFF, 2.0 ** (peer.failures - 1))
             else:
+                peer.failures, peer.retry_at = 0, 0.0
                 lines.append(line)
                 result.cosigned.append(peer.witness.name)
                 COSIGNED.labels(peer.witness.name).inc()

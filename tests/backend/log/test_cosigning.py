@@ -103,6 +103,12 @@ async def test_checkpoints_carry_the_witnesses_cosignatures(store_factory: Store
     assert "needs 2 of w1, w2, w3, cosigned by w1" in str(failed.value)
     # ... and without a policy it verifies as before (the log key alone).
     verify_bundle(await build_bundle(api, "gw-1", 14), sealer.signer.verifier)
+    # A witness that just failed is not asked again at once (a black-holed one would add the
+    # timeout to every seal of a backlog): it backs off 1, 2, 4, ... s, at most 60.
+    row = await api.latest_checkpoint()
+    again = await cosigning.after_seal(row.size, row.note)
+    assert again.failed["w2"].startswith("backing off after 1 failures")
+    assert again.failed["w3"].startswith("backing off after")
 
     # They come back; a restarted backend (new client: it knows no sizes) offers the newest
     # checkpoint again and the two catch up with a consistency proof.
