@@ -16,6 +16,7 @@ from meterchain.backend.provisioning.tokens import (
     issue_token,
 )
 from meterchain.backend.store import using_sqlite
+from meterchain.contract.humantime import human_time
 
 
 def token(
@@ -36,7 +37,7 @@ def token(
         typer.echo(f"error: {exc} ({exc.hint})", err=True)
         raise typer.Exit(1) from None
     command = provision_command(public_url.rstrip("/"), issued.token)
-    expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(issued.expires))
+    expires = human_time(issued.expires)
     typer.echo(f"token: {issued.token}")
     typer.echo(f"scope: {issued.scope}   expires: {expires}   usable once")
     typer.echo(f"on the gateway: {command}")

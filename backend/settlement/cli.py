@@ -26,6 +26,7 @@ from meterchain.backend.settlement.verify import verify_settlement
 from meterchain.backend.settlement.wallet import WalletTables
 from meterchain.backend.store import SqliteStore, using_sqlite
 from meterchain.contract.errors import MeterchainError
+from meterchain.contract.humantime import human_time
 from meterchain.contract.note import NoteVerifier
 from rich.console import Console
 
@@ -93,7 +94,7 @@ def settle(
     for problem in report.problems:
         console.print(f"FAIL  {problem}")
     if report.ok:
-        console.print(f"settlement of {community} at {start} revision {report.revision}: digest "
+        console.print(f"settlement of {community} for {human_time(start)} revision {report.revision}: digest "
                       f"{(report.digest or b'').hex()} re-computed from {report.readings} signed "
                       "readings equals the logged digest")
         return
@@ -191,7 +192,8 @@ def terms(
         return await SettlementTables(store).set_terms(check_terms(new), int(time.time()))
 
     saved = _run(db, action)
-    console.print(f"terms of {community} from {saved.valid_from}: {saved.as_dict()}")
+    console.print(f"terms of {community} from {human_time(saved.valid_from)}: "
+                  f"{ {k: v for k, v in saved.as_dict().items() if k != 'valid_from'} }")
 
 
 @app.command()

@@ -71,6 +71,7 @@ from meterchain.backend.settlement.tables import (
 from meterchain.backend.store.sqlite import SqliteStore
 from meterchain.contract import cbor
 from meterchain.contract.errors import MeterchainError
+from meterchain.contract.humantime import human_interval
 from meterchain.contract.leaves import SETTLEMENT_LEAF_TYPE
 from meterchain.contract.message import parse_message
 from meterchain.contract.reading import StatusFlag
@@ -487,14 +488,15 @@ class SettlementRunner:
         for start in sorted(candidates):
             previous = in_force.get(start)
             if previous is not None and start < window_floor:
-                report.problems.append(f"interval {start} is older than the re-settlement window;"
+                report.problems.append(f"interval {human_interval(start, start + seconds)} is older than the "
+                                       "re-settlement window;"
                                        " a late reading is not applied to it")
                 continue
             try:
                 item = await self._settle_one(community, versions, bindings, series, start,
                                               seconds, previous, now, report)
             except MeterchainError as exc:
-                report.problems.append(f"interval {start}: {exc.diagnostics()}")
+                report.problems.append(f"interval {human_interval(start, start + seconds)}: {exc.diagnostics()}")
                 continue
             if item is not None:
                 settled.append(item)

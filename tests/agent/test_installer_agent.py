@@ -29,6 +29,7 @@ from meterchain.mqtt.broker import free_port
 from typer.testing import CliRunner
 
 from tests.support.cli import run
+from tests.support.humantime import assert_no_unix_seconds
 from tests.support.provisioning import register_scopes
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -168,6 +169,7 @@ def test_provision_command_against_a_running_backend(running_backend, tmp_path: 
     first_key = (gateway / "device-key.pem").read_bytes()
     reused = runner.invoke(cli, [*common, "--token", token])
     assert reused.exit_code == 1 and "already used" in reused.output and "new one" in reused.output
+    assert_no_unix_seconds(reused.output, "meterchain agent provision (token used)")
     assert (gateway / "device-key.pem").read_bytes() == first_key  # refused: nothing changed
     wrong = runner.invoke(cli, [*common, "--token", _token(db, "community:sunny-side")])
     assert wrong.exit_code == 1 and "belongs to utility:swx" in wrong.output
@@ -178,6 +180,7 @@ def test_provision_command_against_a_running_backend(running_backend, tmp_path: 
         rows.execute("UPDATE installer_tokens SET expires = 1000 WHERE used_at IS NULL")
     expired = runner.invoke(cli, [*common, "--token", late])
     assert expired.exit_code == 1 and "expired" in expired.output
+    assert_no_unix_seconds(expired.output, "meterchain agent provision (token expired)")
     # provisioning again rotates the key; readings of the old key below the point stay valid
     again = runner.invoke(cli, [*common, "--token", _token(db)])
     assert again.exit_code == 0 and "(rotate," in again.output and "from sequence 2" in again.output

@@ -180,6 +180,7 @@ def test_backend_token_command_prints_token_and_qr(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     token = result.output.split("token: ")[1].split()[0]
     assert f"--backend https://b.example --token {token}" in result.output
+    assert_no_unix_seconds(result.output, "meterchain token")
     assert "█" in result.output and (tmp_path / "t.svg").read_text().startswith("<svg")
     with sqlite3.connect(db) as rows:
         assert rows.execute("SELECT scope_kind, scope_id FROM installer_tokens").fetchall() == [

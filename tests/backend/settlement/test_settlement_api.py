@@ -20,6 +20,7 @@ from meterchain.cli.main import app as cli_app
 from meterchain.contract.leaves import SettlementLeaf, parse_leaf
 from typer.testing import CliRunner
 
+from tests.support.humantime import assert_no_unix_seconds
 from tests.support.settlement import COMMUNITY, T0, close_site, open_site
 
 with warnings.catch_warnings():
@@ -181,6 +182,7 @@ def test_settle_verify_passes_on_stored_readings_and_fails_on_a_tampered_one(
     ok = runner.invoke(cli_app, args)
     assert ok.exit_code == 0, ok.output
     assert "equals the logged digest" in ok.output and "reading-bundles" in ok.output
+    assert_no_unix_seconds(ok.output, "meterchain settle --verify")
     tampered = tmp_path / "tampered.db"
     shutil.copy(world.db, tampered)
 
