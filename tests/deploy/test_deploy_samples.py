@@ -32,7 +32,8 @@ def test_the_backend_sample_loads_and_documents_every_setting() -> None:
     assert _undocumented(BACKEND) == []
     shown = set(tomllib.loads(BACKEND.read_text())["backend"])
     known = {f.name for f in dataclasses.fields(BackendConfig)} - {"extra"}
-    assert shown <= known
+    assert shown == known, (f"settings missing from the sample: {sorted(known - shown)}; add each "
+                            "to deploy/backend/backend.toml with a comment saying what it does")
 
 
 def test_the_agent_sample_loads_and_documents_every_setting() -> None:
