@@ -28,7 +28,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -374,6 +374,20 @@ async def _drive_catch_up(clock: TimeLapseClock, agents: list[tuple[Agent, async
     return steps
 
 
+async def _unless_stopped(work: Coroutine[Any, Any, int], stop: asyncio.Event) -> int | None:
+    """``work``'s result, or None (``work`` cancelled) when Ctrl-C comes first."""
+    task = asyncio.create_task(work)
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
 async def _stopped(tasks: list[asyncio.Task[None]], timeout: float = 15.0) -> None:
     """Wait for cancelled agents, but not forever: the backend and broker must still stop."""
     if not tasks:
@@ -621,20 +635,15 @@ async def run_demo(workdir: Path, http_port: int, duration: float | None,
             console.print(f"history     signing every quarter hour from {_local(resume)} to now "
                           "through the real pipe (time-lapse; docs/decisions.md)")
             began = time.monotonic()
-            catching_up = asyncio.create_task(catch_up(gateways, clock, resume, show_progress))
-            stopping = asyncio.create_task(stop.wait())
-            await asyncio.wait({catching_up, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if not catching_up.done():  # Ctrl-C during the history: stop now, keep what is in
-                catching_up.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await catching_up
+            steps = await _unless_stopped(catch_up(gateways, clock, resume, show_progress), stop)
+            if steps is None:  # Ctrl-C during the history: stop now, keep what is in
                 return
-            steps = catching_up.result()
             console.print(f"            {steps} quarter hours per meter in "
                           f"{time.monotonic() - began:.0f} s")
         began = time.monotonic()
-        settled = await setup_settlement(api, token, timeline.origin)
+        settled = await _unless_stopped(setup_settlement(api, token, timeline.origin), stop)
+        if settled is None:
+            return
         console.print(f"settlement  {settled} quarter hours settled per community "
                       f"({PRORATA_COMMUNITY}: pro rata, {AUCTION_COMMUNITY}: call auctions) in "
                       f"{time.monotonic() - began:.0f} s; bills, trades and savings on each "
