@@ -67,8 +67,10 @@ class BackendConfig:
     origin: str = "meterchain.local/log"
     admin_token: str = ""
     client_id: str = "meterchain-backend"
-    seal_interval: float = 5.0
+    seal_interval: float = 5.0  # the upper bound between seals
     seal_max_leaves: int = 10_000
+    # Seconds the sealer waits after a commit for more to join its seal (0: the timer only).
+    seal_coalesce: float = 0.05
     batch_size: int = 1000
     verify_threads: int = 2
     settle_every: float = 5.0  # seconds between settlement passes (backend/settlement/runner.py)

@@ -226,7 +226,7 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
                 if cosigning is not None:  # docs/witness.md
                     resources.push_async_callback(cosigning.close)
                 sealer = Sealer(sealing, signer, interval=config.seal_interval,
-                                max_leaves=config.seal_max_leaves,
+                                max_leaves=config.seal_max_leaves, coalesce=config.seal_coalesce or None,
                                 on_sealed=cosigning.after_seal if cosigning else None)
                 await sealer.start()  # refuse to run on a tree that does not match its checkpoint
                 if cosigning is not None:

@@ -1,4 +1,4 @@
-"""The sealing task: every T seconds or M pending leaves, whichever first, extend the tree.
+"""The sealing task: shortly after commits arrive, every T seconds or at M pending leaves, extend the tree.
 
 One seal is ONE transaction: leaf indices (in arrival order), the new stored nodes, the signed
 checkpoint and the signed batch header are written together or not at all, so a crash at any
@@ -42,15 +42,19 @@ class Sealer:
         *,
         interval: float = 5.0,
         max_leaves: int = 10_000,
+        coalesce: float | None = 0.05,
         clock: Callable[[], float] = time.time,
         on_sealed: Callable[[int, str], Awaitable[object]] | None = None,
     ) -> None:
-        if max_leaves < 1 or interval <= 0:
-            raise ValueError("a seal needs max_leaves >= 1 and interval > 0")
+        if max_leaves < 1 or interval <= 0 or (coalesce is not None and coalesce < 0):
+            raise ValueError("a seal needs max_leaves >= 1, interval > 0 and coalesce >= 0")
         self.store = store
         self.signer = signer
         self.interval = interval
         self.max_leaves = max_leaves
+        # Arrival-driven sealing (issue 20): a commit wakes the sealer, which waits this long for
+        # more commits to join the seal; None: seal only on the timer or at M leaves.
+        self.coalesce = coalesce
         self.clock = clock
         # After each committed seal, with its size and note: witness cosigning (cosigning.py).
         self.on_sealed = on_sealed
@@ -83,9 +87,10 @@ class Sealer:
         TREE_SIZE.set(tree.size)
 
     def notify(self, committed: int) -> None:
-        """Ingest committed ``committed`` new leaves: seal early once M are waiting."""
+        """Ingest committed ``committed`` new leaves: seal soon (after the coalescing window), at
+        once when M are waiting."""
         self._pending_hint += committed
-        if self._pending_hint >= self.max_leaves:
+        if self._pending_hint >= self.max_leaves or (committed > 0 and self.coalesce is not None):
             self._wake.set()
 
     async def seal_once(self, between: Callable[[str], None] | None = None) -> int:
@@ -138,11 +143,14 @@ class Sealer:
         return total
 
     async def run(self) -> None:
-        """Seal every ``interval`` seconds, or as soon as M leaves are pending."""
+        """Seal ``coalesce`` seconds after a commit arrives, at once when M leaves are pending, and
+        at least every ``interval`` seconds (commits this process is not told of: other workers)."""
         await self.start()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+            if self._wake.is_set() and self.coalesce and self._pending_hint < self.max_leaves:
+                await asyncio.sleep(self.coalesce)  # commits within the window join this seal
             self._wake.clear()
             try:
                 # A backlog is sealed in consecutive batches of at most M.
