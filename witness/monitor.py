@@ -4,17 +4,22 @@ Runnable by any community member with the log's public key (and the witness poli
 is witnessed). Each poll fetches ``/checkpoint`` and checks, in order, with the check named in
 the alert: ``checkpoint`` (the log key signed it), ``witnesses`` (the policy's quorum cosigned
 it), ``rollback`` (its size is not below the last one seen), ``consistency`` (an equal size has
-the equal root) and ``tiles`` (the level-0 tiles from the last size to the new one, appended to
+the equal root), ``tiles`` (the level-0 tiles from the last size to the new one, appended to
 the tree rebuilt so far, give the checkpoint's root: the new tree extends the old one, leaf by
-leaf). The tree is kept as its compact range (O(log n) hashes), with the last checkpoint, in a
-state file so a restarted monitor goes on from there. A failure is a log line, the metric
-``meterchain_monitor_failures`` (and ``meterchain_monitor_ok`` 0), an optional webhook POST (JSON)
-and exit status 1: a log caught misbehaving is not followed further.
+leaf) and, for each policy witness with a URL, ``split-view``: the checkpoint the witness last
+cosigned (tlog-witness monitoring, ``GET <url>/<sha256 of the origin>/checkpoint``) is the one
+the monitor sees or consistent with it (the log's consistency proof), so the log cannot show the
+witnesses one history and the monitor another. The tree is kept as its compact range (O(log n)
+hashes), with the last checkpoint, in a state file so a restarted monitor goes on from there. A
+failure is a log line, the metric ``meterchain_monitor_failures`` (and ``meterchain_monitor_ok``
+0), an optional webhook POST (JSON) and exit status 1: a log caught misbehaving is not followed
+further.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -24,8 +29,9 @@ from pathlib import Path
 
 import httpx
 from meterchain.contract.checkpoint import Checkpoint, open_checkpoint
+from meterchain.contract.cosignature import verify_cosignatures
 from meterchain.contract.errors import MeterchainError
-from meterchain.contract.merkle import HASH_SIZE, node_hash, root_from_peaks
+from meterchain.contract.merkle import HASH_SIZE, node_hash, root_from_peaks, verify_consistency
 from meterchain.contract.note import NoteVerifier
 from meterchain.contract.policy import Evidence, WitnessQuorum
 from meterchain.contract.tlog_policy import WitnessPolicy
@@ -108,6 +114,7 @@ class Monitor:
         self.url = url.rstrip("/")
         self.log_key = log_key
         self.quorum = WitnessQuorum(policy) if policy is not None else None
+        self.policy = policy
         self.http = http or httpx.Client(timeout=30.0)
         self.state_path = state
         self.seen = Seen.from_json(state.read_text()) if state is not None and state.exists() else Seen()
@@ -142,6 +149,7 @@ class Monitor:
                 if checkpoint.root != last.root:
                     raise MonitorAlert(f"two checkpoints of size {last.size} with different roots (a fork)",
                                        check="consistency", size=last.size)
+                self.compare_witnesses(checkpoint)
                 return checkpoint
         edge = TreeEdge(self.seen.edge.size, list(self.seen.edge.peaks))
         while edge.size < checkpoint.size:
@@ -159,11 +167,64 @@ class Monitor:
                 + (f": the log is not an extension of size {last.size}" if last else ""),
                 check="tiles", size=checkpoint.size)
         self.seen = Seen(checkpoint, edge)
+        self.compare_witnesses(checkpoint)
         if self.state_path is not None:
             tmp = self.state_path.with_name(self.state_path.name + ".tmp")
             tmp.write_text(self.seen.to_json())
             os.replace(tmp, self.state_path)
         return checkpoint
+
+
+    def compare_witnesses(self, checkpoint: Checkpoint) -> None:
+        """Each policy witness's latest cosigned checkpoint agrees with ``checkpoint``."""
+        if self.policy is None:
+            return
+        origin_hash = hashlib.sha256(checkpoint.origin.encode()).hexdigest()
+        for witness in self.policy.witnesses.values():
+            if not witness.url:
+                continue
+            try:
+                answer = self.http.get(f"{witness.url.rstrip('/')}/{origin_hash}/checkpoint")
+            except httpx.HTTPError as exc:
+                log.warning("monitor: witness %s unreachable: %s", witness.name, exc)
+                continue
+            if answer.status_code != 200:
+                continue  # 404: it never cosigned this log
+            try:
+                theirs = open_checkpoint(answer.text, self.log_key)
+                if witness.key.name not in verify_cosignatures(answer.text, [witness.key]):
+                    raise MonitorAlert("no cosignature of its own", check="fetch")
+            except MeterchainError as exc:
+                log.warning("monitor: witness %s serves no valid checkpoint: %s", witness.name, exc)
+                continue
+            self._agrees(witness.name, theirs, checkpoint)
+
+    def _agrees(self, name: str, theirs: Checkpoint, ours: Checkpoint) -> None:
+        def split(message: str) -> MonitorAlert:
+            return MonitorAlert(f"witness {name} cosigned size {theirs.size}, the log shows size {ours.size}: "
+                                f"{message}", check="split-view", witness=name, size=theirs.size)
+
+        if theirs.size > ours.size:
+            # The log may have sealed since this poll fetched /checkpoint: ask it again.
+            try:
+                newer = open_checkpoint(self._get("checkpoint").text, self.log_key)
+            except MeterchainError:
+                newer = ours
+            if newer.size < theirs.size:
+                raise split("the log shows this monitor an older tree than it showed the witness")
+            return  # the next poll checks the newer checkpoint, and this witness against it
+        if theirs.size == ours.size:
+            if theirs.root != ours.root:
+                raise split("two different roots of one size (a split view)")
+            return
+        if theirs.size == 0:
+            return
+        answer = self._get(f"api/v1/proofs/consistency?old={theirs.size}&new={ours.size}")
+        try:
+            proof = [base64.b64decode(h, validate=True) for h in answer.json()["proof"]]
+            verify_consistency(theirs.size, ours.size, theirs.root, ours.root, proof)
+        except (ValueError, KeyError, TypeError, MeterchainError) as exc:
+            raise split(f"not consistent ({exc})") from None
 
 
 def alert(failure: MonitorAlert, url: str, webhook: str | None,

@@ -5,6 +5,7 @@ against the real backend's routes, with the witnesses' cosignatures the sealer c
 
 from __future__ import annotations
 
+import base64
 import warnings
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class Served:
         self.toy, self.cosigners = toy, cosigners
         self.leaves = list(toy.leaves)
         self.note = self.cosigned(toy)
+        self.witness_notes: dict[str, str] = {}  # host -> the checkpoint that witness serves
 
     def cosigned(self, toy: ToyLog, size: int | None = None) -> str:
         note = toy.checkpoint(size)
@@ -42,6 +44,14 @@ class Served:
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path.lstrip("/")
+        if request.url.host != "log.test":
+            note = self.witness_notes.get(request.url.host)
+            return httpx.Response(200, text=note) if note and path.endswith("/checkpoint") else httpx.Response(404)
+        if path == "api/v1/proofs/consistency":
+            old, new = int(request.url.params["old"]), int(request.url.params["new"])
+            proof = ToyLog(self.toy.signer, self.leaves).proof(old, new)
+            return httpx.Response(200, json={"old": old, "new": new,
+                                             "proof": [base64.b64encode(h).decode() for h in proof]})
         if path == "checkpoint":
             return httpx.Response(200, text=self.note)
         for index in range(len(self.leaves) // 256 + 1):
@@ -50,8 +60,8 @@ class Served:
                     return httpx.Response(200, content=b"".join(self.leaves[index * 256: index * 256 + width]))
         return httpx.Response(404)
 
-    def monitor(self, **kwargs: object) -> Monitor:
-        return Monitor("http://log.test", self.toy.signer.verifier, POLICY,
+    def monitor(self, policy: WitnessPolicy = POLICY, **kwargs: object) -> Monitor:
+        return Monitor("http://log.test", self.toy.signer.verifier, policy,
                        http=httpx.Client(transport=httpx.MockTransport(self.handler)), **kwargs)  # type: ignore[arg-type]
 
 
@@ -112,6 +122,34 @@ def test_each_failure_is_named(tmp_path: Path) -> None:
     served.leaves = list(toy.leaves)
     assert watcher.poll().size == 30
     assert good  # the honest note verified before any of this
+
+
+# tlog-witness, monitor retrieval: "it must not be possible to partition clients from monitors,
+# either by splitting the tree or by serving a stale view to monitors."
+def test_split_view_between_the_witnesses_and_the_monitor() -> None:
+    toy = ToyLog()
+    toy.append(20)
+    policy = WitnessPolicy.k_of_n(2, [Witness(f"w{i}", c.key, f"http://w{i}.test") for i, c in enumerate(WITNESSES, 1)])
+    served = Served(toy, WITNESSES)
+    served.witness_notes["w1.test"] = served.cosigned(toy, 12)  # behind, same history: fine
+    watcher = served.monitor(policy)
+    assert watcher.poll().size == 20
+    fork = toy.fork()
+    fork.leaves[19] = b"\x05" * 32
+    served.witness_notes["w2.test"] = served.cosigned(fork)  # the witnesses were shown another tree
+    with pytest.raises(MonitorAlert) as failed:
+        served.monitor(policy).poll()
+    assert failed.value.check == "split-view" and "two different roots of one size" in str(failed.value)
+    older = toy.fork()
+    older.leaves[3] = b"\x06" * 32
+    served.witness_notes["w2.test"] = served.cosigned(older, 12)  # an inconsistent smaller tree
+    with pytest.raises(MonitorAlert, match="not consistent"):
+        served.monitor(policy).poll()
+    ahead = toy.fork()
+    ahead.append(5)
+    served.witness_notes["w2.test"] = served.cosigned(ahead)  # the monitor is shown a stale tree
+    with pytest.raises(MonitorAlert, match="older tree than it showed the witness"):
+        served.monitor(policy).poll()
 
 
 def test_alert_posts_the_webhook() -> None:
