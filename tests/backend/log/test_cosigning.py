@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from meterchain.cli.main import app as cli
 from meterchain.backend.log.cosigning import Cosigning
 from meterchain.backend.log.proofs import build_bundle
+from meterchain.cli.main import app as cli
 from meterchain.contract.bundle import BundleError, verify_bundle
 from meterchain.contract.cosignature import Cosigner, verify_cosignatures
 from meterchain.contract.tlog_policy import Witness, WitnessPolicy
