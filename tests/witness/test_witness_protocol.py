@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from meterchain.contract.cosignature import Cosigner, verify_cosignatures
+from meterchain.contract.errors import NoteError
 from meterchain.contract.merkle import EMPTY_ROOT
 from meterchain.contract.note import NoteSigner, split_note
 from meterchain.witness.config import WitnessConfig
@@ -244,3 +245,41 @@ async def test_state_survives_a_restart(client, log, tmp_path, cosigner) -> None
     assert (await post(client, log.request(0))).status_code == 200
     again = WitnessStore(tmp_path / "w.db")
     assert again.latest(ORIGIN).size == 10
+
+
+# signed-note: "Signed notes MUST be valid UTF-8 and MUST NOT contain any ASCII control
+# characters (those below U+0020) other than newline." A checkpoint that is not a valid note is
+# a malformed request: 400, nothing stored.
+@pytest.mark.parametrize("note", [
+    "meterchain.test/log\n10\nAAAA\x07\n\n\u2014 meterchain.test/log AAAAAAAA\n",
+    "meterchain.test/log\n10\n",  # no blank line, no signature lines
+    "meterchain.test/log\n10\nrootline\n\n\u2014 two words here AAAAAAAA\n",
+])
+async def test_checkpoint_that_is_not_a_signed_note_is_400(client, store, note) -> None:
+    answer = await post(client, add_checkpoint_body(0, [], note))
+    assert answer.status_code == 400
+    assert answer.text.startswith("not a checkpoint")
+    assert store.latest(ORIGIN) is None
+
+
+async def test_request_body_not_utf8_is_400(client, log) -> None:
+    answer = await post(client, b"old 0\n\n" + log.checkpoint().encode().replace(b"10", b"1\xff"))
+    assert (answer.status_code, answer.text) == (400, "request body is not UTF-8\n")
+
+
+# Extension lines: "Extension lines MAY be included in the checkpoint by the log, and if present
+# MUST be included in the cosigned message." (tlog-cosignature)
+async def test_extension_lines_are_cosigned(client, log, cosigner) -> None:
+    text = f"{ORIGIN}\n10\n{base64.b64encode(log.root()).decode()}\nextension line\n"
+    note = log.signer.sign_note(text)
+    answer = await post(client, add_checkpoint_body(0, [], note))
+    assert answer.status_code == 200
+    assert verify_cosignatures(note + answer.text, [cosigner.key])
+    without = log.checkpoint()  # the same tree head without the extension line
+    with pytest.raises(NoteError, match="does not verify"):
+        verify_cosignatures(without + answer.text, [cosigner.key])
+
+
+async def test_monitoring_checkpoint_of_an_unknown_origin_hash_is_404(client) -> None:
+    assert (await client.get(f"/{'0' * 64}/checkpoint")).status_code == 404
+    assert (await client.get("/nothing/here")).status_code == 404
