@@ -14,6 +14,7 @@ from fastapi.responses import PlainTextResponse, Response
 from meterchain.backend.access.auth import build_auth
 from meterchain.backend.access.readings_routes import readings_router
 from meterchain.backend.access.routes import access_router
+from meterchain.backend.api.docs import install_docs
 from meterchain.backend.api.errors import ApiError, install_error_handlers, not_visible
 from meterchain.backend.api.state import ApiState
 from meterchain.backend.devices.routes import devices_router
@@ -51,8 +52,11 @@ def create_app(db: str, admin_token: str, log_verifier: NoteVerifier,
         version="1",
         description="Verifiable smart-meter readings: ingest, transparency log, proofs.",
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves Swagger UI from local assets, not a CDN
+        redoc_url=None,
     )
     app.state.api = state
+    install_docs(app)
 
     auth = build_auth(state)  # bearer token -> Principal: the admin token or a scoped API key
     require_admin = auth.require_admin

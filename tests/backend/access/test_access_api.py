@@ -27,6 +27,7 @@ PUBLIC = {
     "/api/v1/proofs/consistency", "/api/v1/batches", "/checkpoint", "/tile/{path:path}",
     "/batch/{index}", "/api/v1/provision", "/api/v1/devices/{device}/readings/{seq}/inclusion",
     "/", "/login", "/logout", "/invite/{token}", "/reset/{token}",
+    "/docs", "/favicon.svg", "/favicon.ico",  # the API docs page (Swagger UI, local assets) and the icon
 }
 
 
