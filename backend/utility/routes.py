@@ -141,8 +141,13 @@ class WebhookOut(BaseModel):
     id: str
     utility: str
     url: str
-    after_batch: int = Field(description="Batches from this index on are announced")
-    created: int
+    after_batch: int = Field(description=(
+        "The announcement cursor: the index of the next sealed batch this webhook will consider. "
+        "At creation it is the batch after the newest one sealed (earlier batches are never announced); "
+        "as batches are sealed the dispatcher queues a delivery for each one that holds your readings "
+        "and moves the cursor past it, also past batches without your readings. So a later GET shows a "
+        "larger value: batches below it are dealt with (see the deliveries), batches from it on are to come."))
+    created: int = Field(description="When the webhook was created, Unix seconds (UTC)")
 
 
 class NewWebhookOut(WebhookOut):
@@ -154,11 +159,11 @@ class DeliveryOut(BaseModel):
     idempotency_key: str
     event: str
     state: DeliveryState
-    attempts: int
-    next_attempt: int
-    last_error: str
-    created: int
-    finished: int | None
+    attempts: int = Field(description="Attempts so far (0 until the first; a replay starts over)")
+    next_attempt: int = Field(description="When the next attempt is due, Unix seconds (UTC)")
+    last_error: str = Field(description="Why the last attempt failed; empty if none failed")
+    created: int = Field(description="When the delivery was queued, Unix seconds (UTC)")
+    finished: int | None = Field(description="When it was delivered or became dead, Unix seconds (UTC)")
     payload: str = Field(description="The JSON body sent")
 
 
