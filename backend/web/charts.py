@@ -118,11 +118,14 @@ def bar_chart(slots: Sequence[Slot], spec: ChartSpec, zone: str, *, daily: bool 
                 label += f", {spec.down_label} {kwh(down or 0)}"
             if slot.substituted:
                 label += " (estimated: spread over a gap in the readings)"
+            if slot.late:
+                label += " (late: a reading came after the settlement deadline; settled again)"
         state = " future" if future else " missing" if missing else ""
         target = None if missing or link is None else link(slot)
         if target:
             label += " · click for its proof" if slot.seq is not None else " · click to open"
-        group = [f'<g class="slot{state}{" substituted" if slot.substituted else ""}" '
+        marks = (" substituted" if slot.substituted else "") + (" late" if slot.late else "")
+        group = [f'<g class="slot{state}{marks}" '
                  f'data-start="{slot.start}">' + (f'<a href="{escape(target)}">' if target else "")
                  + f"<title>{escape(label)}</title>"]
         if future:
@@ -140,6 +143,9 @@ def bar_chart(slots: Sequence[Slot], spec: ChartSpec, zone: str, *, daily: bool 
             if spec.down_label:
                 group.append(f'<rect class="{spec.down_class}" x="{x:.2f}" y="{zero_y:.2f}" '
                              f'width="{bar_w:.2f}" height="{(down or 0) * scale:.2f}"/>')
+            if slot.late:  # a mark above the bar: settled again after a late reading
+                group.append(f'<rect class="late-mark" x="{x:.2f}" y="{PAD_TOP}" '
+                             f'width="{bar_w:.2f}" height="4"/>')
         group.append("</a></g>" if target else "</g>")
         parts.append("".join(group))
         tick = _tick_label(slot, tz, daily)

@@ -158,7 +158,8 @@ def router(ctx: WebContext) -> APIRouter:
         shaped = []
         for view in views:
             if period.kind == "day":
-                slots = series.quarter_hours(view.intervals, period.start, period.end)
+                late = await ctx.settlements.late(view.point.id, period.start, period.end)
+                slots = series.quarter_hours(view.intervals, period.start, period.end, late=late)
                 link = _proof_link(household, view.point.id)
             else:
                 slots = series.daily(view.intervals, period.days())
@@ -228,14 +229,15 @@ def router(ctx: WebContext) -> APIRouter:
         if view is None:
             raise PageError(404, "There is no such page.")
         inside = [i for i in view.intervals if period.start <= i.start < period.end]
-        slots = series.quarter_hours(view.intervals, period.start, period.end)
+        late = await ctx.settlements.late(point, period.start, period.end)
+        slots = series.quarter_hours(view.intervals, period.start, period.end, late=late)
         chart = bar_chart(slots, spec_for(view.point, f"{view.label} ({point}), {period.label}"),
                           zone, now=ctx.now(), link=_proof_link(household, point))
         name, _ = await household_row(household)
         return ctx.render(request, "point_day.html", household=household,
                           household_name=name, username=session.username, view=view,
                           period=period, prev=period.shifted(-1), next=period.shifted(1),
-                          chart=chart, intervals=inside, kwh=kwh, fmt_time=_fmt(zone),
+                          chart=chart, intervals=inside, late=late, kwh=kwh, fmt_time=_fmt(zone),
                           total=series.total(slots), coverage=series.coverage(slots, ctx.now()),
                           erased=await erased_days(who, [view], period.start, period.end))
 

@@ -13,7 +13,7 @@ UTC ranges; a DST day has 92 or 100 quarter hours (``netting.calendar``).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -57,6 +57,7 @@ class Slot:
     substituted: bool = False
     device: str | None = None  # the reading that closed the interval: its proof (quarter hours)
     seq: int | None = None
+    late: bool = False  # settled again: a reading came in after the settlement deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,15 +161,16 @@ def interval_energy(readings: Iterable[ReadingRow], interval: int = INTERVAL_SEC
 
 
 def quarter_hours(intervals: Sequence[Interval], start: int, end: int,
-                  interval: int = INTERVAL_SECONDS) -> list[Slot]:
-    """One slot per interval of [start, end) (92, 96 or 100 for a local day)."""
+                  interval: int = INTERVAL_SECONDS, late: Set[int] = frozenset()) -> list[Slot]:
+    """One slot per interval of [start, end) (92, 96 or 100 for a local day); ``late``: the
+    interval starts settled again after a late reading."""
     by_start = {i.start: i for i in intervals}
     slots = []
     for s in range(start, end, interval):
         found = by_start.get(s)
         slots.append(Slot(s, s + interval, None, None) if found is None else
                       Slot(s, s + interval, found.import_wh, found.export_wh, found.substituted,
-                           found.device, found.seq))
+                           found.device, found.seq, s in late))
     return slots
 
 

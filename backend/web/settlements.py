@@ -56,6 +56,11 @@ class Settlements(Protocol):
         """Settled intervals in [start, end) that include ``member``, oldest first."""
         ...
 
+    async def late(self, member: str, start: int, end: int) -> set[int]:
+        """Starts of ``member``'s intervals in [start, end) settled again after a reading came
+        in past the deadline (the revision in force is not the first)."""
+        ...
+
 
 class NoSettlements:
     """Nothing settled yet: every page shows its empty state."""
@@ -68,6 +73,9 @@ class NoSettlements:
 
     async def results(self, member: str, start: int, end: int) -> Sequence[IntervalResult]:
         return ()
+
+    async def late(self, member: str, start: int, end: int) -> set[int]:
+        return set()
 
 
 class EngineSettlements:
@@ -98,6 +106,9 @@ class EngineSettlements:
         for result in inside:
             builder.add(result)
         return builder.bill(member)
+
+    async def late(self, member: str, start: int, end: int) -> set[int]:
+        return set()  # one result per interval: nothing here was settled twice
 
 
 def trades_of(member: str, results: Iterable[IntervalResult]) -> list[Trade]:

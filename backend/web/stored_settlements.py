@@ -60,6 +60,13 @@ class StoredSettlements:
         results = [rebuild(rows[s])[1] for s in sorted(rows)]
         return [r for r in results if member in r.member_ids]
 
+    async def late(self, member: str, start: int, end: int) -> set[int]:
+        community = await self._community(member)
+        if community is None:
+            return set()
+        rows = await self.tables.in_force(community, start, end)
+        return {s for s, row in rows.items() if row.revision > 0}
+
     async def bill(self, member: str, period_start: int, period_end: int) -> Bill | None:
         community = await self._community(member)
         if community is None:

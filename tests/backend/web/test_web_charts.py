@@ -68,3 +68,14 @@ def test_quarter_hours_carry_the_reading_that_closed_each_interval() -> None:
     slot, empty = series.quarter_hours(intervals, T0, T0 + 1800)
     assert (slot.device, slot.seq) == ("gw-0002", 12)
     assert (empty.device, empty.seq, empty.import_wh) == (None, None, None)
+
+
+def test_a_late_interval_is_marked_above_its_bar() -> None:
+    slots = series.quarter_hours([series.Interval(T0, 90, 0, False, "gw-1", 3),
+                                  series.Interval(T0 + 900, 80, 0, False, "gw-1", 4)],
+                                 T0, T0 + 1800, late={T0 + 900})
+    assert [s.late for s in slots] == [False, True]
+    on_time, late = _groups(bar_chart(slots, SPEC, "UTC", now=T0 + 1800))
+    assert "late" not in on_time and 'class="late-mark"' not in on_time
+    assert "slot late" in late and 'class="late-mark"' in late
+    assert "a reading came after the settlement deadline" in late

@@ -9,7 +9,15 @@ import pytest
 from meterchain.backend.access.tables import PartyTables
 from meterchain.backend.web.stored_settlements import StoredSettlements
 
-from tests.support.settlement import COMMUNITY, T0, close_site, community, readings_at
+from tests.support.settlement import (
+    COMMUNITY,
+    FLOW,
+    MEMBERS,
+    T0,
+    close_site,
+    community,
+    readings_at,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,5 +51,26 @@ async def test_a_households_bill_and_trades_are_its_metering_points_stored_settl
         assert bill.total == issued.total and bill.savings == issued.savings
         assert sum(line.amount for line in bill.lines) == bill.total
         assert await stored.bill("mp-unknown", month_start, month_end) is None
+    finally:
+        await close_site(site)
+
+
+async def test_intervals_settled_again_after_a_late_reading_are_late(tmp_path: Path) -> None:
+    """mp-2 is silent past the deadline: its interval settles without it; its reading then comes
+    in late, the interval is settled again, and the pages mark it late (and only it)."""
+    site = await community(tmp_path)
+    try:
+        await readings_at(site, T0, scale=0)
+        await readings_at(site, T0 + 900, skip=("mp-2",))
+        await site.runner.settle_community(COMMUNITY, T0 + 900 + 1800 + 1)  # past the deadline
+        stored = StoredSettlements(lambda: site.admin)
+        assert await stored.late("mp-2", T0, T0 + 3600) == set()
+        point, device, meter = next(m for m in MEMBERS if m[0] == "mp-2")
+        imp, exp = FLOW[point]
+        await site.send(await site.step(device, meter, T0 + 900, imp, exp))  # the late reading
+        report = await site.runner.settle_community(COMMUNITY, T0 + 900 + 1800 + 60)
+        assert (T0, 1, "late-reading") in report.settled
+        assert await stored.late("mp-2", T0, T0 + 3600) == {T0}
+        assert await stored.late("mp-unknown", T0, T0 + 3600) == set()
     finally:
         await close_site(site)
