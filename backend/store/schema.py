@@ -596,6 +596,37 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (device, first, last)
         )""",
     ),
+    # 14: the operator console (issue 19, backend/console/): operator and auditor accounts apart
+    # from households' logins, each with a TOTP secret; their sessions and one-time invitations
+    # (tokens kept as SHA-256 only, as web_sessions and web_links are). scope: 'all' (the backend's
+    # operator) or 'utility:<id>'.
+    (
+        """CREATE TABLE console_accounts (
+            username TEXT PRIMARY KEY,
+            role TEXT NOT NULL CHECK (role IN ('operator', 'auditor')),
+            scope TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            totp_secret TEXT NOT NULL,
+            totp_last_step INTEGER NOT NULL DEFAULT 0,
+            created INTEGER NOT NULL
+        )""",
+        """CREATE TABLE console_sessions (
+            token_hash BLOB PRIMARY KEY,
+            username TEXT NOT NULL REFERENCES console_accounts (username),
+            created INTEGER NOT NULL,
+            expires INTEGER NOT NULL,
+            idle_expires INTEGER NOT NULL
+        )""",
+        """CREATE TABLE console_invitations (
+            token_hash BLOB PRIMARY KEY,
+            role TEXT NOT NULL CHECK (role IN ('operator', 'auditor')),
+            scope TEXT NOT NULL,
+            created INTEGER NOT NULL,
+            expires INTEGER NOT NULL,
+            used_at INTEGER,
+            used_by TEXT
+        )""",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
