@@ -11,6 +11,7 @@ import typer
 from meterchain.backend import service
 from meterchain.backend.api.ports import check_port_free
 from meterchain.backend.config import BackendConfig
+from meterchain.backend.console.cli import app as console_app
 from meterchain.backend.devices import registry
 from meterchain.backend.ingest.control_cli import app as control_app
 from meterchain.backend.log.audit import AuditReport
@@ -191,5 +192,6 @@ def register(root: typer.Typer) -> None:
     """Attach ``backend …`` and the top-level ``audit``."""
     app.command("token")(installer_token)
     app.add_typer(control_app, name="control-key")
+    app.add_typer(console_app, name="console")  # operator console invitations and accounts
     root.add_typer(app, name="backend")
     root.command("audit")(audit)

@@ -17,6 +17,7 @@ from meterchain.backend.access.routes import access_router
 from meterchain.backend.api.docs import install_docs
 from meterchain.backend.api.errors import ApiError, install_error_handlers, not_visible
 from meterchain.backend.api.state import ApiState
+from meterchain.backend.console.routes import install_console
 from meterchain.backend.devices.routes import devices_router
 from meterchain.backend.log.routes import log_api_router, log_router
 from meterchain.backend.provisioning.routes import provisioning_router
@@ -71,6 +72,7 @@ def create_app(db: str, admin_token: str, log_verifier: NoteVerifier,
     app.include_router(provisioning_router(state, require_admin, provisioning or ProvisioningSettings()))
     # the household dashboard: pages, sign-in, live telemetry, and the stored settlements
     mount_web(app, state, StoredSettlements(state.read))
+    install_console(app, state)  # the operator console: /console (its own accounts, TOTP)
 
     install_error_handlers(app)
 

@@ -16,6 +16,7 @@ from meterchain.backend.erasure.tables import ErasureRecord, ErasureTables
 from meterchain.backend.store import SqliteStore, using_sqlite
 from meterchain.backend.web.accounts import AccountError
 from meterchain.backend.web.tables import WebTables
+from meterchain.contract.humantime import human_time
 from rich.console import Console
 
 T = TypeVar("T")
@@ -41,7 +42,7 @@ def invite(household: str = typer.Argument(..., metavar="HOUSEHOLD"), db: str = 
     """A one-time link (valid 7 days) with which the household creates its login."""
     token, link = _run(lambda t: t.create_link("invite", household, None, int(time.time())), db)
     console.print(f"{base_url.rstrip('/')}/invite/{token}")
-    console.print(f"valid until {link.expires} (UTC seconds); hand it to household {household}")
+    console.print(f"valid until {human_time(link.expires)}; hand it to household {household}")
 
 
 @app.command("reset-link")

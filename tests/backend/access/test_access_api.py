@@ -28,6 +28,7 @@ PUBLIC = {
     "/batch/{index}", "/api/v1/provision", "/api/v1/devices/{device}/readings/{seq}/inclusion",
     "/", "/login", "/logout", "/invite/{token}", "/reset/{token}",
     "/docs", "/favicon.svg", "/favicon.ico",  # the API docs page (Swagger UI, local assets) and the icon
+    "/console/login", "/console/logout", "/console/invite/{token}",  # the console's sign-in and invitations
 }
 
 

@@ -1,0 +1,140 @@
+"""The operator console over HTTP (no browser): invitations with TOTP enrolment, sign-in with a
+code that works once, fleet filters, household invitations, key rotation, dead-letter replay,
+auditors reading only, a utility's operator seeing only its own, and no household or utility
+credential opening any console page. Times on every page are for people (no Unix seconds)."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+from meterchain.backend.api.app import create_app
+from meterchain.backend.console.routes import COOKIE, csrf_token
+
+from tests.support.access import all_routes
+from tests.support.console import PASSWORD, ConsoleWorld, build_console, code, secret_of
+from tests.support.humantime import assert_no_unix_seconds
+from tests.support.utility import ADMIN
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+PAGES = ["/console", "/console?state=silent", "/console/households", "/console/keys",
+         "/console/webhooks", "/console/log"]
+
+
+@pytest.fixture(scope="module")
+def cw(tmp_path_factory: pytest.TempPathFactory) -> ConsoleWorld:
+    import asyncio
+
+    return asyncio.run(build_console(tmp_path_factory.mktemp("console")))
+
+
+def client(cw: ConsoleWorld) -> TestClient:
+    return TestClient(create_app(str(cw.world.db), ADMIN, cw.world.log_key.verifier))
+
+
+def enrol(http: TestClient, token: str, username: str) -> str:
+    """Accept an invitation through its page; the TOTP secret it showed."""
+    page = http.get(f"/console/invite/{token}")
+    assert page.status_code == 200, page.text
+    secret = secret_of(page.text)
+    form = {"secret": secret, "username": username, "password": PASSWORD, "repeat": PASSWORD}
+    wrong = http.post(f"/console/invite/{token}", data=form | {"code": "000000"})
+    assert wrong.status_code == 400 and "does not match" in wrong.text
+    done = http.post(f"/console/invite/{token}", data=form | {"code": code(secret)}, follow_redirects=False)
+    assert done.status_code == 303, done.text
+    assert http.get(f"/console/invite/{token}").status_code == 410  # once only
+    return secret
+
+
+def sign_in(http: TestClient, username: str, secret: str) -> None:
+    answer = http.post("/console/login", data={"username": username, "password": PASSWORD,
+                                                "code": code(secret, 1)}, follow_redirects=False)
+    assert answer.status_code == 303, answer.text
+
+
+def csrf(http: TestClient, path: str) -> str:
+    return re.search(r'name="csrf" value="([0-9a-f]{32})"', http.get(path).text).group(1)
+
+
+def test_operator_signs_in_with_totp_and_acts(cw: ConsoleWorld) -> None:
+    with client(cw) as http:
+        secret = enrol(http, cw.invitations["operator:all"], "olga")
+        no_code = http.post("/console/login", data={"username": "olga", "password": PASSWORD, "code": ""})
+        assert no_code.status_code == 401
+        used = http.post("/console/login", data={"username": "olga", "password": PASSWORD,
+                                                  "code": code(secret)})
+        assert used.status_code == 401  # the code that enrolled is spent
+        sign_in(http, "olga", secret)
+        replayed = http.post("/console/login", data={"username": "olga", "password": PASSWORD,
+                                                      "code": code(secret, 1)}, follow_redirects=False)
+        assert replayed.status_code == 401  # a code works once
+        for path in PAGES:
+            page = http.get(path)
+            assert page.status_code == 200, path
+            assert_no_unix_seconds(page.text, path)
+        fleet = http.get("/console?state=silent").text
+        assert 'data-device="gw-b"' in fleet and 'data-device="gw-a"' not in fleet
+        assert "meter clock 4 s behind" in fleet and "1 h ago" in fleet
+        # invite a household: a link shown once, and it opens the household's sign-up page
+        token = csrf(http, "/console/households")
+        invited = http.post("/console/households/h1/invite", data={"csrf": token})
+        link = re.search(r'id="shown-once">https?://[^/]+(/invite/[^<]+)<', invited.text).group(1)
+        assert http.get(link).status_code == 200
+        assert http.post("/console/households/h1/invite", data={"csrf": "0" * 32}).status_code == 403
+        # rotate u1's key: the new token works on the API
+        keys = http.get("/console/keys").text
+        u1_key = re.search(r'data-key="([^"]+)"><td>[^<]+<br><small>u1<', keys).group(1)
+        rotated = http.post(f"/console/keys/{u1_key}/rotate", data={"csrf": token, "grace": "0"})
+        new_token = re.search(r'id="shown-once">([^<]+)<', rotated.text).group(1)
+        whoami = http.get("/api/v1/whoami", headers={"Authorization": f"Bearer {new_token}"})
+        assert whoami.status_code == 200 and whoami.json()["id"] == "u1"
+        # replay the dead letter: it leaves the dead-letter list and is pending again
+        hooks = http.get("/console/webhooks").text
+        assert f'data-delivery="{cw.dead_delivery}"' in hooks and "HTTP 503" in hooks
+        http.post(f"/console/webhooks/wh-0123456789ab/deliveries/{cw.dead_delivery}/replay",
+                  data={"csrf": token})
+        assert f'data-delivery="{cw.dead_delivery}"' not in http.get("/console/webhooks").text
+        api = http.get("/api/v1/webhooks/wh-0123456789ab/deliveries", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert api.json()[0]["state"] == "pending"
+        http.post("/console/logout")
+        assert http.get("/console", follow_redirects=False).headers["location"] == "/console/login"
+
+
+def test_auditor_reads_and_changes_nothing(cw: ConsoleWorld) -> None:
+    with client(cw) as http:
+        secret = enrol(http, cw.invitations["auditor:all"], "audrey")
+        sign_in(http, "audrey", secret)
+        assert "Rotate" not in http.get("/console/keys").text
+        token = csrf_token(http.cookies[COOKIE])  # the auditor's pages carry no forms
+        answer = http.post("/console/households/h1/invite", data={"csrf": token})
+        assert answer.status_code == 403 and "Auditors" in answer.text
+
+
+def test_a_utility_operator_sees_its_own(cw: ConsoleWorld) -> None:
+    with client(cw) as http:
+        secret = enrol(http, cw.invitations["operator:utility:u2"], "uwe")
+        sign_in(http, "uwe", secret)
+        keys = http.get("/console/keys").text
+        assert ">u2<" in keys and ">u1<" not in keys and ">h1<" not in keys
+        assert http.get("/console/households").status_code == 403
+        assert "wh-0123456789ab" in http.get("/console/webhooks").text
+
+
+def test_household_and_utility_credentials_open_no_console_page(cw: ConsoleWorld, tmp_path: Path) -> None:
+    app = create_app(str(cw.world.db), ADMIN, cw.world.log_key.verifier)
+    console_paths = [r.path for r in all_routes(app.router.routes)  # type: ignore[arg-type]
+                     if r.path.startswith("/console") and "{" not in r.path and "GET" in r.methods
+                     and r.path != "/console/login"]
+    assert len(console_paths) >= 5
+    with client(cw) as http:
+        for who in ("u1", "h1", "root"):
+            for path in console_paths:
+                answer = http.get(path, headers=cw.world.auth(who), follow_redirects=False)
+                assert answer.status_code == 303 and answer.headers["location"] == "/console/login", (who, path)
+        http.cookies.set(COOKIE, "not-a-session")
+        assert http.get("/console", follow_redirects=False).status_code == 303
