@@ -22,6 +22,8 @@ from meterchain.witness.store import WitnessStore
 from tests.support.witness import ORIGIN, ToyLog, WitnessProcess
 
 KILL_POINTS = 200 if os.environ.get("MC_LONG") == "1" else 20
+# Each kill point is a witness process start (≈ 1-6 s on a loaded 2-core machine).
+pytestmark = pytest.mark.timeout(KILL_POINTS * 20)
 
 
 @pytest.fixture
