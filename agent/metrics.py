@@ -83,6 +83,16 @@ class AgentMetrics:
             "The gateway clock minus the backend's (middle of the bound from signed acks)",
             registry=r,
         )
+        self.disk_full = Gauge(
+            "meterchain_agent_disk_full",
+            "1 while the outbox's disk is full (readings cannot be stored), else 0",
+            registry=r,
+        )
+        self.disk_full_cycles = Counter(
+            "meterchain_agent_disk_full_cycles",
+            "Poll cycles not stored because the disk was full (signed later as one spanning reading)",
+            registry=r,
+        )
         self.gaps_declared = Counter(
             "meterchain_agent_gaps_declared",
             "Sequence numbers declared as a gap after the outbox was lost",

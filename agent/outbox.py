@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -36,6 +37,22 @@ class OutboxError(MeterchainError):
     """The outbox database is unusable: newer schema, other device, or corrupt."""
 
     check = "outbox"
+
+
+class StorageFull(OutboxError):
+    """The outbox's disk (or quota) is full: nothing new can be stored until space returns."""
+
+    check = "disk-full"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLite's SQLITE_FULL ("database or disk is full") or ENOSPC/EDQUOT from a file write."""
+    if isinstance(exc, StorageFull):
+        return True
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +243,9 @@ class Outbox:
             await outbox._claim_device(path)
         except sqlite3.DatabaseError as exc:
             await db.close()
+            if is_disk_full(exc):  # not corrupt: never moved aside (issue 18)
+                raise StorageFull(f"outbox {path}: the disk is full ({exc})",
+                                  path=str(path)) from None
             raise OutboxCorrupt(f"outbox {path} is unreadable: {exc}", path=str(path)) from None
         except BaseException:
             await db.close()

@@ -22,7 +22,7 @@ from meterchain.agent.clock import Clock, ClockJudge
 from meterchain.agent.config import MeterConfig
 from meterchain.agent.meters_dlms import IntervalValues, MeterStatus, ProfileLayout, dlms_sources
 from meterchain.agent.metrics import AgentMetrics
-from meterchain.agent.outbox import CycleEntry, Outbox
+from meterchain.agent.outbox import CycleEntry, Outbox, is_disk_full
 from meterchain.agent.scheduler import energy_reading, next_boundary
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.message import sign_reading
@@ -110,10 +110,21 @@ class ProfilePoller:
         """One cycle; a failure is logged and counted, and the next cycle tries again."""
         try:
             seqs = await self._poll()
+            if seqs:
+                self.metrics.disk_full.set(0)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a meter's fault must never stop the agent
             self.failures += 1
+            if is_disk_full(exc):  # the profile keeps the intervals: fetched when space returns
+                self.metrics.disk_full.set(1)
+                self.metrics.disk_full_cycles.inc()
+                log.error("event=disk_full meter=%s detail=%r fix=free_space retry=next_cycle "
+                          "(the meter's load profile is read back from the last stored interval)",
+                          self.source.name, str(exc))
+                self.cycles += 1
+                self.progress += 1
+                return []
             kind = type(exc).__name__
             self.metrics.meter_read_errors.labels(meter=self.source.name, kind=kind).inc()
             detail = exc.diagnostics() if hasattr(exc, "diagnostics") else repr(exc)

@@ -34,7 +34,7 @@ from meterchain.agent.acks import AckGuard, AckRefused
 from meterchain.agent.clock import Clock, ClockJudge
 from meterchain.agent.config import BrokerConfig
 from meterchain.agent.metrics import AgentMetrics
-from meterchain.agent.outbox import Outbox, OutboxReading
+from meterchain.agent.outbox import Outbox, OutboxReading, is_disk_full
 from meterchain.agent.resend import Outstanding, ResendPolicy
 from meterchain.contract.ack import ack_topic, ocmf_topic, readings_topic, status_topic
 from meterchain.mqtt import Backoff, Connection, Failure, Protocol, stay_connected
@@ -157,7 +157,15 @@ class Publisher:
             log.warning("event=ack_unverified device=%s upto=%d advice=provision_again "
                         "(no control_key: this ack may be forged)", self.device, ack.upto)
             self._alarm("ack-unverified", f"ack upto {ack.upto} taken without a control key")
-        result = await self.outbox.apply_ack(ack, now=int(self.clock.now()))
+        try:
+            result = await self.outbox.apply_ack(ack, now=int(self.clock.now()))
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            # A later ack (or the retained one at the next connect) covers the same and more.
+            log.error("event=disk_full device=%s ack_upto=%d not_applied=%r", self.device,
+                      ack.upto, str(exc))
+            return
         if opened.verified and ack.time:
             received = self.clock.now()
             self.judge.observe_ack(ack.time, received, result.sent)
@@ -235,7 +243,7 @@ class Publisher:
                 log.warning("event=gap_published device=%s first=%d", self.device, first)
             else:
                 self.metrics.publish_refused.labels(reason=str(refused)).inc()
-        await self.outbox.mark_gaps_sent(sent, now)
+        await self._record(self.outbox.mark_gaps_sent(sent, now))
 
     async def _publish_batch(self, client: Connection, batch: list[OutboxReading]) -> None:
         limit = asyncio.Semaphore(self.broker.max_inflight)
@@ -282,8 +290,19 @@ class Publisher:
         finally:
             # Record what the broker answered even if the connection broke mid-batch; the rest
             # stays due and goes out again on the next connection.
-            await asyncio.shield(self.outbox.mark_sent(answered, now=int(self.clock.now())))
+            await asyncio.shield(self._record(
+                self.outbox.mark_sent(answered, now=int(self.clock.now()))))
         log.debug("event=batch_published device=%s count=%d", self.device, len(batch))
+
+    async def _record(self, write: Awaitable[None]) -> None:
+        """Bookkeeping of what was sent: on a full disk it is lost, and the readings only go
+        out again sooner (the backend deduplicates); never a reason to stop publishing."""
+        try:
+            await write
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            log.error("event=disk_full device=%s sent_not_recorded=%r", self.device, str(exc))
 
     async def _wait_for_work(self) -> None:
         # Gap declarations are looked at every ack timeout; readings when the policy says.

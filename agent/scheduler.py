@@ -10,6 +10,11 @@ and says so once a minute; when it is right again the poller goes on at the curr
 declares the intervals it skipped. A meter whose newest signed interval lies beyond
 :data:`MAX_FUTURE_SECONDS` of a clock judged right was signed while the clock ran ahead (those
 readings are refused by the backend as ``future`` and quarantined): it goes on from now.
+
+A full disk (``database or disk is full``) costs the cycle, never the agent: it is logged and
+alarmed once a minute with the fix and counted; when space returns, each meter's next reading
+spans from its previous one (at most a day back), flagged ``SPANS_GAP``: the cumulative
+registers carry the energy, and no per-interval value is invented.
 """
 
 from __future__ import annotations
@@ -23,10 +28,18 @@ from meterchain.agent.clock import Clock, ClockJudge, ClockVerdict
 from meterchain.agent.exchange import MeterSerials
 from meterchain.agent.meters import MeterSnapshot, MeterSource
 from meterchain.agent.metrics import AgentMetrics
-from meterchain.agent.outbox import CycleEntry, Outbox
+from meterchain.agent.outbox import CycleEntry, Outbox, is_disk_full
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.message import sign_reading
-from meterchain.contract.reading import EXPORT_OBIS, IMPORT_OBIS, ClockSync, Reading, Register
+from meterchain.contract.reading import (
+    EXPORT_OBIS,
+    IMPORT_OBIS,
+    MAX_INTERVAL_SECONDS,
+    ClockSync,
+    Reading,
+    Register,
+    StatusFlag,
+)
 from meterchain.contract.signing import Signer, key_id
 
 log = logging.getLogger(__name__)
@@ -91,6 +104,8 @@ class Poller:
         self.on_alarm = on_alarm
         self.skipped: tuple[int, int, ClockVerdict] | None = None  # first, last end, why
         self._reported = -float("inf")
+        self.disk_full_since: int | None = None  # the first interval end not stored
+        self._disk_reported = -float("inf")
 
     async def run(self) -> None:
         """Poll forever, one cycle per interval boundary."""
@@ -113,12 +128,30 @@ class Poller:
                 continue
             self._notify_snapshot(source, snapshot)
             status = self.serials.status_for(source.name, snapshot.serial) if self.serials else 0
-            template = self._template(source, snapshot, start, end, sync, status)
+            first = start
+            if self.disk_full_since is not None:  # space is back: span what was missed
+                first, status = await self._span(snapshot.serial, start, end, status)
+            template = self._template(source, snapshot, first, end, sync, status)
             if template is not None:
                 entries.append(CycleEntry(template.meter, end, self._signer_for(template)))
-        seqs = await self.outbox.append_cycle(entries, now=int(self.clock.now())) if entries else []
-        if self.serials is not None:
-            self.serials.save()
+        try:
+            seqs = (await self.outbox.append_cycle(entries, now=int(self.clock.now()))
+                    if entries else [])
+            if self.serials is not None:
+                self.serials.save()
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            self._disk_full(end, exc)
+            self.cycles += 1
+            return []
+        if self.disk_full_since is not None and seqs:
+            log.warning("event=disk_space_back device=%s first_missed_end=%d spanned_to=%d",
+                        self.device, self.disk_full_since, end)
+            self.on_alarm("disk-full-recovered", f"intervals from {self.disk_full_since} to {end}"
+                          " signed as one reading per meter spanning the gap")
+            self.disk_full_since = None
+            self.metrics.disk_full.set(0)
         self.cycles += 1
         self.metrics.readings_signed.inc(len(seqs))
         self.metrics.outbox_depth.set(await self.outbox.depth())
@@ -134,6 +167,31 @@ class Poller:
         if seqs:
             self.on_cycle()
         return seqs
+
+    async def _span(self, meter: str, start: int, end: int, status: int) -> tuple[int, int]:
+        """The start of a meter's first reading after a full disk: its previous reading's end
+        (at most a day back), flagged SPANS_GAP; ``start`` if it missed nothing."""
+        last = await self.outbox.last_end(meter)
+        if last is None or last >= start:
+            return start, status
+        return max(last, end - MAX_INTERVAL_SECONDS), status | StatusFlag.SPANS_GAP
+
+    def _disk_full(self, end: int, exc: BaseException) -> None:
+        """Stay up and say so once a minute, with the fix; the cycle is signed later."""
+        if self.disk_full_since is None:
+            self.disk_full_since = end
+        self.metrics.disk_full.set(1)
+        self.metrics.disk_full_cycles.inc()
+        now = self.clock.now()
+        if now - self._disk_reported < CLOCK_REPORT_SECONDS:
+            return
+        self._disk_reported = now
+        detail = (f"cannot store readings: {exc}; free space where the outbox lives (journalctl "
+                  "--vacuum-size=100M, old logs, core dumps); the agent stays up and signs what "
+                  "it missed, one reading per meter spanning the gap, when space returns")
+        log.error("event=disk_full device=%s since_end=%d detail=%r", self.device,
+                  self.disk_full_since, detail)
+        self.on_alarm("disk-full", detail)
 
     async def _clock_fit(self, end: int) -> bool:
         """May the interval ending at ``end`` (by the gateway clock) be signed now?"""

@@ -23,7 +23,7 @@ from meterchain.agent.homeassistant import (
 from meterchain.agent.meters import MeterSnapshot, MeterSource, modbus_sources
 from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.ocmf import OcmfCompanion
-from meterchain.agent.outbox import Outbox
+from meterchain.agent.outbox import Outbox, StorageFull
 from meterchain.agent.profile_poller import ProfilePoller, dlms_pollers
 from meterchain.agent.publisher import Publisher
 from meterchain.agent.recovery import open_outbox
@@ -123,6 +123,30 @@ class Agent:
         record_alarm(self.config.outbox_path, "gap", f"{why}: sequences {first}..{last} "
                      "declared a gap (their readings, if any, were lost with the outbox)")
 
+    async def _open_outbox(self) -> Outbox:
+        """The outbox; on a full disk the agent waits for space (once a minute it says so)
+        instead of crash-looping under systemd."""
+        config = self.config
+        while True:
+            try:
+                return await open_outbox(
+                    config.outbox_path, config.device_id, self.signer, config.key_path,
+                    companion=OcmfCompanion(self.signer), on_gap=self._on_gap,
+                )
+            except StorageFull as exc:
+                self.metrics.disk_full.set(1)
+                log.error("event=disk_full device=%s outbox=%s detail=%r fix='free space there "
+                          "(journalctl --vacuum-size=100M, old logs); the agent starts once it "
+                          "can' retry_in=60", config.device_id, config.outbox_path, str(exc))
+                await self.clock.sleep_until(self.clock.now() + 60)
+
+    def _alarms(self) -> tuple[str, ...]:
+        """The status message's alarm codes: those kept on disk, and a full disk, which cannot
+        be kept there."""
+        kept = recent_alarms(self.config.outbox_path)
+        full = self.poller is not None and self.poller.disk_full_since is not None
+        return tuple(sorted({*kept, "disk-full"})) if full else kept
+
     def _meter_drift(self) -> dict[str, float]:
         """The DLMS meters' last measured clock drift, by serial (Modbus meters have no clock)."""
         return {serial: drift for p in self.profile_pollers for serial, drift in p.drift.items()}
@@ -151,10 +175,7 @@ class Agent:
         # Each reading gets its OCMF record signed in the same transaction (docs/format.md §12).
         # Beside the durable sequence reservation: a lost or corrupt outbox resumes above it
         # with a signed gap declaration (agent/recovery.py, docs/agent.md).
-        outbox = await open_outbox(
-            config.outbox_path, config.device_id, self.signer, config.key_path,
-            companion=OcmfCompanion(self.signer), on_gap=self._on_gap,
-        )
+        outbox = await self._open_outbox()
         try:
             kid = key_id(self.signer.public_key_der)
             previous = await outbox.set_key_id(kid)
@@ -180,7 +201,7 @@ class Agent:
                     outbox=outbox,
                     clock=self.clock,
                     drift=self._meter_drift,
-                    alarms=lambda: recent_alarms(config.outbox_path),
+                    alarms=self._alarms,
                 ),
                 status_interval=self.status_interval,
                 guard=AckGuard(config.device_id, config.control_key, config.key_path),

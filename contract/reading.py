@@ -61,6 +61,9 @@ class StatusFlag:
     BACKFILLED = 1 << 2  # read from the meter's load profile after an outage, not live
     METER_EXCHANGED = 1 << 3  # first reading of a new meter on this metering point
     TAMPER = 1 << 4  # the meter reported a tamper event
+    # One reading over intervals the gateway could not sign in time (its disk was full): it
+    # starts at the meter's previous reading (at most a day back), no per-interval values.
+    SPANS_GAP = 1 << 5
 
 
 @dataclass(frozen=True, slots=True)
