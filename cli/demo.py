@@ -517,7 +517,7 @@ async def start_backend(workdir: Path, config: BackendConfig, api: str) -> async
             sys.executable, "-m", "meterchain.cli.main", "backend", "serve", "--config",
             str(config_path), stdout=log_file, stderr=asyncio.subprocess.STDOUT,
             # Ctrl-C reaches the demo, which stops the backend; relative defaults land in workdir
-            start_new_session=True, cwd=workdir)
+            start_new_session=True, cwd=workdir, preexec_fn=_die_with_parent)
     deadline = time.monotonic() + 90
     async with httpx.AsyncClient(timeout=2) as client:
         while True:
@@ -530,6 +530,15 @@ async def start_backend(workdir: Path, config: BackendConfig, api: str) -> async
                 if (await client.get(f"{api}/healthz")).status_code == 200:
                     return proc
             await asyncio.sleep(0.3)
+
+
+def _die_with_parent() -> None:
+    """In the backend's child process: SIGTERM it if the demo dies without stopping it (a
+    SIGKILL), so no orphaned backend keeps the port. Linux only; elsewhere nothing."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
 
 
 async def stop_backend(proc: asyncio.subprocess.Process) -> None:

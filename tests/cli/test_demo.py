@@ -233,3 +233,38 @@ def test_ctrl_c_during_the_history_stops_everything(tmp_path: Path) -> None:
     leftovers = [p.name for p in Path("/proc").iterdir()
                  if p.name.isdigit() and str(workdir) in cmdline(p)]
     assert leftovers == [], "a broker or backend outlived the demo"
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_demo_takes_its_backend_with_it(tmp_path: Path) -> None:
+    """SIGKILL leaves no cleanup to the demo: the backend (its own session) still goes."""
+    workdir, port = tmp_path / "demo", free_port()
+    proc = subprocess.Popen(
+        [*METERCHAIN, "demo", "--dir", str(workdir), "--history-days", "1", "--http-port",
+         str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (workdir / "log.pub").exists():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.5)
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while True:
+        backends = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()
+                     and "backend.toml" in _cmdline(p) and str(workdir) in _cmdline(p)]
+        if not backends or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for pid in backends:  # clean up before failing
+        os.kill(int(pid), 9)
+    for p in Path("/proc").iterdir():  # the broker is the demo's child: not in scope here
+        if p.name.isdigit() and str(workdir) in _cmdline(p) and "mosquitto" in _cmdline(p):
+            os.kill(int(p.name), 15)
+    assert backends == [], "the backend outlived a killed demo"
+
+
+def _cmdline(pid: Path) -> str:
+    try:
+        return (pid / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:  # gone meanwhile
+        return ""
