@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
+import functools
 import logging
+import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from meterchain.backend.config import ConfigError, broker_address
 from meterchain.backend.devices.registry import KeyRegistry
@@ -44,6 +48,7 @@ from meterchain.backend.store import (
 from meterchain.backend.store.records import VerifiedGap
 from meterchain.contract.ack import TOPIC_PREFIX, Ack, Rejection, ack_topic
 from meterchain.contract.control import SignedAck
+from meterchain.contract.errors import MeterchainError
 from meterchain.contract.note import NoteSigner
 from meterchain.mqtt import (
     Backoff,
@@ -55,9 +60,35 @@ from meterchain.mqtt import (
     ReasonCode,
     stay_connected,
 )
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 log = logging.getLogger(__name__)
+
+#: How often ingest says again that its database is full, and retries the batch it holds.
+FULL_REPORT_SECONDS = 60.0
+FULL_RETRY_SECONDS = 5.0
+
+
+class StoreFull(MeterchainError):
+    """The backend's database has no space left: nothing new is committed (or acked) until it
+    has; everything committed stays."""
+
+    check = "store-full"
+
+
+def is_store_full(exc: BaseException) -> bool:
+    """SQLite's SQLITE_FULL, PostgreSQL's disk_full (53100), or ENOSPC/EDQUOT."""
+    if isinstance(exc, StoreFull):
+        return True
+    if isinstance(exc, sqlite3.Error):
+        return (getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+                or "database or disk is full" in str(exc))
+    if getattr(exc, "sqlstate", None) == "53100":
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+_T = TypeVar("_T")
 
 READINGS_FILTER = f"{TOPIC_PREFIX}/+/readings"
 #: OCMF records and status messages (backend/ingest/gateway_messages.py), stored before readings are acked.
@@ -78,6 +109,9 @@ UNAUTHENTICATED = Counter(
     ["device", "reason"],
 )
 GAPS = Counter("meterchain_ingest_gaps", "Gap declarations logged (contract/gap.py)")
+STORE_FULL = Gauge(
+    "meterchain_ingest_store_full", "1 while the database is full and ingest holds its batch"
+)
 BATCH_SECONDS = Histogram("meterchain_ingest_commit_seconds", "Time to commit one batch")
 SIDE_MESSAGES = Counter(
     "meterchain_ingest_side_messages", "OCMF and status messages by outcome", ["kind", "outcome"]
@@ -364,6 +398,36 @@ class Ingest:
             log.warning("ocmf record conflict device=%s seq=%d: other bytes are stored already; "
                         "the first record is kept", device, seq)
 
+    async def until_space(self, work: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``work`` (a commit), and while the database is full hold it and try again every
+        few seconds: ingest takes nothing new meanwhile (its queues are bounded, so the broker
+        keeps the rest for the persistent session) and acks nothing it has not committed."""
+        reported = -FULL_REPORT_SECONDS
+        full_since: float | None = None
+        while True:
+            try:
+                result = await work()
+            except Exception as exc:
+                if not is_store_full(exc):
+                    raise
+                now = time.monotonic()
+                if full_since is None:
+                    full_since = now
+                    STORE_FULL.set(1)
+                if now - reported >= FULL_REPORT_SECONDS:
+                    reported = now
+                    log.error("event=store_full error=%r: the database has no space left; "
+                              "nothing new is committed or acked until it has (everything "
+                              "committed stays, gateways keep their readings and resend); fix: "
+                              "free space on the database's disk or grow it", str(exc))
+                await asyncio.sleep(FULL_RETRY_SECONDS)
+                continue
+            if full_since is not None:
+                STORE_FULL.set(0)
+                log.warning("event=store_space_back held_for=%.0fs",
+                            time.monotonic() - full_since)
+            return result
+
     # ------------------------------------------------------------------- MQTT
 
     async def run(self, *, backoff: Backoff | None = None) -> None:
@@ -454,10 +518,11 @@ class Ingest:
                 batch, checked, version, side_results = await checked_q.get()
                 # OCMF records and statuses first: a reading is acked only after its record,
                 # published before it, is stored.
-                await self.commit_side(side_results)
+                await self.until_space(functools.partial(self.commit_side, side_results))
                 if not batch:
                     continue
-                report = await self.commit(batch, checked, version)
+                report = await self.until_space(
+                    functools.partial(self.commit, batch, checked, version))
                 for ack in report.acks:
                     self._publish_ack(client, ack)
 
