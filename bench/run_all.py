@@ -1,0 +1,224 @@
+"""Every like-for-like benchmark in one command: JSON plus a Markdown table, load average per row.
+
+Each row names what both sides do; the peer or bound of each row is measured in the same run,
+right beside ours (interleaved where the bench allows), and the 1-minute load average is recorded
+before and after each row: on a shared machine only the ratios compare across runs.
+
+    .venv/bin/python bench/run_all.py --quick          # a few minutes
+    .venv/bin/python bench/run_all.py                  # larger samples
+    .venv/bin/python bench/run_all.py --only log,agent # some rows
+
+Writes bench/results/run_all-<UTC time>.json and .md (``--out`` to change the folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # tests.support
+
+Row = dict[str, object]
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def run_json(script: str, *args: str) -> object:
+    """Run ``bench/<script> --json …`` and return its JSON (the last line of its stdout)."""
+    out = subprocess.run([sys.executable, str(HERE / script), *args, "--json"], check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------ the rows
+
+
+def row_leafdata(quick: bool) -> list[Row]:
+    n, rounds = (2000, 3) if quick else (10000, 5)
+    r = run_json("bench_leafdata.py", "--n", str(n), "--rounds", str(rounds))
+    assert isinstance(r, dict)
+    return [{
+        "what": "pack a real signed reading (leaf data, level-9 DEFLATE with the v1 dictionary), "
+                "byte-identical output asserted",
+        "ours": "one primed compressor copied per message", "ours_value": r["primed_copy_per_s"],
+        "peer": "a compressor set up per message (before issue 20)", "peer_value": r["fresh_per_s"],
+        "unit": "messages/s", "ratio": r["ratio"], "goal": "> 1",
+        "command": f"bench/bench_leafdata.py --n {n} --rounds {rounds}",
+    }]
+
+
+def row_contract(quick: bool) -> list[Row]:
+    from bench_contract import rate, sample_readings
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from meterchain.contract import signing
+    from meterchain.contract.message import parse_message, sign_reading
+    from meterchain.contract.policy import verify_reading
+
+    n = 1000 if quick else 5000
+    signer = signing.CryptographySigner(signing.generate_private_key_pem())
+    spki = signer.public_key_der
+    readings = sample_readings(signing.key_id(spki), n)
+    messages = [sign_reading(r, signer).to_cbor() for r in readings]
+    encoded = [r.to_cbor() for r in readings]
+    raw_key = ec.generate_private_key(ec.SECP256R1())
+    raw_sigs = [raw_key.sign(b, ec.ECDSA(hashes.SHA256())) for b in encoded]
+    raw_pub = raw_key.public_key()
+    full = bare = 0.0
+    for _ in range(3):  # interleaved rounds, best of each
+        full = max(full, rate(lambda i: verify_reading(parse_message(messages[i]), spki), n, 1))
+        bare = max(bare, rate(lambda i: raw_pub.verify(raw_sigs[i], encoded[i],
+                                                        ec.ECDSA(hashes.SHA256())), n, 1))
+    return [{
+        "what": "check one signed reading, one thread, distinct messages, no caching of results",
+        "ours": "parse_message + verify_reading (strict CBOR, every bound, key id, low-S, ECDSA)",
+        "ours_value": full, "peer": "bare cryptography ECDSA P-256 verify of the same-size payload",
+        "peer_value": bare, "unit": "messages/s", "ratio": full / bare, "goal": "≥ 0.8",
+        "command": "bench/run_all.py (row 'contract'; the full table: bench/bench_contract.py)",
+    }]
+
+
+def row_ingest(quick: bool) -> list[Row]:
+    from bench_scale_out import CONFIGS, receive_only, run
+
+    n, devices = (5000, 100) if quick else (20000, 200)
+    label, workers, group = CONFIGS[0]  # one worker, plain subscription: what ingest runs
+
+    async def both() -> tuple[dict[str, object], int]:
+        with tempfile.TemporaryDirectory(prefix="mc-runall-ingest-") as tmp:
+            ours = await run(label, workers, group, n, devices, Path(tmp) / "ingest")
+            bare = await receive_only(group, n, devices, Path(tmp) / "bare")
+        return ours, bare
+
+    ours, bare = asyncio.run(both())
+    rate = float(ours["committed_sealed_per_s"])  # type: ignore[arg-type]
+    return [{
+        "what": f"drain a backlog of {n:,} signed readings (QoS 1, MQTT 3.1.1, Mosquitto on loopback, "
+                "one receiving process)",
+        "ours": "one ingest worker process: receive, check, commit, ack; sealed by the sealer",
+        "ours_value": rate, "peer": "a bare aiomqtt subscriber that only counts", "peer_value": bare,
+        "unit": "messages/s", "ratio": rate / bare, "goal": "≥ 0.7",
+        "command": f"bench/bench_scale_out.py --messages {n} --devices {devices} (first and fourth rows)",
+    }]
+
+
+def row_checkpoint(quick: bool) -> list[Row]:
+    seconds = "5" if quick else "10"
+    results = run_json("bench_checkpoint_latency.py", "--rate", "500", "--seconds", seconds)
+    assert isinstance(results, list)
+    timer, arrivals = results
+    return [{
+        "what": f"publish → signed checkpoint covering the reading, 500 readings/s for {seconds} s, "
+                f"{key} ms",
+        "ours": "arrival-driven sealing (coalesce 0.05 s, 5 s upper bound)",
+        "ours_value": arrivals[f"{key}_ms"],
+        "peer": "the timer before issue 20 (every 5 s or 10,000 leaves)", "peer_value": timer[f"{key}_ms"],
+        "unit": "ms", "ratio": arrivals[f"{key}_ms"] / timer[f"{key}_ms"],
+        "goal": "p50 ≤ 300 ms" if key == "p50" else "p99 ≤ 1,000 ms",
+        "command": f"bench/bench_checkpoint_latency.py --rate 500 --seconds {seconds}",
+    } for key in ("p50", "p99")]
+
+
+def row_agent(quick: bool) -> list[Row]:
+    seconds = "15" if quick else "30"
+    r = run_json("bench_agent_rss.py", "--seconds", seconds)
+    assert isinstance(r, dict)
+    lean, whole = r["results"]
+    return [{
+        "what": f"agent run with 10 emulated SDM630 meters, {seconds} s, VmHWM (peak resident memory)",
+        "ours": "meterchain agent run (only the agent's commands imported)", "ours_value": lean["hwm_mb"],
+        "peer": "the same agent through the whole CLI (before issue 20)", "peer_value": whole["hwm_mb"],
+        "unit": "MB", "ratio": lean["hwm_mb"] / whole["hwm_mb"], "goal": "≤ 60 MB",
+        "command": f"bench/bench_agent_rss.py --seconds {seconds}",
+    }]
+
+
+def row_log(quick: bool) -> list[Row]:
+    from bench_log import build_log, ensure_pymerkle, pymerkle
+
+    size = 50_000 if quick else 200_000
+    python = ensure_pymerkle()
+    if python is None:
+        raise RuntimeError("pymerkle's venv (bench/.venv-pymerkle) could not be created")
+    with tempfile.TemporaryDirectory(prefix="mc-runall-log-") as tmp:
+        ours = asyncio.run(build_log(Path(tmp) / "log.db", size, seed=size))
+        theirs = pymerkle(python, "build", Path(tmp) / "pymerkle.db", size, seed=size)
+    return [{
+        "what": f"append {size:,} random 277-byte leaves to a log in SQLite",
+        "ours": "leaf hash + leaf INSERT (ingest's row) + tree + every 4th level stored",
+        "ours_value": ours["appends_per_s"], "peer": "pymerkle 7 SqliteTree.append_entries "
+        "(leaf hash + leaf INSERT; nodes derived on demand)", "peer_value": theirs["appends_per_s"],
+        "unit": "leaves/s", "ratio": ours["appends_per_s"] / theirs["appends_per_s"], "goal": "≥ 1",
+        "command": f"bench/bench_log.py --sizes {size} --pymerkle-sizes {size} (the 'appends like "
+                   "pymerkle's' row)",
+    }]
+
+
+SECTIONS: dict[str, Callable[[bool], list[Row]]] = {
+    "leafdata": row_leafdata, "contract": row_contract, "log": row_log, "ingest": row_ingest,
+    "checkpoint": row_checkpoint, "agent": row_agent,
+}
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| what (both sides) | ours | value | bound or peer, same run | value | ours / peer | goal "
+             "| load 1 min (before → after) |", "|---|---|---:|---|---:|---:|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['section']} | not run: {r['error']} | | | | | | {r['load_before']} |")
+            continue
+        lines.append(
+            f"| {r['what']} | {r['ours']} | {r['ours_value']:,.1f} {r['unit']} | {r['peer']} "
+            f"| {r['peer_value']:,.1f} {r['unit']} | {r['ratio']:.2f} | {r['goal']} "
+            f"| {r['load_before']} → {r['load_after']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small samples: a few minutes in all")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated: " + ",".join(SECTIONS))
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    rows: list[Row] = []
+    started = time.time()
+    for name in [s for s in args.only.split(",") if s]:
+        before, t0 = load(), time.perf_counter()
+        try:
+            found = SECTIONS[name](args.quick)
+        except Exception as exc:  # one failing bench must not lose the others' rows
+            traceback.print_exc()
+            found = [{"error": f"{type(exc).__name__}: {exc}"[:200]}]
+        for r in found:
+            r.update(section=name, load_before=before, load_after=load(),
+                     seconds=round(time.perf_counter() - t0, 1))
+        rows += found
+        print(table(found).splitlines()[-1], flush=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"started": stamp, "quick": args.quick, "cpus": os.cpu_count(), "python": platform.python_version(),
+            "loadavg_start": load(), "rows": rows}
+    (args.out / f"run_all-{stamp}.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
+    text = (f"`bench/run_all.py{' --quick' if args.quick else ''}`, {stamp}, {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}\n\n" + table(rows))
+    (args.out / f"run_all-{stamp}.md").write_text(text)
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
