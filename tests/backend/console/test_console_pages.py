@@ -88,7 +88,7 @@ def test_operator_signs_in_with_totp_and_acts(cw: ConsoleWorld) -> None:
         assert http.post("/console/households/h1/invite", data={"csrf": "0" * 32}).status_code == 403
         # rotate u1's key: the new token works on the API
         keys = http.get("/console/keys").text
-        u1_key = re.search(r'data-key="([^"]+)"><td>[^<]+<br><small>u1<', keys).group(1)
+        u1_key = re.search(r'data-key="([^"]+)"><td[^>]*>[^<]+<br><small>u1<', keys).group(1)
         rotated = http.post(f"/console/keys/{u1_key}/rotate", data={"csrf": token, "grace": "0"})
         new_token = re.search(r'id="shown-once">([^<]+)<', rotated.text).group(1)
         whoami = http.get("/api/v1/whoami", headers={"Authorization": f"Bearer {new_token}"})
