@@ -11,9 +11,10 @@ from pathlib import Path
 
 import typer
 from meterchain.contract.errors import MeterchainError
-from meterchain.witness.config import load_config, write_new
+from meterchain.witness.config import WitnessConfig, is_postgres, load_config, write_new
 from meterchain.witness.http import serve as serve_http
 from meterchain.witness.store import SchemaError, WitnessStore
+from meterchain.witness.store_pg import PgWitnessStore
 
 app = typer.Typer(help="A C2SP tlog-witness: cosigns a log's checkpoints that are consistent with "
                        "what it cosigned before (docs/witness.md).", no_args_is_help=True)
@@ -72,11 +73,22 @@ def serve(config: Path = typer.Option(Path("witness.toml"), "--config", "-c", he
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_config(config)
-        store = WitnessStore(settings.db, between=_crash_hook())
+        asyncio.run(_serve(settings))
     except (MeterchainError, SchemaError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+async def _serve(settings: WitnessConfig) -> None:
+    if is_postgres(settings.db):
+        pg = await PgWitnessStore.open(str(settings.db))
+        try:
+            await serve_http(settings, pg)
+        finally:
+            await pg.close()
+        return
+    store = WitnessStore(settings.db, between=_crash_hook())
     try:
-        asyncio.run(serve_http(settings, store))
+        await serve_http(settings, store)
     finally:
         store.close()

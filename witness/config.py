@@ -2,7 +2,7 @@
 
 ```toml
 key_file = "witness.key"        # PRIVATE+KEY+<name>+<hash>+<base64>, from `meterchain witness init`
-db = "witness.db"               # SQLite; created on first start
+db = "witness.db"               # SQLite, created on first start; or "postgresql://user@host/db"
 listen = "127.0.0.1:7380"       # host:port of the HTTP service
 prefix = ""                     # submission and monitoring prefix, e.g. "/witness"
 logs = ["<log vkey>", ...]      # the logs it witnesses (Ed25519 note keys; origin = key name)
@@ -35,7 +35,7 @@ class WitnessConfigError(MeterchainError):
 @dataclass(frozen=True, slots=True)
 class WitnessConfig:
     cosigner: Cosigner
-    db: Path
+    db: Path | str  # a SQLite file, or a PostgreSQL URL (store_pg.py)
     host: str
     port: int
     prefix: str
@@ -84,7 +84,12 @@ def load_config(path: Path) -> WitnessConfig:
         except MeterchainError as exc:
             raise bad(f"log key {vkey[:40]!r}: {exc}") from None
         logs[verifier.name] = (*logs.get(verifier.name, ()), verifier)
-    return WitnessConfig(cosigner, base / text("db", "witness.db"), host.strip("[]"), int(port), prefix, logs)
+    db = text("db", "witness.db")
+    return WitnessConfig(cosigner, db if is_postgres(db) else base / db, host.strip("[]"), int(port), prefix, logs)
+
+
+def is_postgres(db: Path | str) -> bool:
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
 
 
 def write_new(directory: Path, name: str, logs: list[str], listen: str) -> tuple[Path, Cosigner]:

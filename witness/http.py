@@ -8,26 +8,36 @@ bytes: every decision is in protocol.py and store.py.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from meterchain.contract.errors import MeterchainError
 from meterchain.witness.config import WitnessConfig
 from meterchain.witness.protocol import MAX_BODY, TEXT, WitnessRefusal, parse_request
 from meterchain.witness.store import WitnessStore
+from meterchain.witness.store_pg import PgWitnessStore
 
 log = logging.getLogger("meterchain.witness")
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+_T = TypeVar("_T")
+
+
+async def _resolved(value: Awaitable[_T] | _T) -> _T:
+    # SQLite answers at once (store.py, a few ms under its lock); PostgreSQL is awaited.
+    if inspect.isawaitable(value):
+        return cast(_T, await value)
+    return value
 
 
 class WitnessApp:
     """ASGI application of one witness."""
 
-    def __init__(self, config: WitnessConfig, store: WitnessStore) -> None:
+    def __init__(self, config: WitnessConfig, store: WitnessStore | PgWitnessStore) -> None:
         self.config = config
         self.store = store
         self.by_hash = {hashlib.sha256(origin.encode()).hexdigest(): origin for origin in config.logs}
@@ -48,14 +58,14 @@ class WitnessApp:
                 await _respond(send, 405, "add-checkpoint takes POST\n", allow="POST")
                 return
             body = await _read_body(receive)
-            status, text, content_type = self.add_checkpoint(body)
+            status, text, content_type = await self.add_checkpoint(body)
             await _respond(send, status, text, content_type)
         elif rest is not None and rest.endswith("/checkpoint") and rest.count("/") == 2:
             if scope["method"] not in ("GET", "HEAD"):
                 await _respond(send, 405, "checkpoint takes GET\n", allow="GET")
                 return
             origin = self.by_hash.get(rest[1:-len("/checkpoint")])
-            stored = self.store.latest(origin) if origin else None
+            stored = await _resolved(self.store.latest(origin)) if origin else None
             if stored is None:
                 await _respond(send, 404, "this witness has cosigned no checkpoint of that log\n")
             else:
@@ -63,12 +73,13 @@ class WitnessApp:
         else:
             await _respond(send, 404, f"no such endpoint; POST {prefix}/add-checkpoint\n")
 
-    def add_checkpoint(self, body: bytes | None) -> tuple[int, str, str]:
+    async def add_checkpoint(self, body: bytes | None) -> tuple[int, str, str]:
         """(status, body, content type) for one add-checkpoint request; never raises."""
         try:
             if body is None:
                 raise WitnessRefusal(400, f"request body is larger than {MAX_BODY} bytes")
-            line = self.store.add_checkpoint(parse_request(body), self.config.logs, self.config.cosigner)
+            line = await _resolved(self.store.add_checkpoint(parse_request(body), self.config.logs,
+                                                             self.config.cosigner))
         except WitnessRefusal as refusal:
             log.info("add-checkpoint refused (%d): %s", refusal.status, refusal)
             return refusal.status, refusal.body, refusal.content_type
@@ -100,7 +111,7 @@ async def _respond(send: Send, status: int, text: str, content_type: str = TEXT,
     await send({"type": "http.response.body", "body": body})
 
 
-async def serve(config: WitnessConfig, store: WitnessStore) -> None:
+async def serve(config: WitnessConfig, store: WitnessStore | PgWitnessStore) -> None:
     """Serve until cancelled (uvicorn handles SIGINT/SIGTERM)."""
     import uvicorn
 
