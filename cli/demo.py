@@ -310,6 +310,8 @@ async def setup_operations(api: str, admin_token: str, workdir: Path,
         token = await _call(client, "POST", "/installer-tokens", {
             "scope": f"community:{PRORATA_COMMUNITY}", "note": "the demo's extra meter"})
         _write_private(workdir / "installer-token", token["token"] + "\n")
+        invitation = await _call(client, "POST", "/console/invitations", {"role": "operator", "scope": "all"})
+        _write_private(workdir / "console-invitation", invitation["url"] + "\n")  # one-time, fresh per run
     (workdir / "extra-meter").write_text(extra_meter + "\n")
     return Credentials(key_file.read_text().strip(), token["token"])
 
@@ -483,7 +485,8 @@ def print_guide(api: str, workdir: Path, passwords: dict[str, str], credentials:
         f"household-5 buys): Market, Wallet, My trading conditions, Ratings on each dashboard\n"
         f"operator    admin token in {d}/admin-token: the API at {api}/docs (Authorize), "
         f"`meterchain backend access|settle ... --db {d}/backend.sqlite`\n"
-        f"            (no operator web console yet: the admin API and the CLI are the console)\n"
+        f"console     [bold]{api}/console[/bold]: open the one-time link in {d}/console-invitation, "
+        f"choose a user name and password, add the TOTP key to an authenticator app, sign in with its code\n"
         f"utility     key in {d}/utility-key: curl -H \"Authorization: Bearer $(cat "
         f"{d}/utility-key)\" {api}/api/v1/fleet\n"
         f"installer   an SDM630 no gateway reads yet on {extra_meter} ({d}/extra-meter), a one-time "

@@ -16,14 +16,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import pyotp
 import segno
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from meterchain.backend.access.auth import Auth, build_auth
 from meterchain.backend.access.model import ApiKey, KeyKind, PartyError
 from meterchain.backend.access.tables import PartyTables
 from meterchain.backend.api.state import ApiState
@@ -36,6 +37,7 @@ from meterchain.backend.web.accounts import AccountError
 from meterchain.backend.web.context import read_form
 from meterchain.backend.web.tables import WebTables
 from meterchain.contract.humantime import human_ago, human_duration, human_interval, human_time, iso
+from pydantic import BaseModel, ConfigDict, Field
 
 HERE = Path(__file__).parent
 COOKIE = "mc_console"
@@ -133,7 +135,51 @@ def install_console(app: FastAPI, state: ApiState) -> ConsoleContext:
         return RedirectResponse("/console/login", status_code=303)
 
     app.include_router(_router(ctx))
+    app.include_router(_api_router(ctx, build_auth(state)))
     return ctx
+
+
+class InvitationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["operator", "auditor"] = Field(description="operator: may act; auditor: reads only")
+    scope: str = Field(default="all", pattern=r"^(all|utility:[A-Za-z0-9][A-Za-z0-9._:-]{0,63})$",
+                       description="'all' (every utility and household) or 'utility:<id>'")
+
+
+class InvitationOut(BaseModel):
+    url: str = Field(description="The one-time link; it sets a password and enrols TOTP")
+    role: str
+    scope: str
+    expires: int = Field(description="When the link stops working, Unix seconds (UTC)")
+    expires_at: str = Field(description="The same as ISO 8601")
+
+
+class AccountOut(BaseModel):
+    username: str
+    role: str
+    scope: str
+
+
+def _api_router(ctx: ConsoleContext, auth: Auth) -> APIRouter:
+    """The console's accounts through the API too (admin only): what the CLI and the demo use."""
+    r = APIRouter(prefix="/api/v1/console", tags=["operator console"],
+                  dependencies=[Depends(auth.require_admin)])
+
+    @r.post("/invitations", status_code=201, response_model=InvitationOut)
+    async def invite(request: Request, body: InvitationIn) -> InvitationOut:
+        """A one-time link (3 days) with which an operator or auditor creates a console account."""
+        token, made = await ctx.write(lambda s: ConsoleTables(s).invite(body.role, body.scope, ctx.now()))
+        return InvitationOut(url=f"{str(request.base_url).rstrip('/')}/console/invite/{token}",
+                             role=made.role, scope=made.scope, expires=made.expires,
+                             expires_at=iso(made.expires) or "")
+
+    @r.get("/accounts", response_model=list[AccountOut])
+    async def accounts_() -> list[AccountOut]:
+        """Every console account (never its password hash or TOTP key)."""
+        return [AccountOut(username=a.username, role=a.role, scope=a.scope)
+                for a in await ConsoleTables(ctx.store).accounts()]
+
+    return r
 
 
 def _router(ctx: ConsoleContext) -> APIRouter:

@@ -138,3 +138,20 @@ def test_household_and_utility_credentials_open_no_console_page(cw: ConsoleWorld
                 assert answer.status_code == 303 and answer.headers["location"] == "/console/login", (who, path)
         http.cookies.set(COOKIE, "not-a-session")
         assert http.get("/console", follow_redirects=False).status_code == 303
+
+
+def test_console_invitations_through_the_api(cw: ConsoleWorld) -> None:
+    with client(cw) as http:
+        body = {"role": "auditor", "scope": "utility:u1"}
+        assert http.post("/api/v1/console/invitations", json=body, headers=cw.world.auth("h1")).status_code == 403
+        made = http.post("/api/v1/console/invitations", json=body, headers=cw.world.auth("root"))
+        assert made.status_code == 201, made.text
+        answer = made.json()
+        assert answer["expires_at"].endswith("+00:00") and "/console/invite/" in answer["url"]
+        bad = http.post("/api/v1/console/invitations", json={"role": "king"}, headers=cw.world.auth("root"))
+        assert bad.status_code == 422
+        path = answer["url"].split("://", 1)[1].split("/", 1)[1]
+        page = http.get(f"/{path}")
+        assert page.status_code == 200 and "auditor" in page.text and "utility:u1" in page.text
+        listed = http.get("/api/v1/console/accounts", headers=cw.world.auth("root")).json()
+        assert all(set(a) == {"username", "role", "scope"} for a in listed)
