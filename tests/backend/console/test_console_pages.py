@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from meterchain.backend.api.app import create_app
 from meterchain.backend.console.routes import COOKIE, csrf_token
+from meterchain.cli.main import app as cli_app
+from typer.testing import CliRunner
 
 from tests.support.access import all_routes
 from tests.support.console import PASSWORD, ConsoleWorld, build_console, code, secret_of
@@ -155,3 +157,24 @@ def test_console_invitations_through_the_api(cw: ConsoleWorld) -> None:
         assert page.status_code == 200 and "auditor" in page.text and "utility:u1" in page.text
         listed = http.get("/api/v1/console/accounts", headers=cw.world.auth("root")).json()
         assert all(set(a) == {"username", "role", "scope"} for a in listed)
+
+
+def test_cli_invites_lists_and_replays(tmp_path: Path) -> None:
+    import asyncio
+
+    cw = asyncio.run(build_console(tmp_path))
+    runner = CliRunner()
+    db = ["--db", str(cw.world.db)]
+    invited = runner.invoke(cli_app, ["backend", "console", "invite", "--role", "auditor", *db])
+    assert invited.exit_code == 0, invited.output
+    assert "/console/invite/" in invited.output and "valid until" in invited.output
+    assert_no_unix_seconds(invited.output, "meterchain backend console invite")
+    refused = runner.invoke(cli_app, ["backend", "console", "invite", "--scope", "town:x", *db])
+    assert refused.exit_code == 1 and "'all' or 'utility:<id>'" in refused.output
+    dead = runner.invoke(cli_app, ["backend", "console", "dead-letters", *db])
+    assert f"wh-0123456789ab {cw.dead_delivery}" in dead.output and "HTTP 503" in dead.output
+    assert_no_unix_seconds(dead.output, "meterchain backend console dead-letters")
+    again = runner.invoke(cli_app, ["backend", "console", "replay", "wh-0123456789ab", str(cw.dead_delivery), *db])
+    assert again.exit_code == 0 and "pending again" in again.output
+    twice = runner.invoke(cli_app, ["backend", "console", "replay", "wh-0123456789ab", str(cw.dead_delivery), *db])
+    assert twice.exit_code == 1 and "not in the dead-letter list" in twice.output
