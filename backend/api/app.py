@@ -72,7 +72,7 @@ def create_app(db: str, admin_token: str, log_verifier: NoteVerifier,
     app.include_router(provisioning_router(state, require_admin, provisioning or ProvisioningSettings()))
     # the household dashboard: pages, sign-in, live telemetry, and the stored settlements
     mount_web(app, state, StoredSettlements(state.read))
-    install_console(app, state)  # the operator console: /console (its own accounts, TOTP)
+    install_console(app, state, (provisioning or ProvisioningSettings()).public_url)  # /console: operators, TOTP
 
     install_error_handlers(app)
 

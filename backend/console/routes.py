@@ -29,6 +29,9 @@ from meterchain.backend.access.model import ApiKey, KeyKind, PartyError
 from meterchain.backend.access.tables import PartyTables
 from meterchain.backend.api.state import ApiState
 from meterchain.backend.console.tables import Account, ConsoleTables, totp_step, totp_uri
+from meterchain.backend.provisioning.routes import provision_command
+from meterchain.backend.provisioning.tables import ProvisioningTables
+from meterchain.backend.provisioning.tokens import ProvisioningError, Scope, issue_token
 from meterchain.backend.store import SqliteStore
 from meterchain.backend.utility.routes import DEFAULT_SILENT_AFTER, fleet_health
 from meterchain.backend.utility.tables import UtilityTables
@@ -62,6 +65,7 @@ class ConsoleContext:
     templates: Jinja2Templates
     clock: Callable[[], float] = time.time
     zone: str | None = None  # None: the server's local zone
+    public_url: str = ""
     flashes: dict[str, str] = field(default_factory=dict)
 
     def now(self) -> int:
@@ -120,9 +124,10 @@ def _visible_keys(account: Account, keys: list[ApiKey]) -> list[ApiKey]:
     return [k for k in keys if k.kind is KeyKind.UTILITY and k.subject == account.utility]
 
 
-def install_console(app: FastAPI, state: ApiState) -> ConsoleContext:
-    """Add /console/* and its static files to ``app``; the context is ``app.state.console``."""
-    ctx = ConsoleContext(state, Jinja2Templates(directory=HERE / "templates"))
+def install_console(app: FastAPI, state: ApiState, public_url: str = "") -> ConsoleContext:
+    """Add /console/* and its static files to ``app``; the context is ``app.state.console``.
+    ``public_url``: the backend's address as gateways reach it (in installer commands)."""
+    ctx = ConsoleContext(state, Jinja2Templates(directory=HERE / "templates"), public_url=public_url)
     app.state.console = ctx
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
 
@@ -358,6 +363,41 @@ def _router(ctx: ConsoleContext) -> APIRouter:
         if not await ctx.write(lambda s: UtilityTables(s).replay(hook, delivery, ctx.now())):
             raise ConsolePageError(409, f"Delivery {delivery} is not in the dead-letter list any more.")
         return RedirectResponse("/console/webhooks", status_code=303)
+
+    # ------------------------------------------------------------------ installer tokens
+
+    def token_scopes(account: Account, options: list[str]) -> list[str]:
+        return options if account.everything else [f"utility:{account.utility}"]
+
+    @r.get("/tokens")
+    async def tokens(request: Request) -> HTMLResponse:
+        token, account = await ctx.account(request)
+        parties = PartyTables(ctx.store)
+        options = ([f"utility:{u.id}" for u in await parties.utilities()]
+                   + [f"community:{c.id}" for c in await parties.communities()])
+        rows = [t for t in await ProvisioningTables(ctx.store).tokens()
+                if account.everything or f"{t.scope_kind}:{t.scope_id}" == account.scope]
+        return ctx.render(request, "tokens.html", token, account, tokens=rows[::-1][:200],
+                          scopes=token_scopes(account, options), now=ctx.now())
+
+    @r.post("/tokens")
+    async def issue(request: Request) -> HTMLResponse:
+        token, account, form = await ctx.operator(request)
+        scope = form.get("scope", "")
+        if not account.everything and scope != account.scope:
+            raise ConsolePageError(403, f"You may issue installer tokens for {account.scope} only.")
+        try:
+            hours = int(form.get("hours", "72"))
+            issued = await ctx.write(lambda s: issue_token(s, Scope.parse(scope), ctx.now(), ttl=hours * 3600,
+                                                           note=form.get("note", "")))
+        except ValueError:
+            raise ConsolePageError(400, "The lifetime is a whole number of hours.") from None
+        except ProvisioningError as exc:
+            raise ConsolePageError(exc.status, f"{exc} ({exc.hint})") from None
+        command = provision_command(ctx.public_url.rstrip("/"), issued.token)
+        return ctx.render(request, "shown_once.html", token, account, title=f"Installer token for {scope}",
+                          what="command for the gateway (the token works once)", value=command,
+                          expires=issued.expires, qr=qr_svg(command), back="/console/tokens")
 
     # ------------------------------------------------------------------ the log
 

@@ -25,7 +25,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 PAGES = ["/console", "/console?state=silent", "/console/households", "/console/keys",
-         "/console/webhooks", "/console/log"]
+         "/console/webhooks", "/console/log", "/console/tokens"]
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +103,15 @@ def test_operator_signs_in_with_totp_and_acts(cw: ConsoleWorld) -> None:
         assert f'data-delivery="{cw.dead_delivery}"' not in http.get("/console/webhooks").text
         api = http.get("/api/v1/webhooks/wh-0123456789ab/deliveries", headers={"Authorization": f"Bearer {ADMIN}"})
         assert api.json()[0]["state"] == "pending"
+        # an installer token with its command and QR code, then listed as usable
+        issued = http.post("/console/tokens", data={"csrf": token, "scope": "utility:u1", "note": "job 7",
+                                                     "hours": "24"})
+        assert "meterchain agent provision --backend" in issued.text and "<svg" in issued.text
+        listed = http.get("/console/tokens").text
+        assert "job 7" in listed and "usable until" in listed
+        assert_no_unix_seconds(listed, "/console/tokens")
+        bad = http.post("/console/tokens", data={"csrf": token, "scope": "utility:nope", "hours": "24"})
+        assert bad.status_code == 404 and "register it first" in bad.text
         http.post("/console/logout")
         assert http.get("/console", follow_redirects=False).headers["location"] == "/console/login"
 
@@ -124,6 +133,9 @@ def test_a_utility_operator_sees_its_own(cw: ConsoleWorld) -> None:
         keys = http.get("/console/keys").text
         assert ">u2<" in keys and ">u1<" not in keys and ">h1<" not in keys
         assert http.get("/console/households").status_code == 403
+        other = http.post("/console/tokens", data={"csrf": csrf_token(http.cookies[COOKIE]),
+                                                    "scope": "utility:u1", "hours": "1"})
+        assert other.status_code == 403
         assert "wh-0123456789ab" in http.get("/console/webhooks").text
 
 
