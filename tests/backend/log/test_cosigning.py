@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from meterchain.backend.log.audit import audit
 from meterchain.backend.log.cosigning import Cosigning
 from meterchain.backend.log.proofs import build_bundle
 from meterchain.cli.main import app as cli
@@ -118,6 +119,8 @@ async def test_checkpoints_carry_the_witnesses_cosignatures(store_factory: Store
     note = (await api.latest_checkpoint()).note
     assert set(verify_cosignatures(note, policy.keys)) == {f"witness.test/w{i}" for i in (1, 2, 3)}
     assert note.count("\u2014 witness.test/w1 ") == 1  # kept, not asked again
+    # The audit takes cosigned notes as they are: the log's signature verifies, the rest is ignored.
+    assert (await audit(api, sealer.signer.verifier)).ok
     await cosigning.close()
     await restarted.close()
     await close(admin, ingest, sealer, api)
