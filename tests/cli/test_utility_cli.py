@@ -18,6 +18,7 @@ from meterchain.contract.note import NoteSigner
 from meterchain.contract.utility_batch import BatchError, verify_page
 from typer.testing import CliRunner
 
+from tests.support.humantime import assert_no_unix_seconds
 from tests.support.utility import ADMIN, make_world
 
 
@@ -49,8 +50,10 @@ def test_pull_verifies_and_stores_every_page_and_verify_rechecks_them(served, tm
     pages = sorted(out.glob("*.cbor"))
     assert len(pages) == 2 and "4 readings verified" in result.output
     assert "--from 14" in result.output  # 2 device leaves + 3 readings per round
+    assert_no_unix_seconds(result.output, "meterchain utility pull")
     result = CliRunner().invoke(cli, ["utility", "verify", *map(str, pages), "--log-key", key])
     assert result.exit_code == 0 and result.output.count("OK") == 2
+    assert_no_unix_seconds(result.output, "meterchain utility verify")
 
     doc = cbor2.loads(pages[0].read_bytes())
     doc["entries"][1]["seq"] += 1
