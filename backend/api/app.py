@@ -29,6 +29,7 @@ from meterchain.backend.utility.routes import install_utilities
 from meterchain.backend.web.app import mount_web
 from meterchain.backend.web.stored_settlements import StoredSettlements
 from meterchain.contract.note import NoteVerifier
+from meterchain.contract.tlog_policy import parse_policy
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 __all__ = ["ApiError", "ApiState", "create_app", "not_visible"]
@@ -38,6 +39,8 @@ def create_app(db: str, admin_token: str, log_verifier: NoteVerifier,
                provisioning: ProvisioningSettings | None = None) -> FastAPI:
     """The API over the database at ``db``; ``admin_token`` is the root principal's token."""
     state = ApiState(db, admin_token, log_verifier)
+    if provisioning is not None and provisioning.witness_policy:
+        state.witness_policy = parse_policy(provisioning.witness_policy)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

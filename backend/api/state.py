@@ -6,6 +6,7 @@ import asyncio
 
 from meterchain.backend.store import SqliteStore
 from meterchain.contract.note import NoteVerifier
+from meterchain.contract.tlog_policy import WitnessPolicy
 
 
 class ApiState:
@@ -15,6 +16,8 @@ class ApiState:
 
     def __init__(self, db: str, admin_token: str, verifier: NoteVerifier) -> None:
         self.db, self.admin_token, self.verifier = db, admin_token, verifier
+        # The witness policy (docs/witness.md): the households' proof pages require its quorum.
+        self.witness_policy: WitnessPolicy | None = None
         self.reader: SqliteStore | None = None
         self.writer: SqliteStore | None = None
         self.write_lock = asyncio.Lock()

@@ -263,7 +263,8 @@ def router(ctx: WebContext) -> APIRouter:
         zone = await WebTables(ctx.store).timezone(household)
         verified, problem = None, None
         try:
-            verified = verify_bundle(await build_bundle(ctx.store, device, seq), ctx.api.verifier)
+            verified = verify_bundle(await build_bundle(ctx.store, device, seq), ctx.api.verifier,
+                                     ctx.api.witness_policy)
         except ProofUnavailable as exc:
             problem = ("This reading is stored but not sealed into the log yet; the log seals "
                        "every few seconds." if exc.check == "not-sealed" else str(exc))
