@@ -163,7 +163,6 @@ async def run_check(config: AgentConfig, signer: Signer, *, record: dict[str, ob
     if record and record.get("key_id") and record["key_id"] != report.key_fingerprint:
         report.add("key", False, "the key is not the one provisioned",
                    "provision again (meterchain agent provision …) or restore the key file")
-    _check_acks(report, config)
     modbus_meters = [m for m in config.meters if m.dlms is None]
     sources = sources if sources is not None else list(modbus_sources(modbus_meters))
     clock = SystemClock()
@@ -181,16 +180,18 @@ async def run_check(config: AgentConfig, signer: Signer, *, record: dict[str, ob
     finally:
         for meter_source in sources:
             meter_source.close()
+    _check_acks(report, config)  # last: the steps above keep their order
     return report
 
 
 def _check_acks(report: CheckReport, config: AgentConfig) -> None:
     """Signed acks (agent/acks.py): the control key, and the alarms the running agent kept."""
     if config.control_key is None:
+        # Reported, not failed (old configs keep working); the advice is in the detail.
         report.add("acks", True, "no control_key: acks are taken UNVERIFIED (each one raises an "
-                   "alarm); a forged ack could make this gateway forget readings",
-                   "provision the gateway again (meterchain agent provision …) to get the "
-                   "backend's control key")
+                   "alarm), so a forged ack could make this gateway forget readings; provision "
+                   "the gateway again (meterchain agent provision …) to get the backend's "
+                   "control key")
     else:
         report.add("acks", True, "acks verified with control key "
                    f"{NoteVerifier.parse(config.control_key).name}")

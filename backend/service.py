@@ -248,7 +248,7 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
             if "sealer" in roles or "ingest" in roles:  # acks are signed (issue 14)
                 control = await load_or_create_control_key(
                     config.control_key_path(), config.origin, await _store(resources, config.db),
-                    create="sealer" in roles)
+                    create="sealer" in roles, wait=60.0)
             ingest: Ingest | None = None
             if "ingest" in roles:
                 ingest = Ingest(await _store(resources, config.db), broker_url=config.broker,

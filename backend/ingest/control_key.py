@@ -11,6 +11,7 @@ previous key once every gateway has seen an ack since the rotation.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -75,11 +76,19 @@ def _write_new(path: Path, signer: NoteSigner) -> None:
 
 
 async def load_or_create_control_key(path: str | Path, origin: str, store: _LeafLog, *,
-                                     create: bool) -> tuple[NoteSigner, ...]:
+                                     create: bool, wait: float = 0.0) -> tuple[NoteSigner, ...]:
     """The control keys in use; with ``create`` (the sealer), a missing key is made and its
-    ``enrol`` leaf appended to the log."""
+    ``enrol`` leaf appended to the log. Without, a missing key is waited for up to ``wait``
+    seconds (an ingest worker started before the sealer), then refused."""
     path = Path(path)
-    if path.exists() or not create:
+    if not create:
+        deadline = time.monotonic() + wait
+        if not path.exists() and wait > 0:
+            log.info("waiting up to %.0f s for the sealer's control key %s", wait, path)
+        while not path.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        return read_control_keys(path)
+    if path.exists():
         return read_control_keys(path)
     signer = NoteSigner.generate(control_key_name(origin))
     leaf = ControlKeyLeaf(str(signer.verifier), "enrol", int(time.time()))

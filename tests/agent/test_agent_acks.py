@@ -132,8 +132,8 @@ async def test_agent_check_reports_the_control_key_and_refused_acks(tmp_path: Pa
     legacy.mkdir()
     report = CheckReport(DEVICE)
     _check_acks(report, load_config(write(legacy, EXAMPLE)))  # no control_key
-    assert "UNVERIFIED" in report.steps[0].detail and "provision the gateway again" in (
-        report.steps[0].fix)
+    (step,) = report.steps
+    assert step.ok and "UNVERIFIED" in step.detail and "provision the gateway again" in step.detail
 
 
 async def test_a_refused_ack_shows_in_the_status_message(tmp_path: Path) -> None:

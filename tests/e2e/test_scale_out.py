@@ -33,7 +33,7 @@ from meterchain.backend.ingest.worker import AckTracker, Ingest, subscriptions
 from meterchain.backend.service import SealerLock, ServiceError, serve
 from meterchain.backend.store import Outcome, SqliteStore, open_store
 from meterchain.bridge.modbus.emulator import EmulatedMeter, ModbusBusEmulator
-from meterchain.contract.ack import Ack
+from meterchain.contract.control import ACK_V2_TYPE, SignedAck, read_unverified
 from meterchain.contract.merkle import leaf_hash
 from meterchain.contract.reading import ClockSync
 from meterchain.contract.signing import generate_private_key_pem, load_signer
@@ -78,7 +78,8 @@ class AckWatch:
                                       identifier="ack-watch") as client:
                 await client.subscribe("meterchain/v1/+/ack", qos=1)
                 async for message in client.messages:
-                    ack = Ack.from_cbor(bytes(message.payload))  # type: ignore[arg-type]
+                    payload = bytes(message.payload)  # type: ignore[arg-type]
+                    ack = SignedAck.from_body(read_unverified(payload, ACK_V2_TYPE))
                     # Published after its commit: every seq it claims is stored by now.
                     for seq in range(self.best.get(ack.device, 0) + 1, ack.upto + 1):
                         assert await store.reading(ack.device, seq) is not None, (ack, seq)
@@ -96,9 +97,11 @@ async def enrolled(db: Path, gateways: list[Gateway]) -> SqliteStore:
 
 
 async def assert_logged_once(admin: SqliteStore, devices: int, messages: list[bytes]) -> None:
-    """Sealed: the tree holds the device leaves and each distinct reading exactly once."""
-    await wait_until_async(lambda: _sealed(admin, devices + len(set(messages))), 20, "sealing")
-    hashes = await admin.leaf_hashes(0, devices + len(set(messages)))
+    """Sealed: the tree holds the device leaves, the control-key leaf and each distinct reading
+    exactly once."""
+    size = devices + len(await admin.control_leaves()) + len(set(messages))
+    await wait_until_async(lambda: _sealed(admin, size), 20, "sealing")
+    hashes = await admin.leaf_hashes(0, size)
     assert len(hashes) == len(set(hashes))
     assert {leaf_hash(m) for m in messages} <= set(hashes)
 
@@ -270,7 +273,8 @@ async def test_a_killed_worker_loses_nothing_the_agents_resend_to_the_others(
             assert sum([await admin.reading_count(c.device_id) for c in configs]) >= sum(signed)
             total = await admin.reading_count()
         await assert_logged_once(admin, len(configs), messages)
-        assert (await admin.latest_checkpoint()).size == len(configs) + total  # type: ignore[union-attr]
+        logged = len(configs) + len(await admin.control_leaves()) + total
+        assert (await admin.latest_checkpoint()).size == logged  # type: ignore[union-attr]
     finally:
         for task in tasks:
             task.cancel()

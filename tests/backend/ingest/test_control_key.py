@@ -66,3 +66,20 @@ async def test_ingest_signs_every_ack_with_the_control_keys(tmp_path: Path) -> N
     finally:
         ingest.close()
         await store.close()
+
+
+async def test_an_ingest_worker_waits_for_the_sealers_key(tmp_path: Path) -> None:
+    import asyncio
+
+    store = await open_store(tmp_path / "mc.db")
+    path = tmp_path / "control.key"
+    try:
+        worker = asyncio.create_task(
+            load_or_create_control_key(path, ORIGIN, store, create=False, wait=10))
+        await asyncio.sleep(0.3)
+        assert not worker.done()  # started before the sealer: waiting
+        (made,) = await load_or_create_control_key(path, ORIGIN, store, create=True)
+        (read,) = await asyncio.wait_for(worker, 5)
+        assert str(read.verifier) == str(made.verifier)
+    finally:
+        await store.close()

@@ -453,8 +453,9 @@ async def test_the_scale_path_runs_end_to_end_on_postgres(tmp_path: Path, broker
     import httpx
     from meterchain.backend.config import BackendConfig
     from meterchain.backend.service import serve
-    from meterchain.contract.ack import Ack, ack_topic
+    from meterchain.contract.ack import ack_topic
     from meterchain.contract.checkpoint import open_checkpoint
+    from meterchain.contract.control import ACK_V2_TYPE, SignedAck, read_unverified
     from meterchain.contract.note import NoteSigner as Signer
     from meterchain.mqtt.broker import free_port
 
@@ -473,7 +474,7 @@ async def test_the_scale_path_runs_end_to_end_on_postgres(tmp_path: Path, broker
             await enrol(admin, gw.device, gw.public_key, NOW)
         per_device = 25
         messages = [gw.message(seq) for seq in range(1, per_device + 1) for gw in gateways]
-        size = len(gateways) + len(messages)
+        size = len(gateways) + 1 + len(messages)  # + the control-key leaf the sealer logs
         try:
             async with contextlib.AsyncExitStack() as nodes:
                 head = node("sealer,api")
@@ -492,7 +493,8 @@ async def test_the_scale_path_runs_end_to_end_on_postgres(tmp_path: Path, broker
                     best: dict[str, int] = {}
                     async with asyncio.timeout(30):
                         async for message in gws.messages:
-                            ack = Ack.from_cbor(bytes(message.payload))  # type: ignore[arg-type]
+                            payload = bytes(message.payload)  # type: ignore[arg-type]
+                            ack = SignedAck.from_body(read_unverified(payload, ACK_V2_TYPE))
                             best[ack.device] = max(best.get(ack.device, 0), ack.upto)
                             if all(best.get(gw.device) == per_device for gw in gateways):
                                 break
