@@ -33,8 +33,9 @@ from bench_ingest import PUBLISHER, make_messages, setup  # noqa: E402  (same pu
 RECEIVER = r"""
 import asyncio, logging, sys, time, aiomqtt
 group, host, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+v5 = bool(group) or sys.argv[5:6] == ["5"]  # a share group needs MQTT 5; plain may use either
 quiet = logging.getLogger("quiet"); quiet.setLevel(logging.ERROR)
-session = ({"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": True} if group
+session = ({"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": True} if v5
            else {"clean_session": False})
 async def main():
     async with aiomqtt.Client(host, port, identifier="bare-" + (group or "plain"), logger=quiet,
@@ -71,11 +72,16 @@ async def run(label: str, workers: int, group: str, n: int, devices: int,
 
     workdir.mkdir(parents=True)
     broker, frames, db, admin, sealer = await setup(n, devices, workdir)
+    # Workers sign acks with the sealer's control key (issue 14) and wait for it before they
+    # subscribe: the sealer here is this process's, so make it as `serve --role sealer` would.
+    from meterchain.backend.ingest.control_key import load_or_create_control_key
+    await load_or_create_control_key(workdir / "control.key", "bench.example/log", admin, create=True)
     sealing = asyncio.create_task(sealer.run())
     ports = [free_port() for _ in range(workers)]
     procs = [subprocess.Popen(
         [sys.executable, "-c", "from meterchain.cli.main import main; main()", "backend", "serve",
-         "--db", str(db), "--broker", broker.url, "--role", "ingest", "--http-port", str(port),
+         "--db", str(db), "--broker", broker.url, "--role", "ingest",
+         "--log-key", str(workdir / "log.key"), "--http-port", str(port),
          "--client-id", f"bench-{i}", *(["--share-group", group] if group else [])],
         stdout=subprocess.DEVNULL, stderr=(workdir / f"worker-{i}.log").open("wb"))
         for i, port in enumerate(ports)]
@@ -119,8 +125,9 @@ async def run(label: str, workers: int, group: str, n: int, devices: int,
             "committed_sealed_per_s": round(n / elapsed), "stored_per_worker": shares}
 
 
-async def receive_only(group: str, n: int, devices: int, workdir: Path) -> int:
-    """A bare subscriber's rate over the same kind of backlog (paused while it is published)."""
+async def receive_only(group: str, n: int, devices: int, workdir: Path, protocol: str = "") -> int:
+    """A bare subscriber's rate over the same kind of backlog (paused while it is published);
+    ``protocol`` "5" makes a plain subscriber speak MQTT 5 (as ingest does: meterchain.mqtt)."""
     from meterchain.mqtt.broker import find_mosquitto, start_mosquitto
 
     workdir.mkdir(parents=True)
@@ -128,7 +135,7 @@ async def receive_only(group: str, n: int, devices: int, workdir: Path) -> int:
     frames = workdir / "frames.bin"
     make_messages(frames, n, devices)
     proc = subprocess.Popen([sys.executable, "-c", RECEIVER, group, broker.host, str(broker.port),
-                             str(n)], stdout=subprocess.PIPE, text=True)
+                             str(n), protocol], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         proc.send_signal(signal.SIGSTOP)
