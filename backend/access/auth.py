@@ -20,6 +20,7 @@ from meterchain.backend.access.model import KeyKind, Principal
 from meterchain.backend.access.tables import PartyTables
 from meterchain.backend.api.errors import ApiError
 from meterchain.backend.api.state import ApiState
+from meterchain.contract.humantime import human_time
 
 Clock = Callable[[], int]
 
@@ -67,7 +68,7 @@ def build_auth(state: "ApiState", clock: Clock = lambda: int(time.time())) -> Au
         if key.kind is KeyKind.AUDITOR:
             grant = await tables.grant(key.subject)
             if grant is None or grant.expires <= now:
-                when = "" if grant is None else f" at {grant.expires}"
+                when = "" if grant is None else f" at {human_time(grant.expires)}"
                 raise ApiError(403, "grant-expired", f"the auditor grant {key.subject} of key "
                                f"{key.id} has expired{when}", "ask the operator for a new grant")
         if key.last_used is None or key.last_used <= now - 60:

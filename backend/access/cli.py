@@ -22,6 +22,7 @@ from meterchain.backend.access.model import (
 from meterchain.backend.access.tables import PartyTables
 from meterchain.backend.store import using_sqlite
 from meterchain.contract.errors import MeterchainError
+from meterchain.contract.humantime import human_interval, human_time
 from rich.console import Console
 from rich.markup import escape
 
@@ -64,7 +65,9 @@ def _now() -> int:
 
 
 def _period(valid_from: int, valid_to: int | None) -> str:
-    return f"[{valid_from}, {'open' if valid_to is None else valid_to})"
+    if valid_to is None:
+        return f"from {human_time(valid_from)} on"
+    return human_interval(valid_from, valid_to)
 
 
 def _print_binding(b: MeterBinding | Occupancy) -> None:
@@ -75,9 +78,9 @@ def _print_binding(b: MeterBinding | Occupancy) -> None:
 
 def _print_key(key: ApiKey, token: str | None = None) -> None:
     console.print(f"key {key.id}: {key.kind.value} {key.subject} {key.label!r}"
-                  + (f", expires {key.expires}" if key.expires is not None else "")
-                  + (f", revoked {key.revoked}" if key.revoked is not None else "")
-                  + (f", last used {key.last_used}" if key.last_used is not None else "")
+                  + (f", expires {human_time(key.expires)}" if key.expires is not None else "")
+                  + (f", revoked {human_time(key.revoked)}" if key.revoked is not None else "")
+                  + (f", last used {human_time(key.last_used)}" if key.last_used is not None else "")
                   + (f", replaces {key.replaces}" if key.replaces else ""))
     if token is not None:
         console.print(f"token (shown once, only its SHA-256 is kept): {token}")
@@ -171,7 +174,7 @@ def grant(ident: str = typer.Argument(..., metavar="ID"),
     """An auditor grant over metering points and/or whole communities, until --expires."""
     until = utc_seconds(expires, "--expires")
     made = _run(lambda t: t.add_grant(ident, label, until, points, communities, _now()), db)
-    console.print(f"grant {made.id} until {made.expires}: points {list(made.metering_points)}, "
+    console.print(f"grant {made.id} until {human_time(made.expires)}: points {list(made.metering_points)}, "
                   f"communities {list(made.communities)}")
 
 
@@ -229,7 +232,7 @@ def list_all(db: str = DB) -> None:
     for b in [*meters, *occupancies]:
         _print_binding(b)
     for g in grants:
-        console.print(f"grant {g.id} {g.label!r} until {g.expires}: points "
+        console.print(f"grant {g.id} {g.label!r} until {human_time(g.expires)}: points "
                       f"{list(g.metering_points)}, communities {list(g.communities)}")
     for k in keys:
         _print_key(k)

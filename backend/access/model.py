@@ -27,6 +27,7 @@ import secrets
 from dataclasses import dataclass
 
 from meterchain.contract.errors import MeterchainError
+from meterchain.contract.humantime import human_time
 from meterchain.contract.reading import DEVICE_ID_RE, MAX_SAFE_INT, METER_SERIAL_RE
 
 #: Ids of utilities, communities, households, grants and metering points: a letter or digit, then
@@ -176,9 +177,9 @@ class ApiKey:
     def refusal(self, now: int) -> str | None:
         """Why this key is not valid at ``now``, or ``None`` if it is."""
         if self.revoked is not None and self.revoked <= now:
-            return f"key {self.id} was revoked at {self.revoked}"
+            return f"key {self.id} was revoked at {human_time(self.revoked)}"
         if self.expires is not None and self.expires <= now:
-            return f"key {self.id} expired at {self.expires}"
+            return f"key {self.id} expired at {human_time(self.expires)}"
         return None
 
 

@@ -42,6 +42,7 @@ from meterchain.backend.access.model import (
 from meterchain.backend.store.records import ReadingRow
 from meterchain.backend.store.sqlite import READING_COLUMNS, reading_row
 from meterchain.backend.store.tables import SqliteTables
+from meterchain.contract.humantime import human_time
 from meterchain.contract.reading import MAX_SAFE_INT
 
 #: Stands for an open end (``valid_to`` NULL) in comparisons: later than any reading's ``end``.
@@ -275,7 +276,7 @@ class PartyTables(SqliteTables):
                                    hint=f"list its bindings; only an open {what} can be ended")
             current = build(*row)
             if stop <= current.valid_from:
-                raise InvalidParty(f"the {what} starts at {current.valid_from}; it can only end "
+                raise InvalidParty(f"the {what} starts at {human_time(current.valid_from)}; it can only end "
                                    "later than that", valid_to=stop)
             await self._db.execute(f"UPDATE {table} SET valid_to = ? WHERE id = ?", (stop, current.id))
             return build(*row[:-1], stop)

@@ -71,7 +71,7 @@ from meterchain.backend.settlement.tables import (
 from meterchain.backend.store.sqlite import SqliteStore
 from meterchain.contract import cbor
 from meterchain.contract.errors import MeterchainError
-from meterchain.contract.humantime import human_interval
+from meterchain.contract.humantime import human_duration, human_interval, human_time
 from meterchain.contract.leaves import SETTLEMENT_LEAF_TYPE
 from meterchain.contract.message import parse_message
 from meterchain.contract.reading import StatusFlag
@@ -457,7 +457,7 @@ class SettlementRunner:
             if end % seconds:
                 report.exclusions.append(Exclusion(
                     community, point, device, seq, "off-grid",
-                    f"reading ends at {end}, not on the community's {seconds} s grid", now))
+                    f"reading ends at {human_time(end)}, not on the community's {human_duration(seconds)} grid", now))
         for point, first, last in await tables.new_reading_ranges(community, cursor, newest):
             around = await tables.point_readings(point, first, last)
             before = [r.end for r in around if r.end < first]
