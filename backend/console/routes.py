@@ -32,6 +32,7 @@ from meterchain.backend.console.tables import Account, ConsoleTables, totp_step,
 from meterchain.backend.provisioning.routes import provision_command
 from meterchain.backend.provisioning.tables import ProvisioningTables
 from meterchain.backend.provisioning.tokens import ProvisioningError, Scope, issue_token
+from meterchain.backend.settlement.tables import SettlementTables
 from meterchain.backend.store import SqliteStore
 from meterchain.backend.utility.routes import DEFAULT_SILENT_AFTER, fleet_health
 from meterchain.backend.utility.tables import UtilityTables
@@ -398,6 +399,27 @@ def _router(ctx: ConsoleContext) -> APIRouter:
         return ctx.render(request, "shown_once.html", token, account, title=f"Installer token for {scope}",
                           what="command for the gateway (the token works once)", value=command,
                           expires=issued.expires, qr=qr_svg(command), back="/console/tokens")
+
+    # ------------------------------------------------------------------ settlement
+
+    @r.get("/settlement")
+    async def settlement(request: Request) -> HTMLResponse:
+        token, account = await ctx.account(request)
+        tables = SettlementTables(ctx.store)
+        now = ctx.now()
+        communities = []
+        for community in await tables.netting_communities():
+            if not account.everything and await tables.community_utility(community) != account.utility:
+                continue
+            state = await tables.state(community)
+            upto = state[1] if state else now
+            recent = await tables.revisions(community, upto - 86_400, upto)
+            exclusions = await tables.exclusions(community)
+            communities.append({"id": community, "settled_upto": state[1] if state else None,
+                                "recent": recent[::-1][:48],
+                                "revised": sum(1 for x in recent if x.revision > 0),
+                                "exclusions": exclusions[::-1][:100], "excluded": len(exclusions)})
+        return ctx.render(request, "settlement.html", token, account, communities=communities)
 
     # ------------------------------------------------------------------ the log
 

@@ -6,18 +6,23 @@ credential opening any console page. Times on every page are for people (no Unix
 from __future__ import annotations
 
 import re
+import time
 import warnings
 from pathlib import Path
 
 import pytest
 from meterchain.backend.api.app import create_app
 from meterchain.backend.console.routes import COOKIE, csrf_token
+from meterchain.backend.console.tables import ConsoleTables
 from meterchain.cli.main import app as cli_app
+from meterchain.contract.humantime import human_interval
+from meterchain.contract.note import NoteVerifier
 from typer.testing import CliRunner
 
 from tests.support.access import all_routes
 from tests.support.console import PASSWORD, ConsoleWorld, build_console, code, secret_of
 from tests.support.humantime import assert_no_unix_seconds
+from tests.support.settlement import COMMUNITY, T0, close_site, community, readings_at
 from tests.support.utility import ADMIN
 
 with warnings.catch_warnings():
@@ -25,7 +30,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 PAGES = ["/console", "/console?state=silent", "/console/households", "/console/keys",
-         "/console/webhooks", "/console/log", "/console/tokens"]
+         "/console/webhooks", "/console/log", "/console/tokens", "/console/settlement"]
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +195,29 @@ def test_cli_invites_lists_and_replays(tmp_path: Path) -> None:
     assert again.exit_code == 0 and "pending again" in again.output
     twice = runner.invoke(cli_app, ["backend", "console", "replay", "wh-0123456789ab", str(cw.dead_delivery), *db])
     assert twice.exit_code == 1 and "not in the dead-letter list" in twice.output
+
+
+def test_settlement_runs_and_exclusions(tmp_path: Path) -> None:
+    import asyncio
+
+    async def site_with_runs() -> tuple[Path, str, str]:
+        site = await community(tmp_path)
+        for k in range(4):
+            await readings_at(site, T0 + 900 * k)
+        await site.send(site.message("gw-b", "M3", T0 + 900 * 4 + 7, 9_999_999, 50_000))  # off the grid
+        await site.runner.settle_community(COMMUNITY, T0 + 900 * 8)
+        await site.sealer.seal_all()
+        token, _ = await ConsoleTables(site.admin).invite("auditor", "all", int(time.time()))
+        verifier = str(site.log_key.verifier)
+        await close_site(site)
+        return site.path, token, verifier
+
+    db, invitation, verifier = asyncio.run(site_with_runs())
+    with TestClient(create_app(str(db), ADMIN, NoteVerifier.parse(verifier))) as http:
+        secret = enrol(http, invitation, "sally")
+        sign_in(http, "sally", secret)
+        page = http.get("/console/settlement")
+        assert page.status_code == 200 and f'data-community="{COMMUNITY}"' in page.text
+        assert "off-grid" in page.text and "gw-b#" in page.text
+        assert human_interval(T0, T0 + 900) in page.text
+        assert_no_unix_seconds(page.text, "/console/settlement")
