@@ -304,6 +304,21 @@ def _router(ctx: ConsoleContext) -> APIRouter:
                           what="invitation link", value=url, expires=link.expires, qr=qr_svg(url),
                           back="/console/households")
 
+    @r.get("/points")
+    async def points(request: Request) -> HTMLResponse:
+        """Metering points with their meters and occupants over time (exchanges and moves)."""
+        token, account = await ctx.account(request)
+        parties = PartyTables(ctx.store)
+        bindings, occupancies = await parties.meter_bindings(), await parties.occupancies()
+        rows = []
+        for ident in sorted({b.metering_point for b in bindings} | {o.metering_point for o in occupancies}):
+            point = await parties.metering_point(ident)
+            if point is None or not (account.everything or point.utility == account.utility):
+                continue
+            rows.append((point, [b for b in bindings if b.metering_point == ident],
+                         [o for o in occupancies if o.metering_point == ident]))
+        return ctx.render(request, "points.html", token, account, points=rows)
+
     # ------------------------------------------------------------------ API keys
 
     @r.get("/keys")

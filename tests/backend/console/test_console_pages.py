@@ -30,7 +30,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 PAGES = ["/console", "/console?state=silent", "/console/households", "/console/keys",
-         "/console/webhooks", "/console/log", "/console/tokens", "/console/settlement"]
+         "/console/webhooks", "/console/log", "/console/tokens", "/console/settlement", "/console/points"]
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +138,8 @@ def test_a_utility_operator_sees_its_own(cw: ConsoleWorld) -> None:
         keys = http.get("/console/keys").text
         assert ">u2<" in keys and ">u1<" not in keys and ">h1<" not in keys
         assert http.get("/console/households").status_code == 403
+        points = http.get("/console/points").text
+        assert 'data-point="mp-2"' in points and 'data-point="mp-3"' in points and 'data-point="mp-1"' not in points
         other = http.post("/console/tokens", data={"csrf": csrf_token(http.cookies[COOKIE]),
                                                     "scope": "utility:u1", "hours": "1"})
         assert other.status_code == 403
