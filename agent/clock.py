@@ -135,7 +135,9 @@ class ClockJudge:
     step of the gateway clock since (NTP, an operator, a test's injected clock) moves the bound
     by the same amount, so a correction is seen at once, without waiting for the next ack. The
     verdict is AHEAD or BEHIND only when a bound proves it beyond ``tolerance``; acks win over
-    meters (a meter's clock can be wrong too). Without ``monotonic`` it is blind (always
+    meters (a meter's clock can be wrong too). A lower end older than ``expiry`` seconds is
+    dropped: an agent that signs nothing gets no fresh bound, so a wrong one must not stop it
+    for good (if the clock is still ahead, the next reading proves it again). Without ``monotonic`` it is blind (always
     UNKNOWN): a clock that is not the gateway's (the demo's time lapse, a test's accelerated
     clock) cannot tell a step from its own pace.
     """
@@ -143,8 +145,10 @@ class ClockJudge:
     SOURCES = ("ack", "meter")
 
     def __init__(self, tolerance: float = 120.0,
-                 monotonic: Callable[[], float] | None = time.monotonic) -> None:
+                 monotonic: Callable[[], float] | None = time.monotonic,
+                 expiry: float = 600.0) -> None:
         self.tolerance = tolerance
+        self.expiry = expiry
         self.monotonic = monotonic
         self._bounds: dict[str, _Bound] = {}
 
@@ -171,8 +175,10 @@ class ClockJudge:
 
     def _shifted(self, bound: _Bound, local: float) -> tuple[float, float]:
         assert self.monotonic is not None  # no bounds without it
-        step = (local - bound.local) - (self.monotonic() - bound.mono)
-        return bound.low + step, bound.high + step
+        elapsed = self.monotonic() - bound.mono
+        step = (local - bound.local) - elapsed
+        low = -math.inf if elapsed > self.expiry else bound.low + step
+        return low, bound.high + step
 
     def offset(self, local: float) -> tuple[float, float] | None:
         """Where local - true time lies now, by the best source (None: no reference yet)."""

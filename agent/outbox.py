@@ -95,9 +95,6 @@ class AckResult:
 
     committed: int
     quarantined: tuple[int, ...]
-    #: The latest local publish time of what it committed or quarantined (the agent's clock
-    #: judge: the backend signed the ack after that publish), None if it changed nothing.
-    sent: int | None = None
 
 
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
@@ -487,14 +484,6 @@ class Outbox:
                 ack_device=ack.device,
             )
         async with self._lock, transaction(self._db):
-            marks = ",".join("?" * len(ack.rejected))
-            async with self._db.execute(
-                "SELECT MAX(last_sent) FROM readings WHERE seq <= ?"
-                + (f" OR seq IN ({marks})" if ack.rejected else ""),
-                (ack.upto, *(r.seq for r in ack.rejected)),
-            ) as cur:
-                row = await cur.fetchone()
-            sent = None if row is None or row[0] is None else int(row[0])
             quarantined: list[int] = []
             for rejection in ack.rejected:
                 async with self._db.execute(
@@ -526,7 +515,7 @@ class Outbox:
             await self._db.execute("DELETE FROM gaps WHERE last <= ?", (ack.upto,))
         # The sequence never moves on an ack's word (issue 14): a lost outbox resumes above the
         # durable reservation instead (agent/reservation.py).
-        return AckResult(committed, tuple(quarantined), sent)
+        return AckResult(committed, tuple(quarantined))
 
     async def depth(self) -> int:
         """Readings not yet confirmed by the backend."""

@@ -89,8 +89,11 @@ class Publisher:
         self.on_alarm = on_alarm
         self.resend = ResendPolicy(ack_timeout, window=window)
         self._next_wake: float | None = None
-        # The backend's time in each verified ack judges the gateway clock (agent/clock.py).
+        # The backend's time in each verified ack judges the gateway clock (agent/clock.py),
+        # against the monotonic time of the first publish of what the ack commits: a wall-clock
+        # time taken before a step of the clock would mislead it.
         self.judge = judge or ClockJudge()
+        self._sent_mono: dict[int, float] = {}
 
     def wake(self) -> None:
         """New readings are in the outbox: publish them now rather than at the next timeout."""
@@ -166,9 +169,13 @@ class Publisher:
             log.error("event=disk_full device=%s ack_upto=%d not_applied=%r", self.device,
                       ack.upto, str(exc))
             return
-        if opened.verified and ack.time:
+        done = [s for s in self._sent_mono if s <= ack.upto or s in result.quarantined]
+        sent_mono = max((self._sent_mono.pop(s) for s in done), default=None)
+        if opened.verified and ack.time and self.judge.monotonic is not None:
             received = self.clock.now()
-            self.judge.observe_ack(ack.time, received, result.sent)
+            sent = (None if sent_mono is None or not result.committed + len(result.quarantined)
+                    else received - (self.judge.monotonic() - sent_mono))
+            self.judge.observe_ack(ack.time, received, sent)
             span = self.judge.offset(received)
             if span is not None and abs(span[0]) < 1e9 and abs(span[1]) < 1e9:
                 self.metrics.clock_offset.set((span[0] + span[1]) / 2)
@@ -270,6 +277,10 @@ class Publisher:
                     self.topic, reading.message, timeout=self.publish_timeout
                 )
             answered.append(reading.seq)  # refused ones too: retried after the ack timeout
+            if refused is None and reading.send_count == 0 and self.judge.monotonic is not None:
+                # Only a reading's first publish ever: the backend cannot have committed it
+                # before then (a copy from an earlier process could have been).
+                self._sent_mono.setdefault(reading.seq, self.judge.monotonic())
             if refused is None:
                 self.metrics.readings_published.inc()
                 return

@@ -20,6 +20,7 @@ registers carry the energy, and no per-interval value is invented.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -110,9 +111,22 @@ class Poller:
     async def run(self) -> None:
         """Poll forever, one cycle per interval boundary."""
         while True:
-            end = next_boundary(self.clock.now(), self.interval)
-            await self.clock.sleep_until(end)
-            await self.poll_once(end)
+            await self.poll_once(await self._next_end())
+
+    async def _next_end(self) -> int:
+        """Sleep to the next boundary. The clock may be stepped back meanwhile (a correction
+        of a clock that ran ahead): then the boundary is the new clock's next one, not a day
+        of sleep (issue 18). Waking at least once a minute (real time: a clock's sleep waits
+        for its own time to reach the deadline) sees the step."""
+        end = next_boundary(self.clock.now(), self.interval)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.clock.sleep_until(end), min(self.interval, 60))
+            now = self.clock.now()
+            if now >= end:
+                return end
+            if end - now > self.interval:  # stepped back
+                end = next_boundary(now, self.interval)
 
     async def poll_once(self, end: int) -> list[int]:
         """Read all meters for the interval ending at ``end``; store what was read; return seqs."""

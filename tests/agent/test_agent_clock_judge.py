@@ -117,3 +117,38 @@ def test_a_judge_without_monotonic_time_is_blind() -> None:
     judge.observe_ack(TRUE + DAY, TRUE, TRUE)
     judge.observe_meter(drift=DAY, uncertainty=1, local=TRUE)
     assert judge.verdict(TRUE) is ClockVerdict.UNKNOWN and judge.offset(TRUE) is None
+
+
+async def test_a_clock_stepped_back_during_the_sleep_wakes_at_the_new_boundary(
+    tmp_path: Path,
+) -> None:
+    """A correction of a day-ahead clock while the poller sleeps: not a day of sleep."""
+
+    class CorrectedWhileAsleep(SteppedClock):
+        corrected = False
+
+        async def sleep_until(self, deadline: float) -> None:
+            if not self.corrected:
+                self.corrected = True
+                self.t -= DAY  # NTP steps the clock back
+                return
+            await super().sleep_until(deadline)
+
+    clock = CorrectedWhileAsleep(TRUE + DAY + 10)
+    async with await Outbox.open(tmp_path / "outbox.sqlite", "gw-1") as outbox:
+        poller = Poller(device="gw-1", signer=load_signer(generate_private_key_pem()),
+                        sources=[Meter()], outbox=outbox, clock=clock, interval=900,
+                        metrics=AgentMetrics(), clock_sync=lambda: ClockSync.SYNCED)
+        end = await poller._next_end()
+        assert end == (TRUE + 10) // 900 * 900 + 900
+        assert clock.now() >= end
+
+
+def test_a_lower_bound_expires_so_a_wrong_one_cannot_stop_signing_for_good() -> None:
+    clock = SteppedClock(TRUE + DAY)
+    judge = ClockJudge(monotonic=clock.monotonic, expiry=600)
+    judge.observe_ack(TRUE, clock.now(), clock.now())
+    clock.run(599)
+    assert judge.verdict(clock.now()) is ClockVerdict.AHEAD
+    clock.run(2)
+    assert judge.verdict(clock.now()) is ClockVerdict.OK  # the next reading will tell again
