@@ -299,7 +299,7 @@ class _Number(str):
     """A JSON number kept as its literal text, so no float ever holds a value."""
 
 
-class _Object(tuple):  # type: ignore[type-arg]
+class _Object(tuple[Any, ...]):
     """A JSON object as its (key, value) pairs in order, duplicates included."""
 
 

@@ -23,7 +23,7 @@ from meterchain.backend.settlement.runner import (
 )
 from meterchain.backend.settlement.tables import SettlementTables, Terms
 from meterchain.backend.settlement.verify import verify_settlement
-from meterchain.backend.settlement.wallet import WalletTables
+from meterchain.backend.settlement.wallet import Posting, WalletTables
 from meterchain.backend.store import SqliteStore, using_sqlite
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.humantime import human_time
@@ -272,14 +272,14 @@ def payment(
     reference: str | None = typer.Option(None, "--reference", help="e.g. the bank reference."),
 ) -> None:
     """Record a household's payment or refund as a posting in its wallet."""
-    async def action(store: SqliteStore) -> tuple[object, int]:
+    async def action(store: SqliteStore) -> tuple[Posting, int]:
         wallet = WalletTables(store)
         posting = await wallet.record_payment(household, kind, amount, reference, "cli",
                                               int(time.time()))
         return posting, await wallet.balance("household", household)
 
     posting, balance = _run(db, action)
-    console.print(f"posted {kind} {_euros(posting.amount)} as posting {posting.id}; "  # type: ignore[attr-defined]
+    console.print(f"posted {kind} {_euros(posting.amount)} as posting {posting.id}; "
                   f"balance of {household} now {_euros(balance)}")
 
 

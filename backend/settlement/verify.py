@@ -95,7 +95,8 @@ async def verify_settlement(store: SqliteStore, community: str, interval_start: 
         report.problems.append("the settlement's log entry is not a settlement leaf")
         return report
     fields = leaf.fields
-    report.logged_digest = fields.get("digest")  # type: ignore[assignment]
+    logged = fields.get("digest")
+    report.logged_digest = logged if isinstance(logged, bytes) else None
     expected = {"community": community, "interval": [interval_start, row.interval_seconds],
                 "revision": row.revision, "digest": row.digest, "supersedes": row.supersedes}
     for name, value in expected.items():
