@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiosqlite
 from meterchain.backend.access.model import UnknownParty
@@ -119,14 +120,14 @@ def settlement_postings(community: str, item: NewSettlement, occupancies: Occupa
     source = "interval" if row.revision == 0 else "delta"
     out: list[tuple[object, ...]] = []
     for values in item.lines:
-        line = dict(zip(_LINE, values, strict=True))
+        line: dict[str, Any] = dict(zip(_LINE, values, strict=True))  # a stored line's columns
         member = str(line["member"])
         kind, holder = holder_at(occupancies, member, row.interval_start)
         for money, sign in MONEY_KINDS:
-            amount = int(line[money])  # type: ignore[call-overload]
+            amount = int(line[money])
             if amount:
                 out.append((kind, holder, community, member, source, money, row.interval_start,
-                            row.revision, row.digest, int(line[ENERGY_OF[money]]),  # type: ignore[call-overload]
+                            row.revision, row.digest, int(line[ENERGY_OF[money]]),
                             -sign * amount, None, "settlement", row.settled_at))
     for money, rounding in item.rounding:
         if rounding:
