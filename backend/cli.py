@@ -43,6 +43,9 @@ def serve(
     http_host: str | None = typer.Option(None, "--http-host"),
     http_port: int | None = typer.Option(None, "--http-port"),
     log_key: str | None = typer.Option(None, "--log-key", help="Log key file (created if missing)."),
+    control_key: str | None = typer.Option(
+        None, "--control-key", help="The key that signs acks (the sealer creates it); default: "
+        "control.key beside the log key."),
     origin: str | None = typer.Option(None, "--origin", help="Log origin = the log key's name."),
     admin_token: str | None = typer.Option(None, "--admin-token", help="Or MC_ADMIN_TOKEN."),
     seal_interval: float | None = typer.Option(None, "--seal-interval", help="Seconds between seals."),
@@ -61,7 +64,7 @@ def serve(
     try:
         settings = BackendConfig.load(
             config, db=db, broker=broker, http_host=http_host, http_port=http_port,
-            log_key=log_key, origin=origin, admin_token=admin_token,
+            log_key=log_key, control_key=control_key, origin=origin, admin_token=admin_token,
             seal_interval=seal_interval, seal_max_leaves=seal_max,
             roles=role or None, share_group=share_group, client_id=client_id,
         )

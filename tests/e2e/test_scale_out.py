@@ -216,7 +216,8 @@ def start_worker(tmp_path: Path, broker: RunningBroker, name: str, port: int) ->
     return subprocess.Popen(
         [sys.executable, "-c", "from meterchain.cli.main import main; main()", "backend", "serve",
          "--db", str(tmp_path / "mc.db"), "--broker", broker.url, "--role", "ingest",
-         "--share-group", GROUP, "--client-id", name, "--http-port", str(port)],
+         "--share-group", GROUP, "--client-id", name, "--http-port", str(port),
+         "--control-key", str(tmp_path / "control.key")],  # the sealer's, made at its start
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
