@@ -11,6 +11,7 @@ never stops the agent, and no loop runs without a bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -103,8 +104,21 @@ class ProfilePoller:
         """Poll now (an outage may have left a gap), then after every interval boundary."""
         while True:
             await self.poll_once()
-            boundary = next_boundary(self.clock.now(), self.interval)
-            await self.clock.sleep_until(boundary + settle_delay(self.interval))
+            await self._sleep_to_next()
+
+    async def _sleep_to_next(self) -> None:
+        """Sleep past the next boundary; wake at least once a minute of real time and aim anew
+        when the gateway clock was stepped back (a correction), rather than sleep until its own
+        time comes back (issue 18)."""
+        wake = next_boundary(self.clock.now(), self.interval) + settle_delay(self.interval)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.clock.sleep_until(wake), min(self.interval, 60))
+            now = self.clock.now()
+            if now >= wake:
+                return
+            if wake - now > 2 * self.interval:  # stepped back
+                wake = next_boundary(now, self.interval) + settle_delay(self.interval)
 
     async def poll_once(self) -> list[int]:
         """One cycle; a failure is logged and counted, and the next cycle tries again."""

@@ -8,6 +8,7 @@ from meterchain.agent.clock import ClockJudge, ClockVerdict
 from meterchain.agent.meters import MeterSnapshot
 from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.outbox import Outbox
+from meterchain.agent.profile_poller import ProfilePoller, settle_delay
 from meterchain.agent.scheduler import Poller
 from meterchain.contract.reading import ClockSync
 from meterchain.contract.signing import generate_private_key_pem, load_signer
@@ -152,3 +153,27 @@ def test_a_lower_bound_expires_so_a_wrong_one_cannot_stop_signing_for_good() -> 
     assert judge.verdict(clock.now()) is ClockVerdict.AHEAD
     clock.run(2)
     assert judge.verdict(clock.now()) is ClockVerdict.OK  # the next reading will tell again
+
+
+async def test_the_dlms_poller_too_wakes_at_the_new_boundary_after_a_step_back(
+    tmp_path: Path,
+) -> None:
+    class CorrectedWhileAsleep(SteppedClock):
+        corrected = False
+
+        async def sleep_until(self, deadline: float) -> None:
+            if not self.corrected:
+                self.corrected = True
+                self.t -= DAY
+                return
+            await super().sleep_until(deadline)
+
+    clock = CorrectedWhileAsleep(TRUE + DAY + 10)
+    async with await Outbox.open(tmp_path / "outbox.sqlite", "gw-1") as outbox:
+        poller = ProfilePoller(device="gw-1", signer=load_signer(generate_private_key_pem()),
+                               source=None, outbox=outbox, clock=clock,  # type: ignore[arg-type]
+                               interval=900, metrics=AgentMetrics(),
+                               clock_sync=lambda: ClockSync.SYNCED, horizon_seconds=86_400,
+                               batch_intervals=4)
+        await poller._sleep_to_next()
+        assert clock.now() == (TRUE + 10) // 900 * 900 + 900 + settle_delay(900)
