@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from meterchain.backend.access.auth import Auth
 from meterchain.backend.access.model import DEVICE_PATTERN, ID_PATTERN, KeyKind, Principal
 from meterchain.backend.access.tables import PartyTables
@@ -296,10 +297,18 @@ def utility_router(state: "ApiState", auth: Auth) -> APIRouter:
         readings (the 7 days up to its newest reading), and alerts for gateways silent beyond ``silent_after``."""
         return await fleet(who, silent_after)
 
-    @router.get("/fleet", response_class=HTMLResponse, include_in_schema=True)
-    async def fleet_page(who: Caller, silent_after: SilentAfter = DEFAULT_SILENT_AFTER) -> str:
-        """Fleet health as a page (same data as /api/v1/fleet)."""
-        return _fleet_html(await fleet(who, silent_after))
+    # A page for people, not an API operation (that is /api/v1/fleet): left out of the OpenAPI.
+    @router.get("/fleet", response_class=HTMLResponse, include_in_schema=False)
+    async def fleet_page(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))],
+        silent_after: SilentAfter = DEFAULT_SILENT_AFTER,
+    ) -> Response:
+        """Fleet health as a page (same data as /api/v1/fleet) for a bearer key; a browser without
+        one is sent to the operator console's fleet view (/console), which has a sign-in."""
+        if credentials is None:
+            return RedirectResponse(f"/console?silent_after={silent_after}", status_code=303)
+        who = await auth.principal(credentials)
+        return HTMLResponse(_fleet_html(await fleet(who, silent_after)))
 
     # ------------------------------------------------------------------------ webhooks
 

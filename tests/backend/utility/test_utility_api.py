@@ -71,9 +71,12 @@ def test_every_utility_route_refuses_no_key_and_leaks_nothing_to_another_utility
         url = route.path_format.format(**{p.name: values[p.name] for p in route.dependant.path_params})
         for method in route.methods:
             body = {"url": "http://127.0.0.1:9/x"} if method == "POST" else None
-            anonymous = http.request(method, url, json=body)
-            assert anonymous.status_code == 401, (method, url)
-            assert set(anonymous.json()) == {"error", "detail", "hint"}
+            anonymous = http.request(method, url, json=body, follow_redirects=False)
+            if url == "/fleet":  # the page: a browser without a key goes to the console's sign-in
+                assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/console")
+            else:
+                assert anonymous.status_code == 401, (method, url)
+                assert set(anonymous.json()) == {"error", "detail", "hint"}
             other = http.request(method, url, json=body, headers=world.auth("u2"))
             # u2 may call the collection routes (it gets its own data) but never sees u1's.
             assert other.status_code in (200, 201, 403, 404), (method, url, other.status_code)
@@ -376,6 +379,9 @@ async def test_fleet_health_shows_a_gateway_going_silent_and_coming_back(tmp_pat
         assert page.status_code == 200 and "gw-b" in page.text and "silent" in page.text
         assert "meter clock 4 s behind" in page.text and "(1 h ago)" in page.text
         assert_no_unix_seconds(page.text, "/fleet")
+        browser = http.get("/fleet", follow_redirects=False)  # no key: to the console's sign-in
+        assert browser.status_code == 303 and browser.headers["location"].startswith("/console")
+        assert http.get("/fleet", headers={"Authorization": "Bearer nope"}).status_code == 401
         # It comes back.
         await ingest.process([status("gw-b", int(real), 0)])
         fleet = http.get("/api/v1/fleet", headers=world.auth("u2")).json()
