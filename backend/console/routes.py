@@ -40,7 +40,9 @@ from meterchain.backend.web import accounts
 from meterchain.backend.web.accounts import AccountError
 from meterchain.backend.web.context import read_form
 from meterchain.backend.web.tables import WebTables
+from meterchain.contract.errors import MeterchainError
 from meterchain.contract.humantime import human_ago, human_duration, human_interval, human_time, iso
+from meterchain.contract.note import split_note
 from pydantic import BaseModel, ConfigDict, Field
 
 HERE = Path(__file__).parent
@@ -442,6 +444,13 @@ def _router(ctx: ConsoleContext) -> APIRouter:
     async def log(request: Request) -> HTMLResponse:
         token, account = await ctx.account(request)
         checkpoint = await ctx.store.latest_checkpoint()
-        return ctx.render(request, "log.html", token, account, checkpoint=checkpoint)
+        cosigners: list[str] = []
+        if checkpoint is not None:
+            origin = checkpoint.note.split("\n", 1)[0]
+            try:
+                cosigners = sorted({s.name for s in split_note(checkpoint.note)[1] if s.name != origin})
+            except MeterchainError:
+                cosigners = []
+        return ctx.render(request, "log.html", token, account, checkpoint=checkpoint, cosigners=cosigners)
 
     return r

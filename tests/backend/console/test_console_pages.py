@@ -84,6 +84,8 @@ def test_operator_signs_in_with_totp_and_acts(cw: ConsoleWorld) -> None:
             page = http.get(path)
             assert page.status_code == 200, path
             assert_no_unix_seconds(page.text, path)
+        log = http.get("/console/log").text
+        assert 'id="log-size"' in log and "utility.test/log" in log and "Witness cosignatures: none" in log
         fleet = http.get("/console?state=silent").text
         assert 'data-device="gw-b"' in fleet and 'data-device="gw-a"' not in fleet
         assert "meter clock 4 s behind" in fleet and "1 h ago" in fleet
