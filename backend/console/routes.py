@@ -370,7 +370,8 @@ def _router(ctx: ConsoleContext) -> APIRouter:
         tables = UtilityTables(ctx.store)
         hooks = await tables.webhooks(None if account.everything else account.utility)
         dead = {h.id: await tables.deliveries(h.id, "dead", 0, 100) for h in hooks}
-        return ctx.render(request, "webhooks.html", token, account, hooks=hooks, dead=dead)
+        recent = {h.id: (await tables.deliveries(h.id, None, 0, 1000))[-10:][::-1] for h in hooks}
+        return ctx.render(request, "webhooks.html", token, account, hooks=hooks, dead=dead, recent=recent)
 
     @r.post("/webhooks/{hook}/deliveries/{delivery}/replay")
     async def replay(request: Request, hook: str, delivery: int) -> Response:
