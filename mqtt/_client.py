@@ -37,6 +37,10 @@ _UNSUPPORTED_PROTOCOL = frozenset({1, 0x84})
 _NO_CONNACK = "Operation timed out"
 #: A persistent MQTT 5 session lives this long after a disconnect (the maximum: "never expires").
 _SESSION_FOREVER = 0xFFFFFFFF
+# How long a clean DISCONNECT may take before the socket is simply closed. aiomqtt waits for the
+# broker's side of the disconnect with no limit; a half-dead connection (or one whose event-loop
+# callbacks were torn down by a cancellation) would otherwise hold a cancelled task forever.
+_DISCONNECT_TIMEOUT = 2.0
 
 
 class Protocol(enum.Enum):
@@ -304,7 +308,19 @@ async def connect(url: BrokerUrl, **options: Unpack[ConnectOptions]) -> AsyncIte
     try:
         yield Connection(client, protocol, url)
     except BaseException as exc:
-        await client.__aexit__(type(exc), exc, exc.__traceback__)
+        await _disconnect(client, exc)
         raise
     else:
-        await client.__aexit__(None, None, None)
+        await _disconnect(client, None)
+
+
+async def _disconnect(client: _Client, exc: BaseException | None) -> None:
+    """A clean DISCONNECT, bounded: past the limit (or on any error) the socket is just closed."""
+    try:
+        await asyncio.wait_for(
+            client.__aexit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None),
+            timeout=_DISCONNECT_TIMEOUT,
+        )
+    except (TimeoutError, aiomqtt.MqttError):
+        log.warning("event=mqtt_disconnect_abandoned client=%s", client.identifier)
+        client.abandon()

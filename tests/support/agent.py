@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -120,6 +121,9 @@ class VerifyingBackend:
         await client.publish(ack_topic(device), ack.sign([self.control]), qos=1, retain=True)
 
 
+STOP_WITHIN = 30.0  # seconds a cancelled agent or backend task may take to finish
+
+
 @contextlib.asynccontextmanager
 async def running(coro_factory: Callable[[], object]) -> AsyncIterator[asyncio.Task[None]]:
     """Run a coroutine as a task for the block; cancel it (a crash, for the agent) afterwards."""
@@ -128,6 +132,15 @@ async def running(coro_factory: Callable[[], object]) -> AsyncIterator[asyncio.T
         yield task
     finally:
         task.cancel()
+        # A task that does not stop when cancelled would hang the test (and the event loop's
+        # close after it) with no word; say where it is stuck instead.
+        await asyncio.wait({task}, timeout=STOP_WITHIN)
+        if not task.done():
+            stacks = io.StringIO()
+            for other in asyncio.all_tasks():
+                other.print_stack(file=stacks)
+            raise AssertionError(f"the task did not stop within {STOP_WITHIN} s of its cancellation; "
+                                 f"the tasks' stacks:\n{stacks.getvalue()}")
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
