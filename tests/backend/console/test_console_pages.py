@@ -94,6 +94,14 @@ def test_operator_signs_in_with_totp_and_acts(cw: ConsoleWorld) -> None:
         invited = http.post("/console/households/h1/invite", data={"csrf": token})
         link = re.search(r'id="shown-once">https?://[^/]+(/invite/[^<]+)<', invited.text).group(1)
         assert http.get(link).status_code == 200
+        with client(cw) as household:  # the household accepts it: its session opens no console page
+            joined = household.post(link, data={"username": "hanna", "password": PASSWORD, "repeat": PASSWORD},
+                                    follow_redirects=False)
+            assert joined.status_code == 303 and household.cookies.get("mc_session")
+            assert household.get("/households/h1").status_code == 200
+            for path in PAGES:
+                answer = household.get(path, follow_redirects=False)
+                assert answer.status_code == 303 and answer.headers["location"] == "/console/login", path
         assert http.post("/console/households/h1/invite", data={"csrf": "0" * 32}).status_code == 403
         # rotate u1's key: the new token works on the API
         keys = http.get("/console/keys").text
