@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from meterchain.backend.store.records import Outcome, RejectionRecord, VerifiedReading
+from meterchain.contract.humantime import human_time
 
 #: A place a reading takes: ("s", device, seq) and ("m", device, meter, end).
 PlaceKey = tuple[object, ...]
@@ -63,7 +64,7 @@ def plan_batch(readings: Sequence[VerifiedReading], existing: dict[PlaceKey, Pla
             plan.conflicting.append((r, kept.leaf_id))
             what = (f"sequence {r.seq} is already stored with other reading bytes"
                     if by_seq is not None else
-                    f"meter {r.meter} interval ending {r.end} is already stored as sequence "
+                    f"meter {r.meter} interval ending {human_time(r.end)} is already stored as sequence "
                     f"{kept.seq}")
             plan.conflicts.append(RejectionRecord(r.device, r.seq, "conflict",
                                                   what + "; the first is kept", True,
