@@ -2,7 +2,7 @@
 install`), on a phone-sized screen with every request off 127.0.0.1 blocked: an operator accepts
 an invitation (TOTP enrolment), signs in with a code, finds the silent gateway in the fleet view,
 invites a household, rotates a key and replays a dead letter; a household's and a utility's
-credentials open no console page. Screenshots go to tests/artifacts/screenshots/."""
+credentials open no console page."""
 
 from __future__ import annotations
 
@@ -17,12 +17,15 @@ from meterchain.mqtt.broker import free_port
 
 from tests.support.console import PASSWORD, build_console, code, secret_of
 from tests.support.humantime import assert_no_unix_seconds
-from tests.support.paths import TESTS_ROOT
+from tests.support.paths import REPO_ROOT, TESTS_ROOT
 from tests.support.utility import ADMIN
 
 CHROMIUM = os.environ.get("MC_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-SHOTS = TESTS_ROOT / "artifacts" / "screenshots"
+# Fresh screenshots under tests/artifacts/ (git-ignored) on every run; MC_UPDATE_SCREENSHOTS=1 writes
+# them to docs/screenshots/ instead, the copies the README shows (as test_web_browser.py does).
+SHOTS = (REPO_ROOT / "docs" / "screenshots" if os.environ.get("MC_UPDATE_SCREENSHOTS") == "1"
+         else TESTS_ROOT / "artifacts" / "screenshots")
 
 try:
     from playwright.async_api import Route, async_playwright
