@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -87,6 +88,7 @@ class Publisher:
         # Which acks to believe (agent/acks.py); without a control key: unverified, alarmed.
         self.guard = guard or AckGuard(device, None, Path("no-control-key"))
         self.on_alarm = on_alarm
+        self._unverified_noted = 0.0  # monotonic time of the last unverified-ack alarm
         self.resend = ResendPolicy(ack_timeout, window=window)
         self._next_wake: float | None = None
         # The backend's time in each verified ack judges the gateway clock (agent/clock.py),
@@ -155,11 +157,14 @@ class Publisher:
             self._alarm(f"ack-refused:{exc.reason}", str(exc))
             return
         ack = opened.ack
-        if not opened.verified:
+        if not opened.verified:  # counted each time; logged and kept at most once a minute
             self.metrics.acks_unverified.inc()
-            log.warning("event=ack_unverified device=%s upto=%d advice=provision_again "
-                        "(no control_key: this ack may be forged)", self.device, ack.upto)
-            self._alarm("ack-unverified", f"ack upto {ack.upto} taken without a control key")
+            now_mono = time.monotonic()
+            if now_mono - self._unverified_noted >= 60 or not self._unverified_noted:
+                self._unverified_noted = now_mono
+                log.warning("event=ack_unverified device=%s upto=%d advice=provision_again "
+                            "(no control_key: this ack may be forged)", self.device, ack.upto)
+                self._alarm("ack-unverified", f"ack upto {ack.upto} taken without a control key")
         try:
             result = await self.outbox.apply_ack(ack, now=int(self.clock.now()))
         except Exception as exc:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from meterchain.agent.outbox import Outbox, OutboxCorrupt
-from meterchain.agent.reservation import Reservation, reservation_path
+from meterchain.agent.reservation import BLOCK, Reservation, reservation_path
 from meterchain.contract.gap import MAX_GAP_SPAN, GapDeclaration
 from meterchain.contract.signing import Signer, key_id
 
@@ -75,6 +75,11 @@ async def open_outbox(path: Path, device: str, signer: Signer, key_path: Path, *
                     on_gap(a, b, why)
         elif reservation.reserved < await outbox.next_seq() - 1:  # a stale reservation backup
             reservation.extend(await outbox.next_seq() - 1, await outbox.acked_upto(), block=1)
+        # A block ahead now, at start, so the first poll cycles sign without waiting for an fsync
+        # (an accelerated or busy gateway would miss an interval boundary meanwhile).
+        nxt = await outbox.next_seq()
+        if reservation.reserved < nxt - 1 + BLOCK // 2:
+            reservation.extend(reservation.reserved + 1, await outbox.acked_upto())
         outbox.reservation = reservation
     except BaseException:
         await outbox.close()

@@ -42,7 +42,7 @@ async def test_sequences_are_reserved_on_disk_before_they_are_signed(tmp_path: P
         return b"x%d" % seq
 
     try:
-        assert _reserved(tmp_path)["reserved"] == 0  # made from the (new) counter
+        assert _reserved(tmp_path)["reserved"] == BLOCK  # a block ahead, reserved at start
         await outbox.append_cycle([CycleEntry("m1", 900, sign)], now=1)
         assert seen == [(1, BLOCK)]
         for i in range(2, BLOCK + 2):
