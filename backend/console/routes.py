@@ -335,6 +335,25 @@ def _router(ctx: ConsoleContext) -> APIRouter:
             raise ConsolePageError(404, f"There is no key {key_id} you may manage.")
         return found[0]
 
+    @r.post("/keys")
+    async def create_key(request: Request) -> HTMLResponse:
+        """A new key: the backend's operator for any utility, household or auditor grant; a utility's
+        operator for its own utility only."""
+        token, account, form = await ctx.operator(request)
+        kind_name, subject = form.get("kind", ""), form.get("subject", "").strip()
+        if not account.everything:
+            kind_name, subject = "utility", account.utility or ""
+        if kind_name not in ("utility", "household", "auditor"):
+            raise ConsolePageError(400, "A key is for a utility, a household or an auditor grant.")
+        try:
+            key, secret = await ctx.write(lambda s: PartyTables(s).create_key(
+                KeyKind(kind_name), subject, form.get("label", "").strip(), None, ctx.now()))
+        except PartyError as exc:
+            raise ConsolePageError(400 if exc.check == "invalid" else 404, str(exc)) from None
+        return ctx.render(request, "shown_once.html", token, account, title=f"New key {key.id}",
+                          what=f"API token of {key.kind.value} {key.subject}", value=secret,
+                          expires=None, qr=None, back="/console/keys")
+
     @r.post("/keys/{key_id}/rotate")
     async def rotate(request: Request, key_id: str) -> HTMLResponse:
         token, account, form = await ctx.operator(request)

@@ -110,6 +110,13 @@ def test_operator_signs_in_with_totp_and_acts(cw: ConsoleWorld) -> None:
         new_token = re.search(r'id="shown-once">([^<]+)<', rotated.text).group(1)
         whoami = http.get("/api/v1/whoami", headers={"Authorization": f"Bearer {new_token}"})
         assert whoami.status_code == 200 and whoami.json()["id"] == "u1"
+        # create a household key; an unknown subject is refused with the reason
+        made = http.post("/console/keys", data={"csrf": token, "kind": "household", "subject": "h1",
+                                                "label": "h1 app"})
+        household_token = re.search(r'id="shown-once">([^<]+)<', made.text).group(1)
+        assert http.get("/api/v1/whoami", headers={"Authorization": f"Bearer {household_token}"}).json()["id"] == "h1"
+        unknown = http.post("/console/keys", data={"csrf": token, "kind": "household", "subject": "h-nope"})
+        assert unknown.status_code == 404 and "h-nope" in unknown.text
         # replay the dead letter: it leaves the dead-letter list and is pending again
         hooks = http.get("/console/webhooks").text
         assert f'data-delivery="{cw.dead_delivery}"' in hooks and "HTTP 503" in hooks
@@ -151,6 +158,9 @@ def test_a_utility_operator_sees_its_own(cw: ConsoleWorld) -> None:
         assert http.get("/console/households").status_code == 403
         points = http.get("/console/points").text
         assert 'data-point="mp-2"' in points and 'data-point="mp-3"' in points and 'data-point="mp-1"' not in points
+        own = http.post("/console/keys", data={"csrf": csrf_token(http.cookies[COOKIE]), "kind": "household",
+                                               "subject": "h1", "label": "u2 tool"})  # kind and subject ignored
+        assert own.status_code == 200 and "API token of utility u2" in own.text
         other = http.post("/console/tokens", data={"csrf": csrf_token(http.cookies[COOKIE]),
                                                     "scope": "utility:u1", "hours": "1"})
         assert other.status_code == 403
