@@ -5,6 +5,7 @@ credential opening any console page. Times on every page are for people (no Unix
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import warnings
@@ -147,6 +148,38 @@ def test_auditor_reads_and_changes_nothing(cw: ConsoleWorld) -> None:
         token = csrf_token(http.cookies[COOKIE])  # the auditor's pages carry no forms
         answer = http.post("/console/households/h1/invite", data={"csrf": token})
         assert answer.status_code == 403 and "Auditors" in answer.text
+        # sessions expire: after 30 minutes unused, and 12 hours after sign-in even if used
+        console = http.app.state.console  # type: ignore[attr-defined]
+        start = int(time.time())
+        for minutes in (29, 58, 87):  # used every 29 minutes: still signed in
+            console.clock = lambda m=minutes: start + 60 * m
+            assert http.get("/console/log", follow_redirects=False).status_code == 200, minutes
+        console.clock = lambda: start + 87 * 60 + 31 * 60
+        assert http.get("/console/log", follow_redirects=False).headers["location"] == "/console/login"
+
+
+def test_a_session_ends_12_hours_after_sign_in(cw: ConsoleWorld) -> None:
+    with client(cw) as http:
+        token, _ = asyncio.run(_invite(cw))
+        secret = enrol(http, token, "tess")
+        sign_in(http, "tess", secret)
+        console = http.app.state.console  # type: ignore[attr-defined]
+        start = int(time.time())
+        for minutes in range(25, 12 * 60, 25):  # never idle for long
+            console.clock = lambda m=minutes: start + 60 * m
+            assert http.get("/console/log", follow_redirects=False).status_code == 200, minutes
+        console.clock = lambda: start + 12 * 3600 + 1
+        assert http.get("/console/log", follow_redirects=False).status_code == 303
+
+
+async def _invite(cw: ConsoleWorld) -> tuple[str, object]:
+    from meterchain.backend.store import open_store
+
+    store = await open_store(str(cw.world.db))
+    try:
+        return await ConsoleTables(store).invite("auditor", "all", int(time.time()))  # type: ignore[arg-type]
+    finally:
+        await store.close()
 
 
 def test_a_utility_operator_sees_its_own(cw: ConsoleWorld) -> None:
