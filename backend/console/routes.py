@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -69,7 +69,6 @@ class ConsoleContext:
     clock: Callable[[], float] = time.time
     zone: str | None = None  # None: the server's local zone
     public_url: str = ""
-    flashes: dict[str, str] = field(default_factory=dict)
 
     def now(self) -> int:
         return int(self.clock())
@@ -269,14 +268,17 @@ def _router(ctx: ConsoleContext) -> APIRouter:
 
     @r.get("")
     async def fleet(request: Request, state: str = "all", q: str = "",
-                    silent_after: int = DEFAULT_SILENT_AFTER) -> HTMLResponse:
+                    silent_after: str = str(DEFAULT_SILENT_AFTER)) -> HTMLResponse:
         token, account = await ctx.account(request)
-        silent_after = max(60, min(silent_after, 30 * 86_400))
-        health = await fleet_health(ctx.store, account.principal(), silent_after, ctx.now())
+        try:  # a filter typed by hand: anything not a number is the default, the range is clamped
+            silent_after_s = max(60, min(int(silent_after), 30 * 86_400))
+        except ValueError:
+            silent_after_s = DEFAULT_SILENT_AFTER
+        health = await fleet_health(ctx.store, account.principal(), silent_after_s, ctx.now())
         shown = [g for g in health.gateways
                  if (state == "all" or (state == "silent") == g.silent) and q.lower() in g.device.lower()]
         return ctx.render(request, "fleet.html", token, account, fleet=health, gateways=shown,
-                          state=state, q=q[:64], silent_after=silent_after)
+                          state=state, q=q[:64], silent_after=silent_after_s)
 
     # ------------------------------------------------------------------ households
 

@@ -30,7 +30,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-PAGES = ["/console", "/console?state=silent", "/console/households", "/console/keys",
+PAGES = ["/console", "/console?state=silent", "/console?silent_after=abc&q=%3Cb%3E", "/console/households",
+         "/console/keys",
          "/console/webhooks", "/console/log", "/console/tokens", "/console/settlement", "/console/points"]
 
 
