@@ -88,6 +88,8 @@ def test_operator_signs_in_with_totp_and_acts(cw: ConsoleWorld) -> None:
             assert_no_unix_seconds(page.text, path)
         log = http.get("/console/log").text
         assert 'id="log-size"' in log and "utility.test/log" in log and "Witness cosignatures: none" in log
+        searched = http.get("/console?silent_after=abc&q=%3Cb%3E").text
+        assert 'value="&lt;b&gt;"' in searched and "<b>" not in searched and 'value="600"' in searched
         fleet = http.get("/console?state=silent").text
         assert 'data-device="gw-b"' in fleet and 'data-device="gw-a"' not in fleet
         assert "meter clock 4 s behind" in fleet and "1 h ago" in fleet
