@@ -339,6 +339,7 @@ def _report(name: str, seed: int, figures: Figures) -> None:
     }, sort_keys=True))
 
 
+@pytest.mark.timeout(int(3 * SECONDS) + 90)  # the attack, the drain, a busy machine
 @pytest.mark.parametrize("acl", [False, True], ids=["open-broker", "broker-acl"])
 async def test_hostile_inputs_punch_no_holes(tmp_path: Path, acl: bool) -> None:
     figures = await _run(tmp_path, acl=acl, seed=SEED + int(acl), seconds=SECONDS)
