@@ -7,10 +7,12 @@ never block the writer in WAL mode; writers wait for each other up to ``busy_tim
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import sqlite3
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -96,6 +98,18 @@ AUDIT_BATCHES = "SELECT idx, first, size, root, sealed, header FROM batches ORDE
 
 T = TypeVar("T")
 
+#: Per event loop and database file, the queue of this process's writers (issue 20). In SQLite's
+#: busy handler a waiting writer sleeps up to 100 ms between tries, so a writer that commits back
+#: to back (ingest draining a backlog) won nearly every race and the sealer waited seconds for
+#: its seal's transaction; queued here, each gets the lock in turn. Other processes still meet
+#: SQLite's busy handler.
+_WRITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _writer_queue(path: str) -> asyncio.Lock:
+    return _WRITERS.setdefault(asyncio.get_running_loop(), {}).setdefault(path, asyncio.Lock())
+
 #: Why a PostgreSQL store cannot serve a SQLite-only feature (docs/backend.md, "PostgreSQL").
 SQLITE_ONLY = ("this feature keeps its tables in SQLite (parties, access, settlement, utilities, "
                "provisioning, dashboard, erasure); PostgreSQL runs ingest, the registry, the "
@@ -176,15 +190,17 @@ class SqliteStore:
             return list(await cur.fetchall())
 
     async def _write(self, work: Callable[[], Awaitable[T]]) -> T:
-        """Run ``work`` (a coroutine factory) in one IMMEDIATE transaction."""
-        await self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = await work()
-        except BaseException:
-            await self._conn.execute("ROLLBACK")
-            raise
-        await self._conn.execute("COMMIT")
-        return result
+        """Run ``work`` (a coroutine factory) in one IMMEDIATE transaction, after this process's
+        other writers to the same file (first come, first served: :func:`_writer_queue`)."""
+        async with _writer_queue(str(self.path)):
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = await work()
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")
+            return result
 
     # ---------------------------------------------------------------- registry
 
