@@ -429,11 +429,14 @@ class Outbox:
         ) as cur:
             return rows, int((await cur.fetchone())[0])  # type: ignore[index]
 
-    async def unsent(self, limit: int, *, newest: int = 0) -> list[OutboxReading]:
-        """Up to ``limit`` readings never published, oldest first, ``newest`` of the slots kept
-        for the newest (a draining backlog never delays live data by more than one batch)."""
+    async def unsent(self, limit: int, *, newest: int = 0,
+                     below: int | None = None) -> list[OutboxReading]:
+        """Up to ``limit`` readings never published, oldest first and with seq below ``below``,
+        ``newest`` of the slots kept for the newest (a draining backlog never delays live data
+        by more than one batch)."""
         if limit <= 0:
             return []
+        bound = below if below is not None else 2**62
         newest = min(newest, limit)
         columns = "seq, meter, interval_end, message, send_count, ocmf"
         async with self._db.execute(
@@ -442,12 +445,18 @@ class Outbox:
         ) as cur:
             latest = list(await cur.fetchall())
         async with self._db.execute(
-            f"SELECT {columns} FROM readings WHERE last_sent IS NULL ORDER BY seq LIMIT ?",
-            (limit - len(latest),),
+            f"SELECT {columns} FROM readings WHERE last_sent IS NULL AND seq < ? ORDER BY seq"
+            " LIMIT ?", (bound, limit - len(latest)),
         ) as cur:
             oldest = await cur.fetchall()
         rows = {row[0]: row for row in (*oldest, *latest)}
         return [OutboxReading(*rows[seq]) for seq in sorted(rows)]
+
+    async def oldest_seq(self) -> int | None:
+        """The oldest reading not yet acked (None: the outbox is empty)."""
+        async with self._db.execute("SELECT MIN(seq) FROM readings") as cur:
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     async def fetch(self, seqs: Sequence[int]) -> list[OutboxReading]:
         """These readings, if still in the outbox, oldest first."""

@@ -238,8 +238,11 @@ class Publisher:
         self._next_wake = plan.wake
         size = self.broker.batch_size
         again = await self.outbox.fetch(plan.resend[:size])
-        fresh = await self.outbox.unsent(min(plan.new, size - len(again)),
-                                         newest=self.newest_reserve)
+        fresh: list[OutboxReading] = []
+        oldest = await self.outbox.oldest_seq()
+        if plan.new and oldest is not None:
+            fresh = await self.outbox.unsent(size - len(again), newest=self.newest_reserve,
+                                             below=oldest + plan.new)
         return sorted((*again, *fresh), key=lambda r: r.seq)
 
     async def _publish_gaps(self, client: Connection) -> None:

@@ -7,8 +7,9 @@ Why not "everything unacked again after ``ack_timeout``": while the backend is a
 keeps what it PUBACKed in the backend's persistent session, so each resend is pure load — 20,983
 publishes for 4,636 readings in a 60 s backend outage with 50 gateways (issue 18). The rules:
 
-- **Window.** At most ``window`` readings are out (published, not yet acked). New readings wait
-  for room; the oldest ones leave first.
+- **Window.** Readings go out only within ``window`` sequence numbers of the oldest one not yet
+  acked (a range, as in TCP, not a count: a count filled by the newest readings of a backlog
+  left the oldest unsent and ``upto`` stuck below them). The oldest leave first.
 - **Backoff per reading.** A reading sent ``n`` times is due again ``ack_timeout · 2^(n-1)``
   seconds (at most ``maximum``) after its last send, plus up to half that again of jitter, fixed
   per (seq, attempt) so a fleet that lost the same backend does not resend in step.
@@ -38,8 +39,9 @@ class Outstanding:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """What to publish now: these seqs again, and up to ``new`` never-sent readings; look again
-    at ``wake`` (None: only an ack or a new reading changes anything)."""
+    """What to publish now: these seqs again, and never-sent readings within ``new`` sequence
+    numbers of the oldest unacked one (0: none); look again at ``wake`` (None: only an ack or a
+    new reading changes anything)."""
 
     resend: tuple[int, ...]
     new: int
@@ -104,6 +106,6 @@ class ResendPolicy:
         if silent:
             self.open = self.probe
         resend = tuple(r.seq for due, r in due_at[: self.open] if due <= now)
-        new = max(0, self.open - total)
+        new = 0 if self.open < self.window else self.window
         later = [due for due, _ in due_at[: self.open] if due > now]
         return Plan(resend, new, min(later) if later else None)
