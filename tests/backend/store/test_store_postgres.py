@@ -42,12 +42,15 @@ from tests.support.store import (
 
 SIGNER = NoteSigner.generate("test.example/log")
 NOW = 1_700_000_000
+# When ingest checks the readings: after every test reading's end (ingest refuses a reading that
+# ends more than MAX_FUTURE_SECONDS after its clock).
+CHECKED_AT = NOW + 10**7
 
 
 def verified(gw: Gateway, seq: int, **kwargs: object) -> VerifiedReading:
     """``gw``'s reading ``seq`` as ingest's checks make it (real signature, packed message)."""
     leaves = {gw.device: [DeviceLeaf(gw.device, DeviceEvent.ENROL, gw.public_key, 1, NOW)]}
-    checked = check_message(gw.topic, gw.message(seq, **kwargs)[1], leaves, NOW)
+    checked = check_message(gw.topic, gw.message(seq, **kwargs)[1], leaves, CHECKED_AT)
     assert checked.reading is not None, checked.rejection
     return checked.reading
 
