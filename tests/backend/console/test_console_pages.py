@@ -46,18 +46,19 @@ def client(cw: ConsoleWorld) -> TestClient:
     return TestClient(create_app(str(cw.world.db), ADMIN, cw.world.log_key.verifier))
 
 
-def enrol(http: TestClient, token: str, username: str) -> str:
-    """Accept an invitation through its page; the TOTP secret it showed."""
+def enrol(http: TestClient, token: str, username: str) -> tuple[str, str]:
+    """Accept an invitation through its page; the TOTP secret it showed and the code it spent."""
     page = http.get(f"/console/invite/{token}")
     assert page.status_code == 200, page.text
     secret = secret_of(page.text)
     form = {"secret": secret, "username": username, "password": PASSWORD, "repeat": PASSWORD}
     wrong = http.post(f"/console/invite/{token}", data=form | {"code": "000000"})
     assert wrong.status_code == 400 and "does not match" in wrong.text
-    done = http.post(f"/console/invite/{token}", data=form | {"code": code(secret)}, follow_redirects=False)
+    spent = code(secret)
+    done = http.post(f"/console/invite/{token}", data=form | {"code": spent}, follow_redirects=False)
     assert done.status_code == 303, done.text
     assert http.get(f"/console/invite/{token}").status_code == 410  # once only
-    return secret
+    return secret, spent
 
 
 def sign_in(http: TestClient, username: str, secret: str) -> None:
@@ -72,11 +73,12 @@ def csrf(http: TestClient, path: str) -> str:
 
 def test_operator_signs_in_with_totp_and_acts(cw: ConsoleWorld) -> None:
     with client(cw) as http:
-        secret = enrol(http, cw.invitations["operator:all"], "olga")
+        secret, spent = enrol(http, cw.invitations["operator:all"], "olga")
         no_code = http.post("/console/login", data={"username": "olga", "password": PASSWORD, "code": ""})
         assert no_code.status_code == 401
+        # the very code that enrolled (not "the code now": a 30 s step may have begun since)
         used = http.post("/console/login", data={"username": "olga", "password": PASSWORD,
-                                                  "code": code(secret)})
+                                                  "code": spent})
         assert used.status_code == 401  # the code that enrolled is spent
         sign_in(http, "olga", secret)
         replayed = http.post("/console/login", data={"username": "olga", "password": PASSWORD,
@@ -145,7 +147,7 @@ def test_operator_signs_in_with_totp_and_acts(cw: ConsoleWorld) -> None:
 
 def test_auditor_reads_and_changes_nothing(cw: ConsoleWorld) -> None:
     with client(cw) as http:
-        secret = enrol(http, cw.invitations["auditor:all"], "audrey")
+        secret, _ = enrol(http, cw.invitations["auditor:all"], "audrey")
         sign_in(http, "audrey", secret)
         assert "Rotate" not in http.get("/console/keys").text
         token = csrf_token(http.cookies[COOKIE])  # the auditor's pages carry no forms
@@ -164,7 +166,7 @@ def test_auditor_reads_and_changes_nothing(cw: ConsoleWorld) -> None:
 def test_a_session_ends_12_hours_after_sign_in(cw: ConsoleWorld) -> None:
     with client(cw) as http:
         token, _ = asyncio.run(_invite(cw))
-        secret = enrol(http, token, "tess")
+        secret, _ = enrol(http, token, "tess")
         sign_in(http, "tess", secret)
         console = http.app.state.console  # type: ignore[attr-defined]
         start = int(time.time())
@@ -187,7 +189,7 @@ async def _invite(cw: ConsoleWorld) -> tuple[str, object]:
 
 def test_a_utility_operator_sees_its_own(cw: ConsoleWorld) -> None:
     with client(cw) as http:
-        secret = enrol(http, cw.invitations["operator:utility:u2"], "uwe")
+        secret, _ = enrol(http, cw.invitations["operator:utility:u2"], "uwe")
         sign_in(http, "uwe", secret)
         keys = http.get("/console/keys").text
         assert ">u2<" in keys and ">u1<" not in keys and ">h1<" not in keys
@@ -273,7 +275,7 @@ def test_settlement_runs_and_exclusions(tmp_path: Path) -> None:
 
     db, invitation, verifier = asyncio.run(site_with_runs())
     with TestClient(create_app(str(db), ADMIN, NoteVerifier.parse(verifier))) as http:
-        secret = enrol(http, invitation, "sally")
+        secret, _ = enrol(http, invitation, "sally")
         sign_in(http, "sally", secret)
         page = http.get("/console/settlement")
         assert page.status_code == 200 and f'data-community="{COMMUNITY}"' in page.text
