@@ -15,6 +15,7 @@ FOLDERS = {
     "meterchain.bridge": "firmware-bridge",
     "meterchain.cli": "cli",
     "meterchain.mqtt": "mqtt",
+    "meterchain.witness": "witness",
 }
 
 
