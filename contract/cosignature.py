@@ -16,15 +16,13 @@ key)`` (a C2SP vkey), private ones ``PRIVATE+KEY+name+hash+base64(0x04 ‖ seed)
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import re
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from meterchain.contract.errors import NoteError
-from meterchain.contract.note import SIGNATURE_PREFIX, split_note, strict_b64decode
+from meterchain.contract.note import SIGNATURE_PREFIX, Ed25519VerifierKey, split_note, strict_b64decode
 
 COSIGNATURE_TYPE = 0x04
 COSIGNATURE_HEADER = "cosignature/v1"
@@ -32,17 +30,6 @@ MAX_TIMESTAMP = 2**63 - 1
 #: timestamp (8) + Ed25519 signature (64), after the 4-byte key ID
 SIGNATURE_SIZE = 72
 _SIZE_RE = re.compile(r"0|[1-9][0-9]*")
-
-
-def _check_name(name: str) -> None:
-    if not name or any(c.isspace() for c in name) or "+" in name:
-        raise NoteError(f"cosigner name {name!r} must be non-empty, without spaces or '+'")
-
-
-def _key_hash(name: str, public_key: bytes) -> int:
-    # tlog-cosignature: "SHA-256(<name> || "\n" || 0x04 || 32-byte Ed25519 cosigner public key)[:4]"
-    digest = hashlib.sha256(name.encode() + b"\n" + bytes([COSIGNATURE_TYPE]) + public_key).digest()
-    return int.from_bytes(digest[:4], "big")
 
 
 def cosigned_message(body: str, timestamp: int) -> bytes:
@@ -64,35 +51,18 @@ def _raw_key(text: str, what: str) -> bytes:
     return raw[1:]
 
 
-@dataclass(frozen=True, slots=True)
-class CosignerKey:
-    """A witness's public key, as a verifier of its cosignatures (``name+hash+base64``)."""
+class CosignerKey(Ed25519VerifierKey):
+    """A witness's public key, as a verifier of its cosignatures (``name+hash+base64``).
 
-    name: str
-    public_key: bytes
+    tlog-cosignature: the key ID is SHA-256(<name> || "\n" || 0x04 || 32-byte Ed25519 cosigner
+    public key)[:4]; all else is as for a note key (:class:`Ed25519VerifierKey`).
+    """
 
-    def __post_init__(self) -> None:
-        _check_name(self.name)
-        if len(self.public_key) != 32:
-            raise NoteError("an Ed25519 public key is 32 bytes")
-
-    @property
-    def key_hash(self) -> int:
-        return _key_hash(self.name, self.public_key)
-
-    def __str__(self) -> str:
-        b64 = base64.b64encode(bytes([COSIGNATURE_TYPE]) + self.public_key).decode()
-        return f"{self.name}+{self.key_hash:08x}+{b64}"
-
-    @classmethod
-    def parse(cls, text: str) -> CosignerKey:
-        parts = text.strip().split("+", 2)
-        if len(parts) != 3:
-            raise NoteError("a cosigner key reads <name>+<hash>+<base64 key>")
-        key = cls(parts[0], _raw_key(parts[2], "cosigner key"))
-        if len(parts[1]) != 8 or f"{key.key_hash:08x}" != parts[1].lower():
-            raise NoteError("cosigner key hash does not match its name and key")
-        return key
+    __slots__ = ()
+    KEY_TYPE = COSIGNATURE_TYPE
+    KIND = "cosigner key"
+    NAME_KIND = "cosigner name"
+    TYPE_KIND = "an Ed25519 cosignature (type 0x04) key"
 
     def verify(self, body: str, signature: bytes) -> int:
         """Check one cosignature (timestamp ‖ signature, without the key ID) over the checkpoint
@@ -123,7 +93,6 @@ class Cosigner:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-        _check_name(name)
         if len(seed) != 32:
             raise NoteError("an Ed25519 private key seed is 32 bytes")
         self.name = name

@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import struct
 from dataclasses import dataclass
+from typing import ClassVar, Self
 
 from meterchain.contract.errors import NoteError
 
@@ -21,14 +22,15 @@ SIGNATURE_PREFIX = "\u2014 "  # an em dash and a space
 MAX_NOTE_SIZE = 16_384
 
 
-def _key_hash(name: str, public_key: bytes) -> int:
-    digest = hashlib.sha256(name.encode() + b"\n" + bytes([ED25519_TYPE]) + public_key).digest()
+def _key_hash(name: str, public_key: bytes, key_type: int = ED25519_TYPE) -> int:
+    # signed-note: SHA-256(<name> || "\n" || <signature type> || <public key>)[:4]
+    digest = hashlib.sha256(name.encode() + b"\n" + bytes([key_type]) + public_key).digest()
     return int.from_bytes(digest[:4], "big")
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, what: str = "key name") -> None:
     if not name or any(c.isspace() for c in name) or "+" in name:
-        raise NoteError(f"key name {name!r} must be non-empty, without spaces or '+'")
+        raise NoteError(f"{what} {name!r} must be non-empty, without spaces or '+'")
 
 
 def strict_b64decode(text: str) -> bytes:
@@ -54,38 +56,55 @@ def _b64decode(text: str, what: str) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class NoteVerifier:
-    """A public Ed25519 note key: ``name+hash+base64``."""
+class Ed25519VerifierKey:
+    """A public Ed25519 key of one signed-note signature type: ``name+hash+base64(type ‖ key)``.
+
+    Note keys (type 0x01) and witness cosigner keys (type 0x04, meterchain.contract.cosignature)
+    differ only in that byte, which enters the key hash and the encoding, and in what errors call
+    them; subclasses set the class attributes below.
+    """
+
+    KEY_TYPE: ClassVar[int] = ED25519_TYPE
+    #: what errors call the key, its name, and the key type
+    KIND: ClassVar[str] = "verifier key"
+    NAME_KIND: ClassVar[str] = "key name"
+    TYPE_KIND: ClassVar[str] = "an Ed25519 (type 0x01) key"
 
     name: str
     public_key: bytes
 
     def __post_init__(self) -> None:
-        _check_name(self.name)
+        _check_name(self.name, self.NAME_KIND)
         if len(self.public_key) != 32:
             raise NoteError("an Ed25519 public key is 32 bytes")
 
     @property
     def key_hash(self) -> int:
-        return _key_hash(self.name, self.public_key)
+        return _key_hash(self.name, self.public_key, self.KEY_TYPE)
 
     def __str__(self) -> str:
-        b64 = base64.b64encode(bytes([ED25519_TYPE]) + self.public_key).decode()
+        b64 = base64.b64encode(bytes([self.KEY_TYPE]) + self.public_key).decode()
         return f"{self.name}+{self.key_hash:08x}+{b64}"
 
     @classmethod
-    def parse(cls, text: str) -> NoteVerifier:
+    def parse(cls, text: str) -> Self:
         parts = text.strip().split("+", 2)
         if len(parts) != 3:
-            raise NoteError("a verifier key reads <name>+<hash>+<base64 key>")
+            raise NoteError(f"a {cls.KIND} reads <name>+<hash>+<base64 key>")
         name, hash_hex, b64 = parts
-        raw = _b64decode(b64, "verifier key")
-        if len(raw) != 33 or raw[0] != ED25519_TYPE:
-            raise NoteError("verifier key is not an Ed25519 (type 0x01) key")
-        verifier = cls(name=name, public_key=raw[1:])
-        if f"{verifier.key_hash:08x}" != hash_hex.lower() or len(hash_hex) != 8:
-            raise NoteError("verifier key hash does not match its name and key")
-        return verifier
+        raw = _b64decode(b64, cls.KIND)
+        if len(raw) != 33 or raw[0] != cls.KEY_TYPE:
+            raise NoteError(f"{cls.KIND} is not {cls.TYPE_KIND}")
+        key = cls(name, raw[1:])
+        if len(hash_hex) != 8 or f"{key.key_hash:08x}" != hash_hex.lower():
+            raise NoteError(f"{cls.KIND} hash does not match its name and key")
+        return key
+
+
+class NoteVerifier(Ed25519VerifierKey):
+    """A public Ed25519 note key (type 0x01): ``name+hash+base64``."""
+
+    __slots__ = ()
 
     def verify(self, message: bytes, signature: bytes) -> bool:
         from cryptography.exceptions import InvalidSignature
