@@ -29,12 +29,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from meterchain.mqtt.broker import free_port
 
-from tests.support.paths import REPO_ROOT, TESTS_ROOT
+from tests.support.browser import CHROMIUM, FLAGS, SCREENSHOTS
+from tests.support.paths import REPO_ROOT
 
-CHROMIUM = os.environ.get("MC_CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-SCREENSHOTS = (REPO_ROOT / "docs" / "screenshots" if os.environ.get("MC_UPDATE_SCREENSHOTS") == "1"
-               else TESTS_ROOT / "artifacts" / "screenshots")
 README = REPO_ROOT / "README.md"
 RUN_MARK = "<!-- demo: run -->"
 HISTORY_DAYS = 2  # CI's seed; the real demo signs 35 days
