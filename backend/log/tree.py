@@ -76,6 +76,10 @@ def peak_ids(size: int) -> list[NodeId]:
     return perfect_subtrees(0, size)
 
 
+#: From this many leaves on, :meth:`CompactRange.extend` hashes level by level.
+_BULK_FROM = 64
+
+
 class CompactRange:
     """The right edge of a growing tree: one perfect subtree hash per set bit of ``size``.
 
@@ -133,19 +137,53 @@ class CompactRange:
 
     def extend(self, leaf_hashes: Sequence[bytes], stride: int) -> list[tuple[int, int, bytes]]:
         """Append many leaves; return the perfect nodes they complete at levels that are positive
-        multiples of ``stride``, as (level, index, hash) in creation order.
+        multiples of ``stride``, as (level, index, hash), ordered by level, then index.
 
-        The bulk path of :meth:`append` (no per-node objects): what the sealer stores.
+        The bulk path of :meth:`append` (no per-node objects): what the sealer stores. A batch is
+        hashed one level at a time (one list comprehension per level, issue 20); a few leaves
+        (the audit's one at a time) take the per-leaf loop, whose cost does not grow with the
+        tree.
         """
         if stride < 1:
             raise ValueError("stride must be at least 1")
         if self.size + len(leaf_hashes) > MAX_TREE_SIZE:
             raise ProofError("tree is full", step="append", size=self.size)
-        peaks, size, kept = self.peaks, self.size, []
-        sha256, prefix = hashlib.sha256, b"\x01"
         for position, value in enumerate(leaf_hashes):
             if not isinstance(value, (bytes, bytearray)) or len(value) != HASH_SIZE:
-                _require_hash(value, step="append", size=size, position=position)
+                _require_hash(value, step="append", size=self.size, position=position)
+        if len(leaf_hashes) >= _BULK_FROM:
+            return self._extend_by_level(leaf_hashes, stride)
+        return sorted(self._extend_by_leaf(leaf_hashes, stride))
+
+    def _extend_by_level(self, leaf_hashes: Sequence[bytes], stride: int) -> list[tuple[int, int, bytes]]:
+        """Each level's new nodes from the level below in one pass: the row at level L holds the
+        nodes [size >> L, new size >> L); an odd first index pairs it with the old peak."""
+        size, end = self.size, self.size + len(leaf_hashes)
+        old = {level: peak for level, peak in zip(
+            (n.level for n in perfect_subtrees(0, size)), self.peaks, strict=True)}
+        sha256, kept, tops = hashlib.sha256, [], {}
+        row: list[bytes] = [bytes(h) for h in leaf_hashes]
+        level, first = 0, size
+        while row:
+            if end >> level & 1:
+                tops[level] = row[-1]  # the new peak at this level
+            if first & 1:
+                row.insert(0, old[level])
+            pairs = iter(row)  # an odd last node has no pair: it is the peak kept above
+            row = [sha256(b"\x01" + left + right).digest()
+                   for left, right in zip(pairs, pairs, strict=False)]
+            level, first = level + 1, first >> 1
+            if level % stride == 0:
+                kept += [(level, first + offset, value) for offset, value in enumerate(row)]
+        self.peaks = [tops[n.level] if n.level in tops else old[n.level]
+                      for n in perfect_subtrees(0, end)]
+        self.size = end
+        return kept
+
+    def _extend_by_leaf(self, leaf_hashes: Sequence[bytes], stride: int) -> list[tuple[int, int, bytes]]:
+        peaks, size, kept = self.peaks, self.size, []
+        sha256, prefix = hashlib.sha256, b"\x01"
+        for value in leaf_hashes:
             index, level = size, 0
             while index & 1:
                 value = sha256(prefix + peaks.pop() + value).digest()

@@ -194,16 +194,16 @@ def test_audit_rebuild_checks_the_log_from_its_leaves_and_names_a_bad_node(tmp_p
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(0, 3000), st.integers(0, 700))
-def test_extend_keeps_exactly_the_strata_that_append_creates(before: int, more: int) -> None:
+@given(st.integers(0, 3000), st.integers(0, 700), st.sampled_from([1, STRIDE, 8]))
+def test_extend_keeps_exactly_the_strata_that_append_creates(before: int, more: int, stride: int) -> None:
     hashes = [merkle.leaf_hash(i.to_bytes(4, "big")) for i in range(before + more)]
     one_by_one, bulk = CompactRange(), CompactRange()
-    bulk.extend(hashes[:before], STRIDE)
+    bulk.extend(hashes[:before], stride)
     for value in hashes[:before]:
         one_by_one.append(value)
-    expected = [(node.level, node.index, value) for h in hashes[before:]
-                for node, value in one_by_one.append(h) if node.level and is_stored(node.level)]
-    assert bulk.extend(hashes[before:], STRIDE) == expected
+    expected = sorted((node.level, node.index, value) for h in hashes[before:]
+                      for node, value in one_by_one.append(h) if node.level and is_stored(node.level, stride))
+    assert bulk.extend(hashes[before:], stride) == expected  # by level, then index
     assert (bulk.size, bulk.root()) == (one_by_one.size, one_by_one.root())
 
 
