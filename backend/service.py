@@ -25,10 +25,11 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from meterchain.backend.api.app import create_app
 from meterchain.backend.api.errors import ApiError
-from meterchain.backend.config import BackendConfig
+from meterchain.backend.config import BackendConfig, broker_address
 from meterchain.backend.ingest.control_key import load_or_create_control_key
 from meterchain.backend.ingest.worker import Ingest
 from meterchain.backend.log.cosigning import cosigning_from
+from meterchain.backend.log.receipts import ReceiptSender, on_sealed
 from meterchain.backend.log.routes import log_router
 from meterchain.backend.log.sealer import Sealer
 from meterchain.backend.provisioning.tokens import settings_from_config
@@ -225,12 +226,19 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
                 cosigning = cosigning_from(config.witness_policy, sealing, timeout=config.witness_timeout)
                 if cosigning is not None:  # docs/witness.md
                     resources.push_async_callback(cosigning.close)
+                # Receipts to gateways once a checkpoint meets the witness policy (issue 17).
+                receipts = ReceiptSender(await _store(resources, config.db),
+                                         cosigning.policy if cosigning else None,
+                                         broker=broker_address(config.broker),
+                                         client_id=config.worker_client_id() + "-receipts")
                 sealer = Sealer(sealing, signer, interval=config.seal_interval,
                                 max_leaves=config.seal_max_leaves, coalesce=config.seal_coalesce or None,
-                                on_sealed=cosigning.after_seal if cosigning else None)
+                                on_sealed=on_sealed(cosigning, receipts))
                 await sealer.start()  # refuse to run on a tree that does not match its checkpoint
                 if cosigning is not None:
                     await cosigning.resume()
+                await receipts.resume()
+                tasks.add(asyncio.create_task(receipts.run(), name="receipts"))
                 resources.push_async_callback(_seal_pending, sealer)  # after the tasks stopped
                 tasks.add(asyncio.create_task(sealer.run(), name="sealer"))
                 if on_postgres:

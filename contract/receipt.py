@@ -12,8 +12,8 @@ A :class:`LogView` is the newest checkpoint a gateway has verified. For each new
 the consistency proof it needs (:meth:`LogView.needs`); :meth:`LogView.advance` checks it. A
 smaller size, or the same size with another root, or a proof that does not verify, raises
 :class:`LogInconsistent`: the log showed this gateway a history that is not the one it showed
-before. Not wired yet: the backend does not send receipts and the agent does not keep a view
-(docs/witness.md, "Not done yet"); this is the protocol both would speak.
+before. The backend sends receipts on :func:`receipt_topic` (backend/log/receipts.py); the agent
+keeps its view and raises the alarm (agent/receipts.py); docs/mqtt.md, "Receipts".
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import json
 from dataclasses import dataclass
 
 from meterchain.contract import cbor
+from meterchain.contract.ack import TOPIC_PREFIX
 from meterchain.contract.checkpoint import Checkpoint
 from meterchain.contract.errors import EncodingError, FieldError, MeterchainError
 from meterchain.contract.merkle import HASH_SIZE, verify_consistency
@@ -36,6 +37,11 @@ RECEIPT_TYPE = "meterchain/receipt/v1"
 MAX_RECEIPT_SIZE = 32 * 1024
 MAX_PROOF = 64
 _KEYS = {"t", "dev", "seq", "entry", "index", "proof", "checkpoint"}
+
+
+def receipt_topic(device: str) -> str:
+    """Where the backend publishes a device's receipts (retained, QoS 1); only it may read them."""
+    return f"{TOPIC_PREFIX}/{device}/receipts"
 
 
 class LogInconsistent(MeterchainError):

@@ -63,6 +63,7 @@ from meterchain.backend.store.sqlite import (
     AUDIT_LEAVES,
     AUDIT_READINGS,
     AUDIT_SEAL_SIZES,
+    NEWEST_READINGS_SQL,
     READING_COLUMNS,
     RECENT_REJECTIONS,
     SQLITE_ONLY,
@@ -949,6 +950,10 @@ class PostgresStore:
         """Readings of a device whose interval ends in [start, end), oldest first (ties by seq)."""
         return [reading_row(r) for r in await self._pool.fetch(
             _READINGS_SQL, device, start, end, limit)]
+
+    async def newest_readings(self, start: int, end: int, limit: int) -> list[ReadingRow]:
+        """Each device's newest reading among the sealed leaves [start, end), in log order."""
+        return [reading_row(r) for r in await self._pool.fetch(NEWEST_READINGS_SQL, start, end, limit)]
 
     async def reading_count(self, device: str | None = None) -> int:
         return int(await self._pool.fetchval(

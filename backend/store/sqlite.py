@@ -78,6 +78,16 @@ def reading_row(row: Sequence[object]) -> ReadingRow:
     return ReadingRow(*values)  # type: ignore[arg-type]
 
 
+#: Each device's newest reading among the leaf indices [$1, $2), at most $3 (both stores).
+NEWEST_READINGS_SQL = (
+    f"SELECT {READING_COLUMNS} FROM readings r JOIN leaves l ON l.id = r.leaf_id "
+    "WHERE l.leaf_index IN (SELECT max(l2.leaf_index) FROM leaves l2 "
+    "JOIN readings r2 ON r2.leaf_id = l2.id WHERE l2.leaf_index >= $1 AND l2.leaf_index < $2 "
+    "GROUP BY r2.device) ORDER BY l.leaf_index LIMIT $3"
+)
+_NEWEST_READINGS_QMARK = NEWEST_READINGS_SQL.replace("$1", "?").replace("$2", "?").replace("$3", "?")
+
+
 # What audit reads (backend/log/audit.py), the same on SQLite and PostgreSQL.
 AUDIT_DEVICE_LEAVES = (
     "SELECT l.id, l.data, k.device, k.event, k.public_key, k.kid, k.valid_from "
@@ -682,6 +692,11 @@ class SqliteStore:
             )
         rows.sort(key=lambda r: (r[4], r[1]))
         return [reading_row(r) for r in rows[:limit]]
+
+    async def newest_readings(self, start: int, end: int, limit: int) -> list[ReadingRow]:
+        """Each device's newest reading (highest leaf index) among the sealed leaves [start,
+        end), in log order, at most ``limit``: what receipts are sent for (backend/log/receipts.py)."""
+        return [reading_row(r) for r in await self._rows(_NEWEST_READINGS_QMARK, (start, end, limit))]
 
     async def reading_count(self, device: str | None = None) -> int:
         if device is None:
