@@ -15,15 +15,22 @@ class Backoff:
     a second or two of a restarted broker; never zero, so a broker that stays down is not
     hammered; random, so a thousand gateways that lost the same broker do not all come back in
     the same second. The reconnect loop starts again at attempt 0 after every connection.
+
+    ``probe``: while a wait runs and the broker does not answer, the loop checks every
+    ``probe/2..probe`` seconds (random) whether its port accepts a TCP connection, and connects at
+    once when it does: a long outage does not cost up to ``maximum`` after the broker is back
+    (issue 20). 0 turns it off.
     """
 
     initial: float = 0.5
     maximum: float = 30.0
     factor: float = 2.0
+    probe: float = 1.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.initial <= self.maximum or self.factor < 1:
-            raise ValueError(f"backoff needs 0 < initial <= maximum and factor >= 1, got {self}")
+        if not 0 < self.initial <= self.maximum or self.factor < 1 or self.probe < 0:
+            raise ValueError(f"backoff needs 0 < initial <= maximum, factor >= 1 and probe >= 0, "
+                             f"got {self}")
 
     def cap(self, attempt: int) -> float:
         """The longest wait before retry number ``attempt`` (0-based)."""

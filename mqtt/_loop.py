@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -87,4 +88,50 @@ async def stay_connected(
                 "event=mqtt_retry client=%s broker=%s error=%r retry_in=%.2f attempt=%d",
                 name, url, str(failure.error), delay, attempt, exc_info=error is None,
             )
+        if await _wait(url, delay, sleep, backoff.probe, rng):
+            log_to.info("event=mqtt_broker_answers client=%s broker=%s: connecting now",
+                        name, url)
+
+
+async def _wait(url: BrokerUrl, delay: float, sleep: Callable[[float], Awaitable[object]],
+                probe: float, rng: random.Random) -> bool:
+    """Wait ``delay`` with ``sleep``, or less: until a broker that did not answer answers
+    again. True when the wait was cut short."""
+    if probe <= 0:
         await sleep(delay)
+        return False
+    waiting = asyncio.ensure_future(sleep(delay))
+    back = asyncio.ensure_future(answers_again(url, probe, rng))
+    try:
+        await asyncio.wait({waiting, back}, return_when=asyncio.FIRST_COMPLETED)
+        if back.done() and not back.result():  # the broker is up: wait in full
+            await waiting
+    finally:
+        for task in (waiting, back):
+            task.cancel()
+        await asyncio.gather(waiting, back, return_exceptions=True)
+    return back.done() and not back.cancelled() and back.exception() is None and back.result()
+
+
+async def answers_again(url: BrokerUrl, every: float, rng: random.Random) -> bool:
+    """Return True once the broker's port, refusing (or not answering) a TCP connection at
+    first, accepts one; False at once if it accepts the first (the broker is up: the failure
+    was MQTT's, and the backoff applies in full)."""
+    refused = False
+    while True:
+        if await _tcp_answers(url.host, url.port, timeout=every):
+            return refused
+        refused = True
+        await asyncio.sleep(rng.uniform(every / 2, every))
+
+
+async def _tcp_answers(host: str, port: int, timeout: float) -> bool:
+    """Does ``host:port`` accept a TCP connection (closed at once, nothing sent)?"""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
