@@ -6,7 +6,6 @@ namespace of its own (skipped, with the reason, where the kernel does not permit
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from meterchain.agent.scheduler import Poller
 from meterchain.contract.message import parse_message
 from meterchain.contract.reading import ClockSync, StatusFlag
 from meterchain.contract.signing import generate_private_key_pem, load_signer
+
+from tests.support.tmpfs import in_tmpfs, unavailable
 
 T0 = 1_800_000_000 - 1_800_000_000 % 900
 
@@ -203,22 +204,13 @@ CHILD = textwrap.dedent("""
 
 
 def test_a_real_full_tmpfs_costs_cycles_not_the_agent(tmp_path: Path) -> None:
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        pytest.skip("needs unshare(1) for a size-limited tmpfs of the test's own")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    probe = subprocess.run(
-        [unshare, "--user", "--map-root-user", "--mount", "sh", "-c",
-         f"mount -t tmpfs -o size=512k tmpfs {mnt}"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"user and mount namespaces not permitted here: {probe.stderr.strip()}")
+    if why := unavailable(mnt):
+        pytest.skip(why)
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    run = subprocess.run(
-        [unshare, "--user", "--map-root-user", "--mount", "sh", "-c",
-         'mount -t tmpfs -o size=512k tmpfs "$1" && exec "$2" "$3" "$1"', "sh",
-         str(mnt), sys.executable, str(script)],
-        capture_output=True, text=True, timeout=60)
+    run = subprocess.run(in_tmpfs(mnt, "512k", [sys.executable, str(script), str(mnt)]),
+                         capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.startswith("OK")

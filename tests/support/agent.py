@@ -180,21 +180,11 @@ class Gateway:
         return Agent(self.config, backoff=FAST_BACKOFF, **kwargs)  # type: ignore[arg-type]
 
 
-async def start_gateway(tmp_path: Path, broker_url: str, *, ack_timeout: int = 2,
-                        control_key: str | None = None, device: str = DEVICE) -> Gateway:
-    """A gateway on two emulated meters; ``control_key`` (a verifier key) makes it verify acks."""
-    meters = [
-        EmulatedMeter("sdm630", device_id=1, baudrate=9600, serial_number=630001),
-        EmulatedMeter("sdm120", device_id=2, baudrate=9600, serial_number=120002),
-    ]
-    bus = ModbusBusEmulator(meters, wire_delay=False)
-    port = await bus.start()
-    key_path = tmp_path / "device.key"
-    pem = generate_private_key_pem()
-    write_private_key(key_path, pem, force=False)
-    config_path = tmp_path / "agent.toml"
-    config_path.write_text(
-        f"""
+def gateway_config(device: str, port: str, broker_url: str, ack_timeout: int = 2,
+                   control_key: str | None = None) -> str:
+    """An agent config for two SDM meters (ids 1 and 2, serials 630001 and 120002) on one bus,
+    key and outbox beside the config, one reading per second."""
+    return f"""
 device_id = "{device}"
 key_path = "device.key"
 backend_url = "http://127.0.0.1:8000"
@@ -221,5 +211,20 @@ baudrate = 9600
 modbus_id = 2
 timeout_seconds = 0.3
 """
-    )
+
+
+async def start_gateway(tmp_path: Path, broker_url: str, *, ack_timeout: int = 2,
+                        control_key: str | None = None, device: str = DEVICE) -> Gateway:
+    """A gateway on two emulated meters; ``control_key`` (a verifier key) makes it verify acks."""
+    meters = [
+        EmulatedMeter("sdm630", device_id=1, baudrate=9600, serial_number=630001),
+        EmulatedMeter("sdm120", device_id=2, baudrate=9600, serial_number=120002),
+    ]
+    bus = ModbusBusEmulator(meters, wire_delay=False)
+    port = await bus.start()
+    key_path = tmp_path / "device.key"
+    pem = generate_private_key_pem()
+    write_private_key(key_path, pem, force=False)
+    config_path = tmp_path / "agent.toml"
+    config_path.write_text(gateway_config(device, port, broker_url, ack_timeout, control_key))
     return Gateway(load_config(config_path), bus, load_signer(pem).public_key_der)
