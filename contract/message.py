@@ -47,10 +47,14 @@ def sign_reading(reading: Reading, signer: Signer) -> SignedReading:
 
 def parse_message(data: bytes) -> SignedReading:
     """Parse a message; cheap structural checks only (no signature verification)."""
-    obj = cbor.decode(data, what="message", max_size=MAX_MESSAGE_SIZE)
-    if not (isinstance(obj, list) and len(obj) == 2):
-        raise EncodingError("message: must be a CBOR array [reading, signature]", what="message")
-    reading_bytes, signature = obj
+    parts = (cbor.byte_string_array(data, 2)
+             if type(data) is bytes and len(data) <= MAX_MESSAGE_SIZE else None)
+    if parts is None:  # not the one form: the strict decoder says why
+        obj = cbor.decode(data, what="message", max_size=MAX_MESSAGE_SIZE)
+        if not (isinstance(obj, list) and len(obj) == 2):
+            raise EncodingError("message: must be a CBOR array [reading, signature]", what="message")
+        parts = obj
+    reading_bytes, signature = parts
     if not isinstance(reading_bytes, bytes) or not isinstance(signature, bytes):
         raise EncodingError("message: both elements must be byte strings", what="message")
     reading = Reading.from_cbor(reading_bytes)

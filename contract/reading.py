@@ -34,6 +34,13 @@ REGISTER_UNITS = frozenset({"Wh", "varh", "VAh"})
 DEVICE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 METER_SERIAL_RE = re.compile(r"[\x21-\x7e]{1,64}")
 OBIS_RE = re.compile(r"(\d{1,3})-(\d{1,3}):(\d{1,3})\.(\d{1,3})\.(\d{1,3})")
+#: The ASCII OBIS codes OBIS_RE accepts with every group at most 255, in one match (the common
+#: case per register); anything else takes OBIS_RE and the group check.
+_OBIS_BYTE = r"(?:[01]?[0-9]?[0-9]|2[0-4][0-9]|25[0-5])"
+_OBIS_FAST_RE = re.compile(rf"{_OBIS_BYTE}-{_OBIS_BYTE}:{_OBIS_BYTE}\.{_OBIS_BYTE}\.{_OBIS_BYTE}")
+_READING_KEYS = frozenset(
+    {"t", "dev", "kid", "seq", "meter", "start", "end", "regs", "clock", "status", "quality"}
+)
 
 
 class ClockSync(StrEnum):
@@ -127,9 +134,8 @@ class Reading:
         obj = cbor.decode(data, what="reading", max_size=MAX_READING_SIZE)
         if not isinstance(obj, dict):
             raise EncodingError("reading: not a CBOR map", what="reading")
-        keys = {"t", "dev", "kid", "seq", "meter", "start", "end", "regs", "clock", "status", "quality"}
-        if set(obj) != keys:
-            missing, extra = sorted(keys - set(obj)), sorted(set(obj) - keys)
+        if obj.keys() != _READING_KEYS:
+            missing, extra = sorted(_READING_KEYS - set(obj)), sorted(set(obj) - _READING_KEYS)
             raise FieldError(f"reading: missing {missing}, unknown {extra}", field="keys")
         if obj["t"] != READING_TYPE:
             raise FieldError(f"reading: type is {obj['t']!r}, expected {READING_TYPE!r}", field="t")
@@ -167,6 +173,10 @@ def aligned_interval(now: int, length: int = DEFAULT_INTERVAL_SECONDS) -> tuple[
 
 
 def _enum(kind: type[StrEnum], value: Any, name: str) -> Any:
+    if type(value) is kind:
+        return value
+    if type(value) is str and (member := kind._value2member_map_.get(value)) is not None:
+        return member  # what kind(value) returns, without the enum machinery's call
     try:
         return kind(value)
     except ValueError:
@@ -175,10 +185,20 @@ def _enum(kind: type[StrEnum], value: Any, name: str) -> Any:
 
 
 def _int(value: object, name: str, low: int, high: int = MAX_SAFE_INT) -> None:
+    if type(value) is int and low <= value <= high:  # the common case, before the general one
+        return
     if not isinstance(value, int) or isinstance(value, bool):
         raise FieldError(f"reading: {name} must be an integer", field=name)
     if not low <= value <= high:
         raise FieldError(f"reading: {name} {value} is outside [{low}, {high}]", field=name)
+
+
+def _check_obis(obis: object) -> None:
+    groups = OBIS_RE.fullmatch(obis) if isinstance(obis, str) else None
+    if groups is None:
+        raise FieldError(f"reading: {obis!r} is not an OBIS code like 1-0:1.8.0", field="regs")
+    if any(int(part) > 255 for part in groups.groups()):
+        raise FieldError(f"reading: OBIS {obis} has a group above 255", field="regs")
 
 
 def _validate(r: Reading) -> None:
@@ -204,14 +224,12 @@ def _validate(r: Reading) -> None:
             f"reading: {len(r.registers)} registers; need 2 to {MAX_REGISTERS}", field="regs"
         )
     for obis, reg in r.registers.items():
-        groups = OBIS_RE.fullmatch(obis) if isinstance(obis, str) else None
-        if groups is None:
-            raise FieldError(f"reading: {obis!r} is not an OBIS code like 1-0:1.8.0", field="regs")
-        if any(int(part) > 255 for part in groups.groups()):
-            raise FieldError(f"reading: OBIS {obis} has a group above 255", field="regs")
+        if not (isinstance(obis, str) and _OBIS_FAST_RE.fullmatch(obis)):
+            _check_obis(obis)
         if not isinstance(reg, Register):
             raise FieldError(f"reading: register {obis} is not a Register", field="regs")
-        _int(reg.value, f"register {obis}", 0)
+        if type(reg.value) is not int or not 0 <= reg.value <= MAX_SAFE_INT:
+            _int(reg.value, f"register {obis}", 0)
         if reg.unit not in REGISTER_UNITS:
             raise FieldError(
                 f"reading: register {obis} unit {reg.unit!r} is not one of {sorted(REGISTER_UNITS)}",

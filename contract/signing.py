@@ -71,9 +71,34 @@ def normalize_low_s(signature: bytes) -> bytes:
     return encode_dss_signature(r, s)
 
 
+def _strict_der_scalars(signature: bytes) -> tuple[int, int] | None:
+    """(r, s) if ``signature`` is exactly the DER ``SEQUENCE { INTEGER r, INTEGER s }`` that
+    ``encode_dss_signature`` writes for two positive scalars (short lengths, minimal integers,
+    nothing after), else None. Byte checks only: ingest runs this per message, and decoding with
+    ``cryptography`` then re-encoding to compare costs as much again (issue 20)."""
+    size = len(signature)
+    if not MIN_SIGNATURE_SIZE <= size <= MAX_SIGNATURE_SIZE or signature[0] != 0x30 or signature[1] != size - 2 \
+            or signature[2] != 0x02:
+        return None
+    r_len = signature[3]
+    s_at = 4 + r_len  # the tag of s
+    if r_len == 0 or s_at + 2 >= size or signature[s_at] != 0x02 or s_at + 2 + signature[s_at + 1] != size:
+        return None
+    r_bytes, s_bytes = signature[4:s_at], signature[s_at + 2 :]
+    for scalar in (r_bytes, s_bytes):
+        # Positive (high bit clear) and minimal (a leading zero only before a high bit).
+        if scalar[0] & 0x80 or (scalar[0] == 0 and (len(scalar) == 1 or not scalar[1] & 0x80)):
+            return None
+    return int.from_bytes(r_bytes, "big"), int.from_bytes(s_bytes, "big")
+
+
 def parse_signature(signature: bytes) -> tuple[int, int]:
     """Parse a strict DER signature with both scalars in range and s in the lower half."""
     _need_cryptography()
+    if type(signature) is bytes and (scalars := _strict_der_scalars(signature)) is not None:
+        r, s = scalars
+        if r < P256_ORDER and s <= HALF_ORDER:  # both >= 1: minimal and positive
+            return r, s
     if not isinstance(signature, bytes):
         raise SignatureError("signature must be bytes", check="encoding")
     if not MIN_SIGNATURE_SIZE <= len(signature) <= MAX_SIGNATURE_SIZE:
