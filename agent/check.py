@@ -42,6 +42,7 @@ from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.outbox import Outbox
 from meterchain.agent.profile_poller import dlms_pollers
 from meterchain.agent.publisher import Publisher
+from meterchain.agent.receipts import read_view, view_path
 from meterchain.agent.recovery import open_outbox
 from meterchain.agent.scheduler import Poller
 from meterchain.bridge.dlms import HdlcAddress
@@ -181,6 +182,7 @@ async def run_check(config: AgentConfig, signer: Signer, *, record: dict[str, ob
         for meter_source in sources:
             meter_source.close()
     _check_acks(report, config)  # last: the steps above keep their order
+    _check_receipts(report, config)
     return report
 
 
@@ -204,6 +206,36 @@ def _check_acks(report: CheckReport, config: AgentConfig) -> None:
                        "control key (meterchain backend control-key show)")
         else:  # unverified acks, declared gaps: reported, not failures of this gateway
             report.add("acks", True, detail)
+
+
+def _check_receipts(report: CheckReport, config: AgentConfig) -> None:
+    """Receipts (agent/receipts.py): the newest checkpoint the running agent verified, and the
+    alarm if the log ever contradicted it."""
+    if config.log_key is None:
+        report.add("receipts", True, "no log_key: receipts are not taken, so this gateway would not "
+                   "notice a log that rolls back or forks; provision the gateway again "
+                   "(meterchain agent provision …) to get the log key and witness policy")
+        return
+    kept = read_view(config.outbox_path)
+    held, alarm = kept if kept is not None else (None, None)
+    if alarm is not None:
+        first = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(alarm.first))
+        last = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(alarm.last))
+        report.add("receipts", False, f"the log is INCONSISTENT with what this gateway saw "
+                   f"({alarm.count}×, first at {first}, last at {last}): {alarm.detail}",
+                   "the log rolled back or showed another history: do not re-provision or delete "
+                   f"{view_path(config.outbox_path)} (it holds both signed checkpoints, the "
+                   "evidence); report it to the backend's operator and the witnesses' operators, "
+                   "and run `meterchain monitor` against the log")
+    if held is None:
+        if alarm is None:
+            report.add("receipts", True, "no receipt verified yet (the backend sends one after each "
+                       "cosigned checkpoint holding this gateway's readings)")
+        return
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(held.updated))
+    policy = "log-signed" if config.witness_policy is None else "cosigned per the witness policy"
+    report.add("receipts", True, f"newest checkpoint verified: {held.checkpoint.size} leaves "
+               f"({policy}), from the receipt of seq {held.seq} at position {held.index}, {when}")
 
 
 async def _check_meters(report: CheckReport, sources: list[MeterSource]) -> bool:

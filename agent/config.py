@@ -88,6 +88,10 @@ class AgentConfig:
     #: The backend's control key, ``name+hash+base64``: every ack must be signed by it
     #: (docs/agent.md, "Signed acks"). None: acks are taken unverified, each with an alarm.
     control_key: str | None = None
+    #: The log's verifier key and the witness policy's text, as provisioning wrote them: receipts
+    #: are verified with them (agent/receipts.py). Without a log key receipts are not taken.
+    log_key: str | None = None
+    witness_policy: str | None = None
 
 
 class _Table:
@@ -171,6 +175,8 @@ def parse_config(raw: dict[str, Any], file: Path) -> AgentConfig:
             "homeassistant",
             "telemetry_seconds",
             "control_key",
+            "log_key",
+            "witness_policy",
         },
     )
     device_id = top.get("device_id", str)
@@ -231,12 +237,25 @@ def parse_config(raw: dict[str, Any], file: Path) -> AgentConfig:
         homeassistant=_parse_homeassistant(top, raw, file),
         telemetry_seconds=top.integer("telemetry_seconds", 0, 3600, 5),
         control_key=_parse_control_key(top),
+        log_key=_parse_log_key(top),
+        witness_policy=_parse_witness_policy(top),
     )
 
 
 def _parse_control_key(top: _Table) -> str | None:
     """``control_key``: the backend's control key as provisioning wrote it (a C2SP verifier key)."""
-    text = top.get("control_key", str, None)
+    return _verifier_key(top, "control_key", "a control key", "copy it from `meterchain backend "
+                         "control-key show`, or provision again")
+
+
+def _parse_log_key(top: _Table) -> str | None:
+    """``log_key``: the log's verifier key (``name+hash+base64``), checked to parse."""
+    return _verifier_key(top, "log_key", "a log key", "copy it from GET /api/v1/log/public-key, "
+                         "or provision again")
+
+
+def _verifier_key(top: _Table, name: str, what: str, fix: str) -> str | None:
+    text = top.get(name, str, None)
     if text is None:
         return None
     from meterchain.contract.errors import MeterchainError
@@ -245,8 +264,22 @@ def _parse_control_key(top: _Table) -> str | None:
     try:
         NoteVerifier.parse(text)
     except MeterchainError as exc:
-        raise top.error("control_key", f"not a control key ({exc}); copy it from "
-                        "`meterchain backend control-key show`, or provision again") from None
+        raise top.error(name, f"not {what} ({exc}); {fix}") from None
+    return text
+
+
+def _parse_witness_policy(top: _Table) -> str | None:
+    """``witness_policy``: the tlog-policy text provisioning gave (docs/witness.md)."""
+    text = top.get("witness_policy", str, None)
+    if text is None:
+        return None
+    from meterchain.contract.errors import MeterchainError
+    from meterchain.contract.tlog_policy import parse_policy
+
+    try:
+        parse_policy(text)
+    except MeterchainError as exc:
+        raise top.error("witness_policy", f"not a witness policy ({exc}); provision again") from None
     return text
 
 

@@ -99,6 +99,40 @@ class AgentMetrics:
             registry=r,
         )
 
+        # Receipts (agent/receipts.py, issue 17).
+        self.receipts_verified = Counter(
+            "meterchain_agent_receipts_verified",
+            "Receipts verified (log key, witness policy, inclusion) and consistent with the view",
+            registry=r,
+        )
+        self.receipts_refused = Counter(
+            "meterchain_agent_receipts_refused",
+            "Receipts that failed verification (encoding, foreign-device, checkpoint, witnesses, "
+            "inclusion, ...); the view is unchanged",
+            ["reason"],
+            registry=r,
+        )
+        self.receipts_unproven = Counter(
+            "meterchain_agent_receipts_unproven",
+            "Receipts not taken because no consistency proof could be had then (offline)",
+            registry=r,
+        )
+        self.log_size = Gauge(
+            "meterchain_agent_log_size",
+            "Tree size of the newest cosigned checkpoint this gateway verified",
+            registry=r,
+        )
+        self.log_inconsistent = Gauge(
+            "meterchain_agent_log_inconsistent",
+            "1 once the log contradicted a checkpoint this gateway verified (rollback or fork): an alarm",
+            registry=r,
+        )
+        self.log_inconsistencies = Counter(
+            "meterchain_agent_log_inconsistencies",
+            "Receipts whose checkpoint contradicts the view (each one counted)",
+            registry=r,
+        )
+
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Expose /metrics over HTTP (a daemon thread)."""
         start_http_server(port, addr=addr, registry=self.registry)

@@ -226,6 +226,14 @@ def agent_config_document(existing: dict[str, Any], answer: dict[str, Any], *, b
     document["broker"] = broker
     if answer.get("control_key"):  # acks are verified with it (docs/agent.md, "Signed acks")
         document["control_key"] = answer["control_key"]
+    # Receipts are verified with these (docs/agent.md, "Receipts"); a backend without witnesses
+    # sends no policy, and an old one remains only if the answer does not say.
+    if answer.get("log_public_key"):
+        document["log_key"] = answer["log_public_key"]
+    if answer.get("witness_policy"):
+        document["witness_policy"] = answer["witness_policy"]
+    elif "log_public_key" in answer:
+        document.pop("witness_policy", None)
     document.pop("meters", None)
     if meters:
         document["meters"] = meters

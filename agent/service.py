@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
 import stat
 import time
 from collections.abc import Callable, Sequence
@@ -26,13 +27,17 @@ from meterchain.agent.ocmf import OcmfCompanion
 from meterchain.agent.outbox import Outbox, StorageFull
 from meterchain.agent.profile_poller import ProfilePoller, dlms_pollers
 from meterchain.agent.publisher import Publisher
+from meterchain.agent.receipts import ConsistencySource, ReceiptKeeper
 from meterchain.agent.recovery import open_outbox
 from meterchain.agent.scheduler import Poller
 from meterchain.agent.status import StatusReporter
 from meterchain.agent.systemd import Notifier, run_watchdog
 from meterchain.agent.telemetry import TelemetryPublisher
+from meterchain.contract.errors import MeterchainError
+from meterchain.contract.note import NoteVerifier
 from meterchain.contract.reading import ClockSync
 from meterchain.contract.signing import Signer, key_id, load_signer
+from meterchain.contract.tlog_policy import parse_policy
 from meterchain.mqtt import Backoff
 
 log = logging.getLogger(__name__)
@@ -92,6 +97,7 @@ class Agent:
         self.started = asyncio.Event()
         self.homeassistant: HomeAssistantPublisher | None = None
         self.telemetry: TelemetryPublisher | None = None
+        self.receipts: ReceiptKeeper | None = None
         self._models = {meter.name: meter.model for meter in config.meters}
 
     def _homeassistant(self) -> HomeAssistantPublisher | None:
@@ -143,9 +149,12 @@ class Agent:
     def _alarms(self) -> tuple[str, ...]:
         """The status message's alarm codes: those kept on disk, and a full disk, which cannot
         be kept there."""
-        kept = recent_alarms(self.config.outbox_path)
-        full = self.poller is not None and self.poller.disk_full_since is not None
-        return tuple(sorted({*kept, "disk-full"})) if full else kept
+        kept = set(recent_alarms(self.config.outbox_path))
+        if self.poller is not None and self.poller.disk_full_since is not None:
+            kept.add("disk-full")
+        if self.receipts is not None and self.receipts.alarm is not None:
+            kept.add("log-inconsistent")  # until someone looks: not only for a day
+        return tuple(sorted(kept))
 
     def _meter_drift(self) -> dict[str, float]:
         """The DLMS meters' last measured clock drift, by serial (Modbus meters have no clock)."""
@@ -166,6 +175,30 @@ class Agent:
                     voltage_dv=snapshot.voltage_dv,
                 ),
             )
+
+    def _receipt_keeper(self) -> ReceiptKeeper | None:
+        """Receipts are taken with the provisioned log key (and witness policy), else not at all."""
+        config = self.config
+        if config.log_key is None:
+            log.warning("event=no_log_key device=%s: receipts are not taken, so this gateway "
+                        "would not notice a log that rolls back or forks; provision the gateway "
+                        "again (docs/agent.md, \"Receipts\")", config.device_id)
+            return None
+        log_key = NoteVerifier.parse(config.log_key)
+        try:
+            return ReceiptKeeper(
+                device=config.device_id, log_key=log_key,
+                policy=parse_policy(config.witness_policy) if config.witness_policy else None,
+                outbox_path=config.outbox_path, proofs=ConsistencySource(config.backend_url, log_key),
+                metrics=self.metrics,
+                on_alarm=lambda kind, detail: record_alarm(config.outbox_path, kind, detail),
+            )
+        except (sqlite3.Error, MeterchainError) as exc:  # the readings matter more: run without
+            log.error("event=log_view_unreadable device=%s error=%r: receipts are not taken; move "
+                      "the file aside (keep it: it may be evidence) and restart", config.device_id,
+                      str(exc))
+            record_alarm(config.outbox_path, "log-view-unreadable", str(exc))
+            return None
 
     async def run(self) -> None:
         """Run until cancelled; the outbox is closed on the way out, whatever the reason."""
@@ -188,6 +221,7 @@ class Agent:
                     kid.hex(),
                 )
             self.outbox = outbox
+            self.receipts = self._receipt_keeper()
             self.publisher = Publisher(
                 device=config.device_id,
                 broker=config.broker,
@@ -207,6 +241,7 @@ class Agent:
                 guard=AckGuard(config.device_id, config.control_key, config.key_path),
                 on_alarm=lambda kind, detail: record_alarm(config.outbox_path, kind, detail),
                 judge=self.judge,
+                on_receipt=self.receipts.submit if self.receipts is not None else None,
             )
             if config.control_key is None:
                 log.warning("event=no_control_key device=%s: acks are taken unverified, each "
@@ -277,11 +312,16 @@ class Agent:
                         group.create_task(self.homeassistant.run())
                     if self.telemetry is not None:
                         group.create_task(self.telemetry.run())
+                    if self.receipts is not None:
+                        group.create_task(self.receipts.run())
             finally:
                 notifier.stopping()
         finally:
             for source in self.sources:
                 source.close()
+            if self.receipts is not None:
+                self.receipts.close()
+                await self.receipts.proofs.close()
             await outbox.close()
 
 

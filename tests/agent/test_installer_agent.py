@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 from tests.support.cli import run
 from tests.support.humantime import assert_no_unix_seconds
 from tests.support.provisioning import register_scopes
+from tests.support.receipts import POLICY_2_OF_3
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 MEMBERS = ("sdm630", 3, 9600, 630_003), ("sdm120", 7, 2400, 120_007)
@@ -88,7 +89,8 @@ def running_backend(tmp_path: Path) -> Iterator[tuple[str, Path, NoteSigner]]:
     log_key = NoteSigner.generate("test.example/log")
     port = free_port()
     settings = ProvisioningSettings(broker_url="mqtt://127.0.0.1:1883",
-                                    control_key=str(CONTROL.verifier))
+                                    control_key=str(CONTROL.verifier),
+                                    witness_policy=POLICY_2_OF_3.to_text())
     server = uvicorn.Server(uvicorn.Config(create_app(str(db), "s3cret", log_key.verifier, settings),
                                            host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -165,6 +167,9 @@ def test_provision_command_against_a_running_backend(running_backend, tmp_path: 
     assert record["log_public_key"] == str(log_key.verifier) and record["scope"] == "utility:swx"
     # The gateway verifies every ack with the backend's control key (issue 14).
     assert loaded.control_key == record["control_key"] == str(CONTROL.verifier)
+    # ...and every receipt with the log key and the witness policy (issue 17).
+    assert loaded.log_key == str(log_key.verifier)
+    assert loaded.witness_policy == record["witness_policy"] == POLICY_2_OF_3.to_text()
     assert _accepted(db, config, 1) == {"stored": 1}
     first_key = (gateway / "device-key.pem").read_bytes()
     reused = runner.invoke(cli, [*common, "--token", token])

@@ -31,6 +31,7 @@ from meterchain.contract.ack import (
     status_topic,
     telemetry_topic,
 )
+from meterchain.contract.receipt import receipt_topic
 from meterchain.mqtt.broker import find_mosquitto, free_port
 
 from tests.support.paths import REPO_ROOT
@@ -330,6 +331,24 @@ def test_a_device_reads_only_its_own_acks(broker: Broker, connect) -> None:
     assert gw1.next_message() == (ack_topic("gw-1"), b"second ack for gw-1", False)
     assert backend.publish(ack_topic("gw-2"), b"second ack for gw-2", retain=True) in ACCEPTED
     assert gw2.drain() == {(ack_topic("gw-2"), b"second ack for gw-2")}
+
+
+def test_a_device_reads_only_its_own_receipts(broker: Broker, connect) -> None:
+    """Receipts (backend/log/receipts.py) are retained on each device's topic: the backend writes
+    them, the device reads its own, another device reads none and writes none."""
+    backend = connect(BACKEND_USER)
+    assert backend.publish(receipt_topic("gw-1"), b"receipt for gw-1", retain=True) in ACCEPTED
+    assert backend.publish(receipt_topic("gw-2"), b"receipt for gw-2", retain=True) in ACCEPTED
+    gw2 = connect("gw-2")
+    assert gw2.publish(receipt_topic("gw-2"), b"forged") == NOT_AUTHORIZED
+    assert gw2.publish(receipt_topic("gw-1"), b"forged") == NOT_AUTHORIZED
+    gw2.subscribe(receipt_topic("gw-1"))
+    gw2.subscribe("meterchain/v1/+/receipts")
+    gw2.subscribe(receipt_topic("gw-2"))
+    assert gw2.drain() == {(receipt_topic("gw-2"), b"receipt for gw-2")}
+    gw1 = connect("gw-1")
+    gw1.subscribe(receipt_topic("gw-1"))
+    assert gw1.next_message() == (receipt_topic("gw-1"), b"receipt for gw-1", True)
 
 
 def test_the_backend_cannot_forge_readings_and_reads_status(broker: Broker, connect) -> None:

@@ -1,5 +1,6 @@
 """Witness test helpers: a toy log that signs checkpoints and makes consistency proofs, request
-bodies for add-checkpoint, and witness processes (``meterchain witness serve``) on free ports."""
+bodies for add-checkpoint, witness processes (``meterchain witness serve``) on free ports, and
+witness apps in process behind an httpx transport (:class:`Witnesses`)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ from pathlib import Path
 
 import httpx
 from meterchain.contract.checkpoint import Checkpoint
+from meterchain.contract.cosignature import Cosigner
 from meterchain.contract.merkle import consistency_proof, leaf_hash, root_from_leaf_hashes
 from meterchain.contract.note import NoteSigner
+from meterchain.contract.tlog_policy import Witness, WitnessPolicy
+from meterchain.witness.config import WitnessConfig
+from meterchain.witness.http import WitnessApp
+from meterchain.witness.store import WitnessStore
 
 ORIGIN = "meterchain.test/log"
 
@@ -127,3 +133,34 @@ class WitnessProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+class Witnesses:
+    """Witness apps by host name (http://w1 ...); ``down`` ones fail to connect."""
+
+    def __init__(self, tmp_path: Path, origin_key, names=("w1", "w2", "w3")) -> None:  # type: ignore[no-untyped-def]
+        self.cosigners = {n: Cosigner.generate(f"witness.test/{n}") for n in names}
+        self.stores = {n: WitnessStore(tmp_path / f"{n}.db") for n in names}
+        self.apps = {n: WitnessApp(WitnessConfig(self.cosigners[n], tmp_path / f"{n}.db", "", 0, "",
+                                                 {origin_key.name: (origin_key,)}), self.stores[n])
+                     for n in names}
+        self.down: set[str] = set()
+
+    def policy(self, k: int) -> WitnessPolicy:
+        return WitnessPolicy.k_of_n(k, [Witness(n, c.key, f"http://{n}") for n, c in self.cosigners.items()])
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        host = dict(scope["headers"])[b"host"].decode()
+        await self.apps[host](scope, receive, send)
+
+    def transport(self) -> httpx.AsyncBaseTransport:
+        inner = httpx.ASGITransport(app=self)
+        down = self.down
+
+        class Transport(httpx.AsyncBaseTransport):
+            async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+                if request.url.host in down:
+                    raise httpx.ConnectError("connection refused", request=request)
+                return await inner.handle_async_request(request)
+
+        return Transport()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 from meterchain.backend.log.audit import audit
 from meterchain.backend.log.cosigning import Cosigning
@@ -15,44 +14,11 @@ from meterchain.cli.main import app as cli
 from meterchain.contract.bundle import BundleError, verify_bundle
 from meterchain.contract.cosignature import Cosigner, verify_cosignatures
 from meterchain.contract.tlog_policy import Witness, WitnessPolicy
-from meterchain.witness.config import WitnessConfig
-from meterchain.witness.http import WitnessApp
-from meterchain.witness.store import WitnessStore
 from typer.testing import CliRunner
 
 from tests.support.backend import Gateway, backend, close
 from tests.support.store import StoreFactory
-
-
-class Witnesses:
-    """Witness apps by host name (http://w1 ...); ``down`` ones fail to connect."""
-
-    def __init__(self, tmp_path: Path, origin_key, names=("w1", "w2", "w3")) -> None:  # type: ignore[no-untyped-def]
-        self.cosigners = {n: Cosigner.generate(f"witness.test/{n}") for n in names}
-        self.stores = {n: WitnessStore(tmp_path / f"{n}.db") for n in names}
-        self.apps = {n: WitnessApp(WitnessConfig(self.cosigners[n], tmp_path / f"{n}.db", "", 0, "",
-                                                 {origin_key.name: (origin_key,)}), self.stores[n])
-                     for n in names}
-        self.down: set[str] = set()
-
-    def policy(self, k: int) -> WitnessPolicy:
-        return WitnessPolicy.k_of_n(k, [Witness(n, c.key, f"http://{n}") for n, c in self.cosigners.items()])
-
-    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
-        host = dict(scope["headers"])[b"host"].decode()
-        await self.apps[host](scope, receive, send)
-
-    def transport(self) -> httpx.AsyncBaseTransport:
-        inner = httpx.ASGITransport(app=self)
-        down = self.down
-
-        class Transport(httpx.AsyncBaseTransport):
-            async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-                if request.url.host in down:
-                    raise httpx.ConnectError("connection refused", request=request)
-                return await inner.handle_async_request(request)
-
-        return Transport()
+from tests.support.witness import Witnesses
 
 
 async def test_checkpoints_carry_the_witnesses_cosignatures(store_factory: StoreFactory, tmp_path: Path) -> None:

@@ -16,9 +16,9 @@ from meterchain.contract.receipt import Receipt, receipt_topic, verify_receipt
 from meterchain.mqtt import BrokerUrl, connect
 from meterchain.mqtt.broker import RunningBroker
 
-from tests.backend.log.test_cosigning import Witnesses
 from tests.support.backend import Gateway, backend, close
 from tests.support.store import StoreFactory
+from tests.support.witness import Witnesses
 
 
 def receipts_of(chunks: list[list[tuple[str, bytes]]]) -> dict[str, Receipt]:
