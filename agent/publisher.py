@@ -42,6 +42,7 @@ from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.outbox import Outbox, OutboxReading, is_disk_full
 from meterchain.agent.resend import Outstanding, ResendPolicy
 from meterchain.contract.ack import ack_topic, ocmf_topic, readings_topic, status_topic
+from meterchain.contract.receipt import receipt_topic
 from meterchain.mqtt import Backoff, Connection, Failure, Protocol, stay_connected
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Publisher:
         on_alarm: Callable[[str, str], None] | None = None,
         window: int = 1000,
         judge: ClockJudge | None = None,
+        on_receipt: Callable[[bytes], None] | None = None,
     ) -> None:
         self.device = device
         self.broker = broker
@@ -102,6 +104,8 @@ class Publisher:
         # against the monotonic time of the first publish of what the ack commits: a wall-clock
         # time taken before a step of the clock would mislead it.
         self.judge = judge or ClockJudge()
+        # Receipts (agent/receipts.py): subscribed to when set, handed over without waiting.
+        self.on_receipt = on_receipt
         self._sent_mono: dict[int, float] = {}
         self._ack_arrived = asyncio.Event()  # any ack message since this process started
 
@@ -135,6 +139,8 @@ class Publisher:
     async def _session(self, client: Connection) -> None:
         self.protocol = client.protocol
         await client.subscribe(ack_topic(self.device), qos=1, timeout=self.publish_timeout)
+        if self.on_receipt is not None:  # retained: the newest receipt arrives at once
+            await client.subscribe(receipt_topic(self.device), qos=1, timeout=self.publish_timeout)
         self.resend.reconnected(self.clock.now())
         self.connected.set()
         self.metrics.broker_connects.labels(protocol=self.protocol.name).inc()
@@ -156,9 +162,14 @@ class Publisher:
                 group.create_task(self._report_status(client))
 
     async def _receive_acks(self, client: Connection) -> None:
+        receipts = receipt_topic(self.device)
         async for message in client.messages():
-            await self.handle_ack(message.payload)
-            self._ack_arrived.set()
+            if message.topic == receipts:
+                if self.on_receipt is not None:
+                    self.on_receipt(message.payload)
+            else:
+                await self.handle_ack(message.payload)
+                self._ack_arrived.set()
 
     async def handle_ack(self, payload: bytes) -> None:
         """Apply one ack message; a malformed or foreign ack is logged and ignored."""
