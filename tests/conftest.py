@@ -7,7 +7,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from meterchain.mqtt.broker import RunningBroker, start_broker
+
+# scripts/coverage runs with --hypothesis-profile=coverage: traced code runs several times slower, so
+# hypothesis's per-example deadline (200 ms) would fail examples for the tracing, not for the code.
+settings.register_profile("coverage", deadline=None)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,0 +1,310 @@
+"""The demo's parts in this process (tests/cli/test_demo.py runs the whole demo as a user does):
+its command-line checks, the files it writes and their modes, the catch-up driver that plans the
+time-lapse history, the guide it prints, and how it starts and stops its backend process."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from meterchain.agent.clock import TimeLapseClock
+from meterchain.agent.config import load_config
+from meterchain.backend.api.ports import PortTaken
+from meterchain.backend.config import BackendConfig
+from meterchain.cli import demo
+from meterchain.cli.main import build_app
+from meterchain.contract import signing
+from meterchain.contract.note import NoteSigner
+from meterchain.mqtt.broker import RunningBroker, free_port
+from rich.console import Console
+from rich.progress import Progress
+from typer.testing import CliRunner
+
+from tests.support.humantime import assert_no_unix_seconds
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def open_umask():  # type: ignore[no-untyped-def]
+    """A umask that would make files world-readable: the demo's modes must not depend on it."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+# ------------------------------------------------------------------ the command line
+
+
+async def test_run_demo_checks_its_port_before_it_creates_anything(tmp_path: Path) -> None:
+    """The command checks too (test_demo.py runs it); this is the check inside, for callers of run_demo."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(PortTaken, match=f"port {port}"):
+            await demo.run_demo(tmp_path / "d", port, duration=0)
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(("days", "bound"), [("0", "greater than or equal to 1"), ("91", "less than or equal to 90")])
+def test_history_days_outside_1_to_90_is_refused(tmp_path: Path, days: str, bound: str) -> None:
+    result = CliRunner().invoke(build_app(), ["demo", "--dir", str(tmp_path / "d"),
+                                              "--history-days", days], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert "Invalid value for '--history-days'" in result.output and bound in result.output
+    assert not (tmp_path / "d").exists()
+
+
+# ------------------------------------------------------------------ files and their modes
+
+
+def test_secrets_are_written_for_their_owner_alone(tmp_path: Path, open_umask: None) -> None:
+    token = tmp_path / "admin-token"
+    token.write_text("old\n")
+    token.chmod(0o644)
+    demo._write_private(token, "new\n")
+    assert token.read_text() == "new\n" and _mode(token) == 0o600
+
+    key = tmp_path / "gw.key"
+    public = demo._write_key(key)
+    assert _mode(key) == 0o600
+    assert public == signing.load_signer(key.read_bytes()).public_key_der
+    assert demo._write_key(key) == public  # a re-run keeps the gateway's key
+
+
+def test_the_database_and_its_journal_files_are_the_owners_alone(tmp_path: Path, open_umask: None) -> None:
+    db = tmp_path / "backend.sqlite"
+    demo._secure_db(db)
+    assert db.exists() and _mode(db) == 0o600
+    for suffix in ("-wal", "-shm"):
+        db.with_name(db.name + suffix).write_bytes(b"")
+        db.with_name(db.name + suffix).chmod(0o644)
+    demo._secure_db(db)
+    assert {_mode(db.with_name(db.name + s)) for s in ("", "-wal", "-shm")} == {0o600}
+
+
+def test_agent_config_is_what_the_agent_loads(tmp_path: Path, open_umask: None) -> None:
+    household = demo.HOUSEHOLDS[2]  # the heat pump household: two meters on one bus
+    broker = RunningBroker("mosquitto", "127.0.0.1", 18830, username="demo", password="pa ss")
+    path = demo._agent_config(tmp_path, household, "/dev/pts/7", broker, "http://127.0.0.1:8000")
+    assert _mode(path) == 0o600
+    config = load_config(path)
+    assert config.device_id == household.device == "gw-0003"
+    assert [(m.name, m.port, m.modbus_id) for m in config.meters] == [
+        ("house", "/dev/pts/7", 1), ("heat-pump", "/dev/pts/7", 2)]
+    assert config.broker.address.port == 18830 and config.broker.address.username == "demo"
+    assert config.broker.address.password == "pa ss"
+    assert config.telemetry_seconds == demo.TELEMETRY_SECONDS and config.control_key is None
+
+    anonymous = RunningBroker("amqtt", "127.0.0.1", 18831)
+    control = str(NoteSigner.generate("demo.meterchain.local/control").verifier)
+    path = demo._agent_config(tmp_path, household, "/dev/pts/7", anonymous, "http://127.0.0.1:8000",
+                              control_key=control)
+    config = load_config(path)
+    assert config.broker.address.username is None and config.control_key == control
+
+
+def test_logins_file_skips_comments_and_short_lines(tmp_path: Path) -> None:
+    assert demo._read_logins(tmp_path / "households.txt") == {}
+    (tmp_path / "households.txt").write_text(
+        "# demo dashboard logins: username password household\n"
+        "household-1 s3cret household-1\n"
+        "broken\n"
+        "household-2 other household-2\n")
+    assert demo._read_logins(tmp_path / "households.txt") == {"household-1": "s3cret",
+                                                               "household-2": "other"}
+
+
+def test_timeline_starts_history_days_back_on_the_grid_and_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "timeline.json"
+    now = 1_717_400_000.5
+    timeline = demo.Timeline.load_or_start(path, 35, now)
+    assert timeline.origin == timeline.until and timeline.origin % demo.INTERVAL == 0
+    assert 0 <= now - 35 * 86_400 - timeline.origin < demo.INTERVAL
+    timeline.until = timeline.origin + 10 * demo.INTERVAL
+    timeline.save(path)
+    assert json.loads(path.read_text()) == {"origin": timeline.origin, "until": timeline.until}
+    again = demo.Timeline.load_or_start(path, 2, now + 86_400)  # other days: the file wins
+    assert (again.origin, again.until) == (timeline.origin, timeline.until)
+
+
+def test_backend_toml_is_read_back_as_the_same_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MC_ADMIN_TOKEN", raising=False)
+    monkeypatch.delenv("MC_BROKER_URL", raising=False)
+    config = BackendConfig(db=str(tmp_path / "b.sqlite"), broker="mqtt://u:p@127.0.0.1:1884", http_port=8123,
+                           log_key=str(tmp_path / "log.key"), origin=demo.DEMO_ORIGIN, admin_token="t0ken",
+                           seal_interval=2.0, public_url="http://127.0.0.1:8123",
+                           gateway_broker_url="mqtt://127.0.0.1:1884")
+    path = tmp_path / "backend.toml"
+    path.write_text(demo.backend_toml(config))
+    assert BackendConfig.load(path) == config
+
+
+# ------------------------------------------------------------------ what it prints
+
+
+def test_the_guide_names_every_way_in_with_paths_as_typed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    credentials = demo.Credentials("utility-token", "installer-token")
+    with demo.console.capture() as captured:
+        demo.print_guide("http://127.0.0.1:8000", tmp_path / "demo-data", {"household-1": "pw-1"},
+                         credentials, "/dev/pts/9")
+    text = captured.get()
+    assert "sign in as household-1 / pw-1" in text
+    assert "demo-data/households.txt" in text and str(tmp_path) not in text  # relative to the cwd
+    for h in demo.HOUSEHOLDS:
+        assert f"{h.id} {h.kind}" in text
+    for where in ("http://127.0.0.1:8000/console", "http://127.0.0.1:8000/docs", "/dev/pts/9",
+                  "demo-data/utility-key", "demo-data/installer-token", "demo-data/console-invitation"):
+        assert where in text, where
+    elsewhere = tmp_path.parent / "elsewhere"
+    with demo.console.capture() as captured:
+        demo.print_guide("http://127.0.0.1:8000", elsewhere, {"household-1": "pw-1"}, credentials, "/dev/pts/9")
+    assert f"{elsewhere}/households.txt" in captured.get()  # outside the cwd: the whole path
+
+
+def test_history_times_are_local_with_a_zone() -> None:
+    shown = demo._local(1_717_400_000)
+    assert_no_unix_seconds(shown, "the demo's history line")
+    assert shown.split()[-1].isalpha() or shown.split()[-1].startswith(("+", "-"))  # a zone name or offset
+
+
+# ------------------------------------------------------------------ the catch-up driver
+
+
+class _Poller:
+    def __init__(self) -> None:
+        self.cycles = 0
+
+
+class _Outbox:
+    """Depth the backend has not acked: above the window for the first ``backlog`` looks."""
+
+    def __init__(self, backlog: int) -> None:
+        self.looks = 0
+        self.backlog = backlog
+
+    async def depth(self) -> int:
+        self.looks += 1
+        return demo.CATCH_UP_WINDOW + 1 if self.looks <= self.backlog else 0
+
+
+class _Gateway:
+    """An agent as the driver sees it: started, one poll cycle per interval of the clock."""
+
+    def __init__(self, clock: TimeLapseClock, start: int, backlog: int = 0, dies_after: int | None = None) -> None:
+        self.started = asyncio.Event()
+        self.poller = _Poller()
+        self.outbox = _Outbox(backlog)
+        self._clock, self._start, self._dies_after = clock, start, dies_after
+
+    async def run(self) -> None:
+        self.started.set()
+        due = self._start + demo.INTERVAL
+        while True:
+            await self._clock.sleep_until(due)
+            if self._dies_after is not None and self.poller.cycles >= self._dies_after:
+                raise RuntimeError("meter bus gone")
+            self.poller.cycles += 1
+            due += demo.INTERVAL
+
+
+async def _drive(gateways: list[_Gateway], clock: TimeLapseClock, start: int,
+                 progress: Progress | None = None) -> int:
+    tasks = [asyncio.create_task(g.run()) for g in gateways]
+    try:
+        return await demo._drive_catch_up(clock, list(zip(gateways, tasks, strict=True)),  # type: ignore[arg-type]
+                                          start, progress)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_catch_up_runs_every_interval_up_to_now_then_the_clock_is_live() -> None:
+    start = int(time.time()) - 3 * demo.INTERVAL - 60
+    clock = TimeLapseClock(start)
+    gateways = [_Gateway(clock, start), _Gateway(clock, start, backlog=3)]
+    with Progress(console=Console(file=io.StringIO(), width=200)) as progress:
+        steps = await _drive(gateways, clock, start, progress)
+        description = progress.tasks[0].description
+    assert steps == 3 and clock.live
+    assert [g.poller.cycles for g in gateways] == [3, 3]  # every agent signed every interval
+    assert gateways[1].outbox.looks > 3  # it waited for the backend to catch up before moving on
+    assert description.startswith("history ")  # "history Mon 03 Jun 14:15 CEST": where it has got to
+    assert_no_unix_seconds(description, "the catch-up progress")
+
+
+async def test_catch_up_says_why_when_an_agent_dies() -> None:
+    start = int(time.time()) - 5 * demo.INTERVAL
+    clock = TimeLapseClock(start)
+    with pytest.raises(RuntimeError, match="meter bus gone"):
+        await asyncio.wait_for(_drive([_Gateway(clock, start, dies_after=1)], clock, start), 30)
+
+
+async def test_ctrl_c_cancels_the_work_and_returns_none() -> None:
+    stop, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def forever() -> int:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return 1
+
+    async def quick() -> int:
+        return 7
+
+    assert await demo._unless_stopped(quick(), stop) == 7
+    asyncio.get_running_loop().call_later(0.05, stop.set)
+    assert await demo._unless_stopped(forever(), stop) is None
+    assert cancelled.is_set()
+
+
+async def test_an_agent_that_will_not_stop_is_named_and_left(caplog: pytest.LogCaptureFixture) -> None:
+    stubborn = asyncio.create_task(asyncio.sleep(3600), name="gw-0042")
+    caplog.set_level(logging.WARNING, logger="meterchain.cli.demo")
+    try:
+        await demo._stopped([stubborn], timeout=0.05)
+        assert "gw-0042 did not stop" in caplog.text
+    finally:
+        stubborn.cancel()
+    await demo._stopped([])  # nothing to wait for: returns at once
+
+
+# ------------------------------------------------------------------ the backend process
+
+
+async def test_stop_backend_stops_a_running_process_with_sigterm() -> None:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)")
+    await demo.stop_backend(proc)
+    assert proc.returncode == -signal.SIGTERM
+    await demo.stop_backend(proc)  # already stopped: nothing to do
+
+
+@pytest.mark.timeout(180)
+async def test_a_backend_that_cannot_start_fails_with_the_end_of_its_log(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = BackendConfig(db=str(tmp_path / "backend.sqlite"), broker=f"mqtt://127.0.0.1:{free_port()}",
+                               http_port=port, log_key=str(tmp_path / "log.key"), admin_token="t")
+        with pytest.raises(demo.BackendFailed, match="did not start") as failed:
+            await demo.start_backend(tmp_path, config, f"http://127.0.0.1:{port}")
+    assert str(tmp_path / "backend.log") in str(failed.value)
+    assert _mode(tmp_path / "backend.toml") == 0o600
