@@ -8,6 +8,8 @@
 - A **settlement leaf** carries the digest of one settled interval (see docs/netting.md).
 - A **control-key leaf** announces the backend's control key, which signs acks
   (contract/control.py); a **gap leaf** is a device's signed gap declaration (contract/gap.py).
+- An **assignment leaf** commits, salted, to a meter binding or an occupancy of a metering point
+  (contract/assignment.py).
 
 The first byte tells them apart: 0x82 (array of two) is a reading; a map's ``t`` key names the rest.
 """
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from meterchain.contract import cbor
+from meterchain.contract.assignment import ASSIGNMENT_LEAF_TYPE, AssignmentLeaf
 from meterchain.contract.control import CONTROL_KEY_LEAF_TYPE, ControlKeyLeaf
 from meterchain.contract.errors import EncodingError, FieldError
 from meterchain.contract.gap import GAP_MESSAGE_TYPE, GapMessage
@@ -88,7 +91,7 @@ class SettlementLeaf:
     fields: dict[str, object]
 
 
-Leaf = SignedReading | DeviceLeaf | SettlementLeaf | ControlKeyLeaf | GapMessage
+Leaf = SignedReading | DeviceLeaf | SettlementLeaf | ControlKeyLeaf | GapMessage | AssignmentLeaf
 
 
 def parse_leaf(data: bytes) -> Leaf:
@@ -122,6 +125,8 @@ def parse_leaf(data: bytes) -> Leaf:
         return ControlKeyLeaf.from_map(obj)
     if obj["t"] == GAP_MESSAGE_TYPE:
         return GapMessage.from_cbor(data)
+    if obj["t"] == ASSIGNMENT_LEAF_TYPE:
+        return AssignmentLeaf.from_map(obj)
     raise EncodingError(f"leaf: unknown type {obj['t']!r}", what="leaf")
 
 

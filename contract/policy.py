@@ -12,7 +12,11 @@ settlement verification) is a composition of the checks below, so each rule is w
 - ``key-id`` (:class:`KeyIdMatches`): the statement names that key's id;
 - ``low-s`` (:class:`LowS`): the signature is strict DER with a low S;
 - ``signature`` (:class:`SignatureVerifies`): ECDSA P-256/SHA-256 verifies with that key;
-- ``inclusion`` (:class:`LeafIncluded`): the statement's leaf is in the checkpoint's tree.
+- ``inclusion`` (:class:`LeafIncluded`): the statement's leaf is in the checkpoint's tree;
+- ``assignment-inclusion`` (:class:`AssignmentsIncluded`): every opened assignment leaf (salt and
+  fields, contract/assignment.py) is in the checkpoint's tree;
+- ``point-assigned`` (:class:`PointAssigned`): a logged meter binding ties the reading's meter to
+  the metering point it is said to count for, at the reading's end.
 
 Checks read an :class:`Evidence` and record what they establish on it (the opened checkpoint,
 the valid key), so later checks build on earlier ones; a failure raises
@@ -31,9 +35,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
+from meterchain.contract.assignment import Assignment, AssignmentOpening, meter_point_at
 from meterchain.contract.checkpoint import Checkpoint, open_checkpoint
 from meterchain.contract.cosignature import verify_cosignatures
 from meterchain.contract.errors import MeterchainError
+from meterchain.contract.humantime import human_time
 from meterchain.contract.leaves import DeviceLeaf, valid_key
 from meterchain.contract.merkle import leaf_hash, verify_inclusion
 from meterchain.contract.message import SignedReading
@@ -88,6 +94,30 @@ class LoggedLeaf:
     proof: tuple[bytes, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class LoggedOpening:
+    """An assignment leaf's opening with the leaf's index and inclusion proof."""
+
+    opening: AssignmentOpening
+    index: int
+    proof: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PointClaim:
+    """That the reading of ``(device, meter)`` ending at ``end`` counts for metering ``point``."""
+
+    point: str
+    device: str
+    meter: str
+    end: int
+
+    @classmethod
+    def of_reading(cls, point: str, signed: SignedReading) -> PointClaim:
+        r = signed.reading
+        return cls(point, r.device, r.meter, r.end)
+
+
 @dataclass(slots=True)
 class Evidence:
     """What a policy checks, and what its checks have established so far.
@@ -110,6 +140,11 @@ class Evidence:
     passed: list[str] = field(default_factory=list)
     #: the policy's witnesses whose cosignatures verified (set by :class:`WitnessQuorum`)
     cosigners: tuple[str, ...] = ()
+    #: assignment openings given (input) and the assignments proven, in log order (established
+    #: by :class:`AssignmentsIncluded`); the point a reading is said to count for
+    logged_assignments: Sequence[LoggedOpening] = ()
+    assignments: Sequence[Assignment] | None = None
+    claim: PointClaim | None = None
 
 
 class Check(Protocol):
@@ -273,6 +308,52 @@ class LeafIncluded:
                              checkpoint.root)
         except MeterchainError as exc:
             raise _fail(self, exc, index=leaf.index) from exc
+
+
+class AssignmentsIncluded:
+    """Every assignment opening's leaf (SHA-256(salt ‖ fields) in a leaf, format.md §5.1) is
+    included at its index in the checkpoint's tree; records the assignments in log order."""
+
+    name = "assignment-inclusion"
+
+    def verify(self, evidence: Evidence) -> None:
+        checkpoint = _need(evidence.checkpoint, self, "checkpoint")
+        proven: list[tuple[int, Assignment]] = []
+        for entry in evidence.logged_assignments:
+            try:
+                assignment = entry.opening.assignment
+                verify_inclusion(entry.index, checkpoint.size, leaf_hash(entry.opening.leaf),
+                                 list(entry.proof), checkpoint.root)
+            except MeterchainError as exc:
+                raise _fail(self, f"assignment leaf at {entry.index}: {exc}",
+                            index=entry.index) from exc
+            proven.append((entry.index, assignment))
+        evidence.assignments = [a for _, a in sorted(proven, key=lambda p: p[0])]
+
+
+class PointAssigned:
+    """The proven meter bindings tie the reading's ``(device, meter)`` to the claimed metering
+    point at the reading's end, and to no other (run after :class:`AssignmentsIncluded`)."""
+
+    name = "point-assigned"
+
+    def verify(self, evidence: Evidence) -> None:
+        claim = _need(evidence.claim, self, "metering point claim")
+        assignments = _need(evidence.assignments, self, "proven assignments")
+        points = meter_point_at(assignments, claim.device, claim.meter, claim.end)
+        if points == [claim.point]:
+            return
+        meter = f"{claim.device}/{claim.meter}"
+        if not points:
+            message = (f"no logged meter binding ties {meter} to {claim.point} at the reading's "
+                       f"end, {human_time(claim.end)} (a binding logged after this checkpoint: "
+                       "ask for a later `to`)")
+        elif claim.point not in points:
+            message = f"the logged binding ties {meter} to {', '.join(points)}, not {claim.point}"
+        else:
+            message = f"logged bindings tie {meter} to several points at once: {', '.join(points)}"
+        raise _fail(self, message, point=claim.point, device=claim.device, meter=claim.meter,
+                    logged=points)
 
 
 class AllOf:

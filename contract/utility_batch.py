@@ -2,11 +2,13 @@
 bytes (JSON with base64, or deterministic CBOR) and the log key.
 
 The checks, in order: both signed checkpoints and their sizes; the consistency proof between
-them; every device leaf's inclusion; then per entry its range and order, its inclusion, the
-reading it names, a logged key valid for its seq (format.md §5), the key id, low-S and the
-signature. The checkpoint, inclusion, key and signature checks are those of the verification
-policy (contract/policy.py). Every failure is a :class:`BatchError` naming the check (and the
-entry's index).
+them; every device leaf's inclusion; every assignment opening's inclusion (format.md §5.1); then
+per entry its range and order, its inclusion, the reading it names, a logged key valid for its
+seq (format.md §5), the key id, low-S and the signature, and (``point-assigned``) that a logged
+meter binding ties the reading's meter to the entry's ``point`` at the reading's end. The
+checkpoint, inclusion, key, signature and assignment checks are those of the verification policy
+(contract/policy.py). Every failure is a :class:`BatchError` naming the check (and the entry's
+index).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meterchain.contract import cbor
+from meterchain.contract.assignment import AssignmentOpening
 from meterchain.contract.checkpoint import Checkpoint
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.leaves import DeviceLeaf, parse_leaf
@@ -25,11 +28,15 @@ from meterchain.contract.note import NoteVerifier, strict_b64decode
 from meterchain.contract.policy import (
     SIGNED_BY_DEVICE,
     AllOf,
+    AssignmentsIncluded,
     CheckpointSigned,
     DeviceLeavesIncluded,
     Evidence,
     LeafIncluded,
     LoggedLeaf,
+    LoggedOpening,
+    PointAssigned,
+    PointClaim,
     Statement,
     VerificationError,
     checkpoint_policy,
@@ -37,10 +44,14 @@ from meterchain.contract.policy import (
 from meterchain.contract.reading import MAX_SAFE_INT
 from meterchain.contract.tlog_policy import WitnessPolicy
 
-BATCH_TYPE = "meterchain/utility-batch/v1"
+#: Version 2 adds ``assignments`` (the openings that prove each entry's ``point``); a version-1
+#: page proves no point and is refused, so nobody can strip the proofs and call it version 1.
+BATCH_TYPE = "meterchain/utility-batch/v2"
+BATCH_TYPE_V1 = "meterchain/utility-batch/v1"
 #: A page of 1000 readings is ≈ 0.8 MB of CBOR (≈ 1.1 MB as JSON); refuse far larger input.
 MAX_PAGE_SIZE = 16 * 1024 * 1024
-_KEYS = {"t", "from", "to", "old", "new", "consistency", "entries", "keys", "cursor", "next"}
+_KEYS = {"t", "from", "to", "old", "new", "consistency", "entries", "keys", "assignments", "cursor",
+         "next"}
 
 
 class BatchError(MeterchainError):
@@ -100,6 +111,9 @@ def _load(data: bytes) -> tuple[dict[str, Any], Any]:
         except MeterchainError as exc:
             raise BatchError(str(exc), check="encoding") from None
         raw = _bytes
+    if isinstance(doc, dict) and doc.get("t") == BATCH_TYPE_V1:
+        raise BatchError(f"batch: a {BATCH_TYPE_V1} page proves no metering point; fetch the page "
+                         f"again ({BATCH_TYPE})", check="encoding")
     if not isinstance(doc, dict) or set(doc) != _KEYS or doc.get("t") != BATCH_TYPE:
         raise BatchError(f"batch: a page is a map of {sorted(_KEYS)} with t = {BATCH_TYPE}",
                          check="encoding")
@@ -132,6 +146,8 @@ def _hashes(values: object, raw: Any) -> list[bytes]:
 
 _DEVICE_LEAVES_INCLUDED = DeviceLeavesIncluded()
 _LEAF_INCLUDED = LeafIncluded()
+_ASSIGNMENTS_INCLUDED = AssignmentsIncluded()
+_POINT_ASSIGNED = PointAssigned()
 
 
 def _opened(checkpoint_signed: CheckpointSigned | AllOf, evidence: Evidence) -> Checkpoint:
@@ -175,6 +191,14 @@ def _verify(doc: dict[str, Any], raw: Any, checkpoint_checks: AllOf) -> Verified
             raise BatchError(f"leaf {logged.index} in `keys` is not a device leaf",
                              check="encoding")
         leaves.append(leaf)
+    if not isinstance(doc["assignments"], list):
+        raise BatchError("batch: assignments is a list", check="encoding")
+    page.logged_assignments = [
+        LoggedOpening(AssignmentOpening(raw(item["salt"]), raw(item["fields"])),
+                      _uint(item["index"], "index"), tuple(_hashes(item["proof"], raw)))
+        for item in doc["assignments"]
+    ]
+    _ASSIGNMENTS_INCLUDED.verify(page)
     entries = []
     last = cursor - 1
     for item in doc["entries"]:
@@ -184,7 +208,10 @@ def _verify(doc: dict[str, Any], raw: Any, checkpoint_checks: AllOf) -> Verified
                              "out of order", check="range", index=index)
         last = index
         message = raw(item["message"])
-        entry = Evidence(device_leaves=leaves, checkpoint=new,
+        point = item["point"]
+        if point is not None and not isinstance(point, str):
+            raise BatchError("batch: point must be text or null", check="encoding")
+        entry = Evidence(device_leaves=leaves, checkpoint=new, assignments=page.assignments,
                          leaf=LoggedLeaf(message, index, tuple(_hashes(item["proof"], raw))))
         try:
             _LEAF_INCLUDED.verify(entry)
@@ -195,11 +222,11 @@ def _verify(doc: dict[str, Any], raw: Any, checkpoint_checks: AllOf) -> Verified
                                  f"{reading.device}#{reading.seq}", check="entry", index=index)
             entry.statement = Statement.of_reading(signed)
             SIGNED_BY_DEVICE.verify(entry)
+            if point is not None:
+                entry.claim = PointClaim.of_reading(point, signed)
+                _POINT_ASSIGNED.verify(entry)
         except VerificationError as exc:
             raise BatchError(str(exc), check=exc.check, index=index) from None
-        point = item["point"]
-        if point is not None and not isinstance(point, str):
-            raise BatchError("batch: point must be text or null", check="encoding")
         entries.append(VerifiedEntry(index, point, signed))
     following = doc["next"]
     return VerifiedPage(size_from, size_to, new.root, tuple(entries),

@@ -11,8 +11,10 @@ Every reading route goes through :meth:`PartyTables.readings` or :meth:`PartyTab
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
 
+from meterchain.backend.access.assignments import log_assignment
 from meterchain.backend.access.model import (
     ApiKey,
     BindingOverlap,
@@ -204,13 +206,15 @@ class PartyTables(SqliteTables):
             cur = await self._db.execute(
                 "INSERT INTO meter_bindings (metering_point, device, meter, valid_from, valid_to, "
                 "created) VALUES (?, ?, ?, ?, ?, ?)", (point, device, meter, start, stop, now))
-            return MeterBinding(int(cur.lastrowid or 0), point, device, meter, start, stop)
+            binding = MeterBinding(int(cur.lastrowid or 0), point, device, meter, start, stop)
+            await log_assignment(self._db, binding, now)  # the log says so too (issue 17)
+            return binding
 
         return await self._transaction(work)
 
-    async def end_meter_binding(self, point: str, valid_to: int) -> MeterBinding:
+    async def end_meter_binding(self, point: str, valid_to: int, now: int | None = None) -> MeterBinding:
         """End the open meter binding of ``point`` at ``valid_to`` (a meter exchange or removal)."""
-        return await self._end("meter_bindings", "meter binding", point, valid_to)
+        return await self._end("meter_bindings", "meter binding", point, valid_to, now)
 
     async def meter_bindings(self, point: str | None = None) -> list[MeterBinding]:
         sql = "SELECT id, metering_point, device, meter, valid_from, valid_to FROM meter_bindings"
@@ -245,13 +249,15 @@ class PartyTables(SqliteTables):
             cur = await self._db.execute(
                 "INSERT INTO occupancies (metering_point, household, valid_from, valid_to, created) "
                 "VALUES (?, ?, ?, ?, ?)", (point, household, start, stop, now))
-            return Occupancy(int(cur.lastrowid or 0), point, household, start, stop)
+            occupancy = Occupancy(int(cur.lastrowid or 0), point, household, start, stop)
+            await log_assignment(self._db, occupancy, now)
+            return occupancy
 
         return await self._transaction(work)
 
-    async def end_occupancy(self, point: str, valid_to: int) -> Occupancy:
+    async def end_occupancy(self, point: str, valid_to: int, now: int | None = None) -> Occupancy:
         """End the open occupancy of ``point`` at ``valid_to`` (the household moves out)."""
-        return await self._end("occupancies", "occupancy", point, valid_to)
+        return await self._end("occupancies", "occupancy", point, valid_to, now)
 
     async def occupancies(self, point: str | None = None) -> list[Occupancy]:
         sql = "SELECT id, metering_point, household, valid_from, valid_to FROM occupancies"
@@ -260,9 +266,11 @@ class PartyTables(SqliteTables):
             sql, params = sql + " WHERE metering_point = ?", (point,)
         return [Occupancy(*r) for r in await self._rows(sql + " ORDER BY metering_point, valid_from", params)]
 
-    async def _end(self, table: str, what: str, point: str, valid_to: int):  # untyped: MeterBinding or Occupancy
+    async def _end(self, table: str, what: str, point: str, valid_to: int,  # untyped: MeterBinding or Occupancy
+                   now: int | None):
         check_id(point, "metering point")
         stop = check_time(valid_to, "valid_to")
+        recorded = int(time.time()) if now is None else check_time(now, "now")
         columns = ("id, metering_point, device, meter, valid_from, valid_to" if table == "meter_bindings"
                    else "id, metering_point, household, valid_from, valid_to")
         build = MeterBinding if table == "meter_bindings" else Occupancy
@@ -279,7 +287,9 @@ class PartyTables(SqliteTables):
                 raise InvalidParty(f"the {what} starts at {human_time(current.valid_from)}; it can only end "
                                    "later than that", valid_to=stop)
             await self._db.execute(f"UPDATE {table} SET valid_to = ? WHERE id = ?", (stop, current.id))
-            return build(*row[:-1], stop)
+            ended = build(*row[:-1], stop)
+            await log_assignment(self._db, ended, recorded)  # the binding's end, logged (issue 17)
+            return ended
 
         return await self._transaction(work)
 

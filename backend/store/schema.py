@@ -627,6 +627,33 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             used_by TEXT
         )""",
     ),
+    # 15: metering-point assignments in the log (issue 17, docs/format.md §5.1): one more leaf
+    # kind, 'assignment' (a salted commitment to a meter binding or an occupancy; the CHECK is
+    # widened in place as in migration 13), and per such leaf its opening, which the backend
+    # keeps and reveals only to parties entitled to the point: the 32-byte salt and the
+    # committed fields (backend/access/assignments.py). ``binding`` is the meter_bindings or
+    # occupancies id; ``valid_to`` the end the leaf states (NULL: open), which the backfill
+    # compares with the binding's. Erasure empties salt and fields of a household's occupancies.
+    (
+        "PRAGMA writable_schema = ON",
+        "UPDATE sqlite_master SET sql = replace(sql, '''control'', ''gap'')', "
+        "'''control'', ''gap'', ''assignment'')') "
+        "WHERE type = 'table' AND name = 'leaves'",
+        "PRAGMA writable_schema = RESET",
+        "CREATE TABLE schema_cookie_bump (x)",
+        "DROP TABLE schema_cookie_bump",
+        """CREATE TABLE assignment_openings (
+            leaf_id INTEGER PRIMARY KEY REFERENCES leaves (id),
+            kind TEXT NOT NULL CHECK (kind IN ('meter', 'occupancy')),
+            binding INTEGER NOT NULL,
+            metering_point TEXT NOT NULL,
+            valid_to INTEGER,
+            salt BLOB NOT NULL,
+            fields BLOB NOT NULL
+        )""",
+        "CREATE INDEX assignment_openings_by_binding ON assignment_openings (kind, binding, leaf_id)",
+        "CREATE INDEX assignment_openings_by_point ON assignment_openings (metering_point, leaf_id)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

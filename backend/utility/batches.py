@@ -8,6 +8,11 @@ index to return and ``next`` = where the following page starts; sealed leaf indi
 and everything a later seal adds has an index >= ``to``, so paging through a fixed (from, to)
 neither misses nor repeats a reading however much arrives meanwhile. The same document is served
 as JSON (bytes in base64) and as deterministic CBOR (bytes as byte strings).
+
+Version 2 (issue 17) adds ``assignments``: the openings (salt, fields, leaf index, inclusion proof
+to checkpoint `new`) of the meter bindings the page's readings count under, so a verifier proves
+each entry's ``point`` (check ``point-assigned``). Only the bindings of the page's own entries are
+opened: a page reveals no binding its principal has no reading of.
 """
 
 from __future__ import annotations
@@ -16,14 +21,15 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
+from meterchain.backend.access.assignments import AssignmentTables, covering
 from meterchain.backend.access.model import Principal
 from meterchain.backend.log.proofs import consistency_proof, inclusion_proof
 from meterchain.backend.store import SqliteStore
 from meterchain.backend.utility.tables import UtilityTables
 from meterchain.contract import cbor
 from meterchain.contract.errors import MeterchainError
+from meterchain.contract.utility_batch import BATCH_TYPE
 
-BATCH_TYPE = "meterchain/utility-batch/v1"
 MAX_PAGE = 1000
 
 
@@ -51,6 +57,14 @@ class KeyEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class AssignmentEntry:
+    index: int
+    salt: bytes
+    fields: bytes
+    proof: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class UtilityBatch:
     size_from: int
     size_to: int
@@ -59,6 +73,7 @@ class UtilityBatch:
     consistency: tuple[bytes, ...]
     entries: tuple[BatchEntry, ...]
     keys: tuple[KeyEntry, ...]
+    assignments: tuple[AssignmentEntry, ...]
     cursor: int
     next: int | None
 
@@ -78,6 +93,8 @@ class UtilityBatch:
             ],
             "keys": [{"index": k.index, "leaf": b(k.leaf), "proof": [b(h) for h in k.proof]}
                      for k in self.keys],
+            "assignments": [{"index": a.index, "salt": b(a.salt), "fields": b(a.fields),
+                             "proof": [b(h) for h in a.proof]} for a in self.assignments],
             "cursor": self.cursor,
             "next": self.next,
         }
@@ -121,6 +138,14 @@ async def build_batch(store: SqliteStore, principal: Principal, *, size_from: in
         proof = await inclusion_proof(store, row.leaf_index, to)
         entries.append(BatchEntry(row.leaf_index, row.device, row.seq, point, row.message,
                                   tuple(proof)))
+    counted = [(point, row.device, row.meter, row.end) for row, point in rows if point is not None]
+    opened = covering(await AssignmentTables(store).meter_openings({c[0] for c in counted}, to),
+                      counted)
+    assignments = []
+    for item in opened:
+        assert item.leaf_index is not None
+        assignments.append(AssignmentEntry(item.leaf_index, item.opening.salt, item.opening.fields,
+                                           tuple(await inclusion_proof(store, item.leaf_index, to))))
     keys = []
     for device in sorted({e.device for e in entries}):
         for leaf in await store.device_leaves(device):
@@ -132,6 +157,7 @@ async def build_batch(store: SqliteStore, principal: Principal, *, size_from: in
         consistency = tuple(await consistency_proof(store, size_from, to))
     return UtilityBatch(
         size_from=size_from, size_to=to, old=old, new=new.note, consistency=consistency,
-        entries=tuple(entries), keys=tuple(sorted(keys, key=lambda k: k.index)), cursor=start,
+        entries=tuple(entries), keys=tuple(sorted(keys, key=lambda k: k.index)),
+        assignments=tuple(assignments), cursor=start,
         next=entries[-1].index + 1 if more else None,
     )

@@ -65,16 +65,25 @@ class KeyEntryOut(BaseModel):
     proof: list[str]
 
 
+class AssignmentEntryOut(BaseModel):
+    index: int = Field(description="Leaf index of the assignment leaf")
+    salt: str = Field(description="The leaf's 32-byte salt, base64 (docs/format.md §5.1)")
+    fields: str = Field(description="The committed binding (CBOR: point, device, meter, from, to), base64")
+    proof: list[str] = Field(description="Inclusion proof to checkpoint `new`, base64 hashes")
+
+
 class BatchOut(BaseModel):
     """One page of a signed batch; docs/utility-guide.md says how to verify it."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "t": "meterchain/utility-batch/v1", "from": 2, "to": 4,
+        "t": "meterchain/utility-batch/v2", "from": 2, "to": 4,
         "old": "log.example\n2\nepwD+26otQ9c1ZeLSgqL9EqDJqZIZSnLhcPO37XqaEU=\n\n— log.example …\n",
         "new": "log.example\n4\n…\n", "consistency": ["KGuhl77kHWC9A+yVzmNCiHHxRk2ZuX3b4Te5A1fpu4A="],
         "entries": [{"index": 2, "device": "gw-0001", "seq": 1, "point": "DE0001", "message":
                      "glj…", "proof": ["…"]}],
-        "keys": [{"index": 0, "leaf": "p2F0…", "proof": ["…"]}], "cursor": 2, "next": None}]})
+        "keys": [{"index": 0, "leaf": "p2F0…", "proof": ["…"]}],
+        "assignments": [{"index": 1, "salt": "…", "fields": "qGF0…", "proof": ["…"]}],
+        "cursor": 2, "next": None}]})
     t: str
     from_: int = Field(alias="from")
     to: int
@@ -83,6 +92,8 @@ class BatchOut(BaseModel):
     consistency: list[str] = Field(description="RFC 9162 consistency proof from `from` to `to`")
     entries: list[BatchEntryOut]
     keys: list[KeyEntryOut]
+    assignments: list[AssignmentEntryOut] = Field(description=(
+        "Openings of the meter bindings the entries count under: the `point-assigned` check"))
     cursor: int = Field(description="First leaf index this page covers")
     next: int | None = Field(description="Cursor of the next page; null: this was the last")
 

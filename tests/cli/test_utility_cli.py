@@ -49,7 +49,7 @@ def test_pull_verifies_and_stores_every_page_and_verify_rechecks_them(served, tm
     assert result.exit_code == 0, result.output
     pages = sorted(out.glob("*.cbor"))
     assert len(pages) == 2 and "4 readings verified" in result.output
-    assert "--from 14" in result.output  # 2 device leaves + 3 readings per round
+    assert "--from 18" in result.output  # 2 device and 4 assignment leaves + 3 readings per round
     assert_no_unix_seconds(result.output, "meterchain utility pull")
     result = CliRunner().invoke(cli, ["utility", "verify", *map(str, pages), "--log-key", key])
     assert result.exit_code == 0 and result.output.count("OK") == 2
@@ -60,6 +60,15 @@ def test_pull_verifies_and_stores_every_page_and_verify_rechecks_them(served, tm
     pages[0].write_bytes(cbor2.dumps(doc, canonical=True))
     result = CliRunner().invoke(cli, ["utility", "verify", *map(str, pages), "--log-key", key])
     assert result.exit_code == 1 and "FAIL" in result.output and "[entry]" in result.output
+
+    # Issue 17: an entry moved to another metering point fails, naming the check.
+    doc = cbor2.loads(pages[1].read_bytes())
+    assert doc["entries"][0]["point"] == "mp-1"
+    doc["entries"][0]["point"] = "mp-2"
+    pages[1].write_bytes(cbor2.dumps(doc, canonical=True))
+    result = CliRunner().invoke(cli, ["utility", "verify", str(pages[1]), "--log-key", key])
+    assert result.exit_code == 1 and "[point-assigned]" in result.output, result.output
+    assert "gw-a/M-1 to mp-1, not mp-2" in result.output
 
     wrong_key = CliRunner().invoke(cli, ["utility", "pull", "--api", api, "--key", "mck_nope",
                                          "--log-key", key, "--out", str(out)])
@@ -77,10 +86,10 @@ def test_verify_page_names_the_failed_check(served) -> None:  # type: ignore[no-
             return answer.read()
 
     verifier = world.log_key.verifier
-    page = fetch("from=8&to=14")
+    page = fetch("from=12&to=18")
     verified = verify_page(page, verifier)
     assert len(verified.entries) == 4 and {e.point for e in verified.entries} == {"mp-2", "mp-3"}
-    assert verify_page(fetch("from=8&to=14&format=cbor"), verifier).entries == verified.entries
+    assert verify_page(fetch("from=12&to=18&format=cbor"), verifier).entries == verified.entries
 
     def broken(change) -> str:  # type: ignore[no-untyped-def]
         doc = json.loads(page)
@@ -94,6 +103,11 @@ def test_verify_page_names_the_failed_check(served) -> None:  # type: ignore[no-
     assert broken(lambda d: d["entries"][0].update(proof=d["entries"][1]["proof"])) == "inclusion"
     assert broken(lambda d: d["keys"][0].update(proof=d["entries"][0]["proof"])) == "device-inclusion"
     assert broken(lambda d: d.update(keys=[])) == "key-validity"
+    assert broken(lambda d: d["entries"][0].update(point="mp-3")) == "point-assigned"
+    assert broken(lambda d: d.update(assignments=[])) == "point-assigned"
+    assert broken(lambda d: d["assignments"][0].update(salt=d["assignments"][-1]["proof"][0])
+                  ) == "assignment-inclusion"
+    assert broken(lambda d: d.update(t="meterchain/utility-batch/v1", assignments=[])) == "encoding"
     assert broken(lambda d: d.update(to=15)) == "checkpoint"
     assert broken(lambda d: d.update(extra=1)) == "encoding"
     assert broken(lambda d: d["entries"][0].update(index="2")) == "encoding"

@@ -24,6 +24,7 @@ class Verified:
     size_from: int
     size_to: int
     readings: list[tuple[int, str, int, dict[str, Any]]]  # (index, device, seq, reading map)
+    points: list[str | None]  # each reading's proven metering point
 
 
 def _b64(text: str) -> bytes:
@@ -137,7 +138,7 @@ def _valid_key(leaves: list[dict[str, Any]], device: str, seq: int) -> bytes | N
 def verify_batch(doc: dict[str, Any], log_key: str, *, binary: bool) -> Verified:
     """Check a utility batch page (JSON with base64, or CBOR with byte strings)."""
     raw = (lambda v: v) if binary else _b64
-    if doc["t"] != "meterchain/utility-batch/v1":
+    if doc["t"] != "meterchain/utility-batch/v2":
         raise Invalid("not a utility batch")
     size_to, root_to = open_checkpoint(doc["new"], log_key)
     if size_to != doc["to"]:
@@ -156,7 +157,21 @@ def verify_batch(doc: dict[str, Any], log_key: str, *, binary: bool) -> Verified
         if leaf["t"] != "meterchain/device/v1" or hashlib.sha256(leaf["key"]).digest() != leaf["kid"]:
             raise Invalid("bad device leaf")
         leaves.append(leaf)
-    readings = []
+    bindings: dict[tuple[Any, ...], dict[str, Any]] = {}  # format.md §5.1: the latest leaf decides
+    for item in sorted(doc["assignments"], key=lambda a: a["index"]):
+        salt, fields = raw(item["salt"]), raw(item["fields"])
+        if len(salt) != 32:
+            raise Invalid("an assignment salt is 32 bytes")
+        leaf = cbor2.dumps({"t": "meterchain/assignment/v1",
+                            "commit": hashlib.sha256(salt + fields).digest()}, canonical=True)
+        if inclusion_root(item["index"], size_to, _leaf(leaf), [raw(h) for h in item["proof"]]) != root_to:
+            raise Invalid("assignment leaf not included")
+        opened = cbor2.loads(fields)
+        if opened["t"] != "meterchain/assignment-fields/v1":
+            raise Invalid("bad assignment fields")
+        if opened["kind"] == "meter":
+            bindings[(opened["point"], opened["dev"], opened["meter"], opened["from"])] = opened
+    readings, points = [], []
     last = doc["cursor"] - 1
     for entry in doc["entries"]:
         index, message = entry["index"], raw(entry["message"])
@@ -179,5 +194,12 @@ def verify_batch(doc: dict[str, Any], log_key: str, *, binary: bool) -> Verified
             public.verify(signature, reading_bytes, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
             raise Invalid("reading signature does not verify") from None
+        if entry["point"] is not None:
+            at = {b["point"] for b in bindings.values()
+                  if (b["dev"], b["meter"]) == (reading["dev"], reading["meter"])
+                  and b["from"] <= reading["end"] and (b["to"] is None or reading["end"] < b["to"])}
+            if at != {entry["point"]}:
+                raise Invalid(f"reading at {index} is bound to {sorted(at)}, not {entry['point']}")
         readings.append((index, reading["dev"], reading["seq"], reading))
-    return Verified(doc["from"], doc["to"], readings)
+        points.append(entry["point"])
+    return Verified(doc["from"], doc["to"], readings, points)

@@ -457,8 +457,9 @@ async def test_an_mqtt_webhook_forwards_each_sealed_batch_to_the_utilitys_broker
                         return
 
             await asyncio.wait_for(collect(), 10)
-    # Batch 0 holds 2 device leaves and 3 readings; each later batch 3 readings.
-    assert sorted(t for t, _ in received) == ["sw1/meterchain/batch/1/5", "sw1/meterchain/batch/2/8"]
+    # Batch 0 holds 2 device leaves, 4 assignment leaves (3 meter bindings, 1 occupancy) and 3
+    # readings; each later batch 3 readings.
+    assert sorted(t for t, _ in received) == ["sw1/meterchain/batch/1/9", "sw1/meterchain/batch/2/12"]
     for _, payload in received:
         doc = cbor2.loads(payload)
         verified = verify_batch(doc, log_key_text(world), binary=True)
