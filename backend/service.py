@@ -23,6 +23,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
+from meterchain.backend.access.assignments import AssignmentTables
 from meterchain.backend.api.app import create_app
 from meterchain.backend.api.errors import ApiError
 from meterchain.backend.config import BackendConfig, broker_address
@@ -246,6 +247,8 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
                                 "and the webhook worker need the SQLite tables (docs/backend.md, "
                                 "\"PostgreSQL\") and are not started")
                 else:
+                    # bindings not logged yet (made before migration 15): idempotent (issue 17)
+                    await AssignmentTables(await _sqlite(resources, config.db)).backfill(int(time.time()))
                     settlement = SettlementRunner(await _sqlite(resources, config.db),
                                                   clock=clock, every=config.settle_every,
                                                   on_commit=sealer.notify)
