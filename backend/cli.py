@@ -58,6 +58,9 @@ def serve(
         "several ingest workers split the readings."),
     client_id: str | None = typer.Option(
         None, "--client-id", help="MQTT client id (in a share group: -<host>-<pid> is added)."),
+    check_processes: int | None = typer.Option(
+        None, "--check-processes", help="Processes that check readings beside the one reading MQTT "
+        "(default 1; 0: threads)."),
 ) -> None:
     """Run MQTT ingest, the sealer and the HTTP API (or the --role parts) until SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -67,6 +70,7 @@ def serve(
             log_key=log_key, control_key=control_key, origin=origin, admin_token=admin_token,
             seal_interval=seal_interval, seal_max_leaves=seal_max,
             roles=role or None, share_group=share_group, client_id=client_id,
+            check_processes=check_processes,
         )
         if "api" in settings.roles:  # before the log key, the broker or the database
             check_port_free(settings.http_host, settings.http_port)

@@ -73,6 +73,9 @@ class BackendConfig:
     seal_coalesce: float = 0.05
     batch_size: int = 1000
     verify_threads: int = 2
+    # Processes that check readings (parse, verify, pack) beside the one that reads MQTT and
+    # commits; 0: check in verify_threads threads instead (docs/backend.md, "Checking").
+    check_processes: int = 1
     settle_every: float = 5.0  # seconds between settlement passes (backend/settlement/runner.py)
     # Scale-out (docs/backend.md, "Scale-out"): the parts this process runs, and the MQTT 5 share
     # group its ingest subscribes in ("" = plain subscriptions, one ingest per broker).
@@ -91,6 +94,9 @@ class BackendConfig:
 
     def __post_init__(self) -> None:
         self.roles = parse_roles(self.roles)
+        if not isinstance(self.check_processes, int) or self.check_processes < 0:
+            raise ConfigError(f"check_processes must be 0 (threads) or more, not {self.check_processes!r}",
+                              check_processes=self.check_processes)
         if self.share_group and not _SHARE_NAME.fullmatch(self.share_group):
             raise ConfigError(
                 f"share_group {self.share_group!r} must be 1-64 characters without / + # or spaces",

@@ -266,6 +266,7 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
                                 client_id=config.worker_client_id(),
                                 batch_size=config.batch_size,
                                 verify_threads=config.verify_threads,
+                                check_processes=config.check_processes,
                                 share_group=config.share_group, control=control,
                                 on_commit=sealer.notify if sealer is not None else None)
                 resources.callback(ingest.close)

@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypedDict, Unpack
@@ -123,6 +124,20 @@ class _Client(aiomqtt.Client):
         super().__init__(*args, **kwargs)
         self.refused: dict[int, ReasonCode] = {}
         self.inbox: asyncio.Queue[Message] = asyncio.Queue()
+        #: CPU-ns spent in paho's socket reads and writes (decoding PUBLISHes, queueing them,
+        #: PUBACKs): what receiving costs, for ingest's per-stage figures (issue 20).
+        self.cpu_ns = 0
+        for name in ("loop_read", "loop_write"):
+            setattr(self._client, name, self._timed(getattr(self._client, name)))
+
+    def _timed(self, call: Any) -> Any:
+        def timed(*args: Any) -> Any:
+            started = time.thread_time_ns()
+            try:
+                return call(*args)
+            finally:
+                self.cpu_ns += time.thread_time_ns() - started
+        return timed
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self.inbox.put_nowait(Message(message.topic, bytes(message.payload), message.retain))
@@ -182,6 +197,11 @@ class Connection:
     @property
     def client_id(self) -> str:
         return self._client.identifier
+
+    @property
+    def cpu_ns(self) -> int:
+        """CPU-ns this connection's client spent reading and writing its socket (receive)."""
+        return self._client.cpu_ns
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
                       timeout: float | None = None) -> ReasonCode | None:

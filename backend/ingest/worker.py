@@ -1,9 +1,10 @@
 """MQTT ingest: subscribe to every device's readings, check, commit in batches, then ack.
 
 Three tasks joined by bounded queues, so receiving, verifying and committing overlap:
-receive (drain whatever the client has queued, up to a batch) → check (cheap checks, then ECDSA
-in worker threads) → commit (one transaction per batch) → publish each touched device's ack,
-retained, QoS 1. A reading is acknowledged only after the transaction that stores it committed.
+receive (drain whatever the client has queued, up to a batch) → check (every check of checks.py,
+in ``check_processes`` worker processes, backend/ingest/pool.py; with 0, in threads) → commit (one
+transaction per batch) → publish each touched device's ack, retained, QoS 1. A reading is
+acknowledged only after the transaction that stores it committed.
 :meth:`Ingest.run` stays connected through the MQTT shell (meterchain.mqtt: backoff with jitter),
 on a persistent session so the broker queues readings while the backend is away.
 
@@ -21,6 +22,7 @@ import errno
 import functools
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +40,7 @@ from meterchain.backend.ingest.gateway_messages import (
     check_side_batch,
     split_messages,
 )
+from meterchain.backend.ingest.pool import CheckPool, Leaves, Messages
 from meterchain.backend.store import (
     AckState,
     Outcome,
@@ -116,6 +119,12 @@ BATCH_SECONDS = Histogram("meterchain_ingest_commit_seconds", "Time to commit on
 SIDE_MESSAGES = Counter(
     "meterchain_ingest_side_messages", "OCMF and status messages by outcome", ["kind", "outcome"]
 )
+STAGE_CPU = Gauge(
+    "meterchain_ingest_stage_cpu_seconds",
+    "CPU seconds this ingest spent per stage since it started (Ingest.cpu_seconds)", ["stage"]
+)
+#: The stages of :meth:`Ingest.cpu_seconds`, in pipeline order.
+STAGES = ("receive", "check", "store", "ack", "loop", "other-threads")
 
 
 def subscriptions(share_group: str = "") -> tuple[str, ...]:
@@ -235,6 +244,7 @@ class Ingest:
         client_id: str = "meterchain-backend",
         batch_size: int = 1000,
         verify_threads: int = 2,
+        check_processes: int = 0,
         on_commit: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.time,
         share_group: str = "",
@@ -263,25 +273,38 @@ class Ingest:
         self.connected = asyncio.Event()
         self.connected_once = False
         self._pool = ThreadPoolExecutor(self.verify_threads, thread_name_prefix="mc-verify")
+        # Checking in processes (issue 20): parsing and packing hold the GIL, so threads took
+        # turns with the MQTT reader; 0 keeps the threads (docs/backend.md, "Checking").
+        self.check_pool = CheckPool(check_processes) if check_processes > 0 else None
+        self._cpu_ns: collections.Counter[str] = collections.Counter()  # receive, check, ack
+        self._connection: Connection | None = None
+        self._loop_thread = threading.get_ident()
+        for stage in STAGES:
+            STAGE_CPU.labels(stage).set_function(functools.partial(self._stage_cpu, stage))
         self._ack_tasks: set[asyncio.Task[None]] = set()
         self._latest_ack: dict[str, Ack] = {}
 
     # ---------------------------------------------------------------- batches
 
     async def check(self, messages: Sequence[tuple[str, bytes]]) -> tuple[list[Checked], int]:
-        """Check a batch in worker threads; returns the results and the key version used."""
+        """Check a batch in the check processes (or threads); returns the results in order and
+        the key version used."""
         await self.registry.refresh(self.store)
         version, leaves, now = self.registry.version, self.registry.snapshot(), int(self.clock())
+        if self.check_pool is not None:
+            return await self.check_pool.check(messages, leaves, now), version
         loop = asyncio.get_running_loop()
         if len(messages) < 64 or self.verify_threads == 1:
-            results = await loop.run_in_executor(self._pool, check_batch, messages, leaves, now)
-            return results, version
-        step = -(-len(messages) // self.verify_threads)
-        chunks = [messages[i : i + step] for i in range(0, len(messages), step)]
+            chunks = [messages]
+        else:
+            step = -(-len(messages) // self.verify_threads)
+            chunks = [messages[i : i + step] for i in range(0, len(messages), step)]
         parts = await asyncio.gather(
-            *(loop.run_in_executor(self._pool, check_batch, c, leaves, now) for c in chunks)
+            *(loop.run_in_executor(self._pool, _timed_check, c, leaves, now) for c in chunks)
         )
-        return [r for part in parts for r in part], version
+        for _, cpu_ns in parts:
+            self._cpu_ns["check"] += cpu_ns
+        return [r for part, _ in parts for r in part], version
 
     async def commit(
         self, messages: Sequence[tuple[str, bytes]], checked: list[Checked], version: int
@@ -438,6 +461,25 @@ class Ingest:
         configuration) ends it: retrying will not help."""
         if self.broker_url is None:
             raise ValueError("Ingest.run needs a broker_url")
+        self._loop_thread = threading.get_ident()
+        # The check processes start while this connects and subscribes (not before: on a busy
+        # machine that took seconds); a batch that comes first waits for them in the pool.
+        warming = asyncio.create_task(self._start_check_pool())
+        try:
+            await self._stay_connected(backoff)
+        finally:
+            warming.cancel()
+
+    async def _start_check_pool(self) -> None:
+        if self.check_pool is None:
+            return
+        try:
+            await self.check_pool.start()
+        except Exception as exc:  # the first batch starts them again, or says why it cannot
+            log.warning("event=check_processes_not_started error=%r", str(exc))
+
+    async def _stay_connected(self, backoff: Backoff | None) -> None:
+        assert self.broker_url is not None  # run() checked
         await stay_connected(
             broker_address(self.broker_url),
             self._session,
@@ -475,6 +517,14 @@ class Ingest:
             )
 
     async def _session(self, client: Connection) -> None:
+        self._connection = client
+        try:
+            await self._subscribed(client)
+        finally:
+            self._cpu_ns["receive"] += client.cpu_ns
+            self._connection = None
+
+    async def _subscribed(self, client: Connection) -> None:
         if self.share_group:
             self.acks.devices.clear()  # others committed while we were away
         self._latest_ack.clear()
@@ -546,8 +596,10 @@ class Ingest:
         async def publish(device: str) -> None:
             try:
                 while (latest := self._latest_ack.get(device)) is not None:
-                    await client.publish(ack_topic(device), self.ack_payload(latest),
-                                         qos=1, retain=True)
+                    started = time.thread_time_ns()
+                    payload = self.ack_payload(latest)
+                    self._cpu_ns["ack"] += time.thread_time_ns() - started
+                    await client.publish(ack_topic(device), payload, qos=1, retain=True)
                     if self._latest_ack.get(device) is latest:
                         del self._latest_ack[device]
             except MqttError as exc:  # the next (re)connect publishes every ack again
@@ -566,8 +618,50 @@ class Ingest:
             self.acks.gaps(ack.device), ack.time, (str(self.control[0].verifier),),
         ).sign(self.control)
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds per stage since this ingest started (the benchmark's per-stage table):
+        receive (the MQTT client reading and acking PUBLISHes), check (parse, checks, verify,
+        pack: in the check processes or threads), store (SQLite's threads), ack (signing acks),
+        loop (the rest of the event loop's thread: batching, commit bookkeeping, hand-off; on
+        PostgreSQL also the store), other-threads (the process pool's feeder and result
+        threads, executors). Threads that ended are not counted."""
+        exact = dict(self._cpu_ns)
+        if self._connection is not None:
+            exact["receive"] = exact.get("receive", 0) + self._connection.cpu_ns
+        if self.check_pool is not None:
+            exact["check"] = exact.get("check", 0) + self.check_pool.cpu_ns
+        threads = collections.Counter[str]()
+        for thread in threading.enumerate():
+            ident = thread.ident
+            if ident is None or thread.name.startswith("mc-verify"):  # timed per chunk
+                continue
+            try:
+                spent = time.clock_gettime_ns(time.pthread_getcpuclockid(ident))
+            except (OSError, ProcessLookupError):  # ended meanwhile
+                continue
+            if ident == self._loop_thread:
+                threads["loop"] += spent - exact.get("receive", 0) - exact.get("ack", 0)
+            elif "_connection_worker_thread" in thread.name:  # aiosqlite's
+                threads["store"] += spent
+            else:
+                threads["other-threads"] += spent
+        return {stage: max(0, exact.get(stage, 0) + threads.get(stage, 0)) / 1e9
+                for stage in STAGES}
+
+    def _stage_cpu(self, stage: str) -> float:
+        return self.cpu_seconds()[stage]
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.check_pool is not None:
+            self.check_pool.close()
+
+
+def _timed_check(messages: Messages, leaves: Leaves, now: int) -> tuple[list[Checked], int]:
+    """check_batch in a verify thread, and the CPU-ns it took there."""
+    started = time.thread_time_ns()
+    results = check_batch(messages, leaves, now)
+    return results, time.thread_time_ns() - started
 
 
 def _check_granted(topic_filter: str, granted: tuple[ReasonCode, ...]) -> None:

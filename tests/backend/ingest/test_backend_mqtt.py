@@ -87,7 +87,8 @@ async def test_backend_restart_keeps_everything_receives_the_backlog_and_re_acks
         for seq in range(6, 11):
             await client.publish(*gw.message(seq), qos=1)
         await client.publish(*gw.message(3), qos=1)  # a replay of something already stored
-        restarted = Ingest(await store_factory.open(), broker_url=broker.url)
+        # Checking in a worker process, as `serve` does by default (issue 20).
+        restarted = Ingest(await store_factory.open(), broker_url=broker.url, check_processes=1)
         async with _running(restarted):
             assert (await _wait_ack(client, 10)).upto == 10
         assert await api.reading_count("gw-1") == 10
