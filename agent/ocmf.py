@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import zlib
 
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.message import parse_message
@@ -19,6 +20,44 @@ from meterchain.contract.signing import Signer
 log = logging.getLogger(__name__)
 
 GATEWAY_ID = "meterchain-agent"
+
+#: How the outbox keeps a record (issue 20: 544 B of text was two thirds of a row, and a row's
+#: bytes are written three times: insert, delete, checkpoint): a version byte, then raw DEFLATE
+#: primed with what every record shares. Version 1's dictionary must never change.
+PACKED_V1 = 0x01
+_DICT_V1 = (b'OCMF|{"FV":"1.0","GI":"meterchain-agent","GS":"","GV":"","PG":"F1","MS":"","IS":false,'
+            b'"IT":"NONE","RD":[{"TM":"T00:00:00,000+0000 S","RV":,"RI":"1-0:1.8.0","RU":"kWh",'
+            b'"EF":"","ST":"G"},{"TM":"T00:00:00,000+0000 S","RV":,"RI":"1-0:2.8.0","RU":"kWh",'
+            b'"EF":"","ST":"G"}]}|{"SA":"ECDSA-secp256r1-SHA256","SE":"hex","SM":"application/x-der",'
+            b'"SD":"30450221')
+_MAX_RECORD = 64 * 1024
+
+
+class PackedRecordError(ValueError):
+    """A stored OCMF record cannot be unpacked (corrupt or of an unknown version)."""
+
+
+def pack_record(record: str) -> bytes:
+    """The stored form of an OCMF record (:func:`unpack_record` gives it back exactly)."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, zdict=_DICT_V1)
+    return bytes((PACKED_V1,)) + deflate.compress(record.encode()) + deflate.flush()
+
+
+def unpack_record(stored: bytes) -> str:
+    """The OCMF record of a stored one; raises :class:`PackedRecordError`."""
+    if not stored or stored[0] != PACKED_V1:
+        raise PackedRecordError(f"unknown packing 0x{stored[:1].hex() or '--'}")
+    inflate = zlib.decompressobj(-15, zdict=_DICT_V1)
+    try:
+        text = inflate.decompress(stored[1:], _MAX_RECORD)
+    except zlib.error as exc:
+        raise PackedRecordError(f"not a DEFLATE stream: {exc}") from None
+    if not inflate.eof or inflate.unconsumed_tail or inflate.unused_data:
+        raise PackedRecordError("truncated, too long or followed by other bytes")
+    try:
+        return text.decode()
+    except UnicodeDecodeError as exc:
+        raise PackedRecordError(f"not UTF-8: {exc}") from None
 
 
 def agent_version() -> str:

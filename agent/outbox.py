@@ -1,8 +1,19 @@
 """The durable outbox: every signed reading is on disk before it is published, until the backend acks it.
 
-SQLite through aiosqlite, WAL with ``synchronous=FULL``: a committed cycle survives power loss.
-One transaction per poll cycle (all meters of one interval), because WAL+FULL costs one fsync per
-commit (≈ 13 KB written per one-row transaction, ≈ 565 B per row at 100 rows; docs/agent.md).
+SQLite through aiosqlite, WAL with ``synchronous=FULL``: a committed cycle survives power loss
+(docs/decisions.md, "The agent's outbox writes": why not NORMAL). What the agent writes per
+reading is what wears a gateway's flash (issue 20), so the only write on the way of a reading is
+the poll cycle's one transaction (all meters of one interval, their sequence numbers and
+``meter_progress``). Everything else is bookkeeping that a restart may forget:
+
+- *sent* (when and how often a reading was published) lives in memory: after a restart every
+  unacked reading counts as never sent and goes out again (the backend deduplicates);
+- an *ack* takes effect in memory at once (``acked_upto``: every query skips what it covers); the
+  acked rows are deleted in one batch inside a later cycle's transaction, once ``PURGE_ROWS`` of
+  them wait. A restart before that applies the broker's retained ack again.
+
+Measured with bench/bench_agent_io.py (docs/benchmarks.md): 13.3 KB written per reading with a
+transaction per publish batch and per ack, and row updates for each send.
 
 The sequence number is inside the signed bytes, so it is allocated, signed and stored in one
 transaction: a crash before the commit leaves neither the reading nor the used number behind, and
@@ -18,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -26,11 +38,25 @@ from pathlib import Path
 from typing import Self
 
 import aiosqlite
+from meterchain.agent.ocmf import PackedRecordError, pack_record, unpack_record
 from meterchain.agent.reservation import Reservation
 from meterchain.contract.ack import Ack
 from meterchain.contract.errors import MeterchainError
 
 log = logging.getLogger(__name__)
+
+#: ``PRAGMA synchronous`` of the outbox (WAL): FULL, an fsync per commit (docs/decisions.md).
+SYNCHRONOUS = "FULL"
+#: Page size of a new outbox (an existing one keeps its own): a commit writes whole pages.
+PAGE_SIZE = 1024
+#: WAL pages between automatic checkpoints (SQLite's default is 1000).
+WAL_AUTOCHECKPOINT = 1000
+#: Bytes the WAL file is truncated to after a checkpoint.
+JOURNAL_SIZE_LIMIT = 1 << 20
+#: What a reading is read back as (OutboxReading, with the OCMF record in either column).
+_COLUMNS = "seq, meter, interval_end, message, ocmf, ocmf_packed"
+#: Acked readings kept until a cycle's transaction deletes them in one go (whole pages freed).
+PURGE_ROWS = 256
 
 
 class OutboxError(MeterchainError):
@@ -186,7 +212,20 @@ async def _v3_gaps(db: aiosqlite.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_initial, _v2_ocmf, _v3_gaps)
+async def _v4_sent_in_memory(db: aiosqlite.Connection) -> None:
+    # Sends are counted in memory since issue 20 (no row rewritten per publish): the index on
+    # last_sent only cost a page per commit. The columns stay (an older agent may open this).
+    await db.execute("DROP INDEX IF EXISTS readings_last_sent")
+
+
+async def _v5_ocmf_packed(db: aiosqlite.Connection) -> None:
+    # The OCMF record packed (agent/ocmf.py pack_record, a third of its text): rows written since
+    # keep it here and NULL in ``ocmf``; older rows keep their text.
+    await db.execute("ALTER TABLE readings ADD COLUMN ocmf_packed BLOB")
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    _v1_initial, _v2_ocmf, _v3_gaps, _v4_sent_in_memory, _v5_ocmf_packed)
 
 
 class OutboxCorrupt(OutboxError):
@@ -216,6 +255,12 @@ class Outbox:
         self.created = False
         #: Durably reserved sequence numbers: a cycle beyond them reserves before it signs.
         self.reservation: Reservation | None = None
+        # seq -> (last sent, sends) of readings published by this process and not yet acked.
+        self._sent: dict[int, tuple[int, int]] = {}
+        self._acked = 0  # the highest ack applied (in memory; on disk at the next purge)
+        #: The first sequence number this process signs: older readings may have been published
+        #: by an earlier process (the clock judge must not take their first send as the first).
+        self.first_own_seq = 1
 
     @classmethod
     async def open(
@@ -226,10 +271,15 @@ class Outbox:
     ) -> Outbox:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists() or path.stat().st_size == 0
         db = await aiosqlite.connect(path, isolation_level=None)
         try:
+            if new:  # only before the first write; an existing file keeps its page size
+                await db.execute(f"PRAGMA page_size={int(PAGE_SIZE)}")
             await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
+            await db.execute(f"PRAGMA wal_autocheckpoint={int(WAL_AUTOCHECKPOINT)}")
+            await db.execute(f"PRAGMA journal_size_limit={int(JOURNAL_SIZE_LIMIT)}")
             await db.execute("PRAGMA foreign_keys=ON")
             async with db.execute("PRAGMA quick_check") as cur:
                 verdict = [row[0] for row in await cur.fetchall()]
@@ -238,6 +288,10 @@ class Outbox:
             await _migrate(db, path)
             outbox = cls(db, device, companion)
             await outbox._claim_device(path)
+            async with db.execute("SELECT acked_upto, next_seq FROM state") as cur:
+                row = await cur.fetchone()
+            assert row is not None  # _claim_device made it
+            outbox._acked, outbox.first_own_seq = int(row[0]), int(row[1])
         except sqlite3.DatabaseError as exc:
             await db.close()
             if is_disk_full(exc):  # not corrupt: never moved aside (issue 18)
@@ -279,6 +333,7 @@ class Outbox:
         account for what it cannot (first, last, signed message), in one transaction."""
         async with self._lock, transaction(self._db):
             await self._db.execute("UPDATE state SET next_seq = MAX(next_seq, ?)", (next_seq,))
+            self.first_own_seq = max(self.first_own_seq, next_seq)
             await self._db.executemany(
                 "INSERT OR IGNORE INTO gaps (first, last, message, created) VALUES (?, ?, ?, ?)",
                 [(first, last, message, now) for first, last, message in gaps],
@@ -328,7 +383,8 @@ class Outbox:
 
         An entry whose interval is not newer than the last one stored for its meter is skipped
         (a restart inside an interval). If signing fails, nothing of the cycle is stored and no
-        seq is used.
+        seq is used. Acked readings are deleted in the same transaction once ``PURGE_ROWS`` of
+        them wait (the cycle's commit is the only write a reading costs on its way).
         """
         async with self._lock, transaction(self._db):
             seq = await self.next_seq()
@@ -337,6 +393,8 @@ class Outbox:
                 await asyncio.to_thread(self.reservation.extend, seq + len(entries) - 1,
                                         await self.acked_upto())
             stored: list[int] = []
+            rows: list[tuple[int, str, int, bytes, int, bytes | None]] = []
+            progress: list[tuple[str, int]] = []
             for entry in entries:
                 last = await self.last_end(entry.meter)
                 if last is not None and entry.interval_end <= last:
@@ -349,20 +407,34 @@ class Outbox:
                     continue
                 message = entry.sign(seq)
                 ocmf = self._companion(message) if self._companion is not None else None
-                await self._db.execute(
-                    "INSERT INTO readings (seq, meter, interval_end, message, created, ocmf)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (seq, entry.meter, entry.interval_end, message, now, ocmf),
-                )
-                await self._db.execute(
-                    "INSERT INTO meter_progress (meter, last_end) VALUES (?, ?)"
-                    " ON CONFLICT (meter) DO UPDATE SET last_end = excluded.last_end",
-                    (entry.meter, entry.interval_end),
-                )
+                rows.append((seq, entry.meter, entry.interval_end, message, now,
+                             None if ocmf is None else pack_record(ocmf)))
+                progress.append((entry.meter, entry.interval_end))
                 stored.append(seq)
                 seq += 1
+            await self._db.executemany(
+                "INSERT INTO readings (seq, meter, interval_end, message, created, ocmf_packed)"
+                " VALUES (?, ?, ?, ?, ?, ?)", rows)
+            await self._db.executemany(
+                "INSERT INTO meter_progress (meter, last_end) VALUES (?, ?)"
+                " ON CONFLICT (meter) DO UPDATE SET last_end = excluded.last_end", progress)
             await self._db.execute("UPDATE state SET next_seq = ?", (seq,))
+            await self._purge_acked()
         return stored
+
+    async def _purge_acked(self) -> None:
+        """Inside a transaction: delete the acked rows once there are ``PURGE_ROWS`` of them
+        (a batch frees whole pages, which SQLite then does not write again)."""
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM readings WHERE seq <= ?", (self._acked,)
+        ) as cur:
+            waiting = int((await cur.fetchone())[0])  # type: ignore[index]
+        if waiting < PURGE_ROWS:
+            return
+        await self._db.execute("DELETE FROM readings WHERE seq <= ?", (self._acked,))
+        await self._db.execute("UPDATE state SET acked_upto = MAX(acked_upto, ?)", (self._acked,))
+        log.debug("event=outbox_purged device=%s upto=%d rows=%d", self.device, self._acked,
+                  waiting)
 
     async def rewind_progress(self, beyond: int, to: int) -> dict[str, int]:
         """Meters whose newest signed interval ends after ``beyond`` (signed while the clock ran
@@ -387,104 +459,99 @@ class Outbox:
         ``newest`` of the slots go to the newest due readings, so a draining backlog never
         delays live data by more than one batch.
         """
+        cutoff = now - republish_after
+        waiting = [seq for seq, (last_sent, _) in self._sent.items() if last_sent > cutoff]
+        return await self._select(limit, newest, waiting, None)
+
+    async def _select(self, limit: int, newest: int, excluded: Sequence[int],
+                      below: int | None) -> list[OutboxReading]:
+        """Up to ``limit`` unacked readings not in ``excluded`` and below ``below``, oldest
+        first, ``newest`` of the slots for the newest."""
         if limit <= 0:
             return []
         newest = min(newest, limit)
-        cutoff = now - republish_after
-        due = "last_sent IS NULL OR last_sent <= ?"
-        columns = "seq, meter, interval_end, message, send_count, ocmf"
+        skip = json.dumps(sorted(excluded))
+        where = "seq > ? AND seq NOT IN (SELECT value FROM json_each(?))"
+        columns = _COLUMNS
         async with self._db.execute(
-            f"SELECT {columns} FROM readings WHERE {due} ORDER BY seq DESC LIMIT ?",
-            (cutoff, newest),
+            f"SELECT {columns} FROM readings WHERE {where} ORDER BY seq DESC LIMIT ?",
+            (self._acked, skip, newest),
         ) as cur:
             latest = list(await cur.fetchall())
         async with self._db.execute(
-            f"SELECT {columns} FROM readings WHERE {due} ORDER BY seq LIMIT ?",
-            (cutoff, limit - len(latest)),
+            f"SELECT {columns} FROM readings WHERE {where} AND seq < ? ORDER BY seq LIMIT ?",
+            (self._acked, skip, below if below is not None else 2**62, limit - len(latest)),
         ) as cur:
             oldest = await cur.fetchall()
         rows = {row[0]: row for row in (*oldest, *latest)}
-        return [OutboxReading(*rows[seq]) for seq in sorted(rows)]
+        return [self._reading(rows[seq]) for seq in sorted(rows)]
+
+    def _reading(self, row: aiosqlite.Row) -> OutboxReading:
+        seq, meter, interval_end, message, ocmf, packed = row
+        if ocmf is None and packed is not None:
+            try:
+                ocmf = unpack_record(bytes(packed))
+            except PackedRecordError as exc:  # the reading still goes out, without its record
+                log.error("event=ocmf_unreadable device=%s seq=%d detail=%r", self.device, seq,
+                          str(exc))
+        return OutboxReading(int(seq), str(meter), int(interval_end), bytes(message),
+                             self._sent.get(int(seq), (0, 0))[1], ocmf)
 
     async def next_due(self, republish_after: int) -> int | None:
         """When the earliest sent-but-unacked reading becomes due again (None: nothing waits)."""
-        async with self._db.execute(
-            "SELECT MIN(last_sent) FROM readings WHERE last_sent IS NOT NULL"
-        ) as cur:
-            row = await cur.fetchone()
-        return None if row is None or row[0] is None else int(row[0]) + republish_after
+        first = min((last_sent for last_sent, _ in self._sent.values()), default=None)
+        return None if first is None else first + republish_after
 
     async def outstanding(self, limit: int) -> tuple[list[tuple[int, int, int]], int]:
         """The oldest ``limit`` readings published but not acked (seq, last_sent, send_count),
         and how many there are in all (agent/resend.py decides which are due again)."""
-        async with self._db.execute(
-            "SELECT seq, last_sent, send_count FROM readings WHERE last_sent IS NOT NULL"
-            " ORDER BY seq LIMIT ?", (limit,)
-        ) as cur:
-            rows = [(int(r[0]), int(r[1]), int(r[2])) for r in await cur.fetchall()]
-        if len(rows) < limit:
-            return rows, len(rows)
-        async with self._db.execute(
-            "SELECT COUNT(*) FROM readings WHERE last_sent IS NOT NULL"
-        ) as cur:
-            return rows, int((await cur.fetchone())[0])  # type: ignore[index]
+        rows = [(seq, *self._sent[seq]) for seq in sorted(self._sent)[:limit]]
+        return rows, len(self._sent)
 
     async def unsent(self, limit: int, *, newest: int = 0,
                      below: int | None = None) -> list[OutboxReading]:
         """Up to ``limit`` readings never published, oldest first and with seq below ``below``,
         ``newest`` of the slots kept for the newest (a draining backlog never delays live data
         by more than one batch)."""
-        if limit <= 0:
-            return []
-        bound = below if below is not None else 2**62
-        newest = min(newest, limit)
-        columns = "seq, meter, interval_end, message, send_count, ocmf"
-        async with self._db.execute(
-            f"SELECT {columns} FROM readings WHERE last_sent IS NULL ORDER BY seq DESC LIMIT ?",
-            (newest,),
-        ) as cur:
-            latest = list(await cur.fetchall())
-        async with self._db.execute(
-            f"SELECT {columns} FROM readings WHERE last_sent IS NULL AND seq < ? ORDER BY seq"
-            " LIMIT ?", (bound, limit - len(latest)),
-        ) as cur:
-            oldest = await cur.fetchall()
-        rows = {row[0]: row for row in (*oldest, *latest)}
-        return [OutboxReading(*rows[seq]) for seq in sorted(rows)]
+        return await self._select(limit, newest, list(self._sent), below)
 
     async def oldest_seq(self) -> int | None:
         """The oldest reading not yet acked (None: the outbox is empty)."""
-        async with self._db.execute("SELECT MIN(seq) FROM readings") as cur:
+        async with self._db.execute(
+            "SELECT MIN(seq) FROM readings WHERE seq > ?", (self._acked,)
+        ) as cur:
             row = await cur.fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
     async def fetch(self, seqs: Sequence[int]) -> list[OutboxReading]:
-        """These readings, if still in the outbox, oldest first."""
+        """These readings, if still in the outbox and not acked, oldest first."""
         if not seqs:
             return []
-        marks = ",".join("?" * len(seqs))
         async with self._db.execute(
-            "SELECT seq, meter, interval_end, message, send_count, ocmf FROM readings"
-            f" WHERE seq IN ({marks}) ORDER BY seq", tuple(seqs)
+            f"SELECT {_COLUMNS} FROM readings"
+            " WHERE seq > ? AND seq IN (SELECT value FROM json_each(?)) ORDER BY seq",
+            (self._acked, json.dumps(list(seqs))),
         ) as cur:
-            return [OutboxReading(*row) for row in await cur.fetchall()]
+            return [self._reading(row) for row in await cur.fetchall()]
 
     async def mark_sent(self, seqs: Sequence[int], now: int) -> None:
-        """Record a publish (PUBACKed by the broker; the reading still waits for the backend)."""
-        if not seqs:
-            return
-        async with self._lock, transaction(self._db, "BEGIN"):
-            await self._db.executemany(
-                "UPDATE readings SET last_sent = ?, send_count = send_count + 1 WHERE seq = ?",
-                [(now, seq) for seq in seqs],
-            )
+        """Record a publish (PUBACKed by the broker; the reading still waits for the backend).
+
+        In memory only: a restart forgets it and publishes again, which the backend
+        deduplicates; a row rewritten per publish cost pages of WAL per batch (issue 20)."""
+        for seq in seqs:
+            if seq > self._acked:
+                self._sent[seq] = (now, self._sent.get(seq, (0, 0))[1] + 1)
 
     async def apply_ack(self, ack: Ack, now: int) -> AckResult:
-        """Quarantine the readings the backend rejected for good, delete those committed ≤ upto.
+        """Quarantine the readings the backend rejected for good, forget those committed ≤ upto.
 
-        A rejection is applied before the deletion: a rejected seq ≤ upto must land in the
-        quarantine, not vanish as if committed. The counter is not touched: the caller has
-        checked that the ack covers nothing above what this gateway signed (agent/acks.py).
+        A rejection is applied before the rest: a rejected seq ≤ upto must land in the
+        quarantine, not vanish as if committed (one transaction, only when there is one). The
+        committed rows are skipped from now on and deleted in a later cycle's transaction
+        (``PURGE_ROWS``); the broker's retained ack applies them again after a restart. The
+        counter is not touched: the caller has checked that the ack covers nothing above what
+        this gateway signed (agent/acks.py).
         """
         if ack.device != self.device:
             raise OutboxError(
@@ -492,9 +559,40 @@ class Outbox:
                 device=self.device,
                 ack_device=ack.device,
             )
-        async with self._lock, transaction(self._db):
-            quarantined: list[int] = []
-            for rejection in ack.rejected:
+        async with self._lock:
+            quarantined = await self._quarantine(ack, now)
+            committed = 0
+            if ack.upto > self._acked:
+                async with self._db.execute(
+                    "SELECT COUNT(*) FROM readings WHERE seq > ? AND seq <= ?",
+                    (self._acked, ack.upto),
+                ) as cur:
+                    committed = int((await cur.fetchone())[0])  # type: ignore[index]
+                self._acked = ack.upto
+                for seq in [s for s in self._sent if s <= ack.upto]:
+                    del self._sent[seq]
+                async with self._db.execute(
+                    "SELECT 1 FROM gaps WHERE last <= ? LIMIT 1", (ack.upto,)
+                ) as cur:
+                    covered = await cur.fetchone() is not None
+                if covered:  # rare (a lost outbox): on disk at once
+                    async with transaction(self._db):
+                        await self._db.execute("DELETE FROM gaps WHERE last <= ?", (ack.upto,))
+                        await self._db.execute(
+                            "UPDATE state SET acked_upto = MAX(acked_upto, ?)", (ack.upto,))
+        # The sequence never moves on an ack's word (issue 14): a lost outbox resumes above the
+        # durable reservation instead (agent/reservation.py).
+        return AckResult(committed, tuple(quarantined))
+
+    async def _quarantine(self, ack: Ack, now: int) -> list[int]:
+        """Move the readings an ack rejects for good to the quarantine (not those an earlier
+        ack already covered: they were committed or quarantined then)."""
+        fresh = [r for r in ack.rejected if r.seq > self._acked]
+        if not fresh:
+            return []
+        quarantined: list[int] = []
+        async with transaction(self._db):
+            for rejection in fresh:
                 async with self._db.execute(
                     "SELECT meter, interval_end, message FROM readings WHERE seq = ?",
                     (rejection.seq,),
@@ -505,42 +603,32 @@ class Outbox:
                 await self._db.execute(
                     "INSERT INTO quarantine (seq, meter, interval_end, message, reason, detail,"
                     " time) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        rejection.seq,
-                        row[0],
-                        row[1],
-                        row[2],
-                        rejection.reason,
-                        rejection.detail,
-                        now,
-                    ),
+                    (rejection.seq, row[0], row[1], row[2], rejection.reason, rejection.detail,
+                     now),
                 )
                 await self._db.execute("DELETE FROM readings WHERE seq = ?", (rejection.seq,))
                 quarantined.append(rejection.seq)
-            cur = await self._db.execute("DELETE FROM readings WHERE seq <= ?", (ack.upto,))
-            committed = cur.rowcount
-            await cur.close()
-            await self._db.execute("UPDATE state SET acked_upto = MAX(acked_upto, ?)", (ack.upto,))
-            await self._db.execute("DELETE FROM gaps WHERE last <= ?", (ack.upto,))
-        # The sequence never moves on an ack's word (issue 14): a lost outbox resumes above the
-        # durable reservation instead (agent/reservation.py).
-        return AckResult(committed, tuple(quarantined))
+        for seq in quarantined:
+            self._sent.pop(seq, None)
+        return quarantined
 
     async def depth(self) -> int:
         """Readings not yet confirmed by the backend."""
-        async with self._db.execute("SELECT COUNT(*) FROM readings") as cur:
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM readings WHERE seq > ?", (self._acked,)
+        ) as cur:
             return int((await cur.fetchone())[0])  # type: ignore[index]
 
     async def acked_upto(self) -> int:
-        async with self._db.execute("SELECT acked_upto FROM state") as cur:
-            return int((await cur.fetchone())[0])  # type: ignore[index]
+        """The highest ack applied (on disk it may lag until the next purge)."""
+        return self._acked
 
     async def readings(self) -> list[OutboxReading]:
         """Every unconfirmed reading, oldest first (for status and tests)."""
         async with self._db.execute(
-            "SELECT seq, meter, interval_end, message, send_count, ocmf FROM readings ORDER BY seq"
+            f"SELECT {_COLUMNS} FROM readings WHERE seq > ? ORDER BY seq", (self._acked,)
         ) as cur:
-            return [OutboxReading(*row) for row in await cur.fetchall()]
+            return [self._reading(row) for row in await cur.fetchall()]
 
     async def quarantine_count(self) -> int:
         async with self._db.execute("SELECT COUNT(*) FROM quarantine") as cur:

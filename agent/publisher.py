@@ -310,9 +310,11 @@ class Publisher:
                     self.topic, reading.message, timeout=self.publish_timeout
                 )
             answered.append(reading.seq)  # refused ones too: retried after the ack timeout
-            if refused is None and reading.send_count == 0 and self.judge.monotonic is not None:
+            if (refused is None and reading.send_count == 0 and self.judge.monotonic is not None
+                    and reading.seq >= self.outbox.first_own_seq):
                 # Only a reading's first publish ever: the backend cannot have committed it
-                # before then (a copy from an earlier process could have been).
+                # before then (a copy from an earlier process could have been: sends are
+                # counted per process, agent/outbox.py).
                 self._sent_mono.setdefault(reading.seq, self.judge.monotonic())
             if refused is None:
                 self.metrics.readings_published.inc()
