@@ -44,14 +44,18 @@ def files_size(outbox: Path) -> int:
     return sum(p.stat().st_size for p in outbox.parent.glob(outbox.name + "*") if p.is_file())
 
 
-async def child(config_path: Path, cycles: int, interval: int) -> dict[str, object]:
+async def child(config_path: Path, cycles: int, interval: int, settings: dict[str, object]
+                ) -> dict[str, object]:
     """The agent under measure (in its own process, so /proc/self/io is the agent's)."""
+    from meterchain.agent import outbox as outbox_module
     from meterchain.agent.config import load_config
     from meterchain.agent.service import Agent
     from meterchain.mqtt import Backoff
 
     from tests.support.agent import AcceleratedClock
 
+    for name, value in settings.items():  # the outbox's SQLite settings under comparison
+        setattr(outbox_module, name, value)
     config = load_config(config_path)
     clock = AcceleratedClock(time.time(), float(interval))  # one interval per real second
     agent = Agent(config, clock=clock, backoff=Backoff(initial=0.1, maximum=1.0))
@@ -133,7 +137,8 @@ class AckingBackend:
                                        retain=True)
 
 
-async def parent(meters: int, cycles: int, interval: int, keep: Path | None) -> dict[str, object]:
+async def parent(meters: int, cycles: int, interval: int, keep: Path | None,
+                 settings: dict[str, object]) -> dict[str, object]:
     from meterchain.agent.cli import write_private_key
     from meterchain.bridge.modbus import EmulatedMeter, ModbusBusEmulator
     from meterchain.contract.note import NoteSigner
@@ -166,7 +171,8 @@ async def parent(meters: int, cycles: int, interval: int, keep: Path | None) -> 
             out = await asyncio.to_thread(
                 subprocess.run,
                 [sys.executable, str(Path(__file__).resolve()), "--child", str(config),
-                 "--cycles", str(cycles), "--interval", str(interval)],
+                 "--cycles", str(cycles), "--interval", str(interval),
+                 "--settings", json.dumps(settings)],
                 cwd=work, capture_output=True, text=True, check=False)
         finally:
             backend.cancel()
@@ -180,7 +186,8 @@ async def parent(meters: int, cycles: int, interval: int, keep: Path | None) -> 
     result.update(
         meters=meters, interval_s=interval, bytes_per_reading=result["write_bytes"] / readings,
         wchar_per_reading=result["wchar"] / readings, load_start=load_start, load_end=os.getloadavg(),
-        command=f"bench/bench_agent_io.py --meters {meters} --cycles {cycles} --interval {interval}")
+        settings=settings, command=f"bench/bench_agent_io.py --meters {meters} --cycles {cycles} "
+        f"--interval {interval}" + "".join(f" --{k.lower().replace('_', '-')} {v}" for k, v in settings.items()))
     return result
 
 
@@ -192,18 +199,27 @@ def main() -> None:
                         help="the agent's interval_seconds (one interval per real second)")
     parser.add_argument("--dir", type=Path, default=None,
                         help="where the outbox lives (default: the temp folder; must not be tmpfs)")
+    parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), help="outbox PRAGMA synchronous")
+    parser.add_argument("--page-size", type=int, help="page size of the new outbox")
+    parser.add_argument("--wal-autocheckpoint", type=int, help="WAL pages between checkpoints")
+    parser.add_argument("--purge-rows", type=int, help="acked rows deleted in one go")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--settings", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(asyncio.run(child(args.child, args.cycles, args.interval))))
+        print(json.dumps(asyncio.run(child(args.child, args.cycles, args.interval,
+                                           json.loads(args.settings)))))
         return
-    r = asyncio.run(parent(args.meters, args.cycles, args.interval, args.dir))
+    settings = {name.upper(): getattr(args, name) for name in
+                ("synchronous", "page_size", "wal_autocheckpoint", "purge_rows")
+                if getattr(args, name) is not None}
+    r = asyncio.run(parent(args.meters, args.cycles, args.interval, args.dir, settings))
     if args.json:
         print(json.dumps(r))
         return
     print(f"load average {r['load_start'][0]:.2f} -> {r['load_end'][0]:.2f}")  # type: ignore[index]
-    print(f"{r['readings']} readings in {r['cycles']} cycles ({r['seconds']:.0f} s): "
+    print(f"{r['command']}\n{r['readings']} readings in {r['cycles']} cycles ({r['seconds']:.0f} s): "
           f"write_bytes {r['bytes_per_reading']:,.0f} B per reading, wchar {r['wchar_per_reading']:,.0f} B "
           f"per reading, {r['syscw']} write calls; outbox files {r['outbox_files_before']:,} -> "
           f"{r['outbox_files_after']:,} B; depth at the end {r['depth_at_end']}")
