@@ -302,14 +302,17 @@ class ReceiptKeeper:
             checkpoint = verify_receipt(receipt, self.log_key, self.policy)
         except MeterchainError as exc:
             return self._refuse(exc.check, str(exc))
-        before = self.view.newest
+        # Once the log contradicted the view, the view is frozen (a log caught lying is not
+        # followed further); each receipt is still checked against it and counted.
+        view = self.view if self.alarm is None else LogView(self.view.newest)
+        before = view.newest
         try:
-            sizes = self.view.needs(checkpoint)
+            sizes = view.needs(checkpoint)
             proof = None
             if sizes is not None:
                 held = before.size if before is not None else 0
                 proof = await self.proofs.proof(*sizes, held=held)
-            self.view.advance(checkpoint, proof)
+            view.advance(checkpoint, proof)
         except Unproven as exc:
             self.metrics.receipts_unproven.inc()
             log.warning("event=receipt_unproven device=%s size=%d detail=%r (kept for the next "
@@ -319,7 +322,7 @@ class ReceiptKeeper:
             self._inconsistent(exc, receipt.checkpoint)
             return "inconsistent"
         self.metrics.receipts_verified.inc()
-        if self.view.newest is before:
+        if view is not self.view or view.newest is before:
             return "held"
         now = int(self.clock())
         held_view = HeldView(checkpoint, receipt.checkpoint, receipt.device, receipt.seq, receipt.index, now)

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from meterchain.backend.log.cosigning import Cosigning
 from meterchain.backend.log.proofs import inclusion_proof
 from meterchain.backend.store import ProofStore
-from meterchain.contract.batch import SignedBatchHeader
 from meterchain.contract.cosignature import verify_cosignatures
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.receipt import Receipt, receipt_topic
@@ -44,6 +43,8 @@ log = logging.getLogger(__name__)
 CHUNK = 500
 #: At most this many devices per round (the newest readings of more wait for the next round).
 MAX_DEVICES = 100_000
+#: The first round after a start covers this many of the newest leaves.
+RESUME_LEAVES = 10_000
 
 PUBLISHED = Counter("meterchain_receipts_published", "Receipts published to gateways (PUBACKed)")
 NO_QUORUM = Counter("meterchain_receipts_no_quorum",
@@ -103,16 +104,16 @@ class ReceiptSender:
 
     async def resume(self) -> None:
         """After a start: offer the newest checkpoint again (what was sent before the restart is
-        not known; the first round covers the newest batch, see :meth:`build`)."""
+        not known; the first round covers the newest leaves, see :meth:`build`)."""
         row = await self.store.latest_checkpoint()
         if row is not None:
             self.offer(row.size, row.note)
 
     async def build(self, offered: Offered) -> list[list[tuple[str, bytes]]]:
         """The receipts of one round as chunks of (topic, payload); nothing is sent."""
-        # The first round after a start covers the newest batch: what an earlier process sent
-        # is not known, and the gateways' retained receipts carry the rest.
-        start = (await self._last_batch_first(offered.size) if self.covered is None
+        # The first round after a start covers the newest RESUME_LEAVES leaves: what an earlier
+        # process sent is not known (a gateway takes a receipt it has seen again as a no-op).
+        start = (max(0, offered.size - RESUME_LEAVES) if self.covered is None
                  else min(self.covered, offered.size))
         rows = await self.store.newest_readings(start, offered.size, self.max_devices)
         chunks: list[list[tuple[str, bytes]]] = []
@@ -127,16 +128,6 @@ class ReceiptSender:
             chunks.append(chunk)
             await asyncio.sleep(0)  # let the sealer and the API run between chunks
         return chunks
-
-    async def _last_batch_first(self, size: int) -> int:
-        """Where the batch ending at ``size`` begins (0 if it is not found)."""
-        index = await self.store.last_batch_index()
-        rows = await self.store.batches(index, 1) if index is not None else []
-        for row in rows:
-            header = SignedBatchHeader.from_cbor(row.header).header
-            if header.size == size:
-                return header.first
-        return 0
 
     async def send_round(self, client: Connection) -> int:
         """Send the receipts of the pending checkpoint; return how many were PUBACKed."""

@@ -132,6 +132,10 @@ async def test_a_fork_at_the_same_size_raises_the_alarm(tmp_path: Path, log: Rec
     assert alarm is not None and alarm.held == log.note() and alarm.offered == fork.note()
     assert held is not None and held.checkpoint.size == 4  # the view did not move
     assert "log-inconsistent" in read_alarms(tmp_path / "outbox.sqlite")
+    # The view is frozen: even a receipt consistent with it no longer moves it.
+    log.append(5)
+    assert await keeper.handle(log.receipt(5)) == "held"
+    assert keeper.view.newest is not None and keeper.view.newest.size == 4
     keeper.close()
 
 
