@@ -22,7 +22,13 @@ import struct
 from collections.abc import Iterable
 
 from meterchain.contract.errors import NoteError
-from meterchain.contract.note import SIGNATURE_PREFIX, Ed25519VerifierKey, split_note, strict_b64decode
+from meterchain.contract.note import (
+    SIGNATURE_PREFIX,
+    Ed25519VerifierKey,
+    ed25519_public_key,
+    split_note,
+    strict_b64decode,
+)
 
 COSIGNATURE_TYPE = 0x04
 COSIGNATURE_HEADER = "cosignature/v1"
@@ -68,7 +74,6 @@ class CosignerKey(Ed25519VerifierKey):
         """Check one cosignature (timestamp ‖ signature, without the key ID) over the checkpoint
         text ``body``; return its timestamp, or raise :class:`NoteError`."""
         from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
         if len(signature) != SIGNATURE_SIZE:
             raise NoteError(f"cosignature by {self.name} is {len(signature)} bytes, not {SIGNATURE_SIZE}",
@@ -78,7 +83,7 @@ class CosignerKey(Ed25519VerifierKey):
             raise NoteError(f"cosignature by {self.name} has a timestamp above 2^63 - 1",
                             check="cosignature", witness=self.name)
         try:
-            Ed25519PublicKey.from_public_bytes(self.public_key).verify(
+            ed25519_public_key(self.public_key).verify(
                 signature[8:], cosigned_message(body, timestamp))
         except InvalidSignature:
             raise NoteError(f"cosignature by {self.name} does not verify", check="cosignature",

@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
+import re
 import struct
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import TYPE_CHECKING, ClassVar, Self
 
 from meterchain.contract.errors import NoteError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 ED25519_TYPE = 0x01
 SIGNATURE_PREFIX = "\u2014 "  # an em dash and a space
 MAX_NOTE_SIZE = 16_384
+#: Control characters a note's text must not contain (all but newline).
+_CONTROL_RE = re.compile(r"[\x00-\x09\x0b-\x1f]")
 
 
+@functools.lru_cache(maxsize=1024)  # asked per signature line on every verification
 def _key_hash(name: str, public_key: bytes, key_type: int = ED25519_TYPE) -> int:
     # signed-note: SHA-256(<name> || "\n" || <signature type> || <public key>)[:4]
     digest = hashlib.sha256(name.encode() + b"\n" + bytes([key_type]) + public_key).digest()
@@ -101,6 +109,16 @@ class Ed25519VerifierKey:
         return key
 
 
+@functools.lru_cache(maxsize=1024)
+def ed25519_public_key(public_key: bytes) -> Ed25519PublicKey:
+    """The ``cryptography`` key object for 32 raw bytes, made once per key: a verifier checks
+    every checkpoint with the same few keys (the log's, its witnesses'), and making the object
+    costs a few µs each time."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    return Ed25519PublicKey.from_public_bytes(public_key)
+
+
 class NoteVerifier(Ed25519VerifierKey):
     """A public Ed25519 note key (type 0x01): ``name+hash+base64``."""
 
@@ -108,10 +126,9 @@ class NoteVerifier(Ed25519VerifierKey):
 
     def verify(self, message: bytes, signature: bytes) -> bool:
         from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
         try:
-            Ed25519PublicKey.from_public_bytes(self.public_key).verify(signature, message)
+            ed25519_public_key(self.public_key).verify(signature, message)
         except InvalidSignature:
             return False
         return True
@@ -180,7 +197,7 @@ class Signature:
 def _check_text(text: str) -> None:
     if not text.endswith("\n"):
         raise NoteError("note text must end with a newline")
-    if any(ord(c) < 0x20 and c != "\n" for c in text):
+    if _CONTROL_RE.search(text):
         raise NoteError("note text must not contain control characters other than newline")
     if "\n\n" in text:
         raise NoteError("note text must not contain blank lines")

@@ -330,3 +330,24 @@ def _signer() -> signing.CryptographySigner:
     if not _SIGNER:
         _SIGNER.append(signing.CryptographySigner(signing.generate_private_key_pem()))
     return _SIGNER[0]
+
+
+# ----------------------------------------------------------------------------- note keys
+
+
+def test_cached_ed25519_keys_check_every_signature_anew() -> None:
+    """One key object per key's bytes (not per verification), and no verdict is remembered."""
+    from meterchain.contract.checkpoint import Checkpoint
+    from meterchain.contract.errors import NoteError
+    from meterchain.contract.note import NoteSigner, ed25519_public_key, verify_note
+
+    signer = NoteSigner.generate("log.example")
+    note = Checkpoint("log.example", 1, bytes(32)).sign(signer)
+    assert verify_note(note, signer.verifier) == note[: note.index("\n\n") + 1]
+    assert ed25519_public_key(bytes(signer.verifier.public_key)) is ed25519_public_key(signer.verifier.public_key)
+    with pytest.raises(NoteError, match="does not verify"):
+        verify_note(note.replace("\n1\n", "\n2\n", 1), signer.verifier)
+    impostor = NoteSigner.generate("log.example")  # same name, another key: another key hash
+    with pytest.raises(NoteError, match="no signature"):
+        verify_note(note, impostor.verifier)
+    assert verify_note(note, signer.verifier)
