@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Sequence
 from enum import StrEnum
 
 import typer
@@ -14,7 +15,7 @@ from meterchain.bridge.dlms.emulator import (
     default_settings,
 )
 from meterchain.bridge.dlms.hdlc import HdlcAddress
-from meterchain.bridge.modbus.emulator import ModbusMeterEmulator, accelerated_clock
+from meterchain.bridge.modbus.emulator import EmulatedMeter, ModbusBusEmulator, accelerated_clock
 from meterchain.bridge.modbus.registers import register_map_for
 from meterchain.bridge.modbus.simulation import LoadProfile
 from meterchain.bridge.ptyline import LINE_SPEEDS
@@ -28,8 +29,10 @@ class ModbusModel(StrEnum):
 
 
 async def _serve_until_signal(
-    emulator: ModbusMeterEmulator | DlmsBusEmulator, announce: str
+    emulator: ModbusBusEmulator | DlmsBusEmulator, announce: str, lines: Sequence[str] = ()
 ) -> None:
+    """Serve until SIGINT/SIGTERM: the pty path first on stdout (scripts read that line), then
+    ``lines`` (one per meter), and ``announce`` on stderr."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -37,6 +40,8 @@ async def _serve_until_signal(
     path = await emulator.start()
     try:
         typer.echo(path)
+        for line in lines:
+            typer.echo(line)
         typer.echo(announce, err=True)
         await stop.wait()
     finally:
@@ -54,19 +59,33 @@ def modbus(
     ),
     seed: int = typer.Option(1, help="Seed of the load and PV profile."),
     start: int = typer.Option(0, help="Simulated UTC start time in seconds (default: now)."),
+    meters: int = typer.Option(
+        1, min=1, max=247, help="Meters on the one pty (one RS-485 bus): ids --id, --id+1, …, "
+        "serials --serial, --serial+1, …, seeds --seed, --seed+1, …; all at --baud."
+    ),
 ) -> None:
-    """Serve an Eastron SDM meter on a pseudo-terminal; prints its path; Ctrl-C stops it."""
+    """Serve Eastron SDM meters on a pseudo-terminal (one bus); prints its path, then one line
+    per meter (unit id, model, serial, baud); Ctrl-C stops it."""
     register_map = register_map_for(model.value)
     baudrate = baud or register_map.default_baudrate
+    if device_id + meters - 1 > 247:
+        raise typer.BadParameter(f"ids {device_id}..{device_id + meters - 1}: Modbus ids end at "
+                                 "247", param_hint="--meters")
     clock = accelerated_clock(time_scale, start=start or None)
-    emulator = ModbusMeterEmulator(
-        register_map, device_id, baudrate, serial, LoadProfile(seed=seed), clock
-    )
+    bus = ModbusBusEmulator([
+        EmulatedMeter(register_map, device_id + i, baudrate, serial + i, LoadProfile(seed=seed + i),
+                      clock)
+        for i in range(meters)
+    ])
+    lines = [f"id {device_id + i} {register_map.model} serial {serial + i} baud {baudrate}"
+             for i in range(meters)]
+    ids = f"id {device_id}" if meters == 1 else f"ids {device_id}..{device_id + meters - 1}"
     announce = (
-        f"{register_map.model} id {device_id} at {baudrate} baud, serial {serial}, "
-        f"time x{time_scale:g}; Ctrl-C to stop"
+        f"{meters} × {register_map.model} {ids} at {baudrate} baud, serial {serial}"
+        f"{'' if meters == 1 else f'..{serial + meters - 1}'}, time x{time_scale:g}; "
+        "Ctrl-C to stop"
     )
-    asyncio.run(_serve_until_signal(emulator, announce))
+    asyncio.run(_serve_until_signal(bus, announce, lines))
 
 
 @app.command()
