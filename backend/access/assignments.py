@@ -118,11 +118,12 @@ class AssignmentTables(SqliteTables):
         return [LoggedOpening(r[0], AssignmentOpening(bytes(r[1]), bytes(r[2]))) for r in rows]
 
     async def openings(self, kind: AssignmentKind, binding: int) -> list[LoggedOpening]:
-        """Every opening of one binding or occupancy, in log order (leaf index None: unsealed)."""
+        """Every opening of one binding or occupancy, in log order (leaf index None: unsealed;
+        openings emptied by an erasure are left out)."""
         rows = await self._rows(
             "SELECT l.leaf_index, o.salt, o.fields FROM assignment_openings o "
             "JOIN leaves l ON l.id = o.leaf_id WHERE o.kind = ? AND o.binding = ? "
-            "ORDER BY o.leaf_id", (kind.value, binding))
+            "AND length(o.salt) > 0 ORDER BY o.leaf_id", (kind.value, binding))
         return [LoggedOpening(r[0], AssignmentOpening(bytes(r[1]), bytes(r[2]))) for r in rows]
 
 

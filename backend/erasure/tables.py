@@ -100,6 +100,11 @@ class ErasureTables(SqliteTables):
     async def _erase(self, household: str, requested_by: str, now: int) -> ErasureRecord | None:
         if not await self._rows("SELECT 1 FROM households WHERE id = ?", (household,)):
             raise UnknownParty(f"no household {household}", id=household)
+        # The openings of its occupancies name it (docs/privacy.md): emptied, the leaves stay and
+        # can never be opened again.
+        await self._db.execute(
+            "UPDATE assignment_openings SET salt = X'', fields = X'' WHERE kind = 'occupancy' "
+            "AND binding IN (SELECT id FROM occupancies WHERE household = ?)", (household,))
         targets = await self._targets(household)
         logins = [r[0] for r in await self._rows(
             "SELECT username FROM web_logins WHERE household = ?", (household,))]
