@@ -6,10 +6,12 @@ cumulative, so its next reading still carries all the energy.
 
 The clock is judged before each cycle (:class:`ClockJudge`, docs/agent.md "Clock"): a gateway
 clock proven ahead or behind signs nothing (its intervals would lie in the future or the past)
-and says so once a minute; when it is right again the poller goes on at the current interval and
-declares the intervals it skipped. A meter whose newest signed interval lies beyond
-:data:`MAX_FUTURE_SECONDS` of a clock judged right was signed while the clock ran ahead (those
-readings are refused by the backend as ``future`` and quarantined): it goes on from now.
+and says so once a minute; when it is right again the poller goes on at the current interval,
+declares the intervals it skipped (alarm ``clock-gap``) and each meter's next reading spans them
+from its previous one, flagged ``SPANS_GAP``, as after a full disk. A meter whose newest signed
+interval lies beyond :data:`MAX_FUTURE_SECONDS` of a clock judged right was signed while the
+clock ran ahead (those readings are refused by the backend as ``future`` and quarantined): it
+goes on from now.
 
 A full disk (``database or disk is full``) costs the cycle, never the agent: it is logged and
 alarmed once a minute with the fix and counted; when space returns, each meter's next reading
@@ -106,6 +108,7 @@ class Poller:
         self.skipped: tuple[int, int, ClockVerdict] | None = None  # first, last end, why
         self._reported = -float("inf")
         self.disk_full_since: int | None = None  # the first interval end not stored
+        self.clock_gap = False  # a clock fault ended: the next readings span what it skipped
         self._disk_reported = -float("inf")
 
     async def run(self) -> None:
@@ -143,7 +146,7 @@ class Poller:
             self._notify_snapshot(source, snapshot)
             status = self.serials.status_for(source.name, snapshot.serial) if self.serials else 0
             first = start
-            if self.disk_full_since is not None:  # space is back: span what was missed
+            if self.disk_full_since is not None or self.clock_gap:  # span what was missed
                 first, status = await self._span(snapshot.serial, start, end, status)
             template = self._template(source, snapshot, first, end, sync, status)
             if template is not None:
@@ -159,6 +162,8 @@ class Poller:
             self._disk_full(end, exc)
             self.cycles += 1
             return []
+        if seqs:
+            self.clock_gap = False
         if self.disk_full_since is not None and seqs:
             log.warning("event=disk_space_back device=%s first_missed_end=%d spanned_to=%d",
                         self.device, self.disk_full_since, end)
@@ -234,6 +239,7 @@ class Poller:
             log.warning("event=clock_gap device=%s first_end=%d last_end=%d why=%s",
                         self.device, first, last, why.value)
             self.on_alarm("clock-gap", detail)
+            self.clock_gap = True
         if verdict is ClockVerdict.OK:
             rewound = await self.outbox.rewind_progress(int(now) + MAX_FUTURE_SECONDS,
                                                         end - self.interval)

@@ -10,7 +10,8 @@ from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.outbox import Outbox
 from meterchain.agent.profile_poller import ProfilePoller, settle_delay
 from meterchain.agent.scheduler import Poller
-from meterchain.contract.reading import ClockSync
+from meterchain.contract.message import parse_message
+from meterchain.contract.reading import ClockSync, StatusFlag
 from meterchain.contract.signing import generate_private_key_pem, load_signer
 
 DAY = 86_400
@@ -110,6 +111,33 @@ async def test_the_poller_signs_nothing_ahead_then_goes_on_at_the_current_interv
         assert kinds == ["clock-ahead", "clock-gap", "clock-rewound"]
         assert f"{ahead_end + 900}..{ahead_end + 1800}" in alarms[1][1]
         assert [r.interval_end for r in await outbox.readings()] == [ahead_end, end]
+
+
+async def test_after_a_clock_behind_is_corrected_the_next_reading_spans_the_skipped_intervals(
+    tmp_path: Path,
+) -> None:
+    """As the clock-gap alarm says: the counters carry the energy, the reading says so."""
+    clock = SteppedClock(TRUE)
+    judge = ClockJudge(monotonic=clock.monotonic)
+    alarms: list[str] = []
+    async with await Outbox.open(tmp_path / "outbox.sqlite", "gw-1") as outbox:
+        poller = Poller(device="gw-1", signer=load_signer(generate_private_key_pem()),
+                        sources=[Meter()], outbox=outbox, clock=clock, interval=900,
+                        metrics=AgentMetrics(), clock_sync=lambda: ClockSync.SYNCED, judge=judge,
+                        on_alarm=lambda kind, detail: alarms.append(kind))
+        first = (int(clock.now()) // 900) * 900
+        assert await poller.poll_once(first) == [1]
+        judge.observe_ack(TRUE + 3600, clock.now(), None)  # the backend's time: we are behind
+        assert await poller.poll_once(first + 900) == []
+        clock.t += 3600  # corrected
+        end = (int(clock.now()) // 900) * 900
+        assert await poller.poll_once(end) == [2]
+        assert await poller.poll_once(end + 900) == [3]
+        readings = [parse_message(r.message).reading for r in await outbox.readings()]
+    assert alarms == ["clock-behind", "clock-gap"]
+    spanning, after = readings[1], readings[2]
+    assert (spanning.start, spanning.end) == (first, end) and spanning.status & StatusFlag.SPANS_GAP
+    assert (after.start, after.end) == (end, end + 900) and not after.status & StatusFlag.SPANS_GAP
 
 
 def test_a_judge_without_monotonic_time_is_blind() -> None:
