@@ -252,15 +252,17 @@ def _inclusion_shape(index: int, size: int) -> tuple[int, int]:
 
 
 def _chain_inner(seed: bytes, siblings: Sequence[bytes], index: int) -> bytes:
-    for level, sibling in enumerate(siblings):
-        seed = node_hash(sibling, seed) if (index >> level) & 1 else node_hash(seed, sibling)
+    # node_hash inlined: one SHA-256 per level is the whole work of a proof check
+    for sibling in siblings:
+        seed = _sha256(_NODE_PREFIX + sibling + seed if index & 1 else _NODE_PREFIX + seed + sibling).digest()
+        index >>= 1
     return seed
 
 
 def _chain_border(seed: bytes, left_siblings: Sequence[bytes]) -> bytes:
     """Above the divergence point every sibling is a left subtree (RFC 9162 §2.1.3.2)."""
     for sibling in left_siblings:
-        seed = node_hash(sibling, seed)
+        seed = _sha256(_NODE_PREFIX + sibling + seed).digest()
     return seed
 
 
@@ -290,6 +292,12 @@ def _require_hash(value: object, what: str, **context: object) -> None:
 
 def _require_proof(proof: Sequence[bytes], expected: int, **context: object) -> None:
     """Exact proof length first (no missing or trailing hashes), then every hash's length."""
+    if type(proof) in (list, tuple) and len(proof) == expected:
+        for value in proof:  # the common case, without building each check's error context
+            if type(value) is not bytes or len(value) != HASH_SIZE:
+                break
+        else:
+            return
     if _is_string_like(proof):
         raise _proof_error("proof is not a sequence of hashes", step="proof-length", **context)
     if len(proof) != expected:
