@@ -172,6 +172,22 @@ def test_meter_exchange_and_move_split_readings_by_binding(http: TestClient, sce
                       "aud-c1": ["mp-a", "mp-n"], "aud-b": ["mp-b"], "root": ["mp-a", "mp-b", "mp-n"]}
 
 
+def test_reading_lists_are_exactly_their_documented_models(http: TestClient, scenario: Scenario) -> None:
+    # The lists are serialized by hand (issue 20): every row must be what response_model says.
+    from meterchain.backend.access.readings_routes import PointReadingOut, ReadingOut
+    from pydantic import TypeAdapter
+
+    for url, model, who in (("/api/v1/metering-points/mp-a/readings", PointReadingOut, "h-a"),
+                            ("/api/v1/devices/gw-a/readings", ReadingOut, "h-a"),
+                            ("/api/v1/devices/gw-a/readings", ReadingOut, "root")):
+        answer = http.get(url, headers=scenario.auth(who))
+        assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+        rows = answer.json()
+        assert rows and all(list(row) == list(model.model_fields) for row in rows)
+        checked = TypeAdapter(list[model]).validate_python(rows, strict=True)  # type: ignore[valid-type]
+        assert [m.model_dump() for m in checked] == rows
+
+
 def test_bundles_for_a_household_verify(http: TestClient, scenario: Scenario) -> None:
     from meterchain.contract.note import NoteVerifier
 
