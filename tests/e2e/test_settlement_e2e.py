@@ -2,7 +2,7 @@
 → five gateway agents → a real broker → the real backend ``serve()`` → settled intervals, delta
 lines and monthly bills, over two simulated days in accelerated time (15 minutes = 0.25 s).
 
-One meter falls silent for five intervals: the intervals whose deadline passes meanwhile are
+One meter falls silent for sixteen intervals: the intervals whose deadline passes meanwhile are
 settled with it MISSING; its next reading spans the gap, the gap is filled by spreading, and those
 intervals are re-settled as delta lines with new settlement leaves. Every member's settled energy
 then adds up exactly to its meter's register difference, and the January bills equal bills built
@@ -52,7 +52,9 @@ LEAD = 7_200  # the agents start two simulated hours early (their first readings
 SCALE = 3_600.0  # simulated seconds per real second: a quarter hour in 0.25 s
 DEADLINE = 2_700
 BUSES = ((1, 2, 3, 4, 5), (6, 7, 8, 9, 10), (11, 12, 13, 14, 15), (16, 17, 18, 19), (20,))
-SILENT_FROM, SILENT_TO = START + 10 * 3600 + 60, START + 11 * 3600 + 30 * 60 + 60
+# Four silent hours: at 3,600x a settlement pass that lags a second on a loaded machine still settles
+# a dozen of its intervals at their deadline before the meter answers again.
+SILENT_FROM, SILENT_TO = START + 10 * 3600 + 60, START + 14 * 3600 + 60
 ADMIN = "admin-token-for-the-e2e"
 PROGRESS = bool(os.environ.get("MC_E2E_PROGRESS"))
 
@@ -117,18 +119,14 @@ async def register_community(db: Path, buses: list[Bus]) -> None:
 
 
 async def fault_meter(meter: EmulatedMeter, clock: AcceleratedClock) -> None:
-    """Silence household 20's meter for six quarter hours of the first morning: the first three
-    of them reach their deadline (45 minutes) before it answers again."""
+    """Silence household 20's meter for four hours of the first day: most of those intervals reach
+    their deadline (45 minutes) before it answers again."""
     await clock.sleep_until(SILENT_FROM)
     meter.faults.silent = True
     await clock.sleep_until(SILENT_TO)
     meter.faults.silent = False
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known regression of this session, under investigation: the silent meter's intervals are settled at their "
-    "deadline but no longer re-settled when its late reading arrives (re-settled: only one interval, outside the "
-    "silent window); every other check of this test held before it. See the closing note of session 3."))
 async def test_twenty_households_two_days_settled_with_deltas_and_bills(
     tmp_path: Path, broker: RunningBroker
 ) -> None:
@@ -144,6 +142,7 @@ async def test_twenty_households_two_days_settled_with_deltas_and_bills(
     stop, ready = asyncio.Event(), asyncio.Event()
     backend = asyncio.create_task(serve(config, stop=stop, ready=ready, clock=clock.now))
     await asyncio.wait_for(ready.wait(), 20)
+    clock.restart_at(START - LEAD)  # the two hours of lead begin now, not before the start-up
     # The agents' timers run on the accelerated clock too: acks are awaited ~4 s and status
     # messages sent every ~5 s of real time.
     agents = [asyncio.create_task(Agent(load_config(b.config), clock=clock,
@@ -171,7 +170,8 @@ async def test_twenty_households_two_days_settled_with_deltas_and_bills(
     finally:
         for task in (*agents, fault):
             task.cancel()
-        await asyncio.gather(*agents, fault, return_exceptions=True)
+        # bounded: an agent that ignored its cancellation fails the test instead of hanging the run
+        await asyncio.wait_for(asyncio.gather(*agents, fault, return_exceptions=True), 60)
         stop.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(backend, 30)
