@@ -8,26 +8,38 @@ AND sealed by the sealer in this process), so the publisher's own speed is out o
 Beside them, the same backlog drained by a bare aiomqtt subscriber speaking MQTT 3.1.1 (plain)
 and MQTT 5 (share group), to show what MQTT 5 reception alone costs in paho.
 
+Each worker row also gives CPU-µs per message by stage (issue 20): what the workers report on
+``/metrics`` (``meterchain_ingest_stage_cpu_seconds``: receive, check in the check processes,
+store, ack, loop, other threads), the workers' whole CPU with their check processes (/proc), the
+sealer's (this process), and the check's parts replayed one by one on the same readings.
+
     .venv/bin/python bench/bench_scale_out.py --messages 20000 --devices 200 --repeat 2
+    .venv/bin/python bench/bench_scale_out.py --messages 10000 --devices 100 --check-processes 1,0,2
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import PUBLISHER, make_messages, setup  # noqa: E402  (same publisher, readings)
+
+T = TypeVar("T")
 
 #: A subscriber that only counts: how fast aiomqtt (paho) receives, by protocol.
 RECEIVER = r"""
@@ -66,8 +78,77 @@ async def _healthy(port: int) -> dict[str, object] | None:
     return answer.json() if answer.status_code == 200 else None
 
 
+def read_frames(path: Path) -> list[tuple[str, bytes]]:
+    """The (topic, payload) pairs of ``frames.bin`` (bench_ingest.make_messages)."""
+    data, i, frames = path.read_bytes(), 0, []
+    while i < len(data):
+        tl, pl = struct.unpack(">HH", data[i : i + 4])
+        i += 4
+        frames.append((data[i : i + tl].decode(), data[i + tl : i + tl + pl]))
+        i += tl + pl
+    return frames
+
+
+async def check_split(frames: Path, admin: object, sample: int = 2000) -> dict[str, float]:
+    """CPU-µs per message of the parts of ingest's check, replayed one after the other on the
+    same readings in this process, one thread (the drain measures the check as a whole): parse
+    and the cheap checks, the key policy with ECDSA verify, the leaf packing, and the two hashes."""
+    from meterchain.backend.devices.registry import KeyRegistry
+    from meterchain.backend.ingest.checks import check_batch
+    from meterchain.backend.store.leafdata import pack_leaf_data
+    from meterchain.contract.ack import device_from_topic
+    from meterchain.contract.merkle import leaf_hash
+    from meterchain.contract.message import SignedReading, parse_message
+    from meterchain.contract.policy import SIGNED_BY_DEVICE, Evidence, Statement
+
+    registry = KeyRegistry()
+    await registry.refresh(admin)  # type: ignore[arg-type]
+    leaves = registry.snapshot()
+    messages = read_frames(frames)[:sample]
+    n = len(messages)
+
+    def parse() -> list[SignedReading]:
+        out = []
+        for topic, payload in messages:
+            signed = parse_message(payload)
+            assert device_from_topic(topic) == signed.reading.device and leaves.get(signed.reading.device)
+            out.append(signed)
+        return out
+
+    def timed(work: Callable[[], T]) -> tuple[T, float]:
+        started = time.thread_time()
+        result = work()
+        return result, (time.thread_time() - started) / n * 1e6
+
+    parsed, parse_us = timed(parse)
+    def verify() -> None:
+        for s in parsed:
+            SIGNED_BY_DEVICE.verify(Evidence(Statement.of_reading(s), leaves[s.reading.device]))
+
+    _, verify_us = timed(verify)
+    _, pack_us = timed(lambda: [pack_leaf_data(p) for _, p in messages])
+    _, hash_us = timed(lambda: [(hashlib.sha256(s.reading_bytes).digest(), leaf_hash(p))
+                                for s, (_, p) in zip(parsed, messages, strict=True)])
+    _, whole_us = timed(lambda: check_batch(messages, leaves, int(time.time())))
+    return {"parse and checks": round(parse_us, 1), "verify (key policy + ECDSA)": round(verify_us, 1),
+            "pack": round(pack_us, 1), "hashes": round(hash_us, 1), "check_batch, whole": round(whole_us, 1)}
+
+
+async def _stage_cpu(port: int) -> dict[str, float]:
+    """The worker's CPU seconds per stage so far (``meterchain_ingest_stage_cpu_seconds``)."""
+    async with httpx.AsyncClient(timeout=5) as http:
+        text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("meterchain_ingest_stage_cpu_seconds{"):
+            labels, value = line.rsplit(" ", 1)
+            found[labels.split('stage="', 1)[1].split('"', 1)[0]] = float(value)
+    return found
+
+
 async def run(label: str, workers: int, group: str, n: int, devices: int,
-              workdir: Path) -> dict[str, object]:
+              workdir: Path, check_processes: int | None = None) -> dict[str, object]:
+    """One configuration; ``check_processes`` None: the worker's default."""
     from meterchain.mqtt.broker import free_port
 
     workdir.mkdir(parents=True)
@@ -82,7 +163,8 @@ async def run(label: str, workers: int, group: str, n: int, devices: int,
         [sys.executable, "-c", "from meterchain.cli.main import main; main()", "backend", "serve",
          "--db", str(db), "--broker", broker.url, "--role", "ingest",
          "--log-key", str(workdir / "log.key"), "--http-port", str(port),
-         "--client-id", f"bench-{i}", *(["--share-group", group] if group else [])],
+         "--client-id", f"bench-{i}", *(["--share-group", group] if group else []),
+         *([] if check_processes is None else ["--check-processes", str(check_processes)])],
         stdout=subprocess.DEVNULL, stderr=(workdir / f"worker-{i}.log").open("wb"))
         for i, port in enumerate(ports)]
     try:
@@ -92,18 +174,27 @@ async def run(label: str, workers: int, group: str, n: int, devices: int,
                 if time.monotonic() > deadline:
                     raise SystemExit(f"a worker did not subscribe; see {workdir}/worker-*.log")
                 await asyncio.sleep(0.1)
+        cpu_before = [await _stage_cpu(port) for port in ports]
         for proc in procs:
             proc.send_signal(signal.SIGSTOP)  # connected, not reading: the broker queues
         pub = await asyncio.to_thread(subprocess.run, [
             sys.executable, "-c", PUBLISHER, broker.host, str(broker.port), str(frames)],
             capture_output=True, text=True, check=True)
         published_in = float(pub.stdout.split()[1]) - float(pub.stdout.split()[0])
-        started = time.perf_counter()
+        started, own_cpu = time.perf_counter(), time.process_time()
+        children = [_tree_cpu(proc.pid) for proc in procs]
         for proc in procs:
             proc.send_signal(signal.SIGCONT)
         while await admin.reading_count() < n or await admin.pending_count():
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
+        own_cpu = time.process_time() - own_cpu  # the sealer, and this loop's polls
+        worker_cpu = sum(_tree_cpu(proc.pid) - c for proc, c in zip(procs, children, strict=True))
+        stages: dict[str, float] = {}
+        for port, before in zip(ports, cpu_before, strict=True):
+            for stage, value in (await _stage_cpu(port)).items():
+                stages[stage] = stages.get(stage, 0.0) + value - before.get(stage, 0.0)
+        split = await check_split(frames, admin)
         shares = []
         for port in ports:
             health = await _healthy(port)
@@ -122,7 +213,25 @@ async def run(label: str, workers: int, group: str, n: int, devices: int,
         await broker.stop()
     return {"config": label, "messages": n, "devices": devices,
             "published_in_s": round(published_in, 2), "drained_in_s": round(elapsed, 2),
-            "committed_sealed_per_s": round(n / elapsed), "stored_per_worker": shares}
+            "committed_sealed_per_s": round(n / elapsed), "stored_per_worker": shares,
+            "check_processes": check_processes,
+            "cpu_us_per_message": {**{k: round(v / n * 1e6, 1) for k, v in stages.items()},
+                                   "worker processes, all": round(worker_cpu / n * 1e6, 1),
+                                   "seal (bench process: sealer + polls)": round(own_cpu / n * 1e6, 1)},
+            "check_replayed_cpu_us_per_message": split}
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and every live descendant (the check processes)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return total
+    return total + sum(_tree_cpu(int(child)) for child in children)
 
 
 async def receive_only(group: str, n: int, devices: int, workdir: Path, protocol: str = "") -> int:
@@ -151,12 +260,17 @@ async def receive_only(group: str, n: int, devices: int, workdir: Path, protocol
         await broker.stop()
 
 
-async def main_async(n: int, devices: int, repeat: int) -> None:
+async def main_async(n: int, devices: int, repeat: int, check_processes: list[int]) -> None:
     results: dict[str, list[int]] = {}
+    configs: list[tuple[str, int, str, int | None]] = [(*c, None) for c in CONFIGS]
+    if check_processes:  # the default deployment with each count of check processes instead
+        label, workers, group = CONFIGS[0]
+        configs = [(f"{label}, {p} check processes", workers, group, p) for p in check_processes]
     with tempfile.TemporaryDirectory(prefix="mc-bench-scale-") as tmp:
         for r in range(repeat):
-            for i, (label, workers, group) in enumerate(CONFIGS):
-                row = await run(label, workers, group, n, devices, Path(tmp) / f"{r}-{i}")
+            for i, (label, workers, group, processes) in enumerate(configs):
+                row = await run(label, workers, group, n, devices, Path(tmp) / f"{r}-{i}",
+                                check_processes=processes)
                 print(json.dumps(row), flush=True)
                 rate = int(row["committed_sealed_per_s"])  # type: ignore[call-overload]
                 results.setdefault(label, []).append(rate)
@@ -165,7 +279,7 @@ async def main_async(n: int, devices: int, repeat: int) -> None:
                 rate = await receive_only(group, n, devices, Path(tmp) / f"{r}-bare-{j}")
                 print(json.dumps({"config": label, "messages": n, "received_per_s": rate}))
                 results.setdefault(label, []).append(rate)
-    base = max(results[CONFIGS[0][0]])
+    base = max(results[configs[0][0]])
     print("| configuration | msg/s (runs): committed + sealed, or received "
           "| best / 1 worker plain |")
     print("| --- | ---: | ---: |")
@@ -178,8 +292,11 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=1, help="rounds over all configurations")
+    parser.add_argument("--check-processes", default="",
+                        help="e.g. 0,1,2: only one plain worker, with each count of check processes")
     args = parser.parse_args()
-    asyncio.run(main_async(args.messages, args.devices, args.repeat))
+    counts = [int(x) for x in args.check_processes.split(",") if x]
+    asyncio.run(main_async(args.messages, args.devices, args.repeat, counts))
 
 
 if __name__ == "__main__":
