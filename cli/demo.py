@@ -36,6 +36,7 @@ from typing import Any
 import typer
 from meterchain.agent.clock import TimeLapseClock
 from meterchain.agent.config import load_config
+from meterchain.agent.receipts import read_view
 from meterchain.agent.service import Agent
 from meterchain.backend.access.model import BindingOverlap, PartyExists, PointKind
 from meterchain.backend.access.tables import PartyTables
@@ -152,9 +153,10 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def _agent_config(workdir: Path, household: DemoHousehold, pty: str, broker: RunningBroker,
-                  api: str, control_key: str = "") -> Path:
+                  api: str, control_key: str = "", log_key: str = "") -> Path:
     """The gateway's TOML config, as provisioning would write it (docs/agent.md), with the
-    backend's control key once the backend has made one (it verifies the acks)."""
+    backend's control key once the backend has made one (it verifies the acks) and the log key
+    (it verifies the receipts)."""
     device = household.device
     path = workdir / f"{device}.toml"
     auth = ""
@@ -177,7 +179,8 @@ def _agent_config(workdir: Path, household: DemoHousehold, pty: str, broker: Run
                    f"interval_seconds = {INTERVAL}\n"
                    f"ack_timeout_seconds = 30\n"
                    f"telemetry_seconds = {TELEMETRY_SECONDS}\n"
-                   + (f'control_key = "{control_key}"\n' if control_key else "") + "\n"
+                   + (f'control_key = "{control_key}"\n' if control_key else "")
+                   + (f'log_key = "{log_key}"\n' if log_key else "") + "\n"
                    f"[broker]\n"
                    f'url = "mqtt://{broker.host}:{broker.port}"\n'
                    f"{auth}{meters}")
@@ -457,12 +460,23 @@ async def _status(db: str, gateways: list[DemoGateway], stop: asyncio.Event, eve
                 acks = []
                 for g in gateways:
                     state = await store.ack_state(g.device)
-                    acks.append(f"{g.device} ✓{state.upto}")
+                    acks.append(f"{g.device} ✓{state.upto}{_receipt(g)}")
                 console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] log size [bold]{size}[/bold]  "
                               + "  ".join(acks))
                 last_size = size
     finally:
         await store.close()
+
+
+def _receipt(gateway: DemoGateway) -> str:
+    """What the gateway holds as evidence: the newest checkpoint a receipt proved (or the alarm)."""
+    kept = read_view(gateway.config_path.with_name(f"{gateway.device}-outbox.sqlite"))
+    if kept is None:
+        return ""
+    held, alarm = kept
+    if alarm is not None:
+        return " [bold red]LOG INCONSISTENT[/bold red]"
+    return f" receipt@{held.checkpoint.size}" if held is not None else ""
 
 
 def _show(path: Path) -> str:
@@ -633,13 +647,13 @@ async def run_demo(workdir: Path, http_port: int, duration: float | None,
         backend = await start_backend(workdir, config, api)
         _secure_db(db)
         log_pub = workdir / "log.pub"
-        log_pub.write_text(str(NoteSigner.parse((workdir / "log.key").read_text()).verifier)
-                           + "\n")
+        log_key = str(NoteSigner.parse((workdir / "log.key").read_text()).verifier)
+        log_pub.write_text(log_key + "\n")
         control = workdir / "control.key"  # the sealer's ack-signing key, where the backend has one
-        if control.exists():
-            verifier = str(NoteSigner.parse(control.read_text().strip()).verifier)
-            for g in gateways:
-                _agent_config(workdir, g.household, g.pty, broker, api, verifier)
+        verifier = (str(NoteSigner.parse(control.read_text().strip()).verifier)
+                    if control.exists() else "")
+        for g in gateways:  # gateways hold receipts, verified with the log key (docs/agent.md)
+            _agent_config(workdir, g.household, g.pty, broker, api, verifier, log_key)
         console.print(f"backend     API {api}/api/v1   docs [bold]{api}/docs[/bold]   "
                       f"metrics {api}/metrics   log {workdir / 'backend.log'}")
         credentials = await setup_operations(api, token, workdir, extra_meter)

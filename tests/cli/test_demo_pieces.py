@@ -111,10 +111,12 @@ def test_agent_config_is_what_the_agent_loads(tmp_path: Path, open_umask: None) 
 
     anonymous = RunningBroker("amqtt", "127.0.0.1", 18831)
     control = str(NoteSigner.generate("demo.meterchain.local/control").verifier)
+    log_key = str(NoteSigner.generate("demo.meterchain.local/log").verifier)
     path = demo._agent_config(tmp_path, household, "/dev/pts/7", anonymous, "http://127.0.0.1:8000",
-                              control_key=control)
+                              control_key=control, log_key=log_key)
     config = load_config(path)
     assert config.broker.address.username is None and config.control_key == control
+    assert config.log_key == log_key and config.witness_policy is None  # receipts: log-signed
 
 
 def test_logins_file_skips_comments_and_short_lines(tmp_path: Path) -> None:
