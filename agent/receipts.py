@@ -289,8 +289,14 @@ class ReceiptKeeper:
             await self._wake.wait()
             self._wake.clear()
             payload, self._pending = self._pending, None
-            if payload is not None:
+            if payload is None:
+                continue
+            try:
                 await self.handle(payload)
+            except Exception as exc:  # a bug must not stop the agent: counted, logged, next one
+                self.metrics.receipts_refused.labels(reason="error").inc()
+                log.exception("event=receipt_error device=%s error=%r (the view is unchanged)",
+                              self.device, str(exc))
 
     async def handle(self, payload: bytes) -> str:
         """Take one receipt; returns what happened: ``advanced``, ``held`` (nothing newer),
