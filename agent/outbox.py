@@ -3,7 +3,7 @@
 SQLite through aiosqlite, WAL with ``synchronous=FULL``: a committed cycle survives power loss
 (docs/decisions.md, "The agent's outbox writes": why not NORMAL). What the agent writes per
 reading is what wears a gateway's flash (issue 20), so the only write on the way of a reading is
-the poll cycle's one transaction (all meters of one interval, their sequence numbers and
+the poll cycle's one transaction (all meters of one interval and
 ``meter_progress``). Everything else is bookkeeping that a restart may forget:
 
 - *sent* (when and how often a reading was published) lives in memory: after a restart every
@@ -17,8 +17,10 @@ transaction per publish batch and per ack, and row updates for each send.
 
 The sequence number is inside the signed bytes, so it is allocated, signed and stored in one
 transaction: a crash before the commit leaves neither the reading nor the used number behind, and
-after the commit both are durable. The counter lives in ``state`` and only ever moves forward; it
-is not derived from the readings table, which the backend's acks empty.
+after the commit both are durable. The counter is the highest sequence number stored (readings,
+quarantine) plus one, or ``state.next_seq`` if that is higher: a cycle does not rewrite the
+``state`` page, and the purge moves ``state.next_seq`` past every row before it deletes any. It
+only ever moves forward; acks never move it.
 
 Schema changes are migrations: an ordered list of functions, ``PRAGMA user_version`` counts how
 many have run. Add a function at the end; never edit one that has shipped.
@@ -53,6 +55,9 @@ PAGE_SIZE = 1024
 WAL_AUTOCHECKPOINT = 1000
 #: Bytes the WAL file is truncated to after a checkpoint.
 JOURNAL_SIZE_LIMIT = 1 << 20
+#: The next sequence number of an outbox (also for readers of the file: agent/provision.py).
+NEXT_SEQ_SQL = ("SELECT MAX(next_seq, IFNULL((SELECT MAX(seq) FROM readings), 0) + 1,"
+                " IFNULL((SELECT MAX(seq) FROM quarantine), 0) + 1) FROM state")
 #: What a reading is read back as (OutboxReading, with the OCMF record in either column).
 _COLUMNS = "seq, meter, interval_end, message, ocmf, ocmf_packed"
 #: Acked readings kept until a cycle's transaction deletes them in one go (whole pages freed).
@@ -288,10 +293,8 @@ class Outbox:
             await _migrate(db, path)
             outbox = cls(db, device, companion)
             await outbox._claim_device(path)
-            async with db.execute("SELECT acked_upto, next_seq FROM state") as cur:
-                row = await cur.fetchone()
-            assert row is not None  # _claim_device made it
-            outbox._acked, outbox.first_own_seq = int(row[0]), int(row[1])
+            outbox._acked = await outbox._durable_acked()
+            outbox.first_own_seq = await outbox.next_seq()
         except sqlite3.DatabaseError as exc:
             await db.close()
             if is_disk_full(exc):  # not corrupt: never moved aside (issue 18)
@@ -359,7 +362,12 @@ class Outbox:
             return [(int(r[0]), int(r[1])) for r in await cur.fetchall()]
 
     async def next_seq(self) -> int:
-        async with self._db.execute("SELECT next_seq FROM state") as cur:
+        """The next sequence number to sign (see the module docstring)."""
+        async with self._db.execute(NEXT_SEQ_SQL) as cur:
+            return int((await cur.fetchone())[0])  # type: ignore[index]
+
+    async def _durable_acked(self) -> int:
+        async with self._db.execute("SELECT acked_upto FROM state") as cur:
             return int((await cur.fetchone())[0])  # type: ignore[index]
 
     async def last_end(self, meter: str) -> int | None:
@@ -418,7 +426,6 @@ class Outbox:
             await self._db.executemany(
                 "INSERT INTO meter_progress (meter, last_end) VALUES (?, ?)"
                 " ON CONFLICT (meter) DO UPDATE SET last_end = excluded.last_end", progress)
-            await self._db.execute("UPDATE state SET next_seq = ?", (seq,))
             await self._purge_acked()
         return stored
 
@@ -431,8 +438,12 @@ class Outbox:
             waiting = int((await cur.fetchone())[0])  # type: ignore[index]
         if waiting < PURGE_ROWS:
             return
+        # The counter first, past every row: the deleted ones may include the newest.
+        await self._db.execute(
+            "UPDATE state SET acked_upto = MAX(acked_upto, ?),"
+            " next_seq = MAX(next_seq, IFNULL((SELECT MAX(seq) FROM readings), 0) + 1)",
+            (self._acked,))
         await self._db.execute("DELETE FROM readings WHERE seq <= ?", (self._acked,))
-        await self._db.execute("UPDATE state SET acked_upto = MAX(acked_upto, ?)", (self._acked,))
         log.debug("event=outbox_purged device=%s upto=%d rows=%d", self.device, self._acked,
                   waiting)
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from meterchain.agent.outbox import NEXT_SEQ_SQL
 from meterchain.contract.errors import MeterchainError
 from meterchain.contract.signing import generate_private_key_pem, key_id, load_signer
 
@@ -119,10 +120,11 @@ def outbox_state(path: Path) -> tuple[str, int] | None:
         return None
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-            row = db.execute("SELECT device, next_seq FROM state").fetchone()
+            row = db.execute("SELECT device FROM state").fetchone()
+            nxt = db.execute(NEXT_SEQ_SQL).fetchone() if row else None
     except sqlite3.Error:
         return None
-    return (str(row[0]), int(row[1])) if row else None
+    return (str(row[0]), int(nxt[0])) if row and nxt else None
 
 
 def post_json(url: str, body: dict[str, Any], timeout: float = HTTP_TIMEOUT) -> dict[str, Any]:

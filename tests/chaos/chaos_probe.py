@@ -20,7 +20,10 @@ def signed(outbox: str) -> tuple[str, int]:
     try:
         with contextlib.closing(sqlite3.connect(f"file:{outbox}?mode=ro", uri=True)) as db:
             device = db.execute("SELECT device FROM state").fetchone()
-            return device[0], int(db.execute("SELECT next_seq FROM state").fetchone()[0]) - 1
+            # agent/outbox.py NEXT_SEQ_SQL: a cycle does not rewrite state.next_seq (issue 20)
+            nxt = db.execute("SELECT MAX(next_seq, IFNULL((SELECT MAX(seq) FROM readings), 0) + 1,"
+                             " IFNULL((SELECT MAX(seq) FROM quarantine), 0) + 1) FROM state")
+            return device[0], int(nxt.fetchone()[0]) - 1
     except (sqlite3.OperationalError, TypeError):  # not made yet
         return "", 0
 
