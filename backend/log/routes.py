@@ -98,6 +98,20 @@ def log_router(store: Callable[[], LogStore]) -> APIRouter:
         return Response(rows[0].header, media_type="application/cbor",
                         headers={"Cache-Control": IMMUTABLE})
 
+    @router.get("/api/v1/proofs/consistency", response_model=ConsistencyOut, tags=["log"])
+    async def consistency(
+        old: Annotated[int, Query(ge=1, le=MAX_SAFE_INT)],
+        new: Annotated[int, Query(ge=1, le=MAX_SAFE_INT)],
+    ) -> ConsistencyOut:
+        """RFC 9162 consistency proof between two tree sizes (base64 hashes): what gateways
+        holding receipts and monitors ask (here, so the PostgreSQL api role serves it too)."""
+        size = await tree_size()
+        if not old <= new <= size:
+            raise ApiError(400, "bad-sizes", f"need 1 <= old <= new <= {size} (the newest checkpoint)",
+                           "ask for sizes of checkpoints you hold")
+        proof = await consistency_proof(store(), old, new)
+        return ConsistencyOut(old=old, new=new, proof=[base64.b64encode(h).decode() for h in proof])
+
     return router
 
 
@@ -118,20 +132,6 @@ def log_api_router(state: ApiState) -> APIRouter:
             raise ApiError(404, "no-checkpoint", "nothing has been sealed yet",
                            "wait for the first seal (every few seconds once readings arrive)")
         return row.note
-
-    @router.get("/api/v1/proofs/consistency", response_model=ConsistencyOut)
-    async def consistency(
-        old: Annotated[int, Query(ge=1, le=MAX_SAFE_INT)],
-        new: Annotated[int, Query(ge=1, le=MAX_SAFE_INT)],
-    ) -> ConsistencyOut:
-        """RFC 9162 consistency proof between two tree sizes (base64 hashes)."""
-        latest = await state.read().latest_checkpoint()
-        size = latest.size if latest else 0
-        if not old <= new <= size:
-            raise ApiError(400, "bad-sizes", f"need 1 <= old <= new <= {size} (the newest checkpoint)",
-                           "ask for sizes of checkpoints you hold")
-        proof = await consistency_proof(state.read(), old, new)
-        return ConsistencyOut(old=old, new=new, proof=[base64.b64encode(h).decode() for h in proof])
 
     @router.get("/api/v1/batches", response_model=BatchesOut)
     async def batches(

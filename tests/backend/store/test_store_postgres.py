@@ -7,6 +7,7 @@ the rest need PostgreSQL (``MC_PG_DSN``) and skip cleanly without it.
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
 
 import pytest
@@ -509,8 +510,13 @@ async def test_the_scale_path_runs_end_to_end_on_postgres(tmp_path: Path, broker
                     note = (await http.get("/checkpoint")).text
                     tile = await http.get(f"/tile/0/000.p/{size}")
                     missing = await http.get("/api/v1/devices/gw-0/readings")
+                    # What gateways holding receipts ask (agent/receipts.py): served here too.
+                    consistency = await http.get("/api/v1/proofs/consistency", params={"old": 2, "new": size})
                 assert open_checkpoint(note, verifier).size == size
                 hashes = await admin.leaf_hashes(0, size)
+                merkle.verify_consistency(2, size, merkle.root_from_leaf_hashes(hashes[:2]),
+                                          open_checkpoint(note, verifier).root,
+                                          [base64.b64decode(h) for h in consistency.json()["proof"]])
                 assert tile.content == b"".join(hashes)
                 assert merkle.root_from_leaf_hashes(hashes) == open_checkpoint(note, verifier).root
                 assert missing.status_code == 404  # the readings API needs SQLite
