@@ -8,12 +8,19 @@ the log key: its whole proof bundle verifies, inclusion included); each member's
 again from its readings (the same rule the runner uses, ``settlement.member_interval``); the
 interval is settled again with the prices, fees and listings it was settled with; the digest must
 equal the logged one. Prices are inside the digest, so they cannot differ unnoticed.
+
+With the log key, each reading also counts for its member's metering point by the logged meter
+bindings (issue 17): the bindings' openings are included under the newest checkpoint
+(``assignment-inclusion``) and tie the reading's meter to that point at its end, or just before
+it for a meter's closing reading at its binding's end (``point-assigned``), so a binding changed
+in the table alone is found.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from meterchain.backend.access.assignments import AssignmentTables
 from meterchain.backend.log.proofs import build_bundle, inclusion_proof
 from meterchain.backend.settlement.netting import (
     IntervalInput,
@@ -37,9 +44,16 @@ from meterchain.contract.message import SignedReading, parse_message
 from meterchain.contract.note import NoteVerifier
 from meterchain.contract.policy import (
     SIGNED_BY_DEVICE,
+    AllOf,
+    AssignmentsIncluded,
+    CheckpointSigned,
     Evidence,
     LoggedLeaf,
+    LoggedOpening,
+    PointAssigned,
+    PointClaim,
     Statement,
+    VerificationError,
     logged_leaf_policy,
 )
 
@@ -74,6 +88,38 @@ async def _signed_reading(store: ProofStore, device: str, seq: int,
             leaves.append(leaf)
     SIGNED_BY_DEVICE.verify(Evidence(Statement.of_reading(signed), leaves))
     return signed
+
+
+async def _points_assigned(store: SqliteStore, readings: list[PointReading],
+                           log_key: NoteVerifier) -> list[str]:
+    """Problems proving each reading's metering point from the logged bindings (none: proven)."""
+    checkpoint = await store.latest_checkpoint()
+    if checkpoint is None:
+        return ["point-assigned: nothing is sealed yet"]
+    openings = await AssignmentTables(store).meter_openings({r.point for r in readings}, checkpoint.size)
+    evidence = Evidence(checkpoint_note=checkpoint.note, logged_assignments=[
+        LoggedOpening(o.opening, o.leaf_index, tuple(await inclusion_proof(store, o.leaf_index,
+                                                                           checkpoint.size)))
+        for o in openings if o.leaf_index is not None])
+    try:
+        AllOf(CheckpointSigned(log_key), AssignmentsIncluded()).verify(evidence)
+    except VerificationError as exc:
+        return [exc.diagnostics()]
+    problems = []
+    for r in readings:
+        for instant in (r.end, r.end - 1):  # at its end, or the closing reading at the binding's end
+            evidence.claim = PointClaim(r.point, r.device, r.meter, instant)
+            try:
+                _POINT_ASSIGNED.verify(evidence)
+                break
+            except VerificationError as exc:
+                failure = exc
+        else:
+            problems.append(f"reading {r.device}#{r.seq}: {failure.diagnostics()}")
+    return problems
+
+
+_POINT_ASSIGNED = PointAssigned()
 
 
 async def verify_settlement(store: SqliteStore, community: str, interval_start: int,
@@ -147,6 +193,12 @@ async def verify_settlement(store: SqliteStore, community: str, interval_start: 
     if report.problems:
         return report
     report.passed.append("readings" if log_key is None else "reading-bundles")
+    if log_key is not None:
+        report.problems += await _points_assigned(
+            store, [r for found_readings in by_member.values() for r in found_readings], log_key)
+        if report.problems:
+            return report
+        report.passed.append("point-assigned")
 
     rows: list[MemberInterval] = []
     seconds = row.interval_seconds

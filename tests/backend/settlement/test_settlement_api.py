@@ -199,6 +199,20 @@ def test_settle_verify_passes_on_stored_readings_and_fails_on_a_tampered_one(
     rows_only = runner.invoke(cli_app, args)
     assert rows_only.exit_code == 0, rows_only.output  # the signed message counts, not the row
 
+    async def swap_meters(path: Path) -> None:
+        store = await open_store(path)
+        try:  # the table alone says mp-1 and mp-2 swapped meters; the logged bindings do not
+            await store.execute("UPDATE meter_bindings SET meter = CASE meter WHEN 'M1' THEN 'M2' "
+                                "ELSE 'M1' END WHERE meter IN ('M1', 'M2')")
+        finally:
+            await store.close()
+
+    moved = tmp_path / "moved.db"
+    shutil.copy(world.db, moved)
+    asyncio.run(swap_meters(moved))
+    swapped = runner.invoke(cli_app, [*args[:3], str(moved), *args[4:]])
+    assert swapped.exit_code == 1 and "[point-assigned]" in swapped.output, swapped.output
+
     async def forge() -> None:
         store = await open_store(tampered)
         try:  # the logged message itself altered: its signature no longer holds
