@@ -192,9 +192,36 @@ def row_log(quick: bool) -> list[Row]:
     }]
 
 
+def row_api(quick: bool) -> list[Row]:
+    readings, requests = (100_000, 300) if quick else (100_000, 1000)
+    r = run_json("bench_api.py", "--readings", str(readings), "--requests", str(requests))
+    assert isinstance(r, dict)
+    command = f"bench/bench_api.py --readings {readings} --requests {requests}"
+    mix = (f"20 concurrent httpx clients, {readings:,} readings, the four routes mixed ({requests} "
+           f"each; {r['requests_per_s']:.0f} requests/s in all), uvicorn + create_app")
+    rows: list[Row] = [{
+        "what": f"{mix}: /healthz p99", "ours": "/healthz (its own connection: SELECT the newest "
+        "checkpoint)", "ours_value": r["healthz_p99_ms"],
+        "peer": "/bench/fixed: a constant, no I/O, same place in the route table, same run",
+        "peer_value": r["fixed_p99_ms"], "unit": "ms", "ratio": r["healthz_over_fixed_p99"],
+        "goal": "≤ 1.5", "command": command,
+    }]
+    for route, does in (("bundle", "a household's proof bundle (auth, visibility, reading, checkpoint, "
+                                   "device leaves, 2 inclusion proofs)"),
+                        ("day", "a household's day of its metering point (auth, visibility, 96 readings)")):
+        rows.append({
+            "what": f"{mix}: {route} p99", "ours": does, "ours_value": r[f"{route}_p99_ms"],
+            "peer": "/bench/fixed p99, same run (for scale: the queue every route waits in)",
+            "peer_value": r["fixed_p99_ms"], "unit": "ms",
+            "ratio": float(r[f"{route}_p99_ms"]) / float(r["fixed_p99_ms"]), "goal": "–",
+            "command": command,
+        })
+    return rows
+
+
 SECTIONS: dict[str, Callable[[bool], list[Row]]] = {
     "leafdata": row_leafdata, "contract": row_contract, "bundle": row_bundle, "log": row_log, "ingest": row_ingest,
-    "checkpoint": row_checkpoint, "agent": row_agent,
+    "checkpoint": row_checkpoint, "agent": row_agent, "api": row_api,
 }
 
 
