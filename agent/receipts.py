@@ -219,7 +219,7 @@ class ConsistencySource:
     async def _smaller_than(self, held: int) -> None:
         """The API would not prove up to ``held``: if the log's own signed newest checkpoint is
         smaller, the log rolled back; otherwise it is only behind (Unproven)."""
-        answer = await self._get("/api/v1/checkpoint")
+        answer = await self._get("/checkpoint")  # the tlog-tiles route, on every api role
         if answer.status_code != 200:
             raise Unproven(f"no checkpoint from the log: HTTP {answer.status_code}")
         try:

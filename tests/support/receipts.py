@@ -31,7 +31,7 @@ class ReceiptLog:
     signer: NoteSigner = field(default_factory=lambda: NoteSigner.generate("test.example/log"))
     leaves: list[bytes] = field(default_factory=list)  # the entries (signed messages)
     seqs: dict[int, int] = field(default_factory=dict)  # seq -> leaf index
-    served_size: int | None = None  # what /api/v1/checkpoint says (None: every leaf)
+    served_size: int | None = None  # what /checkpoint says (None: every leaf)
     offline: bool = False
     requests: list[str] = field(default_factory=list)
 
@@ -63,14 +63,14 @@ class ReceiptLog:
                        self.note(size, witnesses)).to_cbor()
 
     def transport(self) -> httpx.MockTransport:
-        """``/api/v1/proofs/consistency`` and ``/api/v1/checkpoint`` over this history."""
+        """``/api/v1/proofs/consistency`` and ``/checkpoint`` over this history."""
 
         def handle(request: httpx.Request) -> httpx.Response:
             self.requests.append(str(request.url))
             if self.offline:
                 raise httpx.ConnectError("connection refused", request=request)
             size = len(self.leaves) if self.served_size is None else self.served_size
-            if request.url.path == "/api/v1/checkpoint":
+            if request.url.path == "/checkpoint":
                 return httpx.Response(200, text=self.note(size, ()))
             old, new = int(request.url.params["old"]), int(request.url.params["new"])
             if not 1 <= old <= new <= size:
