@@ -351,3 +351,34 @@ def test_cached_ed25519_keys_check_every_signature_anew() -> None:
     with pytest.raises(NoteError, match="no signature"):
         verify_note(note, impostor.verifier)
     assert verify_note(note, signer.verifier)
+
+
+def reference_b64(text: str) -> bytes | None:
+    """strict_b64decode before issue 17's speed-up: validate, decode, re-encode, compare."""
+    import base64
+    import binascii
+
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if base64.b64encode(raw).decode() == text else None
+
+
+@given(st.binary(max_size=40), st.data())
+@settings(max_examples=600)
+def test_strict_base64_accepts_exactly_the_canonical_form(raw: bytes, data: st.DataObject) -> None:
+    import base64
+
+    from meterchain.contract.note import strict_b64decode
+
+    text = base64.b64encode(raw).decode()
+    if data.draw(st.booleans()) and text:  # one character changed, dropped or added
+        at = data.draw(st.integers(0, len(text) - 1))
+        new = data.draw(st.sampled_from(["", "=", "A", "B", "Q", "g", "/", "+", "-", " ", "\n", "é", "==", "AA"]))
+        text = text[:at] + new + text[at + data.draw(st.integers(0, 1)):]
+    try:
+        got: bytes | None = strict_b64decode(text)
+    except ValueError:
+        got = None
+    assert got == reference_b64(text)
