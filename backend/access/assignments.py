@@ -23,9 +23,16 @@ from meterchain.backend.access.model import MeterBinding, Occupancy
 from meterchain.backend.store.leafdata import pack_leaf_data
 from meterchain.backend.store.tables import SqliteTables
 from meterchain.contract.assignment import Assignment, AssignmentKind, AssignmentOpening
+from meterchain.contract.errors import MeterchainError
+from meterchain.contract.humantime import human_time
 from meterchain.contract.merkle import leaf_hash
 
 log = logging.getLogger("meterchain.backend.assignments")
+#: (kind, table, its columns up to valid_from, the record) of what assignment leaves log.
+_TABLES: tuple[tuple[str, str, str, type[MeterBinding] | type[Occupancy]], ...] = (
+    ("meter", "meter_bindings", "b.id, b.metering_point, b.device, b.meter", MeterBinding),
+    ("occupancy", "occupancies", "b.id, b.metering_point, b.household", Occupancy),
+)
 
 
 def binding_assignment(binding: MeterBinding | Occupancy, now: int) -> Assignment:
@@ -77,11 +84,7 @@ class AssignmentTables(SqliteTables):
 
         async def work() -> int:
             appended = 0
-            for kind, table, columns, build in (
-                ("meter", "meter_bindings", "b.id, b.metering_point, b.device, b.meter",
-                 MeterBinding),
-                ("occupancy", "occupancies", "b.id, b.metering_point, b.household", Occupancy),
-            ):
+            for kind, table, columns, build in _TABLES:
                 rows = await self._rows(
                     f"SELECT {columns}, b.valid_from, b.valid_to, "
                     "(SELECT o.leaf_id FROM assignment_openings o WHERE o.kind = ? "
@@ -101,6 +104,51 @@ class AssignmentTables(SqliteTables):
         if appended:
             log.info("assignments: logged %d binding(s) not logged before", appended)
         return appended
+
+    async def audit(self) -> list[tuple[str, str]]:
+        """``(name, problem)`` for every opening that does not open its leaf, every binding or
+        occupancy whose latest logged state is not the table's, every assignment leaf without an
+        opening, and every meter or point the logged bindings put in two places at once."""
+        problems: list[tuple[str, str]] = []
+        latest: dict[tuple[str, int], Assignment] = {}
+        states: dict[tuple[str, ...], Assignment] = {}
+        rows = await self._rows(
+            "SELECT l.id, l.kind, l.leaf_hash, o.kind, o.binding, o.valid_to, o.salt, o.fields "
+            "FROM leaves l LEFT JOIN assignment_openings o ON o.leaf_id = l.id "
+            "WHERE l.kind = 'assignment' OR o.leaf_id IS NOT NULL ORDER BY l.id")
+        for leaf_id, leaf_kind, hashed, kind, binding, valid_to, salt, fields in rows:
+            name = f"leaf #{leaf_id}"
+            if kind is None:
+                problems.append((name, "an assignment leaf without its opening"))
+                continue
+            if not salt:  # erased (an occupancy of an erased household): nothing to open
+                continue
+            try:
+                opening = AssignmentOpening(bytes(salt), bytes(fields))
+                assignment = opening.assignment
+                if leaf_kind != "assignment" or leaf_hash(opening.leaf) != bytes(hashed):
+                    raise MeterchainError("the opening does not open the leaf")
+                if (assignment.kind.value, assignment.valid_to) != (kind, valid_to):
+                    raise MeterchainError("the opening's fields differ from its row")
+            except MeterchainError as exc:
+                problems.append((name, str(exc)))
+                continue
+            latest[(kind, binding)] = assignment
+            states[assignment.binding] = assignment
+        for kind, table, columns, build in _TABLES:
+            for row in await self._rows(f"SELECT {columns}, b.valid_from, b.valid_to FROM {table} b"):
+                current = binding_assignment(build(*row), 0)
+                logged = latest.get((kind, row[0]))
+                if logged is None or (logged.binding, logged.valid_to) != (current.binding, current.valid_to):
+                    problems.append((f"{kind} binding {row[0]}", "the table's binding is not as "
+                                     "logged (log it: the backfill runs when the sealer starts)"))
+        meters: dict[tuple[str, ...], list[Assignment]] = {}
+        points: dict[tuple[str, ...], list[Assignment]] = {}
+        for a in states.values():
+            if a.kind is AssignmentKind.METER:
+                meters.setdefault((a.device or "", a.meter or ""), []).append(a)
+                points.setdefault((a.point,), []).append(a)
+        return problems + _overlaps(meters, "meter binding") + _overlaps(points, "meter binding")
 
     async def meter_openings(self, points: Iterable[str], below: int) -> list[LoggedOpening]:
         """The openings of the meter bindings of ``points`` whose leaves are sealed below leaf
@@ -125,6 +173,18 @@ class AssignmentTables(SqliteTables):
             "JOIN leaves l ON l.id = o.leaf_id WHERE o.kind = ? AND o.binding = ? "
             "AND length(o.salt) > 0 ORDER BY o.leaf_id", (kind.value, binding))
         return [LoggedOpening(r[0], AssignmentOpening(bytes(r[1]), bytes(r[2]))) for r in rows]
+
+
+def _overlaps(groups: dict[tuple[str, ...], list[Assignment]], what: str) -> list[tuple[str, str]]:
+    problems = []
+    for key, items in groups.items():
+        items.sort(key=lambda a: a.valid_from)
+        for before, after in zip(items, items[1:], strict=False):
+            if before.valid_to is None or before.valid_to > after.valid_from:
+                problems.append(("/".join(key), f"the logged {what}s overlap: {before.point} from "
+                                 f"{human_time(before.valid_from)} and {after.point} from "
+                                 f"{human_time(after.valid_from)}"))
+    return problems
 
 
 def covering(openings: Sequence[LoggedOpening],

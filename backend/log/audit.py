@@ -10,7 +10,9 @@ the sealer's layout upgrade, backend/log/backfill.py). An erased
 reading's leaf (docs/privacy.md, *Erasure*) has no data left to hash or verify: its stored leaf hash
 is used as it is and counted in ``erased``; a changed hash would still fail the signed roots.
 Checkpoints: signature and root at their size. Batches: the signed chain walked, each root
-compared with the rebuilt tree. Every mismatch is named; nothing stops at the first.
+compared with the rebuilt tree. Assignments (SQLite, issue 17): every opening opens its leaf, every
+binding and occupancy is as logged, no meter or point is logged in two places at once. Every
+mismatch is named; nothing stops at the first.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from meterchain.backend.access.assignments import AssignmentTables
 from meterchain.backend.log.strata import STRIDE, is_stored
 from meterchain.backend.log.tree import CompactRange
-from meterchain.backend.store import AuditStore
+from meterchain.backend.store import AuditStore, SqliteStore
 from meterchain.backend.store.leafdata import LeafDataError, unpack_leaf_data
 from meterchain.contract.batch import GENESIS_PREV, BatchHeader, SignedBatchHeader
 from meterchain.contract.checkpoint import open_checkpoint
@@ -38,7 +41,7 @@ Progress = Callable[[str, int, int], None]  # (phase, done, total)
 class Finding:
     """One stored item that no longer matches: its kind, its name, and what is wrong."""
 
-    kind: str  # reading | leaf | device-key | node | tree | checkpoint | header
+    kind: str  # reading | leaf | device-key | assignment | node | tree | checkpoint | header
     name: str
     problem: str
 
@@ -75,6 +78,9 @@ async def audit(store: AuditStore, verifier: NoteVerifier | None,
     if not log_only:
         device_leaves = await _device_leaves(store, report)
         await _readings(store, device_leaves, report, progress)
+        if isinstance(store, SqliteStore):  # the parties' tables are SQLite's (docs/backend.md)
+            report.findings += [Finding("assignment", name, problem)
+                                for name, problem in await AssignmentTables(store).audit()]
     roots = await _tree(store, report, progress)
     await _checkpoints(store, verifier, roots, report)
     await _batches(store, verifier, roots, report)

@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import cbor2
-from meterchain.backend.access.assignments import AssignmentTables
-from meterchain.backend.access.model import KeyKind, PointKind, Principal
+from meterchain.backend.access.assignments import AssignmentTables, log_assignment
+from meterchain.backend.access.model import KeyKind, MeterBinding, PointKind, Principal
 from meterchain.backend.access.tables import PartyTables
 from meterchain.backend.erasure.tables import ErasureTables
+from meterchain.backend.log.audit import audit
 from meterchain.backend.store import open_sqlite
 from meterchain.backend.utility.batches import build_batch
 from meterchain.contract.assignment import Assignment, AssignmentKind, AssignmentLeaf, commitment
@@ -102,5 +103,25 @@ async def test_a_batch_opens_only_the_bindings_of_its_own_entries(tmp_path: Path
             assert {e.point for e in page.entries} == points
         # The new leaves are not under the sealed checkpoint: never opened in a batch to it.
         assert len(opened) == 1 and opened[0].device == "gw-a"
+    finally:
+        await store.close()
+
+
+async def test_audit_finds_openings_bindings_and_overlaps_that_are_not_as_logged(tmp_path: Path) -> None:
+    world = await make_world(tmp_path, rounds=1)
+    store = await open_sqlite(world.db)
+    try:
+        report = await audit(store, world.log_key.verifier)
+        assert report.ok, [str(f) for f in report.findings]
+        db = store.connection
+        await db.execute("UPDATE meter_bindings SET meter = 'M-9' WHERE metering_point = 'mp-3'")
+        await db.execute("UPDATE assignment_openings SET salt = zeroblob(32) WHERE metering_point = 'mp-2'")
+        # A binding logged on another point while mp-1's is open: one meter in two places.
+        await log_assignment(db, MeterBinding(99, "mp-2", "gw-a", "M-1", 0, 1), 0)
+        await db.commit()
+        found = {(f.kind, f.name, f.problem.split(" (")[0]) for f in (await audit(store, None)).findings}
+        assert ("assignment", "meter binding 3", "the table's binding is not as logged") in found
+        assert any(name.startswith("leaf #") and "does not open" in problem for _, name, problem in found)
+        assert any(name == "gw-a/M-1" and "overlap" in problem for _, name, problem in found)
     finally:
         await store.close()
