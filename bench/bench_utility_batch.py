@@ -4,6 +4,11 @@ the baseline of one proof bundle per reading (GET .../bundle), same store, same 
 built by the backend's own functions, without HTTP.
 
     .venv/bin/python bench/bench_utility_batch.py --devices 20 --readings 500
+    .venv/bin/python bench/bench_utility_batch.py --devices 500 --readings 20 --interleave
+
+With ``--interleave`` the gateways report interval by interval, as a fleet does, so a page spans
+many metering points and carries the opening of each one's binding leaf (issue 17); without it
+each gateway's readings are ingested in one block and a page spans one or two points.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from meterchain.backend.log.proofs import build_bundle
 from meterchain.backend.log.sealer import Sealer
 from meterchain.backend.store import open_store
 from meterchain.backend.utility.batches import build_batch
+from meterchain.contract import cbor
 from meterchain.contract.ack import readings_topic
 from meterchain.contract.message import sign_reading
 from meterchain.contract.note import NoteSigner
@@ -32,27 +38,35 @@ from meterchain.contract.signing import generate_private_key_pem, key_id, load_s
 T0 = 1_700_000_100 - 1_700_000_100 % 900
 
 
-async def populate(path: Path, devices: int, readings: int) -> None:
-    """Signed readings through the real ingest and sealer; every device's meter is the utility's."""
+async def populate(path: Path, devices: int, readings: int, interleave: bool = False) -> None:
+    """Signed readings through the real ingest and sealer; every device's meter is the utility's
+    (each on its own metering point)."""
     store = await open_store(path)
     parties = PartyTables(store)
     await parties.add_utility("u", "", 0)
     ingest = Ingest(await open_store(path))
     sealer = Sealer(await open_store(path), NoteSigner.generate("bench.test/log"), max_leaves=5000)
+    signers = []
     for d in range(devices):
         device, signer = f"gw-{d}", load_signer(generate_private_key_pem())
+        signers.append((device, signer))
         await enrol(store, device, signer.public_key_der, 0)
         await parties.add_metering_point(f"mp-{d}", "u", None, PointKind.CONSUMPTION, 0)
         await parties.bind_meter(f"mp-{d}", device, f"M-{d}", 0, None, 0)
-        messages = []
-        for seq in range(1, readings + 1):
-            end = T0 + 900 * seq
-            reading = Reading(device=device, key_id=key_id(signer.public_key_der), seq=seq,
-                              meter=f"M-{d}", start=end - 900, end=end,
-                              registers={IMPORT_OBIS: Register(1000 * seq, "Wh"),
-                                         EXPORT_OBIS: Register(0, "Wh")})
-            messages.append((readings_topic(device), sign_reading(reading, signer).to_cbor()))
-        await ingest.process(messages)
+
+    def message(d: int, seq: int) -> tuple[str, bytes]:
+        device, signer = signers[d]
+        end = T0 + 900 * seq
+        reading = Reading(device=device, key_id=key_id(signer.public_key_der), seq=seq,
+                          meter=f"M-{d}", start=end - 900, end=end,
+                          registers={IMPORT_OBIS: Register(1000 * seq, "Wh"),
+                                     EXPORT_OBIS: Register(0, "Wh")})
+        return readings_topic(device), sign_reading(reading, signer).to_cbor()
+
+    blocks = ([[message(d, seq) for d in range(devices)] for seq in range(1, readings + 1)] if interleave
+              else [[message(d, seq) for seq in range(1, readings + 1)] for d in range(devices)])
+    for block in blocks:
+        await ingest.process(block)
         await sealer.seal_all()
     ingest.close()
     for s in (store, ingest.store, sealer.store):
@@ -78,7 +92,10 @@ async def measure(path: Path, page: int, rounds: int) -> dict[str, float]:
     await store.close()
     return {"tree": size, "entries": len(rows), "batch_us": statistics.median(batch_times) * 1e6,
             "bundle_us": statistics.median(bundle_times) * 1e6,
-            "cbor_bytes_per_entry": len(doc.to_cbor()) / len(doc.entries)}
+            "cbor_bytes_per_entry": len(doc.to_cbor()) / len(doc.entries),
+            "openings": len(doc.assignments),
+            "keys_bytes_per_entry": len(cbor.encode(doc.to_obj()["keys"])) / len(doc.entries),
+            "openings_bytes_per_entry": len(cbor.encode(doc.to_obj()["assignments"])) / len(doc.entries)}
 
 
 def main() -> None:
@@ -87,14 +104,18 @@ def main() -> None:
     parser.add_argument("--readings", type=int, default=500)
     parser.add_argument("--page", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--interleave", action="store_true",
+                        help="readings interval by interval across gateways (pages span many points)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.db"
-        asyncio.run(populate(path, args.devices, args.readings))
+        asyncio.run(populate(path, args.devices, args.readings, args.interleave))
         r = asyncio.run(measure(path, args.page, args.rounds))
     print(f"tree {r['tree']} leaves, page of {r['entries']} readings (median of {args.rounds})")
     print(f"signed batch page: {r['batch_us']:.0f} µs per reading "
-          f"({r['cbor_bytes_per_entry']:.0f} B CBOR per reading)")
+          f"({r['cbor_bytes_per_entry']:.0f} B CBOR per reading, of which device leaves "
+          f"{r['keys_bytes_per_entry']:.0f} B and {r['openings']:.0f} binding openings "
+          f"{r['openings_bytes_per_entry']:.0f} B)")
     print(f"one bundle per reading (baseline): {r['bundle_us']:.0f} µs per reading")
     print(f"ratio bundle / batch: {r['bundle_us'] / r['batch_us']:.1f}x")
 
