@@ -139,7 +139,7 @@ class Publisher:
     async def _session(self, client: Connection) -> None:
         self.protocol = client.protocol
         await client.subscribe(ack_topic(self.device), qos=1, timeout=self.publish_timeout)
-        if self.on_receipt is not None:  # retained: the newest receipt arrives at once
+        if self.on_receipt is not None:  # receipts (agent/receipts.py), QoS 1
             await client.subscribe(receipt_topic(self.device), qos=1, timeout=self.publish_timeout)
         self.resend.reconnected(self.clock.now())
         self.connected.set()

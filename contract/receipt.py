@@ -40,7 +40,7 @@ _KEYS = {"t", "dev", "seq", "entry", "index", "proof", "checkpoint"}
 
 
 def receipt_topic(device: str) -> str:
-    """Where the backend publishes a device's receipts (retained, QoS 1); only it may read them."""
+    """Where the backend publishes a device's receipts (QoS 1, not retained); only it may read them."""
     return f"{TOPIC_PREFIX}/{device}/receipts"
 
 

@@ -6,10 +6,11 @@ signed) to :meth:`ReceiptSender.offer`, which only remembers it: sealing never w
 task of its own (:meth:`ReceiptSender.run`, through the MQTT shell) then takes the newest offered
 checkpoint that meets the witness policy (without witnesses: the log-signed one) and sends, for
 each device with readings among the leaves sealed since the last round, its newest reading there
-with its inclusion proof and that checkpoint: QoS 1, retained, so a gateway that reconnects gets
-its newest receipt at once. One receipt per device per round is enough (docs/mqtt.md,
-"Receipts"): any receipt carries a whole cosigned checkpoint, which is what a gateway compares
-with its view of the log; a reading's own inclusion proof is there for the asking
+with its inclusion proof and that checkpoint: QoS 1, not retained (a receipt holds a reading,
+which the broker must not keep; a gateway that was away gets receipts for what it sends once
+back). One receipt per device per round is enough (docs/mqtt.md, "Receipts"): any receipt
+carries a whole cosigned checkpoint, which is what a gateway compares with its view of the log;
+a reading's own inclusion proof is there for the asking
 (``GET /api/v1/devices/<device>/readings/<seq>/inclusion``).
 
 Bounded work: checkpoints offered while a round runs are merged into the next round (one
@@ -140,7 +141,7 @@ class ReceiptSender:
         async def publish(topic: str, payload: bytes) -> None:
             nonlocal sent
             async with limit:
-                refused = await client.publish(topic, payload, qos=1, retain=True,
+                refused = await client.publish(topic, payload, qos=1, retain=False,
                                                timeout=self.timeout)
             if refused is None:
                 sent += 1

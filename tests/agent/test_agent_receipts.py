@@ -3,7 +3,7 @@ log key and a 2-of-3 witness policy, keeps the newest checkpoint on disk, proves
 consistent through the API, and raises the alarm (log line, metric, kept alarm, status message,
 `agent check`) when the log forks or rolls back. Bad receipts are counted and change nothing; an
 API that cannot be reached leaves the view as it was. Through a real Mosquitto, the publisher
-hands the retained receipt on the device's topic to the keeper."""
+hands the receipt on the device's topic to the keeper."""
 
 from __future__ import annotations
 
@@ -170,18 +170,20 @@ async def test_a_rolled_back_log_raises_the_alarm(tmp_path: Path, log: ReceiptLo
     keeper.close()
 
 
-async def test_the_publisher_hands_the_retained_receipt_to_the_keeper(tmp_path: Path, log: ReceiptLog,
-                                                                       broker: RunningBroker) -> None:
+async def test_the_publisher_hands_the_receipt_to_the_keeper(tmp_path: Path, log: ReceiptLog,
+                                                               broker: RunningBroker) -> None:
     keeper = _keeper(tmp_path, log)
     outbox = await Outbox.open(tmp_path / "outbox.sqlite", DEVICE)
-    async with connect(BrokerUrl.parse(broker.url), client_id="backend-test") as backend:
-        await backend.publish(receipt_topic(DEVICE), log.receipt(3), qos=1, retain=True)
-        await backend.publish(receipt_topic("gw-0002"), log.receipt(2, device="gw-0002"), qos=1, retain=True)
     publisher = Publisher(device=DEVICE, broker=BrokerConfig(BrokerUrl.parse(broker.url)), outbox=outbox,
                           clock=SystemClock(), metrics=AgentMetrics(), ack_timeout=60,
                           on_receipt=keeper.submit)
     tasks = [asyncio.create_task(publisher.run()), asyncio.create_task(keeper.run())]
     try:
+        async with asyncio.timeout(20):
+            await publisher.connected.wait()  # subscribed: connected is set after the subscriptions
+        async with connect(BrokerUrl.parse(broker.url), client_id="backend-test") as backend:
+            await backend.publish(receipt_topic("gw-0002"), log.receipt(2, device="gw-0002"), qos=1)
+            await backend.publish(receipt_topic(DEVICE), log.receipt(3), qos=1)
         async with asyncio.timeout(20):
             while keeper.held is None:
                 await asyncio.sleep(0.05)

@@ -1,7 +1,7 @@
 """Receipts to gateways (backend/log/receipts.py): one per device with readings under a checkpoint
 that meets the witness policy, its newest reading there, verified as a gateway does; a checkpoint
-short of the quorum holds them until the next one meets it; published retained through a real
-broker, readable on the device's own topic."""
+short of the quorum holds them until the next one meets it; published (QoS 1, not retained: a
+receipt holds a reading) through a real broker, on the device's own topic."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+import pytest
 from meterchain.backend.log.cosigning import Cosigning
 from meterchain.backend.log.receipts import ReceiptSender, on_sealed
 from meterchain.contract.errors import MeterchainError
@@ -94,29 +95,30 @@ async def test_receipts_wait_for_the_witness_quorum(store_factory: StoreFactory,
         await close(admin, ingest, sealer, api)
 
 
-async def test_receipts_are_published_retained_on_the_device_topic(tmp_path: Path,
-                                                                  broker: RunningBroker) -> None:
+async def test_receipts_are_published_on_the_device_topic(tmp_path: Path, broker: RunningBroker) -> None:
     gw = Gateway("gw-1")
     admin, ingest, sealer, api = await backend(tmp_path, gw)
     receipts = ReceiptSender(api, None, broker=BrokerUrl.parse(broker.url), timeout=5)
     sealer.on_sealed = on_sealed(None, receipts)
     task = asyncio.create_task(receipts.run())
     try:
-        await ingest.process([gw.message(1), gw.message(2)])
-        await sealer.seal_all()
-        size = (await api.latest_checkpoint()).size
-        async with asyncio.timeout(20):
-            while receipts.covered != size:
-                await asyncio.sleep(0.05)
-        # Subscribed only now: the retained receipt arrives at once.
         async with connect(BrokerUrl.parse(broker.url), client_id="gw-1-test") as client:
             await client.subscribe(receipt_topic("gw-1"), qos=1)
+            await ingest.process([gw.message(1), gw.message(2)])
+            await sealer.seal_all()
+            size = (await api.latest_checkpoint()).size
             async with asyncio.timeout(20):
                 message = await anext(aiter(client.messages()))
-        assert message.retain
+        assert receipts.covered == size and not message.retain
         receipt = Receipt.from_cbor(message.payload)
         assert (receipt.device, receipt.seq) == ("gw-1", 2)
         assert verify_receipt(receipt, sealer.signer.verifier).size == size
+        # Nothing is kept on the broker: a late subscriber gets no receipt.
+        async with connect(BrokerUrl.parse(broker.url), client_id="gw-1-late") as late:
+            await late.subscribe(receipt_topic("gw-1"), qos=1)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await anext(aiter(late.messages()))
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
