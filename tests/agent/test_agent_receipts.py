@@ -73,6 +73,30 @@ async def test_receipts_move_the_view_forward_and_it_survives_a_restart(tmp_path
     assert held is not None and held.checkpoint.size == 5 and alarm is None
 
 
+def test_agent_check_reports_the_view(tmp_path: Path) -> None:
+    """No log key: said, with the fix; no receipt yet: said; a view: its size and reading."""
+    log = ReceiptLog(Gateway(DEVICE))
+    log.append(1, 2)
+    outbox = tmp_path / "outbox.sqlite"
+    steps = []
+    for line in ("", f'log_key = "{log.signer.verifier}"'):
+        config = load_config(write(tmp_path, EXAMPLE.replace(
+            'outbox_path = "state/outbox.sqlite"', f'outbox_path = "{outbox}"\n{line}')))
+        report = CheckReport(DEVICE)
+        _check_receipts(report, config)
+        steps += report.steps
+    keeper = _keeper(tmp_path, log)
+    assert asyncio.run(keeper.handle(log.receipt(2))) == "advanced"
+    keeper.close()
+    report = CheckReport(DEVICE)
+    _check_receipts(report, config)
+    steps += report.steps
+    assert [step.ok for step in steps] == [True, True, True]
+    assert "no log_key" in steps[0].detail and "provision the gateway again" in steps[0].detail
+    assert "no receipt verified yet" in steps[1].detail
+    assert "newest checkpoint verified: 2 leaves" in steps[2].detail and "seq 2" in steps[2].detail
+
+
 async def test_bad_receipts_are_counted_and_change_nothing(tmp_path: Path, log: ReceiptLog,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     metrics = AgentMetrics()
