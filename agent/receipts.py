@@ -119,7 +119,10 @@ class ViewStore:
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists() or path.stat().st_size == 0
         self.db = sqlite3.connect(path, isolation_level=None)
+        if new:  # 1 KiB pages, as the outbox: a receipt rewrites one row (flash wear, issue 20)
+            self.db.execute("PRAGMA page_size=1024")
         # WAL + NORMAL: a power cut may cost the newest update (the view falls back to an older,
         # still consistent checkpoint), never the file; one fsync less per receipt (flash wear).
         self.db.execute("PRAGMA journal_mode=WAL")
