@@ -2,9 +2,12 @@
 readings under one checkpoint (real ingest, real sealer, SQLite); then the round the receipt task
 runs after that checkpoint: building N receipts (each device's newest reading, its inclusion
 proof, the note) and publishing them QoS 1 retained through Mosquitto, and the sealer's own share
-(``offer``: checking the note against the policy, without a policy here).
+(``offer``: checking the note against the policy, without a policy here). With ``--gateway N``
+instead: what a gateway writes to its view file per receipt (agent/receipts.py, N receipts that
+each move the view; ``/proc/self/io`` write_bytes, the WAL checkpoint included).
 
     .venv/bin/python bench/bench_receipts.py --devices 2000
+    .venv/bin/python bench/bench_receipts.py --gateway 200
 """
 
 from __future__ import annotations
@@ -84,12 +87,52 @@ async def run(devices: int, readings: int) -> None:
         await broker.stop()
 
 
+async def gateway_writes(receipts: int) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: tests.support
+    import httpx
+    from meterchain.agent.metrics import AgentMetrics
+    from meterchain.agent.receipts import ConsistencySource, ReceiptKeeper
+
+    from tests.support.backend import Gateway
+    from tests.support.receipts import POLICY_2_OF_3, ReceiptLog
+
+    def written() -> int:
+        with open("/proc/self/io") as io:
+            return next(int(line.split()[1]) for line in io if line.startswith("write_bytes"))
+
+    tmp = Path(tempfile.mkdtemp(prefix="mc-receipts-gw-", dir="/var/tmp"))  # a disk, not tmpfs
+    log = ReceiptLog(Gateway("gw-bench"))
+    log.append(1)
+    proofs = ConsistencySource("http://backend.bench", log.signer.verifier,
+                               client=httpx.AsyncClient(transport=log.transport()))
+    keeper = ReceiptKeeper(device="gw-bench", log_key=log.signer.verifier, policy=POLICY_2_OF_3,
+                           outbox_path=tmp / "outbox.sqlite", proofs=proofs, metrics=AgentMetrics())
+    await keeper.handle(log.receipt(1))
+    payloads = []
+    for seq in range(2, receipts + 2):
+        log.append(seq)
+        payloads.append(log.receipt(seq))
+    os.sync()
+    before = written()
+    for payload in payloads:
+        assert await keeper.handle(payload) == "advanced"
+    keeper.store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    os.sync()
+    print(f"gateway view: {(written() - before) / receipts:.0f} B written per receipt over {receipts} "
+          f"receipts, load average {os.getloadavg()[0]:.1f}")
+    keeper.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=2000)
     parser.add_argument("--readings", type=int, default=1, help="readings per device under the checkpoint")
+    parser.add_argument("--gateway", type=int, default=0, help="measure a gateway's writes over this many receipts")
     args = parser.parse_args()
-    asyncio.run(run(args.devices, args.readings))
+    if args.gateway:
+        asyncio.run(gateway_writes(args.gateway))
+    else:
+        asyncio.run(run(args.devices, args.readings))
 
 
 if __name__ == "__main__":
