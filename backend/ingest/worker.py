@@ -348,9 +348,11 @@ class Ingest:
             await self.acks.refresh(self.store, done)
 
         report = BatchReport()
-        for outcome in result.outcomes:
-            OUTCOMES.labels(outcome.value).inc()
-            self.stats[outcome.value] += 1
+        # Counted per outcome, not per reading: a label lookup per reading was a third of the
+        # event loop's own work per message (cProfile, issue 20).
+        for outcome, count in collections.Counter(result.outcomes).items():
+            OUTCOMES.labels(outcome.value).inc(count)
+            self.stats[outcome.value] += count
         report.stored = result.outcomes.count(Outcome.STORED)
         report.duplicates = result.outcomes.count(Outcome.DUPLICATE)
         report.conflicts = result.outcomes.count(Outcome.CONFLICT)
