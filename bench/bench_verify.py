@@ -89,6 +89,40 @@ def per_message(n: int, rounds: int) -> dict[str, float]:
     }
 
 
+def gap(n: int, rounds: int) -> dict[str, float]:
+    """Where the per-message check's time goes beyond the bare verify (µs CPU per message): the
+    parse alone, and the bare verify with the parse, or only ``cbor2.loads``, run between verifies
+    (the gap to the bare loop is larger than the parse itself costs)."""
+    import cbor2
+
+    signer = signing.CryptographySigner(signing.generate_private_key_pem())
+    spki = signer.public_key_der
+    messages = [sign_reading(r, signer).to_cbor() for r in sample_readings(signing.key_id(spki), n)]
+    parsed = [parse_message(m) for m in messages]
+    key = signing.load_public_key(spki)
+    rows = list(zip(messages, [p.signature for p in parsed], [p.reading_bytes for p in parsed], strict=True))
+
+    def loop(between: Callable[[bytes, bytes], object] | None) -> Callable[[], None]:
+        def run() -> None:
+            for message, sig, data in rows:
+                if between is not None:
+                    between(message, data)
+                key.verify(sig, data, ec.ECDSA(hashes.SHA256()))
+        return run
+
+    def parse_only() -> None:
+        for message in messages:
+            parse_message(message)
+
+    best = interleaved({
+        "bare": loop(None), "parse_alone": parse_only,
+        "bare_with_parse": loop(lambda m, d: parse_message(m)),
+        "bare_with_loads": loop(lambda m, d: cbor2.loads(d)),
+        "full": lambda: [verify_reading(parse_message(m), spki) for m in messages],
+    }, rounds)
+    return {name: 1e6 * cpu / n for name, (cpu, _) in best.items()}
+
+
 def sample_log(count: int) -> tuple[list[str], NoteSigner, WitnessPolicy]:
     """``count`` bundles of distinct readings of one device in a 4,096-leaf log, whose checkpoint
     is cosigned by three witnesses; the log key and a 2-of-3 policy."""
@@ -154,7 +188,14 @@ def main() -> None:
     parser.add_argument("--bundles", type=int, default=200, help="distinct bundles per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print one JSON line at the end")
+    parser.add_argument("--gap", action="store_true", help="only: where the per-message gap comes from")
     args = parser.parse_args()
+    if args.gap:
+        load = os.getloadavg()[0]
+        for name, us in gap(args.n, args.rounds).items():
+            print(f"{name:16} {us:7.1f} µs CPU per message")
+        print(f"load average (1 min): {load:.2f} -> {os.getloadavg()[0]:.2f}")
+        return
     load_before = os.getloadavg()[0]
     message = per_message(args.n, args.rounds)
     bundle = per_bundle(args.bundles, args.rounds)
