@@ -9,7 +9,7 @@ to the block layer, page by page; ``wchar``: what it passed to write(2)), polls 
 more intervals, waits until the backend acked everything, and reads it again. Bytes per reading
 are the difference over the readings signed in between; the outbox's files are measured too.
 
-    .venv/bin/python bench/bench_agent_io.py --meters 10 --cycles 120
+    .venv/bin/python bench/bench_agent_io.py --meters 10 --cycles 300
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def files_size(outbox: Path) -> int:
 async def child(config_path: Path, cycles: int, interval: int, settings: dict[str, object]
                 ) -> dict[str, object]:
     """The agent under measure (in its own process, so /proc/self/io is the agent's)."""
+    if "OUTBOX_FROM" in settings:  # the outbox module of another commit, for a before/after
+        _load_outbox_from(str(settings["OUTBOX_FROM"]))
     from meterchain.agent import outbox as outbox_module
     from meterchain.agent.config import load_config
     from meterchain.agent.service import Agent
@@ -55,6 +57,8 @@ async def child(config_path: Path, cycles: int, interval: int, settings: dict[st
     from tests.support.agent import AcceleratedClock
 
     for name, value in settings.items():  # the outbox's SQLite settings under comparison
+        if name == "OUTBOX_FROM":
+            continue
         setattr(outbox_module, name, value)
     config = load_config(config_path)
     clock = AcceleratedClock(time.time(), float(interval))  # one interval per real second
@@ -100,6 +104,23 @@ async def child(config_path: Path, cycles: int, interval: int, settings: dict[st
         "outbox_files_before": size_before, "outbox_files_after": size_after,
         "depth_at_end": depth_at_end, "depth_after_acks": depth_after_acks,
     }
+
+
+def _load_outbox_from(revision: str) -> None:
+    """Import agent/outbox.py as it was at ``revision`` in place of today's (same API)."""
+    import importlib.util
+    import types
+
+    source = subprocess.run(["git", "show", f"{revision}:agent/outbox.py"], cwd=HERE.parent,
+                            check=True, capture_output=True, text=True).stdout
+    spec = importlib.util.spec_from_loader("meterchain.agent.outbox", loader=None)
+    assert spec is not None
+    module = types.ModuleType(spec.name)
+    module.__spec__ = spec
+    sys.modules[spec.name] = module
+    exec(compile(source, f"{revision}:agent/outbox.py", "exec"), module.__dict__)
+    if not hasattr(module.Outbox, "first_own_seq"):
+        module.Outbox.first_own_seq = 1  # read by today's publisher; every send was persisted
 
 
 class AckingBackend:
@@ -194,7 +215,8 @@ async def parent(meters: int, cycles: int, interval: int, keep: Path | None,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--meters", type=int, default=10)
-    parser.add_argument("--cycles", type=int, default=120, help="poll cycles measured")
+    parser.add_argument("--cycles", type=int, default=300,
+                        help="poll cycles measured (enough for several WAL checkpoints)")
     parser.add_argument("--interval", type=int, default=60,
                         help="the agent's interval_seconds (one interval per real second)")
     parser.add_argument("--dir", type=Path, default=None,
@@ -203,6 +225,7 @@ def main() -> None:
     parser.add_argument("--page-size", type=int, help="page size of the new outbox")
     parser.add_argument("--wal-autocheckpoint", type=int, help="WAL pages between checkpoints")
     parser.add_argument("--purge-rows", type=int, help="acked rows deleted in one go")
+    parser.add_argument("--outbox-from", help="a git revision: its agent/outbox.py instead of today's")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--settings", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true")
@@ -212,7 +235,7 @@ def main() -> None:
                                            json.loads(args.settings)))))
         return
     settings = {name.upper(): getattr(args, name) for name in
-                ("synchronous", "page_size", "wal_autocheckpoint", "purge_rows")
+                ("synchronous", "page_size", "wal_autocheckpoint", "purge_rows", "outbox_from")
                 if getattr(args, name) is not None}
     r = asyncio.run(parent(args.meters, args.cycles, args.interval, args.dir, settings))
     if args.json:

@@ -158,6 +158,39 @@ def row_agent(quick: bool) -> list[Row]:
     }]
 
 
+def row_agent_io(quick: bool) -> list[Row]:
+    cycles = "120" if quick else "300"
+    before = run_json("bench_agent_io.py", "--cycles", cycles, "--outbox-from", "fe3eeaf")
+    now = run_json("bench_agent_io.py", "--cycles", cycles)
+    assert isinstance(before, dict) and isinstance(now, dict)
+    return [{
+        "what": f"agent with 10 emulated SDM630 meters, {cycles} poll cycles, an acking backend: "
+                "bytes written to disk per reading (/proc/<agent>/io write_bytes)",
+        "ours": "one transaction per cycle, sends and acks in memory, acked rows purged in batches, "
+                "OCMF packed, 1 KiB pages, WAL + synchronous FULL", "ours_value": now["bytes_per_reading"],
+        "peer": "the outbox before issue 20 (fe3eeaf: a transaction per publish batch and per ack, "
+                "4 KiB pages), same run", "peer_value": before["bytes_per_reading"],
+        "unit": "B", "ratio": now["bytes_per_reading"] / before["bytes_per_reading"], "goal": "≤ 1,000 B",
+        "command": f"bench/bench_agent_io.py --cycles {cycles} [--outbox-from fe3eeaf]",
+    }]
+
+
+def row_reconnect(quick: bool) -> list[Row]:
+    outages = "3,10" if quick else "3,10,30"
+    r = run_json("bench_reconnect.py", "--outages", outages)
+    assert isinstance(r, dict)
+    probe, before = r["summary"]["probe (now)"], r["summary"]["no probe (before)"]
+    return [{
+        "what": f"broker down {outages} s, then started again: seconds from its port accepting to "
+                "the agent's publisher connected (worst of the outages)",
+        "ours": "reconnect loop probing the port while it waits (Backoff.probe 1 s)",
+        "ours_value": probe["max_s"],
+        "peer": "the same publisher with probe=0 (backoff only, before issue 20), same outages",
+        "peer_value": before["max_s"], "unit": "s", "ratio": probe["max_s"] / before["max_s"],
+        "goal": "≤ 2 s", "command": f"bench/bench_reconnect.py --outages {outages}",
+    }]
+
+
 def row_log(quick: bool) -> list[Row]:
     from bench_log import build_log, ensure_pymerkle, pymerkle
 
@@ -221,7 +254,8 @@ def row_api(quick: bool) -> list[Row]:
 
 SECTIONS: dict[str, Callable[[bool], list[Row]]] = {
     "leafdata": row_leafdata, "contract": row_contract, "bundle": row_bundle, "log": row_log, "ingest": row_ingest,
-    "checkpoint": row_checkpoint, "agent": row_agent, "api": row_api,
+    "checkpoint": row_checkpoint, "agent": row_agent, "agent_io": row_agent_io,
+    "reconnect": row_reconnect, "api": row_api,
 }
 
 
