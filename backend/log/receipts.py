@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from meterchain.backend.log.cosigning import Cosigning
@@ -46,6 +46,8 @@ CHUNK = 500
 MAX_DEVICES = 100_000
 #: The first round after a start covers this many of the newest leaves.
 RESUME_LEAVES = 10_000
+#: Checkpoints short of the quorum are counted each; logged at most this often (seconds).
+HELD_LOG_EVERY = 60.0
 
 PUBLISHED = Counter("meterchain_receipts_published", "Receipts published to gateways (PUBACKed)")
 NO_QUORUM = Counter("meterchain_receipts_no_quorum",
@@ -80,6 +82,7 @@ class ReceiptSender:
         self.covered: int | None = None  # receipts were sent for every leaf below this size
         self.connected = asyncio.Event()
         self._wake = asyncio.Event()
+        self._held_noted = 0.0
 
     def meets_policy(self, note: str) -> bool:
         """Whether ``note`` carries the cosignatures the policy asks for (always, without one)."""
@@ -96,8 +99,11 @@ class ReceiptSender:
         newest one that meets the policy; never blocks."""
         if not self.meets_policy(note):
             NO_QUORUM.inc()
-            log.warning("event=receipts_held size=%d reason=no_quorum: receipts wait for a "
-                        "checkpoint the witness policy accepts", size)
+            now = time.monotonic()
+            if now - self._held_noted >= HELD_LOG_EVERY or not self._held_noted:
+                self._held_noted = now  # a witness down for hours: a line a minute, not a seal
+                log.warning("event=receipts_held size=%d reason=no_quorum: receipts wait for a "
+                            "checkpoint the witness policy accepts", size)
             return
         if self.pending is None or size > self.pending.size:
             self.pending = Offered(size, note, time.monotonic())
@@ -112,12 +118,15 @@ class ReceiptSender:
 
     async def build(self, offered: Offered) -> list[list[tuple[str, bytes]]]:
         """The receipts of one round as chunks of (topic, payload); nothing is sent."""
+        return [chunk async for chunk in self.chunks(offered)]
+
+    async def chunks(self, offered: Offered) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """The receipts of one round, a chunk at a time (only one chunk is held in memory)."""
         # The first round after a start covers the newest RESUME_LEAVES leaves: what an earlier
         # process sent is not known (a gateway takes a receipt it has seen again as a no-op).
         start = (max(0, offered.size - RESUME_LEAVES) if self.covered is None
                  else min(self.covered, offered.size))
         rows = await self.store.newest_readings(start, offered.size, self.max_devices)
-        chunks: list[list[tuple[str, bytes]]] = []
         for first in range(0, len(rows), self.chunk):
             chunk = []
             for row in rows[first:first + self.chunk]:
@@ -126,9 +135,8 @@ class ReceiptSender:
                 receipt = Receipt(row.device, row.seq, row.message, row.leaf_index, tuple(proof),
                                   offered.note)
                 chunk.append((receipt_topic(row.device), receipt.to_cbor()))
-            chunks.append(chunk)
+            yield chunk
             await asyncio.sleep(0)  # let the sealer and the API run between chunks
-        return chunks
 
     async def send_round(self, client: Connection) -> int:
         """Send the receipts of the pending checkpoint; return how many were PUBACKed."""
@@ -148,7 +156,7 @@ class ReceiptSender:
             else:  # the broker's ACL for the backend lacks .../receipts (deploy/backend/mosquitto.acl)
                 log.error("event=receipt_refused topic=%s reason=%s", topic, refused)
 
-        for chunk in await self.build(offered):
+        async for chunk in self.chunks(offered):
             async with asyncio.TaskGroup() as group:
                 for topic, payload in chunk:
                     group.create_task(publish(topic, payload))
