@@ -146,7 +146,7 @@ async def drive(port: int, world: dict[str, object], clients: int, requests: int
             seq = rng.randint(1, per_point)
             return f"/api/v1/metering-points/mp-{point}/readings/gw-{point:06d}/{seq}/bundle", auth
         if route == "day":
-            start = T0 + 900 * rng.randrange(max(1, per_point - DAY))
+            start = T0 + 900 * (1 + rng.randrange(max(1, per_point - DAY)))  # seq k ends at T0 + 900k
             return (f"/api/v1/metering-points/mp-{point}/readings?start={start}"
                     f"&end={start + 900 * DAY}", auth)
         return ("/healthz" if route == "healthz" else "/bench/fixed"), {}
