@@ -200,6 +200,8 @@ def _check_acks(report: CheckReport, config: AgentConfig) -> None:
     for kind, alarm in sorted(read_alarms(config.outbox_path).items()):
         when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(int(alarm.get("last", 0))))
         detail = f"{alarm.get('count')}× {kind}, last at {when}: {alarm.get('detail')}"
+        if kind.startswith("log-"):
+            continue  # the receipts step reports the log's alarms (_check_receipts)
         if kind.startswith("ack-refused"):
             report.add("acks", False, detail, "someone publishes acks on this gateway's ack "
                        "topic: check the broker's ACL (docs/deploy.md) and the backend's "
@@ -217,6 +219,11 @@ def _check_receipts(report: CheckReport, config: AgentConfig) -> None:
                    "(meterchain agent provision …) to get the log key and witness policy")
         return
     kept = read_view(config.outbox_path)
+    if kept is None and view_path(config.outbox_path).exists():
+        report.add("receipts", False, f"{view_path(config.outbox_path)} is unreadable, so receipts "
+                   "are not taken", "move the file aside (keep it: it may be evidence) and restart "
+                   "the agent; it starts a new view from the next receipt")
+        return
     held, alarm = kept if kept is not None else (None, None)
     if alarm is not None:
         first = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(alarm.first))

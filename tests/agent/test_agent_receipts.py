@@ -21,7 +21,7 @@ from meterchain.agent.config import BrokerConfig, load_config
 from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.outbox import Outbox
 from meterchain.agent.publisher import Publisher
-from meterchain.agent.receipts import ConsistencySource, ReceiptKeeper, read_view
+from meterchain.agent.receipts import ConsistencySource, ReceiptKeeper, read_view, view_path
 from meterchain.contract.receipt import receipt_topic
 from meterchain.mqtt import BrokerUrl, connect
 from meterchain.mqtt.broker import RunningBroker
@@ -95,6 +95,12 @@ def test_agent_check_reports_the_view(tmp_path: Path) -> None:
     assert "no log_key" in steps[0].detail and "provision the gateway again" in steps[0].detail
     assert "no receipt verified yet" in steps[1].detail
     assert "newest checkpoint verified: 2 leaves" in steps[2].detail and "seq 2" in steps[2].detail
+    view_path(outbox).write_bytes(b"not a database" * 100)  # and its WAL gone with it
+    for extra in ("-wal", "-shm"):
+        view_path(outbox).with_name(view_path(outbox).name + extra).unlink(missing_ok=True)
+    report = CheckReport(DEVICE)
+    _check_receipts(report, config)
+    assert not report.ok and "unreadable" in report.steps[0].detail and "move the file aside" in report.steps[0].fix
 
 
 async def test_bad_receipts_are_counted_and_change_nothing(tmp_path: Path, log: ReceiptLog,
