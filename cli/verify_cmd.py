@@ -74,6 +74,7 @@ def verify(
             f"{human_interval(r.start, r.end)} import {r.import_wh} Wh export {r.export_wh} Wh, "
             f"signed by key {result.key.key_id.hex()[:16]}…, logged at index {result.leaf_index} "
             f"in checkpoint {result.checkpoint.origin} size {result.checkpoint.size}"
+            + (f"; counts for metering point {result.point} (logged binding)" if result.point else "")
         )
 
 

@@ -13,7 +13,10 @@ The tlog-proof ``extra`` data carries what a meterchain verifier needs beyond a 
 (docs/format.md §9): the reading message itself (the entry, which tlog-proof leaves to the
 application) and every device leaf of the reading's device, each with its leaf index and its
 inclusion proof to the same checkpoint, so the key that signed the reading is proven to be in
-the log too, without trusting the operator's registry.
+the log too, without trusting the operator's registry. Version 2 (issue 17) adds the metering
+``point`` the reading counts for and the openings of its meter binding's leaves (§5.1); verified
+with the ``assignment-inclusion`` and ``point-assigned`` checks. A bundle without a point stays
+version 1, byte for byte.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import base64
 from dataclasses import dataclass, field
 
 from meterchain.contract import cbor
+from meterchain.contract.assignment import PARTY_ID_RE, AssignmentOpening
 from meterchain.contract.checkpoint import DECIMAL_RE, Checkpoint
 from meterchain.contract.errors import EncodingError, MeterchainError
 from meterchain.contract.leaves import DeviceLeaf, parse_leaf
@@ -30,8 +34,13 @@ from meterchain.contract.message import SignedReading, parse_message
 from meterchain.contract.note import NoteVerifier, strict_b64decode
 from meterchain.contract.policy import (
     BUNDLE_CHECKS,
+    AllOf,
+    AssignmentsIncluded,
     Evidence,
     LoggedLeaf,
+    LoggedOpening,
+    PointAssigned,
+    PointClaim,
     Statement,
     VerificationError,
     bundle_policy,
@@ -40,6 +49,7 @@ from meterchain.contract.tlog_policy import WitnessPolicy
 
 TLOG_PROOF_HEADER = "c2sp.org/tlog-proof@v1"
 BUNDLE_EXTRA_TYPE = "meterchain/bundle/v1"
+BUNDLE_EXTRA_TYPE_V2 = "meterchain/bundle/v2"  # with `point` and `assignments` (§9, §5.1)
 MAX_BUNDLE_SIZE = 256 * 1024
 MAX_PROOF_HASHES = 64
 MAX_KEY_ENTRIES = 64
@@ -54,18 +64,24 @@ class Bundle:
     reading: LoggedLeaf
     device_leaves: tuple[LoggedLeaf, ...]
     checkpoint: str
+    #: version 2: the metering point the reading counts for and its binding leaves' openings
+    point: str | None = None
+    assignments: tuple[LoggedOpening, ...] = ()
 
     def to_text(self) -> str:
-        extra = cbor.encode(
-            {
-                "t": BUNDLE_EXTRA_TYPE,
-                "entry": self.reading.data,
-                "keys": [
-                    {"leaf": d.data, "index": d.index, "proof": list(d.proof)}
-                    for d in self.device_leaves
-                ],
-            }
-        )
+        fields: dict[str, cbor.CborValue] = {
+            "t": BUNDLE_EXTRA_TYPE,
+            "entry": self.reading.data,
+            "keys": [
+                {"leaf": d.data, "index": d.index, "proof": list(d.proof)}
+                for d in self.device_leaves
+            ],
+        }
+        if self.point is not None:
+            fields |= {"t": BUNDLE_EXTRA_TYPE_V2, "point": self.point, "assignments": [
+                {"index": a.index, "salt": a.opening.salt, "fields": a.opening.fields,
+                 "proof": list(a.proof)} for a in self.assignments]}
+        extra = cbor.encode(fields)
         lines = [
             TLOG_PROOF_HEADER,
             "extra " + base64.b64encode(extra).decode(),
@@ -94,14 +110,16 @@ class Bundle:
         if len(proof) > MAX_PROOF_HASHES:
             raise EncodingError("bundle inclusion proof is too long", what="bundle")
         obj = cbor.decode(extra, what="bundle extra", max_size=MAX_BUNDLE_SIZE)
+        v2 = isinstance(obj, dict) and obj.get("t") == BUNDLE_EXTRA_TYPE_V2
         if not (
             isinstance(obj, dict)
-            and set(obj) == {"t", "entry", "keys"}
-            and obj["t"] == BUNDLE_EXTRA_TYPE
+            and set(obj) == ({"t", "entry", "keys", "point", "assignments"} if v2 else {"t", "entry", "keys"})
+            and obj["t"] in (BUNDLE_EXTRA_TYPE, BUNDLE_EXTRA_TYPE_V2)
             and isinstance(obj["entry"], bytes)
             and isinstance(obj["keys"], list)
         ):
-            raise EncodingError(f"bundle extra must be a {BUNDLE_EXTRA_TYPE} map", what="bundle")
+            raise EncodingError(f"bundle extra must be a {BUNDLE_EXTRA_TYPE} or {BUNDLE_EXTRA_TYPE_V2} "
+                                "map", what="bundle")
         if not 1 <= len(obj["keys"]) <= MAX_KEY_ENTRIES:
             raise EncodingError("bundle must carry 1 to 64 device leaves", what="bundle")
         keys = []
@@ -117,7 +135,14 @@ class Bundle:
             ):
                 raise EncodingError("bundle device leaf entry is malformed", what="bundle")
             keys.append(LoggedLeaf(item["leaf"], item["index"], tuple(item["proof"])))
-        return cls(LoggedLeaf(obj["entry"], index, proof), tuple(keys), checkpoint)
+        if not v2:
+            return cls(LoggedLeaf(obj["entry"], index, proof), tuple(keys), checkpoint)
+        point, opened = obj["point"], obj["assignments"]
+        if not isinstance(point, str) or not PARTY_ID_RE.fullmatch(point) or not isinstance(opened, list) \
+                or len(opened) > MAX_KEY_ENTRIES:
+            raise EncodingError("bundle point or assignments are malformed", what="bundle")
+        assignments = tuple(_opening(item) for item in opened)
+        return cls(LoggedLeaf(obj["entry"], index, proof), tuple(keys), checkpoint, point, assignments)
 
 
 @dataclass
@@ -131,6 +156,11 @@ class Verified:
     passed: list[str] = field(default_factory=list)
     #: the witnesses of the policy that cosigned the checkpoint (empty without a policy)
     cosigners: tuple[str, ...] = ()
+    #: the metering point the reading counts for, proven (``point-assigned``); None: not claimed
+    point: str | None = None
+
+
+_POINT_CHECKS = AllOf(AssignmentsIncluded(), PointAssigned())
 
 
 class BundleError(VerificationError):
@@ -178,11 +208,25 @@ def verify_bundle(text: str | bytes, log_key: NoteVerifier, witnesses: WitnessPo
     )
     try:
         bundle_policy(log_key, witnesses).verify(evidence)
+        if bundle.point is not None:  # version 2: the point, proven by the logged binding
+            evidence.logged_assignments = bundle.assignments
+            evidence.claim = PointClaim.of_reading(bundle.point, signed)
+            _POINT_CHECKS.verify(evidence)
     except VerificationError as exc:
         raise fail(exc.check, exc) from None
     assert evidence.checkpoint is not None and evidence.key is not None  # the policy set them
     return Verified(signed, bundle.reading.index, evidence.checkpoint, evidence.key, passed,
-                    evidence.cosigners)
+                    evidence.cosigners, bundle.point)
+
+
+def _opening(item: object) -> LoggedOpening:
+    """One ``assignments`` entry of a version-2 extra (types and bounds only)."""
+    types = {"index": int, "salt": bytes, "fields": bytes, "proof": list}
+    if not isinstance(item, dict) or set(item) != set(types) \
+            or any(not isinstance(item[k], t) for k, t in types.items()) \
+            or len(item["proof"]) > MAX_PROOF_HASHES or any(not isinstance(h, bytes) for h in item["proof"]):
+        raise EncodingError("bundle assignment entry is malformed", what="bundle")
+    return LoggedOpening(AssignmentOpening(item["salt"], item["fields"]), item["index"], tuple(item["proof"]))
 
 
 def _b64(text: str, what: str) -> bytes:

@@ -15,6 +15,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import PlainTextResponse, Response
+from meterchain.backend.access.assignments import AssignmentTables, covering
 from meterchain.backend.access.auth import Auth
 from meterchain.backend.access.model import DEVICE_PATTERN, ID_PATTERN, Principal
 from meterchain.backend.access.tables import PartyTables
@@ -90,9 +91,16 @@ def readings_router(state: "ApiState", auth: Auth) -> APIRouter:
                         "the household's data was erased; a bundle it downloaded before still "
                         "verifies offline (meterchain verify)")
 
-    async def bundle_of(device: str, seq: int) -> str:
+    async def bundle_of(device: str, seq: int, point: str | None = None) -> str:
         try:
-            return await build_bundle(store(), device, seq)
+            if point is None:
+                return await build_bundle(store(), device, seq)
+            row = await store().reading(device, seq)
+            opened = [] if row is None else covering(
+                await AssignmentTables(store()).meter_openings([point], MAX_SAFE_INT),
+                [(point, device, row.meter, row.end)])
+            return await build_bundle(store(), device, seq, point,
+                                      [(o.leaf_index, o.opening) for o in opened if o.leaf_index is not None])
         except ProofUnavailable as exc:
             if exc.check == "not-sealed":
                 raise ApiError(409, "not-sealed", str(exc), "retry after the next seal") from None
@@ -144,6 +152,6 @@ def readings_router(state: "ApiState", auth: Auth) -> APIRouter:
         if await PartyTables(store()).reading_point(who, device, seq) != point:
             raise await gone_or_not_found(who, device, seq,
                                           f"reading {device}#{seq} of metering point {point}", point)
-        return await bundle_of(device, seq)
+        return await bundle_of(device, seq, point)  # version 2: it proves the point too
 
     return router

@@ -7,12 +7,15 @@ current store, however much the tree has grown since.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from meterchain.backend.log.nodes import reader_for
 from meterchain.backend.log.tree import ProofPlan, consistency_plan, inclusion_plan
 from meterchain.backend.store import LogStore, ProofStore
+from meterchain.contract.assignment import AssignmentOpening
 from meterchain.contract.bundle import Bundle
 from meterchain.contract.errors import MeterchainError, ProofError
-from meterchain.contract.policy import LoggedLeaf
+from meterchain.contract.policy import LoggedLeaf, LoggedOpening
 
 
 class ProofUnavailable(MeterchainError):
@@ -37,9 +40,12 @@ async def consistency_proof(store: LogStore, old_size: int, new_size: int) -> li
     return await _assemble(store, consistency_plan(old_size, new_size), new_size)
 
 
-async def build_bundle(store: ProofStore, device: str, seq: int) -> str:
+async def build_bundle(store: ProofStore, device: str, seq: int, point: str | None = None,
+                       openings: Sequence[tuple[int, AssignmentOpening]] = ()) -> str:
     """The reading's proof bundle against the newest checkpoint, with every sealed device leaf
-    of its device (each with its own inclusion proof) so the signing key is proven too."""
+    of its device (each with its own inclusion proof) so the signing key is proven too. Given a
+    metering ``point`` and the ``(leaf index, opening)`` of its binding's leaves, a version-2
+    bundle that proves the point too (those under the checkpoint, docs/format.md §5.1)."""
     row = await store.reading(device, seq)
     if row is None:
         raise ProofUnavailable(f"no reading {seq} of device {device} is stored",
@@ -62,4 +68,7 @@ async def build_bundle(store: ProofStore, device: str, seq: int) -> str:
     reading = LoggedLeaf(
         row.message, row.leaf_index, tuple(await inclusion_proof(store, row.leaf_index, size))
     )
-    return Bundle(reading=reading, device_leaves=tuple(keys), checkpoint=checkpoint.note).to_text()
+    assignments = [LoggedOpening(opening, index, tuple(await inclusion_proof(store, index, size)))
+                   for index, opening in openings if index < size]
+    return Bundle(reading=reading, device_leaves=tuple(keys), checkpoint=checkpoint.note,
+                  point=point, assignments=tuple(assignments)).to_text()

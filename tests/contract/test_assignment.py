@@ -4,6 +4,7 @@ metering point fails, naming the check."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import cbor2
@@ -17,6 +18,7 @@ from meterchain.contract.assignment import (
     commitment,
     meter_point_at,
 )
+from meterchain.contract.bundle import Bundle, BundleError, verify_bundle
 from meterchain.contract.checkpoint import Checkpoint
 from meterchain.contract.errors import EncodingError, FieldError
 from meterchain.contract.leaves import DeviceEvent, DeviceLeaf, parse_leaf
@@ -26,6 +28,7 @@ from meterchain.contract.policy import (
     AllOf,
     AssignmentsIncluded,
     Evidence,
+    LoggedLeaf,
     LoggedOpening,
     PointAssigned,
     PointClaim,
@@ -203,3 +206,24 @@ def test_the_checks_compose_in_the_policy() -> None:
     with pytest.raises(VerificationError) as caught:
         PointAssigned().verify(Evidence(claim=PointClaim.of_reading("mp-1", log.readings[0])))
     assert caught.value.check == "point-assigned" and "nothing to check" in str(caught.value)
+
+
+def test_a_version_2_bundle_proves_the_point_and_fails_a_moved_one() -> None:
+    log = _Log()
+    index = log.first_reading + 1
+    reading = LoggedLeaf(log.leaves[index], index, tuple(log.proof(index)))
+    keys = (LoggedLeaf(log.leaves[0], 0, tuple(log.proof(0))),)
+    opened = tuple(LoggedOpening(o, i, tuple(log.proof(i))) for i, o in log.openings)
+    plain = Bundle(reading, keys, log.note)
+    assert "meterchain/bundle/v1" in str(cbor2.loads(base64.b64decode(plain.to_text().split("\n")[1][6:])))
+    assert verify_bundle(plain.to_text(), log.log_key.verifier).point is None  # claims no point
+
+    proven = verify_bundle(Bundle(reading, keys, log.note, "mp-1", opened).to_text(), log.log_key.verifier)
+    assert proven.point == "mp-1" and proven.passed[-2:] == ["assignment-inclusion", "point-assigned"]
+    assert Bundle.parse(Bundle(reading, keys, log.note, "mp-1", opened).to_text()).assignments == opened
+    for point, assignments, check in (("mp-2", opened, "point-assigned"), ("mp-1", (), "point-assigned"),
+                                      ("mp-1", (LoggedOpening(opened[0].opening, 0, opened[0].proof),),
+                                       "assignment-inclusion")):
+        with pytest.raises(BundleError) as caught:
+            verify_bundle(Bundle(reading, keys, log.note, point, assignments).to_text(), log.log_key.verifier)
+        assert caught.value.check == check

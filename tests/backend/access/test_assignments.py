@@ -4,22 +4,32 @@ opens exactly the bindings its entries count under (a household's page no bindin
 
 from __future__ import annotations
 
+import asyncio
+import warnings
 from pathlib import Path
 
 import cbor2
 from meterchain.backend.access.assignments import AssignmentTables, log_assignment
 from meterchain.backend.access.model import KeyKind, MeterBinding, PointKind, Principal
 from meterchain.backend.access.tables import PartyTables
+from meterchain.backend.api.app import create_app
 from meterchain.backend.erasure.tables import ErasureTables
 from meterchain.backend.log.audit import audit
 from meterchain.backend.store import open_sqlite
 from meterchain.backend.utility.batches import build_batch
+from meterchain.cli.main import app as cli
 from meterchain.contract.assignment import Assignment, AssignmentKind, AssignmentLeaf, commitment
+from meterchain.contract.bundle import verify_bundle
 from meterchain.contract.leaves import parse_leaf
 from meterchain.contract.merkle import leaf_hash
 from meterchain.contract.utility_batch import verify_page
+from typer.testing import CliRunner
 
-from tests.support.utility import make_world
+from tests.support.utility import ADMIN, make_world
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
 
 
 async def _leaves(store) -> list[tuple[int, str, bytes, bytes]]:  # type: ignore[no-untyped-def]
@@ -125,3 +135,18 @@ async def test_audit_finds_openings_bindings_and_overlaps_that_are_not_as_logged
         assert any(name == "gw-a/M-1" and "overlap" in problem for _, name, problem in found)
     finally:
         await store.close()
+
+
+def test_a_point_bundle_proves_its_point_to_meterchain_verify(tmp_path: Path) -> None:
+    world = asyncio.run(make_world(tmp_path, rounds=1))
+    with TestClient(create_app(str(world.db), ADMIN, world.log_key.verifier)) as http:
+        answer = http.get("/api/v1/metering-points/mp-1/readings/gw-a/1/bundle", headers=world.auth("h1"))
+        plain = http.get("/api/v1/devices/gw-a/readings/1/bundle", headers=world.auth("h1"))
+    assert answer.status_code == 200, answer.text
+    assert verify_bundle(answer.text, world.log_key.verifier).point == "mp-1"
+    assert verify_bundle(plain.text, world.log_key.verifier).point is None  # the device route: v1
+    path = tmp_path / "reading.tlog-proof"
+    path.write_text(answer.text)
+    result = CliRunner().invoke(cli, ["verify", str(path), "--log-key", str(world.log_key.verifier)])
+    assert result.exit_code == 0, result.output
+    assert "point-assigned" in result.output and "counts for metering point mp-1" in result.output
