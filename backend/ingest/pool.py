@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -110,22 +111,40 @@ class CheckPool:
         self.cpu_ns = 0
         self.restarts = 0
         self._executor: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._closed = False
 
-    def _pool(self) -> ProcessPoolExecutor:
-        if self._executor is None:
+    def _ensure(self) -> None:
+        """Start the processes and wait until each answers; in a thread of its own, since
+        starting blocks (the first time until the forkserver has imported the checks: seconds
+        on a busy machine, which must not stall the event loop and its MQTT connection)."""
+        with self._lock:
+            if self._executor is not None or self._closed:
+                return
             # forkserver: each process is forked from a small server process that imported the
             # checks once (a restart after a crash takes milliseconds, not an interpreter
             # start), never from this process with its event loop and SQLite threads.
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload([__name__])
-            self._executor = ProcessPoolExecutor(self.processes, mp_context=context)
-        return self._executor
+            executor = ProcessPoolExecutor(self.processes, mp_context=context)
+            try:
+                for started in [executor.submit(_warm) for _ in range(self.processes)]:
+                    started.result()
+            except BaseException:
+                executor.shutdown(wait=False, cancel_futures=True)
+                raise
+            self._executor = executor
+
+    async def _pool(self) -> ProcessPoolExecutor:
+        while (executor := self._executor) is None:
+            if self._closed:  # a bug, not a dead process: no message may be refused for it
+                raise RuntimeError("the check pool is closed")
+            await asyncio.to_thread(self._ensure)
+        return executor
 
     async def start(self) -> None:
-        """Start every process now, so the first batch does not wait for interpreters."""
-        loop = asyncio.get_running_loop()
-        pool = self._pool()
-        await asyncio.gather(*(loop.run_in_executor(pool, _warm) for _ in range(self.processes)))
+        """Start every process now, so the first batch does not wait for them."""
+        await self._pool()
 
     def _restart(self, error: BaseException) -> None:
         self.restarts += 1
@@ -139,7 +158,7 @@ class CheckPool:
     async def _run(self, chunks: Sequence[Messages], leaves: Leaves, now: int
                    ) -> list[Checked]:
         loop = asyncio.get_running_loop()
-        pool = self._pool()
+        pool = await self._pool()
         futures = [loop.run_in_executor(pool, check_chunk, chunk, leaves_for(chunk, leaves), now,
                                         self.check_function) for chunk in chunks]
         parts = await asyncio.gather(*futures)
@@ -185,6 +204,8 @@ class CheckPool:
 
     def close(self) -> None:
         """Stop the processes (a batch being checked is dropped: it was never acked)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        self._closed = True
+        with self._lock:  # a start under way finishes first, then sees _closed
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
+                self._executor = None

@@ -116,6 +116,8 @@ async def test_close_stops_every_check_process() -> None:
     for pid in pids:  # joined by close(): gone, not even a zombie
         assert not os.path.exists(f"/proc/{pid}")
     assert pool.pids() == []
+    with pytest.raises(RuntimeError, match="closed"):  # closed for good: a bug, not a dead process
+        await pool.check([("meterchain/v1/gw-a/readings", b"x")], {}, 0)
 
 
 async def test_ingest_in_processes_stores_the_good_and_refuses_a_bad_signature(
@@ -133,6 +135,7 @@ async def test_ingest_in_processes_stores_the_good_and_refuses_a_bad_signature(
     report = await ingest.process([gw.message(100)])
     assert (report.stored, report.acks[0].upto) == (1, 200)
     assert await api.reading_count("gw-1") == 200
+    ingest.check_pool = None  # the module's pool: closed by the fixture, not by this ingest
     await close(admin, ingest, sealer, api)
 
 
