@@ -1,7 +1,7 @@
 """The API under 20 concurrent clients: p50 / p99 of a proof bundle, a day of a metering point and
 ``/healthz``, beside a fixed route that does no I/O, all in the same run and the same mix.
 
-    .venv/bin/python bench/bench_api.py --readings 100000 --requests 2000 [--json]
+    .venv/bin/python bench/bench_api.py --readings 100000 --requests 1000 [--cpu 300] [--json]
 
 Builds a database of ``--readings`` readings (``--points`` metering points, one meter each, a
 household key per point; rows written straight into the tables, leaves sealed by the real
@@ -12,7 +12,9 @@ it with the product's app (``create_app``) under uvicorn as ``meterchain backend
 bundle of a random reading of its point, a household's day (96 readings) of its point,
 ``/healthz``, and ``/bench/fixed``) until ``--requests`` of each are done, so every route sees the
 same queue. ``/bench/fixed`` exists only in this bench's app: it returns a constant and touches
-nothing (the product has no route without I/O: ``/metrics`` renders every metric).
+nothing (the product has no route without I/O: ``/metrics`` renders every metric). Then
+``--cpu`` requests of each route from one client, one at a time: the server process's CPU per
+request (/proc), which a loaded machine disturbs far less than it does latency.
 """
 
 from __future__ import annotations
@@ -126,8 +128,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def drive(port: int, world: dict[str, object], clients: int, requests: int
-                ) -> dict[str, list[float]]:
+def server_cpu(pid: int, ticks: int) -> float:
+    """Seconds of CPU the process has used (user + system, all threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+async def drive(port: int, world: dict[str, object], clients: int, requests: int, server: int,
+                cpu_requests: int, cpu_ms: dict[str, float]) -> dict[str, list[float]]:
     """``clients`` concurrent clients, each sending the four routes in turn; seconds per request."""
     import httpx
 
@@ -162,6 +170,17 @@ async def drive(port: int, world: dict[str, object], clients: int, requests: int
             if route == "day" and len(response.json()) != DAY:
                 raise RuntimeError(f"{url}: {len(response.json())} readings, not {DAY}")
 
+    async def sequential(http: httpx.AsyncClient) -> None:
+        """One client, one route at a time: the server's CPU per request (load-robust)."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        for route in ROUTES:
+            before = server_cpu(server, ticks)
+            for _ in range(cpu_requests):
+                url, headers = request(route)
+                if (await http.get(url, headers=headers)).status_code != 200:
+                    raise RuntimeError(f"{url}: not 200")
+            cpu_ms[route] = (server_cpu(server, ticks) - before) / cpu_requests * 1000
+
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits,
                                  timeout=60) as http:
@@ -169,6 +188,8 @@ async def drive(port: int, world: dict[str, object], clients: int, requests: int
             url, headers = request(ROUTES[_ % len(ROUTES)])
             await http.get(url, headers=headers)
         await asyncio.gather(*(client(http) for _ in range(clients)))
+        if cpu_requests:
+            await sequential(http)
     return latencies
 
 
@@ -178,7 +199,7 @@ def quantile(samples: list[float], q: float) -> float:
 
 
 def run(readings: int, points: int, clients: int, requests: int, folder: Path,
-        profile: Path | None = None) -> dict[str, object]:
+        profile: Path | None = None, cpu_requests: int = 0) -> dict[str, object]:
     db = folder / f"api-{readings}.db"
     start = time.perf_counter()
     world = asyncio.run(build(db, readings, points))
@@ -198,7 +219,8 @@ def run(readings: int, points: int, clients: int, requests: int, folder: Path,
                                     "--pid", str(child.pid)])
         load_before = os.getloadavg()[0]
         start = time.perf_counter()
-        latencies = asyncio.run(drive(port, world, clients, requests))
+        cpu_ms: dict[str, float] = {}
+        latencies = asyncio.run(drive(port, world, clients, requests, child.pid, cpu_requests, cpu_ms))
         seconds = time.perf_counter() - start
         load_after = os.getloadavg()[0]
     finally:
@@ -213,6 +235,8 @@ def run(readings: int, points: int, clients: int, requests: int, folder: Path,
         "load_after": load_after, "requests_per_s": requests * len(ROUTES) / seconds,
     }
     for route, samples in latencies.items():
+        if route in cpu_ms:
+            result[f"{route}_server_cpu_ms"] = cpu_ms[route]
         result[f"{route}_p50_ms"] = statistics.median(samples) * 1000
         result[f"{route}_p99_ms"] = quantile(samples, 0.99)
     result["healthz_over_fixed_p99"] = float(result["healthz_p99_ms"]) / float(result["fixed_p99_ms"])  # type: ignore[arg-type]
@@ -229,20 +253,25 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--requests", type=int, default=2000, help="per route")
     parser.add_argument("--dir", type=Path, help="keep the database there (default: a temporary folder)")
+    parser.add_argument("--cpu", type=int, default=200, metavar="N",
+                        help="then N requests per route from one client: the server's CPU per request")
     parser.add_argument("--profile", type=Path, help="py-spy the server into this file (raw stacks)")
     parser.add_argument("--json", action="store_true", help="one JSON line at the end (run_all.py)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mc-bench-api-") as tmp:
         folder = args.dir or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        result = run(args.readings, args.points, args.clients, args.requests, folder, args.profile)
+        result = run(args.readings, args.points, args.clients, args.requests, folder, args.profile,
+                     args.cpu)
     print(f"{result['readings']:,} readings ({result['points']} points, tree {result['tree_size']:,}), "
           f"built in {result['build_s']:.0f} s; {args.clients} clients, {args.requests} requests per "
           f"route, mixed: {result['requests_per_s']:.0f} requests/s; load {result['load_before']:.2f} → "
           f"{result['load_after']:.2f}")
-    print("| route | p50 ms | p99 ms |\n|---|---:|---:|")
+    print("| route | p50 ms | p99 ms | server CPU per request, one client (ms) |\n|---|---:|---:|---:|")
     for route in ROUTES:
-        print(f"| {route} | {result[f'{route}_p50_ms']:.1f} | {result[f'{route}_p99_ms']:.1f} |")
+        cpu = result.get(f"{route}_server_cpu_ms")
+        print(f"| {route} | {result[f'{route}_p50_ms']:.1f} | {result[f'{route}_p99_ms']:.1f} "
+              f"| {'–' if cpu is None else f'{cpu:.2f}'} |")
     print(f"healthz p99 / fixed p99: {result['healthz_over_fixed_p99']:.2f} (goal ≤ 1.5)")
     if args.json:
         print(json.dumps(result))
