@@ -29,6 +29,8 @@ from meterchain.contract.reading import OBIS_RE, ClockSync, Quality, Reading, _c
 from tests.contract.test_contract_reading import readings
 
 Verdict = tuple[str, object]
+#: Each test compares two implementations; timing is not what they test (deadline=None: a loaded
+#: machine must not fail an example).
 
 
 def reference_decode(data: bytes) -> object:
@@ -118,7 +120,7 @@ def encodings(draw: st.DrawFn) -> bytes:
 
 
 @given(encodings())
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_strict_decode_accepts_exactly_what_the_canonical_re_encoding_did(data: bytes) -> None:
     if not data:
         return
@@ -126,7 +128,7 @@ def test_strict_decode_accepts_exactly_what_the_canonical_re_encoding_did(data: 
 
 
 @given(st.binary(min_size=1, max_size=60))
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 def test_strict_decode_agrees_on_junk(data: bytes) -> None:
     assert verdict(cbor.decode, data) == verdict(reference_decode, data)
 
@@ -154,7 +156,7 @@ def reference_pair(data: bytes) -> list[bytes] | None:
 
 @given(st.binary(max_size=300), st.binary(max_size=80), st.sampled_from(["canonical", "loose", "mutated"]),
        st.data())
-@settings(max_examples=800)
+@settings(max_examples=400, deadline=None)
 def test_byte_string_pair_is_the_strict_decoders_answer(a: bytes, b: bytes, how: str, data: st.DataObject) -> None:
     if how == "loose":
         raw = loose_encode([a, b], lambda: data.draw(st.booleans()), lambda items: items)
@@ -226,7 +228,7 @@ def signatures(draw: st.DrawFn) -> bytes:
 
 
 @given(signatures())
-@settings(max_examples=700)
+@settings(max_examples=700, deadline=None)
 def test_signature_fast_path_agrees_with_der_decode_and_re_encode(signature: bytes) -> None:
     assert parsed(signature) == reference_signature(signature)
 
@@ -245,7 +247,7 @@ def test_real_signatures_both_halves_of_s() -> None:
 
 
 @given(st.text(alphabet="0123456789-:.٣", min_size=9, max_size=19))
-@settings(max_examples=1000)
+@settings(max_examples=500, deadline=None)
 def test_obis_fast_match_accepts_only_what_the_regex_and_group_check_accept(obis: str) -> None:
     def reference(code: str) -> bool:
         groups = OBIS_RE.fullmatch(code)
@@ -293,7 +295,7 @@ def _sample() -> Reading:
 
 
 @given(readings, st.data())
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_whole_message_parse_agrees_with_the_reference(reading: Reading, data: st.DataObject) -> None:
     """A signed reading, then one changed byte: parse_message accepts exactly when the plain
     strict decoders accept every part."""
@@ -301,7 +303,8 @@ def test_whole_message_parse_agrees_with_the_reference(reading: Reading, data: s
     message = sign_reading(replace(reading, key_id=signing.key_id(signer.public_key_der)), signer).to_cbor()
     buf = bytearray(message)
     if data.draw(st.booleans()):
-        buf[data.draw(st.integers(0, len(buf) - 1))] ^= data.draw(st.integers(1, 255))
+        # ECDSA signatures vary in length: draw a position independent of it, then wrap
+        buf[data.draw(st.integers(0, 4095)) % len(buf)] ^= data.draw(st.integers(1, 255))
     raw = bytes(buf)
 
     def reference(raw: bytes) -> bool:
@@ -323,12 +326,13 @@ def test_whole_message_parse_agrees_with_the_reference(reading: Reading, data: s
         assert reference(raw) and got.to_cbor() == raw
 
 
-_SIGNER: list[signing.CryptographySigner] = []
+_SIGNER: list[signing.EcdsaSigner] = []
 
 
-def _signer() -> signing.CryptographySigner:
+def _signer() -> signing.EcdsaSigner:
+    """RFC 6979 signatures: the same example gives the same bytes when hypothesis replays it."""
     if not _SIGNER:
-        _SIGNER.append(signing.CryptographySigner(signing.generate_private_key_pem()))
+        _SIGNER.append(signing.EcdsaSigner(signing.generate_private_key_pem()))
     return _SIGNER[0]
 
 
@@ -366,7 +370,7 @@ def reference_b64(text: str) -> bytes | None:
 
 
 @given(st.binary(max_size=40), st.data())
-@settings(max_examples=600)
+@settings(max_examples=600, deadline=None)
 def test_strict_base64_accepts_exactly_the_canonical_form(raw: bytes, data: st.DataObject) -> None:
     import base64
 
