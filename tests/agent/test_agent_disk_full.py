@@ -170,11 +170,13 @@ CHILD = textwrap.dedent("""
             pass
         finally:
             os.close(fd)
-        full_cycles = 0
+        full_cycles, stored_end = 0, T0 + 15
         for k in range(2, 40):
             clock.t = T0 + 15 * k
             if await poller.poll_once(T0 + 15 * k) == []:
                 full_cycles += 1
+            else:  # a 1 KiB-page WAL frame may still fit in the slack of the file's last block
+                stored_end = T0 + 15 * k
         assert full_cycles >= 30, full_cycles
         assert "disk-full" in alarms
         await outbox.close()
@@ -190,7 +192,7 @@ CHILD = textwrap.dedent("""
         seqs = await poller.poll_once(T0 + 15 * 40)
         assert seqs, "space is back: signed"
         last = parse_message((await outbox.readings())[-1].message).reading
-        assert last.status & StatusFlag.SPANS_GAP and last.start == T0 + 15, last
+        assert last.status & StatusFlag.SPANS_GAP and last.start == stored_end, last
         await outbox.close()
         print("OK", full_cycles)
 
