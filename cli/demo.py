@@ -583,11 +583,26 @@ def _secure_db(path: Path) -> None:
             file.chmod(0o600)
 
 
+def keep_modbus_chatter_in(path: Path) -> Path:
+    """Send pymodbus's log records to a file instead of the console: its errors carry multi-line
+    frame dumps that bury the guide, while the agent already reports each failed read in one
+    line with its cause and fix (event=meter_read_failed)."""
+    modbus = logging.getLogger("pymodbus")
+    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve()
+               for h in modbus.handlers):
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        modbus.addHandler(handler)
+    modbus.propagate = False
+    return path
+
+
 async def run_demo(workdir: Path, http_port: int, duration: float | None,
                    history_days: int = DEFAULT_HISTORY_DAYS, show_progress: bool = True) -> None:
     check_port_free("127.0.0.1", http_port)
     workdir.mkdir(parents=True, exist_ok=True)
     workdir.chmod(0o700)
+    modbus_log = keep_modbus_chatter_in(workdir / "modbus.log")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -599,6 +614,7 @@ async def run_demo(workdir: Path, http_port: int, duration: float | None,
     timeline.save(timeline_file)  # the origin fixes the meters' counters for every later run
     broker = await start_broker(workdir=workdir / "broker")
     console.print(f"broker      [bold]{broker.kind}[/bold] on {broker.host}:{broker.port}")
+    console.print(f"meters      pymodbus's own messages (frame dumps of late or garbled answers) go to {modbus_log}")
     token_file = workdir / "admin-token"
     if not token_file.exists():
         _write_private(token_file, secrets.token_urlsafe(24) + "\n")

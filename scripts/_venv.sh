@@ -12,8 +12,15 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 STAMP="$VENV/.meterchain-installed"
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]"
+    # pip's and the build backend's chatter goes to a log, shown only when the install fails
+    LOG="$VENV/install.log"
+    echo "installing meterchain and its test tools into ${VENV#"$ROOT"/} (first run: a minute or two; log: $LOG)" >&2
+    if ! { "$VENV/bin/python" -m pip install --quiet --upgrade pip \
+           && "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]"; } > "$LOG" 2>&1; then
+        tail -n 40 "$LOG" >&2
+        echo "could not install meterchain into $VENV (whole log: $LOG)" >&2
+        exit 1
+    fi
     touch "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -310,3 +310,27 @@ async def test_a_backend_that_cannot_start_fails_with_the_end_of_its_log(tmp_pat
             await demo.start_backend(tmp_path, config, f"http://127.0.0.1:{port}")
     assert str(tmp_path / "backend.log") in str(failed.value)
     assert _mode(tmp_path / "backend.toml") == 0o600
+
+
+def test_pymodbus_chatter_goes_to_its_file_not_the_console(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """pymodbus's errors carry multi-line frame dumps that buried the guide under load; they go to
+    modbus.log, while the agent's own one-line meter_read_failed warnings still reach the console."""
+    modbus = logging.getLogger("pymodbus")
+    handlers, propagate = list(modbus.handlers), modbus.propagate
+    try:
+        path = demo.keep_modbus_chatter_in(tmp_path / "modbus.log")
+        assert demo.keep_modbus_chatter_in(path) == path  # a second run adds no second handler
+        with caplog.at_level(logging.WARNING):
+            logging.getLogger("pymodbus.logging").error("No response received\n>>>>> send: 0x1 0x3")
+            logging.getLogger("meterchain.agent.scheduler").warning("event=meter_read_failed meter=house")
+        for handler in modbus.handlers:
+            handler.flush()
+        assert path.read_text().count("No response received") == 1
+        assert [r.name for r in caplog.records] == ["meterchain.agent.scheduler"]
+    finally:
+        for handler in modbus.handlers:
+            if handler not in handlers:
+                modbus.removeHandler(handler)
+                handler.close()
+        modbus.propagate = propagate
