@@ -168,7 +168,7 @@ async def run(label: str, workers: int, group: str, n: int, devices: int,
         stdout=subprocess.DEVNULL, stderr=(workdir / f"worker-{i}.log").open("wb"))
         for i, port in enumerate(ports)]
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a worker's start took 27-35 s at load 17-19
         for port in ports:
             while await _healthy(port) is None:
                 if time.monotonic() > deadline:

@@ -19,6 +19,7 @@ never the service.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import multiprocessing
 import threading
@@ -113,33 +114,53 @@ class CheckPool:
         self._executor: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._starting: concurrent.futures.Future[None] | None = None
 
     def _ensure(self) -> None:
-        """Start the processes and wait until each answers; in a thread of its own, since
-        starting blocks (the first time until the forkserver has imported the checks: seconds
-        on a busy machine, which must not stall the event loop and its MQTT connection)."""
+        """Start the processes and wait until each answers. Runs in a daemon thread: starting
+        blocks (the first time until the forkserver has imported the checks, seconds on a busy
+        machine), which must neither stall the event loop nor hold up the process's exit."""
+        # forkserver: each process is forked from a small server process that imported the
+        # checks once (a restart after a crash takes milliseconds, not an interpreter start),
+        # never from this process with its event loop and SQLite threads.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        executor = ProcessPoolExecutor(self.processes, mp_context=context)
+        try:
+            for started in [executor.submit(_warm) for _ in range(self.processes)]:
+                started.result()
+        except BaseException:
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise
         with self._lock:
-            if self._executor is not None or self._closed:
-                return
-            # forkserver: each process is forked from a small server process that imported the
-            # checks once (a restart after a crash takes milliseconds, not an interpreter
-            # start), never from this process with its event loop and SQLite threads.
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload([__name__])
-            executor = ProcessPoolExecutor(self.processes, mp_context=context)
-            try:
-                for started in [executor.submit(_warm) for _ in range(self.processes)]:
-                    started.result()
-            except BaseException:
+            if self._closed:  # closed while it started
                 executor.shutdown(wait=False, cancel_futures=True)
-                raise
-            self._executor = executor
+            else:
+                self._executor = executor
+
+    def _start(self) -> concurrent.futures.Future[None]:
+        """The start under way, or a new one."""
+        with self._lock:
+            if self._starting is None or self._starting.done():
+                future: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+                def run() -> None:
+                    try:
+                        self._ensure()
+                    except BaseException as exc:
+                        future.set_exception(exc)
+                    else:
+                        future.set_result(None)
+
+                threading.Thread(target=run, name="mc-check-pool-start", daemon=True).start()
+                self._starting = future
+            return self._starting
 
     async def _pool(self) -> ProcessPoolExecutor:
         while (executor := self._executor) is None:
             if self._closed:  # a bug, not a dead process: no message may be refused for it
                 raise RuntimeError("the check pool is closed")
-            await asyncio.to_thread(self._ensure)
+            await asyncio.wrap_future(self._start())
         return executor
 
     async def start(self) -> None:
@@ -204,8 +225,8 @@ class CheckPool:
 
     def close(self) -> None:
         """Stop the processes (a batch being checked is dropped: it was never acked)."""
-        self._closed = True
-        with self._lock:  # a start under way finishes first, then sees _closed
-            if self._executor is not None:
-                self._executor.shutdown(wait=True, cancel_futures=True)
-                self._executor = None
+        with self._lock:  # a start under way shuts down what it started when it sees _closed
+            self._closed = True
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)

@@ -464,8 +464,8 @@ class Ingest:
         if self.broker_url is None:
             raise ValueError("Ingest.run needs a broker_url")
         self._loop_thread = threading.get_ident()
-        # The check processes start while this connects and subscribes (not before: on a busy
-        # machine that took seconds); a batch that comes first waits for them in the pool.
+        # The check processes start once subscribed (their start competes for the CPU: on a
+        # busy machine it took seconds); a batch that comes first waits for them in the pool.
         warming = asyncio.create_task(self._start_check_pool())
         try:
             await self._stay_connected(backoff)
@@ -475,6 +475,7 @@ class Ingest:
     async def _start_check_pool(self) -> None:
         if self.check_pool is None:
             return
+        await self.connected.wait()
         try:
             await self.check_pool.start()
         except Exception as exc:  # the first batch starts them again, or says why it cannot
