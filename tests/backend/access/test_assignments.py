@@ -126,6 +126,7 @@ async def test_audit_finds_openings_bindings_and_overlaps_that_are_not_as_logged
         db = store.connection
         await db.execute("UPDATE meter_bindings SET meter = 'M-9' WHERE metering_point = 'mp-3'")
         await db.execute("UPDATE assignment_openings SET salt = zeroblob(32) WHERE metering_point = 'mp-2'")
+        await db.execute("DELETE FROM assignment_openings WHERE kind = 'occupancy'")
         # A binding logged on another point while mp-1's is open: one meter in two places.
         await log_assignment(db, MeterBinding(99, "mp-2", "gw-a", "M-1", 0, 1), 0)
         await db.commit()
@@ -133,6 +134,8 @@ async def test_audit_finds_openings_bindings_and_overlaps_that_are_not_as_logged
         assert ("assignment", "meter binding 3", "the table's binding is not as logged") in found
         assert any(name.startswith("leaf #") and "does not open" in problem for _, name, problem in found)
         assert any(name == "gw-a/M-1" and "overlap" in problem for _, name, problem in found)
+        assert any("without its opening" in problem for _, _, problem in found)
+        assert ("assignment", "occupancy binding 1", "the table's binding is not as logged") in found
     finally:
         await store.close()
 
