@@ -274,7 +274,7 @@ async def serve(config: BackendConfig, *, stop: asyncio.Event | None = None,
             if "api" in roles and on_postgres:
                 app = log_app(config.db, ingest)
                 log.warning("serve: on PostgreSQL the api role serves the public log only "
-                            "(/checkpoint, /tile, /batch); readings, access, settlement, "
+                            "(/checkpoint, /tile, /batch, /api/v1/proofs/consistency); readings, access, settlement, "
                             "utilities, provisioning and the dashboard need SQLite")
             elif "api" in roles:
                 assert signer is not None
