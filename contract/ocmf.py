@@ -66,7 +66,7 @@ TIME_STATUS_LETTERS = frozenset("UISR")
 METER_STATUS_LETTERS = frozenset("NGTDRMXIOSEF")
 ERROR_FLAGS = ("", "E", "t", "Et")
 
-_TIME_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2}),000\+0000 ([A-Z])")
+_TIME_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2}),000\+0000 ([A-Z])", re.ASCII)
 _KWH_RE = re.compile(r"(0|[1-9][0-9]{0,15})\.([0-9]{3})")
 _PAGE_RE = re.compile(r"F([1-9][0-9]{0,15})")
 _SIGNATURE_HEX_RE = re.compile(r"[0-9A-F]{16,144}")

@@ -33,7 +33,9 @@ REGISTER_UNITS = frozenset({"Wh", "varh", "VAh"})
 
 DEVICE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 METER_SERIAL_RE = re.compile(r"[\x21-\x7e]{1,64}")
-OBIS_RE = re.compile(r"(\d{1,3})-(\d{1,3}):(\d{1,3})\.(\d{1,3})\.(\d{1,3})")
+#: ASCII digits only: in a str pattern \d also matches other scripts' digits (Arabic-Indic "١"), which int()
+#: reads, so one register would have several spellings under one signature check.
+OBIS_RE = re.compile(r"(\d{1,3})-(\d{1,3}):(\d{1,3})\.(\d{1,3})\.(\d{1,3})", re.ASCII)
 #: The ASCII OBIS codes OBIS_RE accepts with every group at most 255, in one match (the common
 #: case per register); anything else takes OBIS_RE and the group check.
 _OBIS_BYTE = r"(?:[01]?[0-9]?[0-9]|2[0-4][0-9]|25[0-5])"

@@ -107,6 +107,9 @@ def test_type_key_comes_first_so_every_reading_has_one_prefix() -> None:
             "registers",
             {IMPORT_OBIS: Register(1, "Wh"), EXPORT_OBIS: Register(0, "Wh"), "1-0:256.8.0": Register(0, "Wh")},
         ),
+        # another script's digits ("\u0661" is Arabic-Indic one): int() reads them, the contract must not
+        ("registers", {IMPORT_OBIS: Register(1, "Wh"), EXPORT_OBIS: Register(0, "Wh"),
+                       "1-0:3.8.\u0661": Register(0, "Wh")}),
     ],
 )
 def test_every_field_is_bounded(field: str, value: object) -> None:
