@@ -64,6 +64,24 @@ async def main():
                 return
 asyncio.run(main())
 """
+#: The same, with paho's own network loop (``loop_forever``, no asyncio): MQTT 3.1.1, persistent.
+PAHO_RECEIVER = r"""
+import sys, time, paho.mqtt.client as mqtt
+host, port, n = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+state = {"got": 0, "started": None}
+def on_message(c, u, m):
+    state["started"] = state["started"] or time.perf_counter()
+    state["got"] += 1
+    if state["got"] == n:
+        print(n / (time.perf_counter() - state["started"]), flush=True)
+        c.disconnect()
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bare-paho-loop", clean_session=False)
+c.on_message = on_message
+c.on_connect = lambda c, u, f, rc, p=None: c.subscribe("meterchain/v1/+/readings", qos=1)
+c.on_subscribe = lambda *a: print("ready", flush=True)
+c.connect(host, port)
+c.loop_forever()
+"""
 #: (label, workers, share group); the default deployment first.
 CONFIGS = (("1 worker, plain subscription", 1, ""), ("1 worker, share group", 1, "bench"),
            ("2 workers, share group", 2, "bench"))
@@ -134,6 +152,16 @@ async def check_split(frames: Path, admin: object, sample: int = 2000) -> dict[s
             "pack": round(pack_us, 1), "hashes": round(hash_us, 1), "check_batch, whole": round(whole_us, 1)}
 
 
+async def _metric(port: int, name: str) -> float | None:
+    """One unlabelled metric of a worker's ``/metrics``."""
+    async with httpx.AsyncClient(timeout=5) as http:
+        text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
 async def _stage_cpu(port: int) -> dict[str, float]:
     """The worker's CPU seconds per stage so far (``meterchain_ingest_stage_cpu_seconds``)."""
     async with httpx.AsyncClient(timeout=5) as http:
@@ -173,6 +201,14 @@ async def run(label: str, workers: int, group: str, n: int, devices: int,
             while await _healthy(port) is None:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"a worker did not subscribe; see {workdir}/worker-*.log")
+                await asyncio.sleep(0.1)
+        # Until each worker's check processes answer: the drain, not their start, is measured.
+        from meterchain.backend.config import BackendConfig
+        expected = BackendConfig().check_processes if check_processes is None else check_processes
+        for port in ports:
+            while (await _metric(port, "meterchain_ingest_check_processes") or 0) < expected:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"a worker's check processes did not start; see {workdir}/worker-*.log")
                 await asyncio.sleep(0.1)
         cpu_before = [await _stage_cpu(port) for port in ports]
         for proc in procs:
@@ -234,16 +270,21 @@ def _tree_cpu(pid: int) -> float:
     return total + sum(_tree_cpu(int(child)) for child in children)
 
 
-async def receive_only(group: str, n: int, devices: int, workdir: Path, protocol: str = "") -> int:
+async def receive_only(group: str, n: int, devices: int, workdir: Path, protocol: str = "",
+                       client: str = "aiomqtt") -> int:
     """A bare subscriber's rate over the same kind of backlog (paused while it is published);
-    ``protocol`` "5" makes a plain subscriber speak MQTT 5 (as ingest does: meterchain.mqtt)."""
+    ``protocol`` "5" makes a plain subscriber speak MQTT 5 (a share group does). ``client``
+    "paho": paho's own loop instead of aiomqtt's (MQTT 3.1.1, plain only)."""
+    if client == "paho" and (group or protocol):
+        raise ValueError("the paho receiver is plain MQTT 3.1.1 only")
     from meterchain.mqtt.broker import find_mosquitto, start_mosquitto
 
     workdir.mkdir(parents=True)
     broker = await start_mosquitto(find_mosquitto() or "mosquitto", workdir=workdir / "broker")
     frames = workdir / "frames.bin"
     make_messages(frames, n, devices)
-    proc = subprocess.Popen([sys.executable, "-c", RECEIVER, group, broker.host, str(broker.port),
+    script = PAHO_RECEIVER if client == "paho" else RECEIVER
+    proc = subprocess.Popen([sys.executable, "-c", script, group, broker.host, str(broker.port),
                              str(n), protocol], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"

@@ -33,7 +33,7 @@ from meterchain.backend.store import RejectionRecord, VerifiedReading
 from meterchain.backend.store.records import VerifiedGap
 from meterchain.contract.ack import device_from_topic
 from meterchain.contract.leaves import DeviceLeaf
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ CheckFunction = Callable[[Messages, Leaves, int], list[Checked]]
 
 RESTARTS = Counter("meterchain_ingest_check_process_restarts",
                    "Times the pool of check processes was started again after a process died")
+RUNNING = Gauge("meterchain_ingest_check_processes",
+                "Check processes started and answering (0 while they start or restart)")
 #: How often a batch is checked again after its pool broke, before each message is checked alone.
 RETRIES = 2
 
@@ -137,6 +139,7 @@ class CheckPool:
                 executor.shutdown(wait=False, cancel_futures=True)
             else:
                 self._executor = executor
+                RUNNING.set(self.processes)
 
     def _start(self) -> concurrent.futures.Future[None]:
         """The start under way, or a new one."""
@@ -172,6 +175,7 @@ class CheckPool:
         RESTARTS.inc()
         log.error("event=check_process_died error=%r restarts=%d: the batch is checked again "
                   "(nothing of it was committed or acked)", str(error), self.restarts)
+        RUNNING.set(0)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -228,5 +232,6 @@ class CheckPool:
         with self._lock:  # a start under way shuts down what it started when it sees _closed
             self._closed = True
             executor, self._executor = self._executor, None
+            RUNNING.set(0)
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)

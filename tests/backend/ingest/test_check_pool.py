@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import pytest
 from meterchain.backend.devices.registry import KeyRegistry
 from meterchain.backend.ingest.checks import Checked, check_batch
-from meterchain.backend.ingest.pool import RETRIES, CheckPool
+from meterchain.backend.ingest.pool import RETRIES, RUNNING, CheckPool
 from meterchain.contract import cbor
 from meterchain.contract.leaves import DeviceLeaf
 
@@ -111,8 +111,9 @@ async def test_close_stops_every_check_process() -> None:
     pool = CheckPool(2)
     await pool.start()
     pids = pool.pids()
-    assert len(pids) == 2
+    assert len(pids) == 2 and RUNNING._value.get() == 2
     pool.close()
+    assert RUNNING._value.get() == 0
     for pid in pids:  # joined by close(): gone, not even a zombie
         assert not os.path.exists(f"/proc/{pid}")
     assert pool.pids() == []
