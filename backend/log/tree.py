@@ -148,21 +148,24 @@ class CompactRange:
             raise ValueError("stride must be at least 1")
         if self.size + len(leaf_hashes) > MAX_TREE_SIZE:
             raise ProofError("tree is full", step="append", size=self.size)
-        for position, value in enumerate(leaf_hashes):
-            if not isinstance(value, (bytes, bytearray)) or len(value) != HASH_SIZE:
-                _require_hash(value, step="append", size=self.size, position=position)
+        types = set(map(type, leaf_hashes))  # checked at C speed; the loop only names the culprit
+        if not types <= {bytes, bytearray} or not set(map(len, leaf_hashes)) <= {HASH_SIZE}:
+            for position, value in enumerate(leaf_hashes):
+                if not isinstance(value, (bytes, bytearray)) or len(value) != HASH_SIZE:
+                    _require_hash(value, step="append", size=self.size, position=position)
         if len(leaf_hashes) >= _BULK_FROM:
-            return self._extend_by_level(leaf_hashes, stride)
+            return self._extend_by_level(leaf_hashes, stride, bytearray in types)
         return sorted(self._extend_by_leaf(leaf_hashes, stride))
 
-    def _extend_by_level(self, leaf_hashes: Sequence[bytes], stride: int) -> list[tuple[int, int, bytes]]:
+    def _extend_by_level(self, leaf_hashes: Sequence[bytes], stride: int, copy: bool
+                         ) -> list[tuple[int, int, bytes]]:
         """Each level's new nodes from the level below in one pass: the row at level L holds the
         nodes [size >> L, new size >> L); an odd first index pairs it with the old peak."""
         size, end = self.size, self.size + len(leaf_hashes)
         old = {level: peak for level, peak in zip(
             (n.level for n in perfect_subtrees(0, size)), self.peaks, strict=True)}
         sha256, kept, tops = hashlib.sha256, [], {}
-        row: list[bytes] = [bytes(h) for h in leaf_hashes]
+        row: list[bytes] = [bytes(h) for h in leaf_hashes] if copy else list(leaf_hashes)
         level, first = 0, size
         while row:
             if end >> level & 1:

@@ -207,6 +207,21 @@ def test_extend_keeps_exactly_the_strata_that_append_creates(before: int, more: 
     assert (bulk.size, bulk.root()) == (one_by_one.size, one_by_one.root())
 
 
+@pytest.mark.parametrize("count", [10, 100])  # the per-leaf loop and the level-by-level path
+def test_extend_refuses_a_bad_hash_anywhere_and_leaves_the_tree_as_it_was(count: int) -> None:
+    good = [merkle.leaf_hash(i.to_bytes(4, "big")) for i in range(count)]
+    tree = CompactRange()
+    tree.extend(good[:3], STRIDE)
+    before = (tree.size, tree.root())
+    for bad in (b"short", "s" * 32, memoryview(good[0]), None):
+        with pytest.raises(ProofError, match="32 bytes"):
+            tree.extend([*good[:count // 2], bad, *good[count // 2:]], STRIDE)  # type: ignore[list-item]
+        assert (tree.size, tree.root()) == before
+    copied, plain = CompactRange(), CompactRange()  # bytearray leaves: same tree, bytes peaks
+    assert copied.extend([bytearray(h) for h in good], STRIDE) == plain.extend(good, STRIDE)
+    assert copied.root() == plain.root() and all(type(peak) is bytes for peak in copied.peaks)
+
+
 @given(st.integers(0, 40), st.integers(0, 2**40))
 def test_every_node_is_the_fold_of_its_stored_span(level: int, index: int) -> None:
     span = span_of(NodeId(level, index))
