@@ -19,8 +19,9 @@ console = Console(highlight=False)
 
 
 def _report(name: str, page: VerifiedPage) -> None:
-    console.print(f"[green]OK[/green] {name}: {len(page.entries)} readings, leaves "
-                  f"[{page.size_from}, {page.size_to}), next {page.next}"
+    points = sum(1 for e in page.entries if e.point is not None)
+    console.print(f"[green]OK[/green] {name}: {len(page.entries)} readings ({points} with their metering "
+                  f"point proven), leaves [{page.size_from}, {page.size_to}), next {page.next}"
                   + (f"; witnesses: {', '.join(page.cosigners)}" if page.cosigners else ""))
 
 

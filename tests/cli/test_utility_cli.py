@@ -53,6 +53,7 @@ def test_pull_verifies_and_stores_every_page_and_verify_rechecks_them(served, tm
     assert_no_unix_seconds(result.output, "meterchain utility pull")
     result = CliRunner().invoke(cli, ["utility", "verify", *map(str, pages), "--log-key", key])
     assert result.exit_code == 0 and result.output.count("OK") == 2
+    assert "(3 with their metering point proven)" in result.output
     assert_no_unix_seconds(result.output, "meterchain utility verify")
 
     doc = cbor2.loads(pages[0].read_bytes())
