@@ -43,12 +43,17 @@ from meterchain.backend.access.tables import PartyTables
 from meterchain.backend.api.ports import PortTaken, check_port_free
 from meterchain.backend.config import BackendConfig
 from meterchain.backend.devices import registry
+from meterchain.backend.service import load_or_create_log_key
 from meterchain.backend.store import open_sqlite, open_store
 from meterchain.backend.web import accounts
 from meterchain.backend.web.tables import WebTables
 from meterchain.bridge.modbus import EmulatedMeter, LoadProfile, ModbusBusEmulator
+from meterchain.cli import demo_consortium as consortium
 from meterchain.contract import signing
+from meterchain.contract.cosignature import verify_cosignatures
+from meterchain.contract.errors import MeterchainError
 from meterchain.contract.note import NoteSigner
+from meterchain.contract.tlog_policy import WitnessPolicy
 from meterchain.mqtt.broker import RunningBroker, start_broker
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -153,10 +158,10 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def _agent_config(workdir: Path, household: DemoHousehold, pty: str, broker: RunningBroker,
-                  api: str, control_key: str = "", log_key: str = "") -> Path:
+                  api: str, control_key: str = "", log_key: str = "", witness_policy: str = "") -> Path:
     """The gateway's TOML config, as provisioning would write it (docs/agent.md), with the
-    backend's control key once the backend has made one (it verifies the acks) and the log key
-    (it verifies the receipts)."""
+    backend's control key once the backend has made one (it verifies the acks), the log key and
+    the witness policy's text (it verifies the receipts: the log's signature and the quorum)."""
     device = household.device
     path = workdir / f"{device}.toml"
     auth = ""
@@ -180,7 +185,8 @@ def _agent_config(workdir: Path, household: DemoHousehold, pty: str, broker: Run
                    f"ack_timeout_seconds = 30\n"
                    f"telemetry_seconds = {TELEMETRY_SECONDS}\n"
                    + (f'control_key = "{control_key}"\n' if control_key else "")
-                   + (f'log_key = "{log_key}"\n' if log_key else "") + "\n"
+                   + (f'log_key = "{log_key}"\n' if log_key else "")
+                   + (f"witness_policy = {json.dumps(witness_policy)}\n" if witness_policy else "") + "\n"
                    f"[broker]\n"
                    f'url = "mqtt://{broker.host}:{broker.port}"\n'
                    f"{auth}{meters}")
@@ -443,9 +449,9 @@ async def catch_up(gateways: list[DemoGateway], clock: TimeLapseClock, start: in
 
 
 async def _status(db: str, gateways: list[DemoGateway], stop: asyncio.Event, every: float,
-                  timeline: Timeline, timeline_file: Path) -> None:
-    """Print one line whenever the log grows: tree size and each gateway's acknowledged sequence;
-    record how far the demo has run."""
+                  timeline: Timeline, timeline_file: Path, policy: WitnessPolicy | None = None) -> None:
+    """Print one line whenever the log grows: tree size, who cosigned its checkpoint (with a
+    policy), and each gateway's acknowledged sequence and receipt; record how far the demo has run."""
     store = await open_store(db)
     last_size = -1
     try:
@@ -461,11 +467,24 @@ async def _status(db: str, gateways: list[DemoGateway], stop: asyncio.Event, eve
                 for g in gateways:
                     state = await store.ack_state(g.device)
                     acks.append(f"{g.device} ✓{state.upto}{_receipt(g)}")
-                console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] log size [bold]{size}[/bold]  "
-                              + "  ".join(acks))
+                cosigned = _cosigned(checkpoint.note, policy) if checkpoint and policy else ""
+                console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] log size [bold]{size}[/bold]"
+                              f"{cosigned}  " + "  ".join(acks))
                 last_size = size
     finally:
         await store.close()
+
+
+def _cosigned(note: str, policy: WitnessPolicy) -> str:
+    """" cosigned 2/3" (a quorum: plain) or, short of it, in red with what the policy needs."""
+    try:
+        signed = set(verify_cosignatures(note, policy.keys))
+    except MeterchainError:  # a cosignature that does not verify: the note counts as none
+        signed = set()
+    count = f"{len(signed)}/{len(policy.witnesses)}"
+    if policy.satisfied(signed):
+        return f" cosigned {count}"
+    return f" [bold red]cosigned {count} (policy: {policy.describe()})[/bold red]"
 
 
 def _receipt(gateway: DemoGateway) -> str:
@@ -488,9 +507,19 @@ def _show(path: Path) -> str:
 
 
 def print_guide(api: str, workdir: Path, passwords: dict[str, str], credentials: Credentials,
-                extra_meter: str) -> None:
+                extra_meter: str, witnesses: list[consortium.DemoWitness] | None = None) -> None:
     """Where each kind of user goes and how they sign in (the README's sections follow it)."""
     d = _show(workdir)
+    cli = ".venv/bin/meterchain"
+    consortium_line = ""
+    if witnesses:
+        who = ", ".join(f"{w.name} {w.url} ({w.role})" for w in witnesses)
+        policy = f"{d}/witnesses.policy"
+        consortium_line = (
+            f"\nconsortium  witnesses {who}; {consortium.QUORUM} of {len(witnesses)} must cosign "
+            f"({policy}): {cli} verify BUNDLE --log-key {d}/log.pub --policy {policy}; "
+            f"{cli} monitor {api} --log-key {d}/log.pub --policy {policy} --once; "
+            f"stop one: kill $(cat {_show(witnesses[-1].pid_file)})")
     kinds = ", ".join(f"{h.id} {h.kind}" for h in HOUSEHOLDS)
     console.print(
         f"[bold]dashboard: {api}/  sign in as household-1 / {passwords['household-1']}[/bold]\n"
@@ -506,7 +535,7 @@ def print_guide(api: str, workdir: Path, passwords: dict[str, str], credentials:
         f"installer   an SDM630 no gateway reads yet on {extra_meter} ({d}/extra-meter), a one-time "
         f"token in {d}/installer-token: scan, provision, check (README, Installers)\n"
         f"anyone      the log's public key: {api}/api/v1/log/public-key ({d}/log.pub); "
-        f"check a proof bundle with .venv/bin/meterchain verify"
+        f"check a proof bundle with {cli} verify" + consortium_line
     )
 
 
@@ -515,7 +544,8 @@ def backend_toml(config: BackendConfig) -> str:
     explains each setting)."""
     lines = ["[backend]"]
     for name in ("db", "broker", "http_host", "http_port", "log_key", "origin", "admin_token",
-                 "seal_interval", "settle_every", "gateway_broker_url", "public_url"):
+                 "seal_interval", "settle_every", "gateway_broker_url", "public_url", "witness_policy",
+                 "witness_timeout"):
         value = getattr(config, name)
         lines.append(f"{name} = {json.dumps(value)}")
     return "\n".join(lines) + "\n"
@@ -560,14 +590,7 @@ def _die_with_parent() -> None:
 
 async def stop_backend(proc: asyncio.subprocess.Process) -> None:
     """SIGTERM (the backend seals what is pending and stops), SIGKILL after 60 s."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 60)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+    await consortium.stop_process(proc, 60)
 
 
 class BackendFailed(Exception):
@@ -598,7 +621,8 @@ def keep_modbus_chatter_in(path: Path) -> Path:
 
 
 async def run_demo(workdir: Path, http_port: int, duration: float | None,
-                   history_days: int = DEFAULT_HISTORY_DAYS, show_progress: bool = True) -> None:
+                   history_days: int = DEFAULT_HISTORY_DAYS, show_progress: bool = True,
+                   with_witnesses: bool = True) -> None:
     check_port_free("127.0.0.1", http_port)
     workdir.mkdir(parents=True, exist_ok=True)
     workdir.chmod(0o700)
@@ -622,10 +646,13 @@ async def run_demo(workdir: Path, http_port: int, duration: float | None,
     api = f"http://127.0.0.1:{http_port}"
     db = workdir / "backend.sqlite"
     _secure_db(db)
+    policy_file = workdir / "witnesses.policy"
     config = BackendConfig(
         db=str(db), broker=broker.url, http_port=http_port, log_key=str(workdir / "log.key"),
         origin=DEMO_ORIGIN, admin_token=token, seal_interval=2.0, public_url=api,
-        gateway_broker_url=broker.url,
+        gateway_broker_url=broker.url, witness_policy=str(policy_file) if with_witnesses else "",
+        # loopback witnesses are slow only when the machine is busy: wait rather than miss a quorum
+        witness_timeout=10.0,
     )
 
     store = await open_store(config.db)
@@ -659,17 +686,31 @@ async def run_demo(workdir: Path, http_port: int, duration: float | None,
     agents: list[asyncio.Task[None]] = []
     status: asyncio.Task[None] | None = None
     backend: asyncio.subprocess.Process | None = None
+    witnesses: list[consortium.DemoWitness] = []
+    watcher: asyncio.Task[None] | None = None
+    policy: WitnessPolicy | None = None
     try:
+        # The log key first: the witnesses are told which log they witness (the sealer reuses it).
+        log_signer = load_or_create_log_key(workdir / "log.key", DEMO_ORIGIN)
+        log_key = str(log_signer.verifier)
+        (workdir / "log.pub").write_text(log_key + "\n")
+        if with_witnesses:
+            witnesses = consortium.prepare_witnesses(workdir, log_signer.verifier)
+            policy = consortium.write_policy(policy_file, witnesses, log_signer.verifier)
+            await consortium.start_witnesses(witnesses, child_setup=_die_with_parent)
+            watcher = asyncio.create_task(consortium.watch_witnesses(
+                witnesses, stop, lambda line: console.print(f"[bold red]witness[/bold red]     {line}"), _show))
+            console.print(f"witnesses   {', '.join(f'{w.key.name} {w.url}' for w in witnesses)}; "
+                          f"{policy.describe()} must cosign ({_show(policy_file)}); "
+                          f"logs in {_show(workdir / 'witnesses')}/*/witness.log")
         backend = await start_backend(workdir, config, api)
         _secure_db(db)
-        log_pub = workdir / "log.pub"
-        log_key = str(NoteSigner.parse((workdir / "log.key").read_text()).verifier)
-        log_pub.write_text(log_key + "\n")
         control = workdir / "control.key"  # the sealer's ack-signing key, where the backend has one
         verifier = (str(NoteSigner.parse(control.read_text().strip()).verifier)
                     if control.exists() else "")
-        for g in gateways:  # gateways hold receipts, verified with the log key (docs/agent.md)
-            _agent_config(workdir, g.household, g.pty, broker, api, verifier, log_key)
+        for g in gateways:  # gateways hold receipts, verified with the log key and policy (docs/agent.md)
+            _agent_config(workdir, g.household, g.pty, broker, api, verifier, log_key,
+                          policy.to_text() if policy else "")
         console.print(f"backend     API {api}/api/v1   docs [bold]{api}/docs[/bold]   "
                       f"metrics {api}/metrics   log {workdir / 'backend.log'}")
         credentials = await setup_operations(api, token, workdir, extra_meter)
@@ -696,14 +737,14 @@ async def run_demo(workdir: Path, http_port: int, duration: float | None,
         agents = [asyncio.create_task(Agent(load_config(g.config_path)).run(),
                                       name=g.device) for g in gateways]
         status = asyncio.create_task(_status(config.db, gateways, stop, 10.0, timeline,
-                                             timeline_file))
+                                             timeline_file, policy))
         for g in gateways:
             meters = ", ".join(f"{m.name} {m.serial}" for m in g.household.meters)
             console.print(f"gateway     {g.device} ({g.household.kind}): {meters} on {g.pty}, "
                           f"config {_show(g.config_path)}")
         console.print(f"live        every 15 minutes each agent signs a reading; live power every "
                       f"{TELEMETRY_SECONDS} s. Ctrl-C stops everything.")
-        print_guide(api, workdir, passwords, credentials, extra_meter)
+        print_guide(api, workdir, passwords, credentials, extra_meter, witnesses)
         if duration is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=duration)
@@ -716,7 +757,10 @@ async def run_demo(workdir: Path, http_port: int, duration: float | None,
             task.cancel()
         await _stopped(agents)
         if backend is not None:
-            await stop_backend(backend)
+            await stop_backend(backend)  # it seals what is pending: the witnesses still cosign
+        if watcher is not None:
+            await asyncio.gather(watcher, return_exceptions=True)
+        await consortium.stop_witnesses(witnesses)
         if status is not None:
             await asyncio.gather(status, return_exceptions=True)
         for g in gateways:
@@ -734,6 +778,9 @@ def demo(
         DEFAULT_HISTORY_DAYS, "--history-days", min=1, max=90,
         help="On first start, sign this many past days through the pipe (time-lapse)."),
     duration: float | None = typer.Option(None, "--duration", help="Stop after this many seconds."),
+    witnesses: bool = typer.Option(
+        True, "--witnesses/--no-witnesses",
+        help="Run the consortium: three witness processes, checkpoints cosigned 2 of 3."),
 ) -> None:
     """Run broker, backend, emulated meters and their gateway agents, with a month of history;
     print where each kind of user goes and how to sign in."""
@@ -744,7 +791,12 @@ def demo(
         console.print(f"[bold red]error:[/bold red] {exc}")
         raise typer.Exit(2) from None
     os.umask(0o077)  # keys, tokens, passwords and the database: the owner's alone
-    asyncio.run(run_demo(workdir.resolve(), http_port, duration, history_days))
+    try:
+        asyncio.run(run_demo(workdir.resolve(), http_port, duration, history_days,
+                             with_witnesses=witnesses))
+    except (BackendFailed, consortium.WitnessFailed) as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}")
+        raise typer.Exit(1) from None
 
 
 def register(app: typer.Typer) -> None:

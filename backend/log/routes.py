@@ -124,6 +124,15 @@ def log_api_router(state: ApiState) -> APIRouter:
         """The log's verifier key (name+hash+base64): what `meterchain verify --log-key` takes."""
         return str(state.verifier) + "\n"
 
+    @router.get("/api/v1/log/witness-policy", response_class=PlainTextResponse)
+    async def witness_policy() -> str:
+        """The witness policy (C2SP tlog-policy) this backend's checkpoints are cosigned under and
+        its proof pages require: what `meterchain verify --policy` takes (docs/witness.md)."""
+        if state.witness_policy is None:
+            raise ApiError(404, "no-witness-policy", "this log has no witness policy",
+                           "verify with --log-key alone")
+        return state.witness_policy.to_text()
+
     @router.get("/api/v1/checkpoint", response_class=PlainTextResponse)
     async def checkpoint() -> str:
         """The newest signed checkpoint (C2SP tlog-checkpoint as a signed note)."""

@@ -273,7 +273,7 @@ def router(ctx: WebContext) -> APIRouter:
         name, _ = await household_row(household)
         return ctx.render(request, "verify.html", household=household, household_name=name,
                           username=session.username, point=point, row=row, verified=verified,
-                          problem=problem, fmt_time=_fmt(zone), kwh=kwh,
+                          problem=problem, fmt_time=_fmt(zone), kwh=kwh, policy=ctx.api.witness_policy,
                           fmt_interval=lambda a, b: human_interval(a, b, zone),
                           key_id=verified.key.key_id.hex() if verified else "")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from meterchain.agent.config import load_config
 from meterchain.backend.store import open_store
+from meterchain.contract.tlog_policy import parse_policy
 from meterchain.mqtt.broker import free_port
 
 METERCHAIN = [sys.executable, "-m", "meterchain.cli.main"]
@@ -65,6 +68,22 @@ def test_demo_signs_a_day_of_history_through_the_pipe_then_runs_live(tmp_path: P
         )
         assert verify.returncode == 0, verify.stdout + verify.stderr
         assert "verified: reading gw-0003#2" in verify.stdout
+        # The consortium (issue 17): the checkpoint is cosigned by 2 or 3 of the demo's witnesses,
+        # and the gateways check receipts under the same policy.
+        policy = workdir / "witnesses.policy"
+        verify = subprocess.run(
+            [*METERCHAIN, "verify", str(tmp_path / "r.tlog-proof"), "--log-key",
+             str(workdir / "log.pub"), "--policy", str(policy)], capture_output=True, text=True)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        named = re.search(r"witnesses: (.+) cosigned \(policy: 2 of stadtwerke, netz, regulator\)",
+                          " ".join(verify.stdout.split()))
+        assert named is not None, verify.stdout
+        assert len(set(named.group(1).split(", ")) & {"stadtwerke", "netz", "regulator"}) >= 2
+        assert "ok   witnesses" in verify.stdout
+        gateway = load_config(workdir / "gw-0001.toml")
+        assert gateway.witness_policy is not None
+        assert parse_policy(gateway.witness_policy) == parse_policy(policy.read_text())
+        assert httpx.get(f"{api}/log/witness-policy").text == parse_policy(policy.read_text()).to_text()
         assert json.loads(_get(f"{base}/healthz"))
         logins = workdir / "households.txt"
         for secret in (logins, workdir / "admin-token", workdir / "backend.sqlite",
@@ -102,7 +121,7 @@ def test_demo_signs_a_day_of_history_through_the_pipe_then_runs_live(tmp_path: P
     assert proc.returncode == 0, out
     assert "demo stopped" in out and "quarter hours per meter" in out
     assert f"dashboard: {base}/  sign in as household-1 /" in out
-    for user in ("households", "operator", "utility", "installer"):
+    for user in ("households", "operator", "utility", "installer", "consortium"):
         assert f"\n{user}" in out, f"no line for the {user}"
 
     async def check_store() -> None:
@@ -237,13 +256,14 @@ def test_ctrl_c_during_the_history_stops_everything(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(180)
 def test_a_killed_demo_takes_its_backend_with_it(tmp_path: Path) -> None:
-    """SIGKILL leaves no cleanup to the demo: the backend (its own session) still goes."""
+    """SIGKILL leaves no cleanup to the demo: the backend and the witnesses (their own sessions)
+    still go."""
     workdir, port = tmp_path / "demo", free_port()
     proc = subprocess.Popen(
         [*METERCHAIN, "demo", "--dir", str(workdir), "--history-days", "1", "--http-port",
          str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not (workdir / "log.pub").exists():
+    while not (workdir / "control.key").exists():  # the backend's sealer made it: all are up
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.5)
     proc.kill()
@@ -251,7 +271,8 @@ def test_a_killed_demo_takes_its_backend_with_it(tmp_path: Path) -> None:
     deadline = time.monotonic() + 60
     while True:
         backends = [p.name for p in Path("/proc").iterdir() if p.name.isdigit()
-                     and "backend.toml" in _cmdline(p) and str(workdir) in _cmdline(p)]
+                    and ("backend.toml" in _cmdline(p) or "witness.toml" in _cmdline(p))
+                    and str(workdir) in _cmdline(p)]
         if not backends or time.monotonic() > deadline:
             break
         time.sleep(0.5)
@@ -260,7 +281,7 @@ def test_a_killed_demo_takes_its_backend_with_it(tmp_path: Path) -> None:
     for p in Path("/proc").iterdir():  # the broker is the demo's child: not in scope here
         if p.name.isdigit() and str(workdir) in _cmdline(p) and "mosquitto" in _cmdline(p):
             os.kill(int(p.name), 15)
-    assert backends == [], "the backend outlived a killed demo"
+    assert backends == [], "the backend or a witness outlived a killed demo"
 
 
 def _cmdline(pid: Path) -> str:

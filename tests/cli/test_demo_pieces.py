@@ -334,3 +334,156 @@ def test_pymodbus_chatter_goes_to_its_file_not_the_console(tmp_path: Path,
                 modbus.removeHandler(handler)
                 handler.close()
         modbus.propagate = propagate
+
+
+# ------------------------------------------------------------------ the consortium (issue 17)
+
+
+def test_witnesses_are_made_once_and_kept_with_their_keys_across_runs(tmp_path: Path) -> None:
+    """First start: `witness init` for each of the three; a re-run reuses key and port, and moves a
+    witness whose port another program took to a free one."""
+    from meterchain.cli import demo_consortium as consortium
+    from meterchain.witness.config import load_config as load_witness
+
+    log_key = NoteSigner.generate(demo.DEMO_ORIGIN).verifier
+    first = consortium.prepare_witnesses(tmp_path, log_key)
+    assert [w.key.name for w in first] == [name for _, name, _ in consortium.WITNESSES]
+    assert len({w.port for w in first}) == 3
+    for w in first:
+        assert _mode(w.directory / "witness.key") == 0o600
+        assert load_witness(w.config).logs == {log_key.name: (log_key,)}
+    with socket.socket() as taken:  # another program on the regulator's port
+        taken.bind(("127.0.0.1", first[2].port))
+        taken.listen()
+        again = consortium.prepare_witnesses(tmp_path, log_key)
+    assert [str(w.key) for w in again] == [str(w.key) for w in first]  # the same keys
+    assert [w.port for w in again[:2]] == [w.port for w in first[:2]]
+    assert again[2].port not in {w.port for w in first}
+    assert load_witness(again[2].config).port == again[2].port  # written where serve reads it
+    other = NoteSigner.generate(demo.DEMO_ORIGIN).verifier
+    with pytest.raises(consortium.WitnessFailed, match="witnesses another log"):
+        consortium.prepare_witnesses(tmp_path, other)
+
+
+def test_the_policy_file_asks_two_of_the_three_witnesses_at_their_urls(tmp_path: Path) -> None:
+    from meterchain.backend.log.cosigning import load_policy
+    from meterchain.backend.provisioning.tokens import settings_from_config
+    from meterchain.cli import demo_consortium as consortium
+    from meterchain.contract.cosignature import Cosigner
+
+    log_key = NoteSigner.generate(demo.DEMO_ORIGIN).verifier
+    witnesses = consortium.prepare_witnesses(tmp_path, log_key)
+    path = tmp_path / "witnesses.policy"
+    written = consortium.write_policy(path, witnesses, log_key)
+    policy = load_policy(str(path))  # as the backend's sealer reads it
+    assert policy == written and policy.describe() == "2 of stadtwerke, netz, regulator"
+    assert [(w.name, w.url) for w in policy.witnesses.values()] == [(w.name, w.url) for w in witnesses]
+    assert [key for key, _ in policy.logs] == [log_key]
+    signed = {w.key.name for w in witnesses[:2]}
+    assert policy.satisfied(signed) and not policy.satisfied(set(list(signed)[:1]))
+    assert Cosigner.generate("stranger.example/w").key not in policy.keys
+    # provisioning hands gateways the same policy (the installer's agent.toml)
+    config = BackendConfig(db=str(tmp_path / "b.sqlite"), log_key=str(tmp_path / "log.key"),
+                           witness_policy=str(path), gateway_broker_url="mqtt://127.0.0.1:1883")
+    assert settings_from_config(config).witness_policy == policy.to_text()
+
+
+def test_gateway_configs_carry_the_log_key_and_the_witness_policy(tmp_path: Path) -> None:
+    from meterchain.contract.cosignature import Cosigner
+    from meterchain.contract.tlog_policy import Witness, WitnessPolicy, parse_policy
+
+    log_key = str(NoteSigner.generate(demo.DEMO_ORIGIN).verifier)
+    policy = WitnessPolicy.k_of_n(2, [Witness(f"w{i}", Cosigner.generate(f"w{i}.example/w").key,
+                                              f"http://127.0.0.1:{7000 + i}") for i in (1, 2, 3)])
+    broker = RunningBroker("amqtt", "127.0.0.1", 18831)
+    path = demo._agent_config(tmp_path, demo.HOUSEHOLDS[0], "/dev/pts/7", broker, "http://127.0.0.1:8000",
+                              log_key=log_key, witness_policy=policy.to_text())
+    config = load_config(path)
+    assert config.log_key == log_key and config.witness_policy is not None
+    assert parse_policy(config.witness_policy) == policy
+
+
+def test_the_guide_has_a_consortium_line_with_the_witnesses_and_the_commands(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from meterchain.cli import demo_consortium as consortium
+
+    monkeypatch.chdir(tmp_path)
+    workdir = tmp_path / "demo-data"
+    witnesses = consortium.prepare_witnesses(workdir, NoteSigner.generate(demo.DEMO_ORIGIN).verifier)
+    with demo.console.capture() as captured:
+        demo.print_guide("http://127.0.0.1:8000", workdir, {"household-1": "pw-1"},
+                         demo.Credentials("u", "i"), "/dev/pts/9", witnesses)
+    line = next(x for x in captured.get().splitlines() if x.startswith("consortium"))
+    for w in witnesses:
+        assert f"{w.name} {w.url}" in line
+    assert "2 of 3 must cosign (demo-data/witnesses.policy)" in line
+    assert (".venv/bin/meterchain verify BUNDLE --log-key demo-data/log.pub --policy "
+            "demo-data/witnesses.policy") in line
+    assert (".venv/bin/meterchain monitor http://127.0.0.1:8000 --log-key demo-data/log.pub "
+            "--policy demo-data/witnesses.policy") in line
+    assert "kill $(cat demo-data/witnesses/regulator/witness.pid)" in line
+    with demo.console.capture() as captured:  # --no-witnesses: no such line
+        demo.print_guide("http://127.0.0.1:8000", workdir, {"household-1": "pw-1"},
+                         demo.Credentials("u", "i"), "/dev/pts/9")
+    assert "consortium" not in captured.get()
+
+
+def test_the_status_line_says_who_cosigned_and_when_the_quorum_is_missed() -> None:
+    from meterchain.contract.checkpoint import Checkpoint
+    from meterchain.contract.cosignature import Cosigner, add_signatures
+    from meterchain.contract.tlog_policy import Witness, WitnessPolicy
+
+    log = NoteSigner.generate(demo.DEMO_ORIGIN)
+    cosigners = [Cosigner.generate(f"w{i}.example/w") for i in (1, 2, 3)]
+    policy = WitnessPolicy.k_of_n(2, [Witness(f"w{i}", c.key) for i, c in enumerate(cosigners, 1)])
+    note = Checkpoint(log.name, 5, b"\x01" * 32).sign(log)
+    body = note[: note.rfind("\n\n") + 1]
+    two = add_signatures(note, [c.cosign(body, 1_700_000_000) for c in cosigners[:2]])
+    one = add_signatures(note, [cosigners[0].cosign(body, 1_700_000_000)])
+    assert demo._cosigned(two, policy) == " cosigned 2/3"
+    assert "cosigned 1/3 (policy: 2 of w1, w2, w3)" in demo._cosigned(one, policy)
+
+
+@pytest.mark.timeout(180)
+async def test_witnesses_start_answer_and_stop_and_a_dead_one_is_reported_in_one_line(tmp_path: Path) -> None:
+    from meterchain.cli import demo_consortium as consortium
+
+    log_key = NoteSigner.generate(demo.DEMO_ORIGIN).verifier
+    witnesses = consortium.prepare_witnesses(tmp_path, log_key)
+    stop, lines = asyncio.Event(), list[str]()
+    try:
+        await consortium.start_witnesses(witnesses)
+        watcher = asyncio.create_task(consortium.watch_witnesses(witnesses, stop, lines.append))
+        pids = [int(w.pid_file.read_text()) for w in witnesses]
+        os.kill(pids[1], signal.SIGTERM)  # as the README's "stop one" does
+        deadline = time.monotonic() + 60
+        while not lines and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("netz.example/witness (the grid operator) stopped with status")
+        assert str(witnesses[1].log) in lines[0] and "2 of 3 left, the quorum of 2 holds" in lines[0]
+        os.kill(pids[2], signal.SIGTERM)
+        while len(lines) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert "1 of 3 left: new checkpoints miss the quorum of 2" in lines[1]
+    finally:
+        stop.set()
+        await consortium.stop_witnesses(witnesses)
+    await watcher
+    assert len(lines) == 2  # stopping them is not reported
+    assert all(w.proc is not None and w.proc.returncode is not None for w in witnesses)
+    assert not any(w.pid_file.exists() for w in witnesses)
+
+
+async def test_a_witness_that_cannot_start_fails_with_the_end_of_its_log(tmp_path: Path) -> None:
+    from meterchain.cli import demo_consortium as consortium
+
+    log_key = NoteSigner.generate(demo.DEMO_ORIGIN).verifier
+    witnesses = consortium.prepare_witnesses(tmp_path, log_key)
+    (witnesses[0].directory / "witness.key").write_text("not a key\n")
+    try:
+        with pytest.raises(consortium.WitnessFailed, match="exited with status 2") as failed:
+            await consortium.start_witnesses(witnesses[:1])
+    finally:
+        await consortium.stop_witnesses(witnesses)
+    assert str(witnesses[0].log) in str(failed.value) and "key file" in str(failed.value)

@@ -141,6 +141,11 @@ def test_the_readmes_commands_run_against_the_demo(demo: Demo) -> None:
                                        f"{result.stderr}"
         if "meterchain verify" in block:
             assert "verified: reading gw-0001#" in result.stdout
+        if "--policy" in block:  # the consortium's quorum was required, and met
+            assert "ok   witnesses" in result.stdout
+            assert "2 of stadtwerke, netz, regulator" in " ".join(result.stdout.split())  # rich wraps
+        if "agent provision" in block:  # provisioning hands out the backend's witness policy
+            assert "witness_policy" in (demo.data / "installer" / "agent.toml").read_text()
     assert not list(demo.root.glob("*.tlog-proof")) and not list(demo.root.glob("*.pub"))
 
 
@@ -212,6 +217,12 @@ def test_a_household_meets_its_month_its_bill_and_its_proofs(demo: Demo, tmp_pat
         page.wait_for_url(re.compile(r".*/points/mp-2/readings/gw-0002/\d+$"))
         statement = page.inner_text("#statement")
         assert "Signed by gateway gw-0002 for meter 21000002" in statement
+        # the consortium (issue 17): the page required the quorum and names who cosigned
+        witnesses = " ".join(page.inner_text("#witnesses").split())
+        named = re.search(r"Cosigned by the witnesses (.+) \(the log's witness policy requires "
+                          r"2 of stadtwerke, netz, regulator\)", witnesses)
+        assert named is not None, witnesses
+        assert len(set(named.group(1).split(", ")) & {"stadtwerke", "netz", "regulator"}) >= 2
         page.screenshot(path=str(SCREENSHOTS / "demo-verify.png"), full_page=True)
         with page.expect_download() as info:
             page.click("#bundle")
@@ -219,9 +230,10 @@ def test_a_household_meets_its_month_its_bill_and_its_proofs(demo: Demo, tmp_pat
         info.value.save_as(bundle)
         verified = subprocess.run(
             [sys.executable, "-m", "meterchain.cli.main", "verify", str(bundle), "--log-key",
-             str(demo.data / "log.pub")], capture_output=True, text=True, timeout=60)
+             str(demo.data / "log.pub"), "--policy", str(demo.data / "witnesses.policy")],
+            capture_output=True, text=True, timeout=60)
         assert verified.returncode == 0, verified.stdout + verified.stderr
-        assert "verified: reading gw-0002#" in verified.stdout
+        assert "verified: reading gw-0002#" in verified.stdout and "ok   witnesses" in verified.stdout
         browser.close()
 
 
