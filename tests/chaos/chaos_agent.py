@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -38,12 +39,22 @@ class JumpClock:
             await asyncio.sleep(min(remaining, 0.2))
 
 
+def _dump_tasks() -> None:
+    """SIGUSR1: every task's stack to stderr (the test asks when an agent stalls)."""
+    print(f"--- tasks at {time.time():.1f}", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
 async def main(config: str, offset_file: str) -> None:
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
     agent = Agent(load_config(Path(config)), clock=JumpClock(Path(offset_file)),
                   backoff=Backoff(initial=0.1, maximum=0.5), status_interval=5)
     await agent.run()
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(created).3f %(message)s")
+    logging.getLogger("meterchain.agent").setLevel(logging.INFO)
     asyncio.run(main(sys.argv[1], sys.argv[2]))
