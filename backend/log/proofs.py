@@ -33,6 +33,15 @@ async def inclusion_proof(store: LogStore, index: int, size: int) -> list[bytes]
     return await _assemble(store, inclusion_plan(index, size), size)
 
 
+async def inclusion_proofs(store: LogStore, indices: Sequence[int], size: int) -> list[list[bytes]]:
+    """Inclusion proofs of several leaves in the tree of ``size``, in order; the nodes of all of
+    them read together (one query for the groups none of them has cached)."""
+    plans = [inclusion_plan(index, size) for index in indices]
+    fetched = await reader_for(store).hashes(
+        dict.fromkeys(node for plan in plans for node in plan.node_ids), size)
+    return [plan.assemble(fetched) for plan in plans]
+
+
 async def consistency_proof(store: LogStore, old_size: int, new_size: int) -> list[bytes]:
     """Consistency proof between two tree sizes (RFC 9162 §2.1.4)."""
     if not 0 < old_size <= new_size:
@@ -60,15 +69,14 @@ async def build_bundle(store: ProofStore, device: str, seq: int, point: str | No
             seq=seq,
         )
     size = checkpoint.size
-    keys = [
-        LoggedLeaf(leaf.data, leaf.leaf_index, tuple(await inclusion_proof(store, leaf.leaf_index, size)))
-        for leaf in await store.device_leaves(device)
-        if leaf.leaf_index is not None and leaf.leaf_index < size
-    ]
-    reading = LoggedLeaf(
-        row.message, row.leaf_index, tuple(await inclusion_proof(store, row.leaf_index, size))
-    )
-    assignments = [LoggedOpening(opening, index, tuple(await inclusion_proof(store, index, size)))
-                   for index, opening in openings if index < size]
-    return Bundle(reading=reading, device_leaves=tuple(keys), checkpoint=checkpoint.note,
-                  point=point, assignments=tuple(assignments)).to_text()
+    keys = [(leaf.data, leaf.leaf_index) for leaf in await store.device_leaves(device)
+            if leaf.leaf_index is not None and leaf.leaf_index < size]
+    opened = [(opening, index) for index, opening in openings if index < size]
+    # Every proof of the bundle from one read of their nodes, not one read each (issue 20).
+    proofs = iter(await inclusion_proofs(
+        store, [index for _, index in keys] + [row.leaf_index] + [index for _, index in opened], size))
+    device_leaves = tuple(LoggedLeaf(data, index, tuple(next(proofs))) for data, index in keys)
+    reading = LoggedLeaf(row.message, row.leaf_index, tuple(next(proofs)))
+    assignments = tuple(LoggedOpening(opening, index, tuple(next(proofs))) for opening, index in opened)
+    return Bundle(reading=reading, device_leaves=device_leaves, checkpoint=checkpoint.note,
+                  point=point, assignments=assignments).to_text()

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meterchain.backend.log.audit import audit
 from meterchain.backend.log.backfill import backfill_strata
-from meterchain.backend.log.nodes import NodeReader
-from meterchain.backend.log.proofs import consistency_proof, inclusion_proof
+from meterchain.backend.log.nodes import NodeReader, reader_for
+from meterchain.backend.log.proofs import consistency_proof, inclusion_proof, inclusion_proofs
 from meterchain.backend.log.sealer import Sealer
 from meterchain.backend.log.strata import GROUP_WIDTH, LEGACY_STRIDE, STRIDE, is_stored, span_of
 from meterchain.backend.log.tree import CompactRange, NodeId, consistency_plan, inclusion_plan
@@ -355,6 +355,21 @@ def test_migration_9_marks_a_sealed_log_as_the_old_layout(tmp_path: Path) -> Non
             for statement in MIGRATIONS[number]:
                 db.execute(statement)
             assert db.execute("SELECT value FROM log_meta WHERE key = 'stride'").fetchone() == (stride,)
+
+
+async def test_several_inclusion_proofs_are_one_read(big_log: tuple[Path, list[bytes]]) -> None:
+    # A bundle's proofs (device leaves, the reading, binding openings) come from one query.
+    path, hashes = big_log
+    store = await open_store(path)
+    try:
+        indices = [0, 17, SIZE // 2, SIZE - 1, 17]
+        reads = reader_for(store).reads
+        proofs = await inclusion_proofs(store, indices, SIZE)
+        assert reader_for(store).reads == reads + 1
+        assert proofs == [merkle.inclusion_proof(index, hashes) for index in indices]
+        assert await inclusion_proofs(store, [], SIZE) == []
+    finally:
+        await store.close()
 
 
 async def test_a_tile_is_one_direct_range_read(big_log: tuple[Path, list[bytes]]) -> None:
