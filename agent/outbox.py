@@ -12,8 +12,8 @@ the poll cycle's one transaction (all meters of one interval and
   acked rows are deleted in one batch inside a later cycle's transaction, once ``PURGE_ROWS`` of
   them wait. A restart before that applies the broker's retained ack again.
 
-Measured with bench/bench_agent_io.py (docs/benchmarks.md): 13.3 KB written per reading with a
-transaction per publish batch and per ack, and row updates for each send.
+Measured with bench/bench_agent_io.py (docs/benchmarks.md): 14.0 KB written per reading with a
+transaction per publish batch and per ack and a row update for each send, 2.2 KB without them.
 
 The sequence number is inside the signed bytes, so it is allocated, signed and stored in one
 transaction: a crash before the commit leaves neither the reading nor the used number behind, and
@@ -51,10 +51,13 @@ log = logging.getLogger(__name__)
 SYNCHRONOUS = "FULL"
 #: Page size of a new outbox (an existing one keeps its own): a commit writes whole pages.
 PAGE_SIZE = 1024
-#: WAL pages between automatic checkpoints (SQLite's default is 1000).
-WAL_AUTOCHECKPOINT = 1000
-#: Bytes the WAL file is truncated to after a checkpoint.
-JOURNAL_SIZE_LIMIT = 1 << 20
+#: WAL pages between automatic checkpoints (SQLite's default is 1000): a checkpoint copies the
+#: pages the cycles touched since the last one, about the same few hundred each time, so rarer
+#: checkpoints write less per reading (measured: docs/decisions.md). ≈ 4 MiB of WAL.
+WAL_AUTOCHECKPOINT = 4000
+#: Bytes the WAL file is cut back to after a checkpoint: above its size, so it is reused in
+#: place rather than shrunk and grown again.
+JOURNAL_SIZE_LIMIT = 5 << 20
 #: The next sequence number of an outbox (also for readers of the file: agent/provision.py).
 NEXT_SEQ_SQL = ("SELECT MAX(next_seq, IFNULL((SELECT MAX(seq) FROM readings), 0) + 1,"
                 " IFNULL((SELECT MAX(seq) FROM quarantine), 0) + 1) FROM state")
