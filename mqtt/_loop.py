@@ -127,8 +127,12 @@ async def answers_again(url: BrokerUrl, every: float, rng: random.Random) -> boo
 
 async def _tcp_answers(host: str, port: int, timeout: float) -> bool:
     """Does ``host:port`` accept a TCP connection (closed at once, nothing sent)?"""
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for hands back the attempt's OSError
+    # when a cancellation comes in the turn the attempt fails, and the caller's probing loop
+    # would go on after being cancelled (a gateway stopped during an outage hung).
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(host, port)
     except (OSError, TimeoutError):
         return False
     writer.close()

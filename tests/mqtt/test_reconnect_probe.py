@@ -141,3 +141,30 @@ async def test_back_within_seconds_of_a_restart_however_long_the_backoff(tmp_pat
         with contextlib.suppress(asyncio.CancelledError):
             await loop
         await running.stop()
+
+
+async def test_a_probe_cancelled_as_its_connection_is_refused_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancelling the probe in the loop turn its connection attempt fails in must end it.
+
+    asyncio.wait_for (Python 3.11) returned the attempt's OSError instead of the cancellation
+    when both came in one turn; the probe took that for a refusal and went on probing, so a
+    gateway stopped while its broker was down hung until the broker came back (seen under load:
+    the agent's task did not stop within 30 s of its cancellation).
+    """
+    probe: asyncio.Task[bool] | None = None
+    attempts = 0
+
+    async def refused(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            assert probe is not None
+            probe.cancel()  # arrives in the same turn as the refusal below
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(asyncio, "open_connection", refused)
+    url = BrokerUrl.parse(f"mqtt://127.0.0.1:{free_port()}")
+    probe = asyncio.create_task(answers_again(url, 0.02, random.Random(3)))
+    await asyncio.wait({probe}, timeout=30)
+    assert probe.cancelled(), f"the probe went on after its cancellation ({attempts} attempts)"
+    assert attempts == 1
