@@ -544,8 +544,8 @@ def backend_toml(config: BackendConfig) -> str:
     explains each setting)."""
     lines = ["[backend]"]
     for name in ("db", "broker", "http_host", "http_port", "log_key", "origin", "admin_token",
-                 "seal_interval", "settle_every", "gateway_broker_url", "public_url", "witness_policy",
-                 "witness_timeout"):
+                 "seal_interval", "seal_coalesce", "settle_every", "gateway_broker_url", "public_url",
+                 "witness_policy", "witness_timeout"):
         value = getattr(config, name)
         lines.append(f"{name} = {json.dumps(value)}")
     return "\n".join(lines) + "\n"
@@ -653,6 +653,9 @@ async def run_demo(workdir: Path, http_port: int, duration: float | None,
         gateway_broker_url=broker.url, witness_policy=str(policy_file) if with_witnesses else "",
         # loopback witnesses are slow only when the machine is busy: wait rather than miss a quorum
         witness_timeout=10.0,
+        # a seal waits 1 s for more readings to join it: while the history is signed, the witnesses
+        # are asked about once a second, not for every few readings (docs/witness.md, "The demo")
+        seal_coalesce=1.0 if with_witnesses else BackendConfig().seal_coalesce,
     )
 
     store = await open_store(config.db)
