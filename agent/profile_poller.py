@@ -112,8 +112,9 @@ class ProfilePoller:
         time comes back (issue 18)."""
         wake = next_boundary(self.clock.now(), self.interval) + settle_delay(self.interval)
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.clock.sleep_until(wake), min(self.interval, 60))
+            with contextlib.suppress(TimeoutError):  # not wait_for: see Poller._next_end
+                async with asyncio.timeout(min(self.interval, 60)):
+                    await self.clock.sleep_until(wake)
             now = self.clock.now()
             if now >= wake:
                 return

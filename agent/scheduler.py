@@ -123,8 +123,11 @@ class Poller:
         for its own time to reach the deadline) sees the step."""
         end = next_boundary(self.clock.now(), self.interval)
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+            # comes in the turn the sleep ends, and the poller would poll on after its stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.clock.sleep_until(end), min(self.interval, 60))
+                async with asyncio.timeout(min(self.interval, 60)):
+                    await self.clock.sleep_until(end)
             now = self.clock.now()
             if now >= end:
                 return end
