@@ -43,7 +43,8 @@ from tests.support.agent import FAST_BACKOFF, AcceleratedClock, wait_until
 from tests.support.backend import Gateway
 from tests.support.scale_out import needs_shared_subscriptions, serving
 
-pytestmark = pytest.mark.timeout(90)
+# Worker processes import the CLI (over 10 s at load 11) and start a check pool before they serve.
+pytestmark = pytest.mark.timeout(300)
 GROUP = "ingest"
 QUIET = logging.getLogger("test_scale_out.mqtt")  # "N pending publish calls" is the point here
 QUIET.setLevel(logging.ERROR)
@@ -100,7 +101,7 @@ async def assert_logged_once(admin: SqliteStore, devices: int, messages: list[by
     """Sealed: the tree holds the device leaves, the control-key leaf and each distinct reading
     exactly once."""
     size = devices + len(await admin.control_leaves()) + len(set(messages))
-    await wait_until_async(lambda: _sealed(admin, size), 20, "sealing")
+    await wait_until_async(lambda: _sealed(admin, size), 60, "sealing")
     hashes = await admin.leaf_hashes(0, size)
     assert len(hashes) == len(set(hashes))
     assert {leaf_hash(m) for m in messages} <= set(hashes)
@@ -153,9 +154,9 @@ async def test_three_workers_store_every_reading_once_and_every_ack_covers_it(
                                       max_inflight_messages=200, logger=QUIET) as publisher:
                 await asyncio.gather(*(publisher.publish(topic, payload, qos=1)
                                        for topic, payload in sent))
-            await wait_until_async(lambda: _acked(watch, gateways, per_device), 30,
+            await wait_until_async(lambda: _acked(watch, gateways, per_device), 60,
                                    "every device's ack at 50")
-            await wait_until_async(all_handled, 30, "every copy handled")
+            await wait_until_async(all_handled, 60, "every copy handled")
         # The group shared the work: every worker handled readings (which copy is stored and
         # which is the duplicate depends on whose commit came first).
         assert all(s.get("stored", 0) + s.get("duplicate", 0) > 0 for s in stats), stats
@@ -239,41 +240,48 @@ async def test_a_killed_worker_loses_nothing_the_agents_resend_to_the_others(
     tasks: list[asyncio.Task[None]] = []
     try:
         async with serving(node(tmp_path, broker, "sealer")):
-            for port in ports:
-                await wait_until_async(lambda p=port: _subscribed(p), 20, f"worker on {port}")
+            for worker, port in zip(workers, ports, strict=True):
+                await worker_ready(worker, port, tmp_path)
             tasks = [asyncio.create_task(agent.run()) for agent in agents]
 
             async def stored() -> int:
                 return await admin.reading_count()
 
-            await wait_until_async(lambda: _at_least(stored, 60), 30, "60 stored readings")
+            await wait_until_async(lambda: _at_least(stored, 60), 60, "60 stored readings")
             killed = await worker_stats(ports[0])
             assert killed.get("stored", 0) > 0  # it took its share before it died
             workers[0].send_signal(signal.SIGKILL)  # mid-stream: no DISCONNECT, batch in flight
-            workers[0].wait(5)
+            workers[0].wait(30)
             before = await admin.reading_count()
-            await wait_until_async(lambda: _at_least(stored, before + 60), 30,
+            await wait_until_async(lambda: _at_least(stored, before + 60), 60,
                                    "60 more readings after the kill")
             signed = [int(a.metrics.readings_signed._value.get()) for a in agents]
             await wait_until(lambda: all(a.metrics.readings_acked._value.get() >= s
                                          for a, s in zip(agents, signed, strict=True)),
-                             30, "acks for every reading signed by then")
+                             60, "acks for every reading signed by then")
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             survivor = await worker_stats(ports[1])
             assert survivor.get("stored", 0) > 0
-            messages = []
+            # The survivor stops too before the count: readings the agents sent before they
+            # stopped (acked or not) are stored up to then, none after.
+            workers[1].terminate()
+            workers[1].wait(60)
             for config in configs:
                 async with await Outbox.open(config.outbox_path, config.device_id) as outbox:
                     assert await outbox.quarantined() == []
                     upto = await outbox.acked_upto()
                 rows = [await admin.reading(config.device_id, s) for s in range(1, upto + 1)]
                 assert all(rows), config.device_id  # every acked seq is stored
-                messages += [row.message for row in rows]  # type: ignore[union-attr]
             assert sum([await admin.reading_count(c.device_id) for c in configs]) >= sum(signed)
             total = await admin.reading_count()
-        await assert_logged_once(admin, len(configs), messages)
+            # Every stored reading, acked or not (the agents may have stopped before the ack
+            # of the last ones came): the sealer, still running, logs each once.
+            messages = [row.message for c in configs
+                        for row in await admin.readings(c.device_id, 0, 2**53 - 1, 1_000_000)]
+            assert len(messages) == total
+            await assert_logged_once(admin, len(configs), messages)
         logged = len(configs) + len(await admin.control_leaves()) + total
         assert (await admin.latest_checkpoint()).size == logged  # type: ignore[union-attr]
     finally:
@@ -287,6 +295,23 @@ async def test_a_killed_worker_loses_nothing_the_agents_resend_to_the_others(
         for _, bus, _ in gateways:
             await bus.stop()
         await admin.close()
+
+
+WORKER_START = 120.0  # a worker process's budget to import the CLI, start its pool and subscribe
+
+
+async def worker_ready(worker: subprocess.Popen[bytes], port: int, tmp_path: Path) -> None:
+    """Wait until a worker process answers /healthz (it has subscribed); fail with its log if it
+    exits or takes longer than WORKER_START."""
+    deadline = time.monotonic() + WORKER_START
+    while not await _subscribed(port):
+        if worker.poll() is not None or time.monotonic() > deadline:
+            logs = {path.name: path.read_text(errors="replace")[-2000:]
+                    for path in sorted(tmp_path.glob("worker-*.log"))}
+            state = f"exited with {worker.returncode}" if worker.poll() is not None else (
+                f"not subscribed after {WORKER_START} s")
+            raise AssertionError(f"the ingest worker on port {port} {state}; logs: {logs}")
+        await asyncio.sleep(0.2)
 
 
 async def _subscribed(port: int) -> bool:
