@@ -19,7 +19,7 @@ from meterchain.mqtt.broker import RunningBroker, free_port
 
 from tests.support.agent import DEVICE, running, start_gateway, wait_until
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
 
 
 def _fetch(url: str, token: str) -> bytes:
@@ -41,7 +41,7 @@ async def test_every_reading_is_stored_once_sealed_and_provable(tmp_path: Path, 
     stop, ready = asyncio.Event(), asyncio.Event()
     backend = asyncio.create_task(serve(config, stop=stop, ready=ready))
     try:
-        await asyncio.wait_for(ready.wait(), 20)
+        await asyncio.wait_for(ready.wait(), 120)  # a start-up budget: load 10-20 slows it many times
         agent = gateway.agent()
         async with running(agent.run):
             await wait_until(lambda: agent.metrics.readings_signed._value.get() >= 10, 40, "ten readings")
@@ -83,6 +83,6 @@ async def test_every_reading_is_stored_once_sealed_and_provable(tmp_path: Path, 
             assert f"verified: reading {DEVICE}#{seq}" in result.stdout
     finally:
         stop.set()
-        await asyncio.wait_for(backend, 20)
+        await asyncio.wait_for(backend, 60)
         await store.close()
         await gateway.bus.stop()
