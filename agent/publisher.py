@@ -155,8 +155,11 @@ class Publisher:
             if not self._ack_arrived.is_set() and not self.outbox.created:
                 # The retained ack first (found by the chaos suite: a restarted agent published
                 # every reading again that the backend had acked but the outbox still held).
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation
+                # that comes in the turn the ack arrives, and a stopped agent would go on.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._ack_arrived.wait(), RETAINED_ACK_WAIT)
+                    async with asyncio.timeout(RETAINED_ACK_WAIT):
+                        await self._ack_arrived.wait()
             group.create_task(self._send(client))
             if self.status is not None:
                 group.create_task(self._report_status(client))
