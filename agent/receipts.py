@@ -35,8 +35,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 from meterchain.agent.metrics import AgentMetrics
 from meterchain.contract.checkpoint import Checkpoint, open_checkpoint
 from meterchain.contract.errors import MeterchainError
@@ -44,6 +44,9 @@ from meterchain.contract.merkle import HASH_SIZE
 from meterchain.contract.note import NoteVerifier
 from meterchain.contract.receipt import LogInconsistent, LogView, Receipt, verify_receipt
 from meterchain.contract.tlog_policy import WitnessPolicy
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -196,11 +199,20 @@ class ConsistencySource:
         self.log_key = log_key
         self.attempts = max(1, attempts)
         self.backoff = backoff
-        self.client = client or httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)))
+        self.timeout = timeout
+        self.client = client  # made on first use: httpx costs the agent ~7 MB it needs only then
         self.rng = rng or random.Random()
 
     async def close(self) -> None:
-        await self.client.aclose()
+        if self.client is not None:
+            await self.client.aclose()
+
+    def _http(self) -> httpx.AsyncClient:
+        import httpx  # noqa: PLC0415 (lazy, see __init__)
+
+        if self.client is None:
+            self.client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout, connect=min(5.0, self.timeout)))
+        return self.client
 
     async def proof(self, old: int, new: int, held: int) -> list[bytes]:
         """The proof between sizes ``old`` and ``new``; ``held`` is the size this gateway holds a
@@ -236,13 +248,16 @@ class ConsistencySource:
         raise Unproven(f"the log would not prove up to {held} yet")
 
     async def _get(self, path: str) -> httpx.Response:
+        import httpx  # noqa: PLC0415 (lazy, see __init__)
+
+        client = self._http()
         last = ""
         for attempt in range(self.attempts):
             if attempt:
                 delay = self.backoff * 2 ** (attempt - 1)
                 await asyncio.sleep(self.rng.uniform(delay / 2, delay))
             try:
-                answer = await self.client.get(self.base + path)
+                answer = await client.get(self.base + path)
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 continue
