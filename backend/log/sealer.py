@@ -147,8 +147,11 @@ class Sealer:
         at least every ``interval`` seconds (commits this process is not told of: other workers)."""
         await self.start()
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+            # comes in the turn a commit wakes the sealer, which then sealed on after its stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
             if self._wake.is_set() and self.coalesce and self._pending_hint < self.max_leaves:
                 await asyncio.sleep(self.coalesce)  # commits within the window join this seal
             self._wake.clear()

@@ -64,3 +64,28 @@ async def test_without_coalescing_a_commit_waits_for_the_timer(tmp_path: Path) -
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await close(admin, ingest, sealer, api)
+
+
+async def test_a_sealer_stopped_as_a_commit_wakes_it_stops(tmp_path: Path) -> None:
+    """Its stop (cancellation) and a commit's wake in one loop turn: the stop wins.
+
+    Through asyncio.wait_for (Python 3.11) the wake's result came back instead of the
+    cancellation, and the sealer sealed on after its stop (a backend's shutdown would hang)."""
+    gw = Gateway("gw-1")
+    admin, ingest, sealer, api = await backend(tmp_path, gw)
+    sealer.interval, sealer.coalesce = 3600.0, None
+    task = asyncio.create_task(sealer.run())
+    try:
+        deadline = time.monotonic() + 60
+        while not sealer._wake._waiters:  # type: ignore[attr-defined]  # waiting for a commit
+            assert time.monotonic() < deadline and not task.done(), "the sealer did not start"
+            await asyncio.sleep(0.01)
+        sealer._wake.set()
+        task.cancel()
+        await asyncio.wait({task}, timeout=10)
+        assert task.cancelled(), f"the sealer went on after its stop: {task}"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await close(admin, ingest, sealer, api)
