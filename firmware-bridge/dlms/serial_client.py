@@ -121,7 +121,10 @@ class SerialTransport:
             ready = asyncio.Event()
             loop.add_reader(port.fileno(), ready.set)
             try:
-                await asyncio.wait_for(ready.wait(), timeout)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+                # comes in the turn the port turns readable, and the reader would go on after it.
+                async with asyncio.timeout(timeout):
+                    await ready.wait()
             except TimeoutError:
                 return b""
             finally:
