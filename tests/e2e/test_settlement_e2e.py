@@ -141,7 +141,7 @@ async def test_twenty_households_two_days_settled_with_deltas_and_bills(
                            admin_token=ADMIN, seal_interval=0.5, settle_every=0.25)
     stop, ready = asyncio.Event(), asyncio.Event()
     backend = asyncio.create_task(serve(config, stop=stop, ready=ready, clock=clock.now))
-    await asyncio.wait_for(ready.wait(), 20)
+    await asyncio.wait_for(ready.wait(), 120)  # a start-up budget (the clock restarts after it)
     clock.restart_at(START - LEAD)  # the two hours of lead begin now, not before the start-up
     # The agents' timers run on the accelerated clock too: acks are awaited ~4 s and status
     # messages sent every ~5 s of real time.
