@@ -75,11 +75,11 @@ async def test_an_ingest_worker_waits_for_the_sealers_key(tmp_path: Path) -> Non
     path = tmp_path / "control.key"
     try:
         worker = asyncio.create_task(
-            load_or_create_control_key(path, ORIGIN, store, create=False, wait=10))
+            load_or_create_control_key(path, ORIGIN, store, create=False, wait=60))
         await asyncio.sleep(0.3)
         assert not worker.done()  # started before the sealer: waiting
         (made,) = await load_or_create_control_key(path, ORIGIN, store, create=True)
-        (read,) = await asyncio.wait_for(worker, 5)
+        (read,) = await asyncio.wait_for(worker, 60)  # it reads the key once it appears
         assert str(read.verifier) == str(made.verifier)
     finally:
         await store.close()
