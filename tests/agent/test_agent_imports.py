@@ -1,6 +1,7 @@
 """What a gateway's process loads: `meterchain agent ...` must not pull the backend's web stack or
 the HTTP client into a Pi Zero's memory (docs/benchmarks.md, "Gateway agent: resident memory").
-httpx is loaded only when a receipt needs a consistency proof (agent/receipts.py)."""
+httpx is loaded only when a receipt needs a consistency proof (agent/receipts.py), the meter emulators
+only by tests, the demo and `meterchain emulate`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("fastapi", "starlette", "uvicorn", "jinja2", "httpx", "asyncpg", "numpy", "meterchain.backend")
+HEAVY = ("fastapi", "starlette", "uvicorn", "jinja2", "httpx", "asyncpg", "numpy", "meterchain.backend",
+         "meterchain.bridge.modbus.emulator", "meterchain.bridge.dlms.emulator", "pymodbus.server")
 
 PROBE = f"""
 import json, sys
