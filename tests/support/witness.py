@@ -98,7 +98,9 @@ class WitnessProcess:
         vkey = out.stdout.strip().rsplit(" ", 1)[-1]
         return cls(directory, name, port, vkey)
 
-    def start(self, env: dict[str, str] | None = None, timeout: float = 30.0) -> None:
+    def start(self, env: dict[str, str] | None = None, timeout: float = 120.0) -> None:
+        """Start ``meterchain.witness serve``; ``timeout`` is a start-up budget (its imports alone
+        take over 10 s on a loaded machine)."""
         log = open(self.directory / "witness.log", "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "meterchain.witness", "serve", "-c",
@@ -113,7 +115,8 @@ class WitnessProcess:
                 return
             except httpx.TransportError:
                 time.sleep(0.05)
-        raise TimeoutError(f"witness {self.name} did not start")
+        raise TimeoutError(f"witness {self.name} did not answer on {self.url} within {timeout} s: "
+                           f"{(self.directory / 'witness.log').read_text()[-2000:]}")
 
     def wait_dead(self, timeout: float = 10.0) -> int:
         assert self.proc is not None
