@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import logging
 import random
 import sqlite3
@@ -36,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from meterchain.agent.metrics import AgentMetrics
 from meterchain.contract.checkpoint import Checkpoint, open_checkpoint
@@ -189,8 +191,30 @@ def read_view(outbox_path: Path) -> tuple[HeldView | None, LogAlarm | None] | No
         store.close()
 
 
+def answers_authenticated(url: str) -> bool:
+    """Whether what ``url`` answers is the backend's own word: HTTPS (its certificate checked) or
+    loopback. Over plain HTTP to another host anyone on the path can answer for it."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class ConsistencySource:
-    """Consistency proofs (and the newest checkpoint) from the backend's API, with retries."""
+    """Consistency proofs (and the newest checkpoint) from the backend's API, with retries.
+
+    Only signed checkpoints are evidence on their own (a fork: two of one size). A proof that does
+    not verify, or a signed checkpoint smaller than the view (an old one replayed looks the same:
+    checkpoints carry no time), is the log's word only when the answer is authenticated
+    (:func:`answers_authenticated`); otherwise it is :class:`Unproven`, never an alarm, which
+    would freeze the view for good on a stranger's say-so.
+    """
 
     def __init__(self, backend_url: str, log_key: NoteVerifier, *, timeout: float = 10.0,
                  attempts: int = 3, backoff: float = 0.5, client: httpx.AsyncClient | None = None,
@@ -202,6 +226,7 @@ class ConsistencySource:
         self.timeout = timeout
         self.client = client  # made on first use: httpx costs the agent ~7 MB it needs only then
         self.rng = rng or random.Random()
+        self.authenticated = answers_authenticated(self.base)
 
     async def close(self) -> None:
         if self.client is not None:
@@ -241,6 +266,10 @@ class ConsistencySource:
             newest = open_checkpoint(answer.text, self.log_key)
         except MeterchainError as exc:
             raise Unproven(f"the log's checkpoint does not verify: {exc}") from None
+        if newest.size < held and not self.authenticated:
+            raise Unproven(f"a signed checkpoint of {newest.size} leaves over plain HTTP from "
+                           f"{self.base}, fewer than the {held} held: an old one replayed looks the "
+                           "same, not evidence of a rollback (use https://)")
         if newest.size < held:
             raise LogInconsistent(f"the log's newest signed checkpoint has {newest.size} leaves, fewer "
                                   f"than the {held} of a cosigned checkpoint this gateway holds: "
@@ -336,7 +365,13 @@ class ReceiptKeeper:
             if sizes is not None:
                 held = before.size if before is not None else 0
                 proof = await self.proofs.proof(*sizes, held=held)
-            view.advance(checkpoint, proof)
+            try:
+                view.advance(checkpoint, proof)
+            except LogInconsistent as exc:
+                if sizes is None or self.proofs.authenticated:
+                    raise
+                raise Unproven(f"{exc} (the proof came over plain HTTP from {self.proofs.base}: "
+                               "anyone on the path could have sent it; use https://)") from None
         except Unproven as exc:
             self.metrics.receipts_unproven.inc()
             log.warning("event=receipt_unproven device=%s size=%d detail=%r (kept for the next "

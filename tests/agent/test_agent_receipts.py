@@ -33,9 +33,10 @@ from tests.support.receipts import POLICY_2_OF_3, ReceiptLog
 DEVICE = "gw-0001"
 
 
-def _keeper(tmp_path: Path, log: ReceiptLog, metrics: AgentMetrics | None = None) -> ReceiptKeeper:
+def _keeper(tmp_path: Path, log: ReceiptLog, metrics: AgentMetrics | None = None,
+            url: str = "http://backend.test") -> ReceiptKeeper:
     outbox = tmp_path / "outbox.sqlite"
-    proofs = ConsistencySource("http://backend.test", log.signer.verifier, attempts=2, backoff=0.01,
+    proofs = ConsistencySource(url, log.signer.verifier, attempts=2, backoff=0.01,
                                client=httpx.AsyncClient(transport=log.transport()))
     return ReceiptKeeper(device=DEVICE, log_key=log.signer.verifier, policy=POLICY_2_OF_3,
                          outbox_path=outbox, proofs=proofs, metrics=metrics or AgentMetrics(),
@@ -170,7 +171,7 @@ async def test_a_fork_at_the_same_size_raises_the_alarm(tmp_path: Path, log: Rec
 
 
 async def test_a_larger_checkpoint_that_is_no_extension_raises_the_alarm(tmp_path: Path, log: ReceiptLog) -> None:
-    keeper = _keeper(tmp_path, log)
+    keeper = _keeper(tmp_path, log, url="https://backend.test")  # the proof is the backend's own word
     await keeper.handle(log.receipt(3))
     fork = ReceiptLog(log.gateway, log.signer)  # the same key, another history from the start
     fork.append(1, 2, 3, 4, 5, tag=7)
@@ -181,7 +182,7 @@ async def test_a_larger_checkpoint_that_is_no_extension_raises_the_alarm(tmp_pat
 
 
 async def test_a_rolled_back_log_raises_the_alarm(tmp_path: Path, log: ReceiptLog) -> None:
-    keeper = _keeper(tmp_path, log)
+    keeper = _keeper(tmp_path, log, url="https://backend.test")  # /checkpoint is the backend's word
     log.append(4, 5)
     await keeper.handle(log.receipt(5))
     rolled = log.fork()
@@ -198,6 +199,37 @@ async def test_a_rolled_back_log_raises_the_alarm(tmp_path: Path, log: ReceiptLo
     assert len(failed) == 1 and "INCONSISTENT" in failed[0].detail and "rolled back" in failed[0].detail
     assert "do not re-provision" in failed[0].fix
     keeper.close()
+
+
+async def test_plain_http_answers_are_no_evidence_against_the_log(tmp_path: Path, log: ReceiptLog) -> None:
+    """Over plain HTTP to another host anyone on the path can answer for the backend: a proof
+    that does not verify, or a 400 and an old signed checkpoint replayed, must not raise the alarm
+    (which would freeze the view for good); the receipt waits as if offline."""
+    metrics = AgentMetrics()
+    keeper = _keeper(tmp_path, log, metrics)
+    log.append(4, 5)
+    assert await keeper.handle(log.receipt(5)) == "advanced"
+    log.append(6)
+    bogus = httpx.MockTransport(lambda request: httpx.Response(200, json={"proof": ["A" * 43 + "="]}))
+    keeper.proofs.client = httpx.AsyncClient(transport=bogus)
+    assert await keeper.handle(log.receipt(6)) == "unproven"
+    old = log.fork()
+    del old.leaves[3:]  # what a replayer holds: the receipt and the checkpoint of 3, both genuine
+    keeper.proofs.client = httpx.AsyncClient(transport=old.transport())
+    assert await keeper.handle(old.receipt(3)) == "unproven"
+    assert keeper.alarm is None and _value(metrics.log_inconsistent) == 0
+    assert read_view(tmp_path / "outbox.sqlite") is not None
+    keeper.proofs.client = httpx.AsyncClient(transport=log.transport())  # the real backend again
+    assert await keeper.handle(log.receipt(6)) == "advanced"
+    assert keeper.view.newest is not None and keeper.view.newest.size == 6
+    keeper.close()
+
+
+def test_loopback_and_https_answers_are_the_backends_own() -> None:
+    key = ReceiptLog(Gateway(DEVICE)).signer.verifier
+    assert [ConsistencySource(url, key).authenticated for url in (
+        "https://backend.example.org", "http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:80",
+        "http://backend.example.org", "http://10.0.0.5:8080")] == [True, True, True, True, False, False]
 
 
 async def test_the_publisher_hands_the_receipt_to_the_keeper(tmp_path: Path, log: ReceiptLog,
