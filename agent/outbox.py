@@ -256,7 +256,10 @@ class Outbox:
         # Signs the OCMF record of each message in the transaction that stores the message.
         self._companion = companion
         # One connection, shared by the poller and the publisher: statements of one coroutine
-        # must not land inside another's open transaction.
+        # must not land inside another's open transaction. That holds for the reads of what to
+        # publish too: inside a cycle's transaction they see its rows before the COMMIT, and a
+        # reading published then that a failed commit (full disk) or a kill takes back has its
+        # sequence number signed again for another reading.
         self._lock = asyncio.Lock()
         #: Set when this open made the outbox (no state row before): a lost one if sequences
         #: were reserved (agent/reservation.py).
@@ -487,16 +490,17 @@ class Outbox:
         skip = json.dumps(sorted(excluded))
         where = "seq > ? AND seq NOT IN (SELECT value FROM json_each(?))"
         columns = _COLUMNS
-        async with self._db.execute(
-            f"SELECT {columns} FROM readings WHERE {where} ORDER BY seq DESC LIMIT ?",
-            (self._acked, skip, newest),
-        ) as cur:
-            latest = list(await cur.fetchall())
-        async with self._db.execute(
-            f"SELECT {columns} FROM readings WHERE {where} AND seq < ? ORDER BY seq LIMIT ?",
-            (self._acked, skip, below if below is not None else 2**62, limit - len(latest)),
-        ) as cur:
-            oldest = await cur.fetchall()
+        async with self._lock:  # never inside a cycle's open transaction (__init__)
+            async with self._db.execute(
+                f"SELECT {columns} FROM readings WHERE {where} ORDER BY seq DESC LIMIT ?",
+                (self._acked, skip, newest),
+            ) as cur:
+                latest = list(await cur.fetchall())
+            async with self._db.execute(
+                f"SELECT {columns} FROM readings WHERE {where} AND seq < ? ORDER BY seq LIMIT ?",
+                (self._acked, skip, below if below is not None else 2**62, limit - len(latest)),
+            ) as cur:
+                oldest = await cur.fetchall()
         rows = {row[0]: row for row in (*oldest, *latest)}
         return [self._reading(rows[seq]) for seq in sorted(rows)]
 
@@ -531,7 +535,7 @@ class Outbox:
 
     async def oldest_seq(self) -> int | None:
         """The oldest reading not yet acked (None: the outbox is empty)."""
-        async with self._db.execute(
+        async with self._lock, self._db.execute(
             "SELECT MIN(seq) FROM readings WHERE seq > ?", (self._acked,)
         ) as cur:
             row = await cur.fetchone()
@@ -541,7 +545,7 @@ class Outbox:
         """These readings, if still in the outbox and not acked, oldest first."""
         if not seqs:
             return []
-        async with self._db.execute(
+        async with self._lock, self._db.execute(
             f"SELECT {_COLUMNS} FROM readings"
             " WHERE seq > ? AND seq IN (SELECT value FROM json_each(?)) ORDER BY seq",
             (self._acked, json.dumps(list(seqs))),

@@ -4,6 +4,7 @@ statement trace, so a cycle split into several transactions fails here whatever 
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -155,3 +156,31 @@ def test_a_packed_record_that_is_damaged_is_refused_with_a_typed_error() -> None
     for damaged in (b"", b"\x02" + packed[1:], packed[:-3], packed + b"\x00", b"\x01\xff\xff"):
         with pytest.raises(PackedRecordError):
             unpack_record(damaged)
+
+
+async def test_a_reading_is_handed_out_only_once_its_cycle_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The publisher's reads share the poller's connection: run inside a cycle's open transaction
+    (here: while its purge runs) they saw its rows before the COMMIT, so a reading could go out
+    that a failed commit (full disk) or a kill then took back, and its sequence number was signed
+    again for another reading."""
+    path = tmp_path / "outbox.sqlite"
+    inside = asyncio.Event()
+
+    async def slow_failing_purge(self: Outbox) -> None:
+        inside.set()
+        await asyncio.sleep(0.2)
+        raise sqlite3.OperationalError("database or disk is full")
+
+    async with await Outbox.open(path, DEVICE) as outbox:
+        monkeypatch.setattr(Outbox, "_purge_acked", slow_failing_purge)
+        cycle = asyncio.create_task(outbox.append_cycle(
+            [CycleEntry("a", 60, lambda seq: f"a|60|{seq}".encode())], now=61))
+        await inside.wait()
+        seen = ([r.seq for r in await outbox.unsent(10)], await outbox.oldest_seq(),
+                [r.seq for r in await outbox.fetch([1])])
+        with pytest.raises(sqlite3.OperationalError):
+            await cycle
+        assert seen == ([], None, [])
+        assert await outbox.readings() == [] and await outbox.next_seq() == 1
