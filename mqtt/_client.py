@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import enum
 import logging
+import math
 import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypedDict, Unpack
+from typing import Any, NamedTuple, TypedDict, TypeVar, Unpack
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -28,6 +29,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode as PahoReasonCode
 
 MqttError = aiomqtt.MqttError
+T = TypeVar("T")
 log = logging.getLogger("meterchain.mqtt")
 
 #: CONNACK codes of a broker that does not speak the version asked for (3.1.1 "unacceptable
@@ -138,6 +140,19 @@ class _Client(aiomqtt.Client):
             finally:
                 self.cpu_ns += time.thread_time_ns() - started
         return timed
+
+    async def _wait_for(self, fut: Awaitable[T], timeout: float | None) -> T:
+        """aiomqtt's bounded wait (CONNACK, SUBACK, PUBACK: "Operation timed out"), through
+        asyncio.timeout rather than asyncio.wait_for: on Python 3.11 wait_for returns the result
+        when a cancellation comes in the turn it arrives, and a stopped publisher (an agent's
+        status loop) published on after its stop, hanging the agent's shutdown."""
+        if timeout is None:
+            timeout = self.timeout
+        try:
+            async with asyncio.timeout(None if timeout == math.inf else timeout):
+                return await fut
+        except TimeoutError:
+            raise MqttError("Operation timed out") from None
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self.inbox.put_nowait(Message(message.topic, bytes(message.payload), message.retain))
