@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import multiprocessing
 import threading
@@ -170,23 +171,33 @@ class CheckPool:
         """Start every process now, so the first batch does not wait for them."""
         await self._pool()
 
-    def _restart(self, error: BaseException) -> None:
+    def _restart(self, error: BaseException, broken: ProcessPoolExecutor) -> None:
+        """``broken`` died under a batch: shut it down so the next batch starts new processes.
+        Only if it is still the pool: two batches at once (a commit's re-check on new keys beside
+        the check stage) both see one death, and the later one must not shut down the processes
+        the earlier one's retry started (its queued chunks would be cancelled)."""
+        with self._lock:
+            if self._executor is not broken:
+                return
+            self._executor = None
+            RUNNING.set(0)
         self.restarts += 1
         RESTARTS.inc()
         log.error("event=check_process_died error=%r restarts=%d: the batch is checked again "
                   "(nothing of it was committed or acked)", str(error), self.restarts)
-        RUNNING.set(0)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        broken.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self, chunks: Sequence[Messages], leaves: Leaves, now: int
                    ) -> list[Checked]:
         loop = asyncio.get_running_loop()
         pool = await self._pool()
-        futures = [loop.run_in_executor(pool, check_chunk, chunk, leaves_for(chunk, leaves), now,
-                                        self.check_function) for chunk in chunks]
-        parts = await asyncio.gather(*futures)
+        try:
+            futures = [loop.run_in_executor(pool, check_chunk, chunk, leaves_for(chunk, leaves),
+                                            now, self.check_function) for chunk in chunks]
+            parts = await asyncio.gather(*futures)
+        except BrokenProcessPool as exc:
+            self._restart(exc, pool)
+            raise
         results: list[Checked] = []
         for chunk, (wires, cpu_ns) in zip(chunks, parts, strict=True):
             self.cpu_ns += cpu_ns
@@ -200,10 +211,8 @@ class CheckPool:
         step = -(-len(messages) // self.processes)
         chunks = [messages[i : i + step] for i in range(0, len(messages), step)]
         for _ in range(RETRIES):
-            try:
+            with contextlib.suppress(BrokenProcessPool):  # restarted by _run
                 return await self._run(chunks, leaves, now)
-            except BrokenProcessPool as exc:
-                self._restart(exc)
         return await self._one_by_one(messages, leaves, now)
 
     async def _one_by_one(self, messages: Messages, leaves: Leaves, now: int) -> list[Checked]:
@@ -212,8 +221,7 @@ class CheckPool:
         for topic, payload in messages:
             try:
                 results += await self._run([[(topic, payload)]], leaves, now)
-            except BrokenProcessPool as exc:
-                self._restart(exc)
+            except BrokenProcessPool:  # restarted by _run
                 log.error("event=check_process_killed_by_message topic=%r bytes=%d: refused as "
                           "internal", topic[:120], len(payload))
                 results.append(Checked(rejection=RejectionRecord(

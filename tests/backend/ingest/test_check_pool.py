@@ -9,6 +9,8 @@ import os
 import signal
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import pytest
 from meterchain.backend.devices.registry import KeyRegistry
@@ -105,6 +107,28 @@ async def test_a_message_that_kills_its_process_is_refused_alone(tmp_path) -> No
     assert refused is not None and (refused.reason, refused.permanent) == ("internal", False)
     assert refused.device == "gw-a"  # counted under the topic's enrolled device, not in its ack
     assert pool.restarts == RETRIES + 1
+
+
+async def test_a_late_report_of_a_death_leaves_the_new_processes_running(tmp_path: Path) -> None:
+    """Two batches at once both see one process die: the later report must not shut down the
+    processes the earlier one's retry started (their queued chunks would be cancelled)."""
+    gateway = Gateway("gw-late")
+    leaves = await _leaves(tmp_path, gateway)
+    pool = CheckPool(1)
+    try:
+        await pool.start()
+        dead = pool._executor
+        assert dead is not None
+        pool._restart(BrokenProcessPool("first report"), dead)
+        await pool.start()
+        alive = pool._executor
+        assert alive is not None and alive is not dead
+        pool._restart(BrokenProcessPool("late report"), dead)
+        assert pool._executor is alive and pool.restarts == 1
+        checked = await pool.check([gateway.message(1)], leaves, int(time.time()))
+        assert [c.reading is not None for c in checked] == [True]
+    finally:
+        pool.close()
 
 
 async def test_close_stops_every_check_process() -> None:
