@@ -242,6 +242,24 @@ class OutboxCorrupt(OutboxError):
     check = "outbox-corrupt"
 
 
+class OutboxUnavailable(OutboxError):
+    """The outbox cannot be opened now (locked by another process, no permission, an I/O error):
+    it may hold unacknowledged readings, so it is never moved aside for this; the agent waits."""
+
+    check = "outbox-unavailable"
+
+
+#: SQLite's primary result codes that mean the file itself is damaged or not a database: only
+#: these (and a failed quick_check) make an outbox "corrupt". "database is locked" or "unable to
+#: open database file" say nothing about its contents, and moving it aside would lose its readings.
+_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in _CORRUPT_CODES
+
+
 class Outbox:
     """One device's outbox in one SQLite file. Use ``async with await Outbox.open(...)`` or close()."""
 
@@ -295,7 +313,8 @@ class Outbox:
             async with db.execute("PRAGMA quick_check") as cur:
                 verdict = [row[0] for row in await cur.fetchall()]
             if verdict != ["ok"]:
-                raise sqlite3.DatabaseError("; ".join(map(str, verdict[:3])))
+                raise OutboxCorrupt(f"outbox {path} failed its quick_check: "
+                                    + "; ".join(map(str, verdict[:3])), path=str(path))
             await _migrate(db, path)
             outbox = cls(db, device, companion)
             await outbox._claim_device(path)
@@ -306,7 +325,9 @@ class Outbox:
             if is_disk_full(exc):  # not corrupt: never moved aside (issue 18)
                 raise StorageFull(f"outbox {path}: the disk is full ({exc})",
                                   path=str(path)) from None
-            raise OutboxCorrupt(f"outbox {path} is unreadable: {exc}", path=str(path)) from None
+            if _is_corrupt(exc):
+                raise OutboxCorrupt(f"outbox {path} is unreadable: {exc}", path=str(path)) from None
+            raise OutboxUnavailable(f"outbox {path} cannot be opened now: {exc}", path=str(path)) from None
         except BaseException:
             await db.close()
             raise

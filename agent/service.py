@@ -24,7 +24,7 @@ from meterchain.agent.homeassistant import (
 from meterchain.agent.meters import MeterSnapshot, MeterSource, modbus_sources
 from meterchain.agent.metrics import AgentMetrics
 from meterchain.agent.ocmf import OcmfCompanion
-from meterchain.agent.outbox import Outbox, StorageFull
+from meterchain.agent.outbox import Outbox, OutboxUnavailable, StorageFull
 from meterchain.agent.profile_poller import ProfilePoller, dlms_pollers
 from meterchain.agent.publisher import Publisher
 from meterchain.agent.receipts import ConsistencySource, ReceiptKeeper
@@ -145,6 +145,12 @@ class Agent:
                           "(journalctl --vacuum-size=100M, old logs); the agent starts once it "
                           "can' retry_in=60", config.device_id, config.outbox_path, str(exc))
                 await self.clock.sleep_until(self.clock.now() + 60)
+            except OutboxUnavailable as exc:
+                log.error("event=outbox_unavailable device=%s outbox=%s detail=%r fix='another process "
+                          "may hold it (stop a second agent, or meterchain agent check), or the agent's user "
+                          "may not read and write it and its folder; it is kept as it is' retry_in=10",
+                          config.device_id, config.outbox_path, str(exc))
+                await self.clock.sleep_until(self.clock.now() + 10)
 
     def _alarms(self) -> tuple[str, ...]:
         """The status message's alarm codes: those kept on disk, and a full disk, which cannot

@@ -4,10 +4,11 @@ accounted for by a signed gap declaration, a corrupt outbox kept aside."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
-from meterchain.agent.outbox import CycleEntry
+from meterchain.agent.outbox import CycleEntry, OutboxUnavailable
 from meterchain.agent.recovery import open_outbox
 from meterchain.agent.reservation import BLOCK, Reservation, ReservationError, reservation_path
 from meterchain.backend.ingest.checks import check_message
@@ -98,6 +99,29 @@ async def test_a_corrupt_outbox_is_moved_aside_and_declared(tmp_path: Path) -> N
         kept = list(tmp_path.glob("outbox.sqlite.corrupt-*"))
         assert kept and kept[0].read_bytes().startswith(b"\x00garbage")  # never deleted
         assert await outbox.next_seq() == BLOCK + 1
+    finally:
+        await outbox.close()
+
+
+async def test_a_locked_outbox_is_waited_for_never_moved_aside(tmp_path: Path) -> None:
+    """'database is locked' says nothing about the file's contents: taking it for corrupt would
+    move unacknowledged readings aside and declare them a gap."""
+    gaps: list[tuple[int, int, str]] = []
+    outbox = await _open(tmp_path, gaps)
+    await outbox.append_cycle([_entry(900)], now=1)
+    await outbox.close()
+    holder = sqlite3.connect(tmp_path / "outbox.sqlite")
+    try:
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")  # another process holds the file
+        with pytest.raises(OutboxUnavailable, match="cannot be opened now"):
+            await _open(tmp_path, gaps)
+    finally:
+        holder.close()
+    assert not list(tmp_path.glob("outbox.sqlite.corrupt-*")) and gaps == []
+    outbox = await _open(tmp_path, gaps)  # free again: the same outbox, its reading kept
+    try:
+        assert [r.seq for r in await outbox.fetch([1])] == [1] and gaps == []
     finally:
         await outbox.close()
 
