@@ -13,6 +13,10 @@ from meterchain.mqtt.broker import RunningBroker, start_broker
 # scripts/coverage runs with --hypothesis-profile=coverage: traced code runs several times slower, so
 # hypothesis's per-example deadline (200 ms) would fail examples for the tracing, not for the code.
 settings.register_profile("coverage", deadline=None)
+# Every run: no per-example deadline either. Timing belongs in bench/, and a 200 ms deadline failed
+# property tests on a loaded CI machine for the load, not for the code (--hypothesis-profile overrides).
+settings.register_profile("meterchain", deadline=None)
+settings.load_profile("meterchain")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
