@@ -23,7 +23,7 @@ with warnings.catch_warnings():
 #: headers, the log key, health and metrics, the dashboard's sign-in pages, and two routes whose
 #: credential is in the request itself (an installer token; a reading's own leaf hash).
 PUBLIC = {
-    "/healthz", "/metrics", "/api/v1/log/public-key", "/api/v1/checkpoint",
+    "/healthz", "/metrics", "/api/v1/log/public-key", "/api/v1/log/witness-policy", "/api/v1/checkpoint",
     "/api/v1/proofs/consistency", "/api/v1/batches", "/checkpoint", "/tile/{path:path}",
     "/batch/{index}", "/api/v1/provision", "/api/v1/devices/{device}/readings/{seq}/inclusion",
     "/", "/login", "/logout", "/invite/{token}", "/reset/{token}",
