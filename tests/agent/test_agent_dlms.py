@@ -149,14 +149,18 @@ async def test_a_faulty_meter_never_crashes_the_agent_and_is_backfilled_when_it_
             def failed() -> float:
                 return float(failures._value.get())
 
-            # Each fault lasts until the agent has failed on it (a cycle a second when the
-            # machine keeps up; fewer in a fixed time when it does not).
+            # Each fault lasts three interval boundaries (about the 2.5 s it used to) and until
+            # the agent has failed on it (a cycle a second when the machine keeps up; fewer in a
+            # fixed time when it does not), so at least three intervals are backfilled.
+            silent_from = s.latest()
             s.meter.faults.silent = True
-            await wait_until(lambda: failed() >= 2, 60, "two cycles failing on a silent meter")
+            await wait_until(lambda: failed() >= 2 and s.latest() >= silent_from + 3 * PERIOD, 60,
+                             "three boundaries and two cycles failing on a silent meter")
             s.meter.faults.silent = False
             s.meter.faults.corrupt_crc = True
-            before_crc = failed()
-            await wait_until(lambda: failed() >= before_crc + 1, 60, "a cycle failing on bad CRCs")
+            before_crc, crc_from = failed(), s.latest()
+            await wait_until(lambda: failed() >= before_crc + 1 and s.latest() >= crc_from + 3 * PERIOD,
+                             60, "three boundaries and a cycle failing on bad CRCs")
             s.meter.faults.corrupt_crc = False
             assert not task.done()
             healed = await caught_up(s, agent)
