@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import signal
@@ -39,7 +40,7 @@ from meterchain.contract.reading import ClockSync
 from meterchain.contract.signing import generate_private_key_pem, load_signer
 from meterchain.mqtt.broker import RunningBroker, free_port, start_embedded
 
-from tests.support.agent import FAST_BACKOFF, AcceleratedClock, wait_until
+from tests.support.agent import FAST_BACKOFF, STOP_WITHIN, AcceleratedClock, wait_until
 from tests.support.backend import Gateway
 from tests.support.scale_out import needs_shared_subscriptions, serving
 
@@ -261,7 +262,7 @@ async def test_a_killed_worker_loses_nothing_the_agents_resend_to_the_others(
                              60, "acks for every reading signed by then")
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await stopped(tasks)
             survivor = await worker_stats(ports[1])
             assert survivor.get("stored", 0) > 0
             # The survivor stops too before the count: readings the agents sent before they
@@ -295,6 +296,19 @@ async def test_a_killed_worker_loses_nothing_the_agents_resend_to_the_others(
         for _, bus, _ in gateways:
             await bus.stop()
         await admin.close()
+
+
+async def stopped(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for cancelled agents to stop; one that does not within STOP_WITHIN fails the test
+    with every task's stack rather than hang it."""
+    _, pending = await asyncio.wait(tasks, timeout=STOP_WITHIN)
+    if pending:
+        stacks = io.StringIO()
+        for task in asyncio.all_tasks():
+            task.print_stack(file=stacks)
+        raise AssertionError(f"{len(pending)} agents did not stop within {STOP_WITHIN} s of their "
+                             f"cancellation; the tasks' stacks:\n{stacks.getvalue()}")
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 WORKER_START = 120.0  # a worker process's budget to import the CLI, start its pool and subscribe
