@@ -102,6 +102,10 @@ class Poller:
         self.on_cycle = on_cycle
         self.on_snapshot = on_snapshot
         self.cycles = 0
+        #: The interval end the poller is asleep toward (None before its first sleep): the demo's
+        #: time-lapse driver moves its clock only once every poller waits for that boundary, or a
+        #: poller that computed its next end after the move would wait one boundary too far.
+        self.next_end: int | None = None
         self.serials = serials  # flags a meter exchange (agent/exchange.py)
         self.judge = judge or ClockJudge()
         self.on_alarm = on_alarm
@@ -121,7 +125,7 @@ class Poller:
         of a clock that ran ahead): then the boundary is the new clock's next one, not a day
         of sleep (issue 18). Waking at least once a minute (real time: a clock's sleep waits
         for its own time to reach the deadline) sees the step."""
-        end = next_boundary(self.clock.now(), self.interval)
+        end = self.next_end = next_boundary(self.clock.now(), self.interval)
         while True:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
             # comes in the turn the sleep ends, and the poller would poll on after its stop.
@@ -132,7 +136,7 @@ class Poller:
             if now >= end:
                 return end
             if end - now > self.interval:  # stepped back
-                end = next_boundary(now, self.interval)
+                end = self.next_end = next_boundary(now, self.interval)
 
     async def poll_once(self, end: int) -> list[int]:
         """Read all meters for the interval ending at ``end``; store what was read; return seqs."""

@@ -366,12 +366,19 @@ async def _drive_catch_up(clock: TimeLapseClock, agents: list[tuple[Agent, async
     job = progress.add_task("history", total=total) if progress is not None else None
     steps, target = 0, start
     while True:
-        cycles = [agent.poller.cycles for agent, _ in agents]  # type: ignore[union-attr]
         target += INTERVAL
+        for agent, task in agents:  # every poller asleep toward this boundary before the clock moves
+            while (agent.poller.next_end or 0) < target:  # type: ignore[union-attr]
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.002)
+        # (a poller asleep toward a later boundary signs nothing at this one: not waited for)
+        cycles = [agent.poller.cycles if agent.poller.next_end == target else None  # type: ignore[union-attr]
+                  for agent, _ in agents]
         if not clock.advance_to(target):
             break
         for (agent, task), before in zip(agents, cycles, strict=True):
-            while agent.poller.cycles == before:  # type: ignore[union-attr]
+            while before is not None and agent.poller.cycles == before:  # type: ignore[union-attr]
                 if task.done():
                     task.result()  # an agent that died: say why
                 await asyncio.sleep(0.002)

@@ -190,6 +190,7 @@ def test_history_times_are_local_with_a_zone() -> None:
 class _Poller:
     def __init__(self) -> None:
         self.cycles = 0
+        self.next_end: int | None = None
 
 
 class _Outbox:
@@ -217,6 +218,7 @@ class _Gateway:
         self.started.set()
         due = self._start + demo.INTERVAL
         while True:
+            self.poller.next_end = due
             await self._clock.sleep_until(due)
             if self._dies_after is not None and self.poller.cycles >= self._dies_after:
                 raise RuntimeError("meter bus gone")
@@ -248,6 +250,30 @@ async def test_catch_up_runs_every_interval_up_to_now_then_the_clock_is_live() -
     assert gateways[1].outbox.looks > 3  # it waited for the backend to catch up before moving on
     assert description.startswith("history ")  # "history Mon 03 Jun 14:15 CEST": where it has got to
     assert_no_unix_seconds(description, "the catch-up progress")
+
+
+class _SlowStartingGateway(_Gateway):
+    """An agent that says it started, then computes its first boundary a little later (a loaded
+    machine): the driver must not move the clock before it waits for that boundary, or it would
+    wait for the next one while the driver waits for its cycle (CI stalled there once)."""
+
+    async def run(self) -> None:
+        self.started.set()
+        await asyncio.sleep(0.05)
+        while True:
+            due = self.poller.next_end = (int(self._clock.now()) // demo.INTERVAL + 1) * demo.INTERVAL
+            await self._clock.sleep_until(due)
+            self.poller.cycles += 1
+
+
+async def test_catch_up_waits_until_every_poller_sleeps_toward_the_next_boundary() -> None:
+    start = (int(time.time()) - 3 * demo.INTERVAL - 60) // demo.INTERVAL * demo.INTERVAL
+    clock = TimeLapseClock(start)
+    gateways = [_Gateway(clock, start), _SlowStartingGateway(clock, start)]
+    async with asyncio.timeout(30):
+        steps = await _drive(gateways, clock, start)
+    assert steps >= 3 and clock.live
+    assert [g.poller.cycles for g in gateways] == [steps, steps]
 
 
 async def test_catch_up_says_why_when_an_agent_dies() -> None:
